@@ -1,0 +1,1 @@
+"""sinkflow: ViT attention sinks in vision-language models."""

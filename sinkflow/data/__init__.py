@@ -1,0 +1,1 @@
+"""Datasets: synthetic shapes, LLaVA instruct data and benchmark loaders."""

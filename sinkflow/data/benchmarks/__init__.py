@@ -1,0 +1,1 @@
+"""Loaders for the official POPE, MME and MMStar file layouts."""

@@ -1,0 +1,75 @@
+"""Loader for MME in the official eval_tool layout (`<subtask>.txt`: image, question, answer[, response])."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sinkflow.data.benchmarks.common import SHORT_ANSWER, read_lines
+from sinkflow.data.errors import DataFormatError
+
+PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
+COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+SUBTASKS = PERCEPTION + COGNITION
+YES_NO_SUFFIX = " Please answer yes or no."
+
+
+def _image_path(root: Path, subtask: str, image: str) -> str:
+    """Image location: the release layouts `<subtask>/images/` or `<subtask>/`, else flat under root."""
+    for candidate in (root / subtask / "images" / image, root / subtask / image):
+        if candidate.is_file():
+            return str(candidate)
+    return str(root / image)
+
+
+def _read_subtask(path: Path, root: Path, check_images: bool) -> list[dict]:
+    """Items of one subtask file, checking fields and the two-questions-per-image pairing."""
+    subtask = path.stem
+    rows = []
+    for line_no, line in read_lines(path):
+        fields = line.split("\t")
+        # The official tool appends the model response as a 4th column; it is not ground truth.
+        if len(fields) not in (3, 4):
+            raise DataFormatError(path, line_no, "<line>",
+                                  f"expected 3 tab-separated fields (image, question, answer), got {len(fields)}")
+        image, question, answer = fields[:3]
+        if not image:
+            raise DataFormatError(path, line_no, "image", "expected an image name, got an empty field")
+        if answer not in ("Yes", "No"):
+            raise DataFormatError(path, line_no, "answer", f"expected 'Yes' or 'No', got {answer!r}")
+        rows.append((line_no, image, question, answer))
+    if len(rows) % 2:
+        raise DataFormatError(path, rows[-1][0], "image", "expected two questions per image, the last image has one")
+    items, seen = [], set()
+    for k, (line_no, image, question, answer) in enumerate(rows):
+        if k % 2 and image != rows[k - 1][1]:
+            raise DataFormatError(path, line_no, "image",
+                                  f"expected {rows[k - 1][1]!r} (pair of line {rows[k - 1][0]}), got {image!r}")
+        if k % 2 == 0 and image in seen:
+            raise DataFormatError(path, line_no, "image", f"image {image!r} already has its two questions")
+        seen.add(image)
+        full = _image_path(root, subtask, image)
+        if check_images and not Path(full).is_file():
+            raise DataFormatError(path, line_no, "image", f"expected an image file at {full}")
+        items.append({
+            "benchmark": "mme",
+            "id": f"{subtask}/{image}/{k % 2}",
+            "category": subtask,
+            "question": question,
+            "answer": answer,
+            "image": image,
+            "image_path": full,
+            "prompt": question.replace(YES_NO_SUFFIX, "").strip() + SHORT_ANSWER,
+        })
+    return items
+
+
+def load_mme(directory: str | Path, image_root: str | Path, check_images: bool = False) -> list[dict]:
+    """Load every `<subtask>.txt` of an MME eval_tool directory as evaluation items, in subtask order."""
+    directory = Path(directory)
+    files = {p.stem: p for p in directory.glob("*.txt")}
+    for name, path in sorted(files.items()):
+        if name not in SUBTASKS:
+            raise DataFormatError(path, None, "<file name>", f"expected one of the 14 MME subtasks {SUBTASKS}")
+    if not files:
+        raise DataFormatError(directory, None, "<files>", "expected <subtask>.txt files")
+    root = Path(image_root).resolve()
+    return [item for name in SUBTASKS if name in files for item in _read_subtask(files[name], root, check_images)]

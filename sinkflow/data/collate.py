@@ -1,0 +1,114 @@
+"""Batch building: template rendering, image placeholder expansion, tokenization and label masking.
+
+Only assistant answers (and their end-of-turn token) are supervised; system prompt, user turns, image
+placeholders and padding get label -100. Training pads on the right, generation on the left.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from sinkflow.data.templates import IMAGE_TOKEN, to_turns
+
+IGNORE_INDEX = -100
+
+
+def load_image(path: str) -> Image.Image:
+    """Open an image as RGB, with an error naming the file."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise OSError(f"cannot read image {path}: {err}") from err
+
+
+class Collator:
+    """Turns samples `{"id", "image", "conversations", "meta"}` into the batch contract of DESIGN.md §3.
+
+    `generate=True` renders the conversation up to a final assistant prompt (the last assistant turn, if any, is
+    dropped), pads on the left and supervises nothing.
+    """
+
+    def __init__(self, processor, template, *, generate: bool = False, max_length: int | None = None):
+        self.processor = processor
+        self.template = template
+        self.generate = generate
+        self.max_length = max_length
+        self.n_truncated = 0
+
+    def __call__(self, samples: list[dict]) -> dict:
+        texts, spans, images = [], [], []
+        for sample in samples:
+            turns = to_turns(sample["conversations"])
+            if self.generate and turns and turns[-1][0] == "assistant":
+                turns = turns[:-1]
+            rendered = self.template.render(self.processor, turns, add_generation_prompt=self.generate)
+            n_placeholders = rendered.text.count(IMAGE_TOKEN)
+            if n_placeholders != (sample.get("image") is not None):
+                raise ValueError(
+                    f"sample {sample['id']!r}: {n_placeholders} {IMAGE_TOKEN} tokens in the conversation for "
+                    f"{'one image' if sample.get('image') else 'no image'}; expected exactly one per image"
+                )
+            if sample.get("image") is not None:
+                images.append(load_image(sample["image"]))
+            texts.append(rendered.text)
+            spans.append(rendered.supervised)
+
+        prompts = list(texts)
+        batch: dict = {}
+        image_inputs = self.processor.image_processor(images, return_tensors="pt") if images else {}
+        image_idx = 0
+        for i, text in enumerate(texts):
+            if IMAGE_TOKEN in text:
+                expansion = self.processor.replace_image_token(image_inputs, image_idx)
+                image_idx += 1
+                texts[i], spans[i] = _expand(text, spans[i], expansion)
+
+        tokenizer = self.processor.tokenizer
+        enc = tokenizer(
+            texts,
+            return_offsets_mapping=True,
+            padding=True,
+            padding_side="left" if self.generate else "right",
+            return_tensors="pt",
+        )
+        labels = torch.full_like(enc["input_ids"], IGNORE_INDEX)
+        if not self.generate:
+            for row, (offsets, row_spans) in enumerate(zip(enc["offset_mapping"], spans)):
+                keep = enc["attention_mask"][row].bool()
+                for start, end in row_spans:
+                    # A token is supervised when its characters overlap an answer span.
+                    hit = (offsets[:, 1] > start) & (offsets[:, 0] < end) & keep
+                    labels[row, hit] = enc["input_ids"][row, hit]
+        batch.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels)
+        batch.update(image_inputs)
+        if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
+            self._truncate(batch)
+        # The prompt is recorded as rendered, before placeholder expansion.
+        batch["meta"] = [dict(s.get("meta", {}), id=s["id"], prompt=p) for s, p in zip(samples, prompts)]
+        return batch
+
+    def _truncate(self, batch: dict) -> None:
+        """Cut right-padded training rows to `max_length`; never cut through image placeholders."""
+        if self.generate:
+            raise ValueError(f"a prompt exceeds data.max_length={self.max_length}; raise it for evaluation")
+        image_id = self.processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        tail = batch["input_ids"][:, self.max_length:]
+        if (tail == image_id).any():
+            raise ValueError(
+                f"data.max_length={self.max_length} would cut image placeholder tokens; raise it above the "
+                "number of image tokens plus the prompt"
+            )
+        self.n_truncated += int(batch["attention_mask"][:, self.max_length:].any(dim=1).sum())
+        for key in ("input_ids", "attention_mask", "labels"):
+            batch[key] = batch[key][:, : self.max_length]
+
+
+def _expand(text: str, spans: list[tuple[int, int]], expansion: str):
+    """Replace the single image token with its expansion and shift the spans that follow it."""
+    at = text.index(IMAGE_TOKEN)
+    shift = len(expansion) - len(IMAGE_TOKEN)
+    moved = [(s + shift, e + shift) if s >= at else (s, e) for s, e in spans]
+    return text[:at] + expansion + text[at + len(IMAGE_TOKEN):], moved
+

@@ -1,0 +1,1 @@
+"""Evaluation: predictions files, scoring and the Lightning callback."""

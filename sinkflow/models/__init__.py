@@ -1,0 +1,1 @@
+"""Model loading, the offline tiny model and the per-family visual pathways."""

@@ -1,0 +1,90 @@
+"""Load a model + processor (hub id, local HF dir, or the offline tiny model), freeze, and attach LoRA."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from sinkflow.models.families.base import VisualFamily
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoraSpec:
+    """LoRA hyper-parameters; `target_modules` are leaf names, anchored to the family's language model."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_target_regex(family: VisualFamily, names) -> str:
+    """A regex peft full-matches against module names: only `names` inside the language model.
+
+    Anchoring matters: CLIP / SigLIP attention also has `q_proj`/`k_proj`/`v_proj`, and suffix targets would
+    silently put LoRA on the vision tower (LLaVA #1647).
+    """
+    leaves = "|".join(re.escape(n) for n in names)
+    return rf"{family.language_model_prefix()}(.*\.)?({leaves})"
+
+
+def load_pretrained(source: str | Path, *, dtype: str = "float32", attn_implementation: str | None = None,
+                    trust_remote_code: bool = False):
+    """Load an image-text-to-text model and its processor from a hub id or a local HF-format directory."""
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        processor = AutoProcessor.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(str(source), **kwargs)
+    except OSError as err:
+        raise OSError(
+            f"could not load model.checkpoint={source!r}: not a local HF directory and not in the hub cache "
+            f"(offline runs need the weights downloaded beforehand, e.g. `hf download {source}`)\n{err}"
+        ) from err
+    return model, processor
+
+
+def prepare_for_training(model: nn.Module, family: VisualFamily, *, freeze_vision: bool = True,
+                         train_projector: bool = True, lora: LoraSpec | dict | None = None) -> nn.Module:
+    """Freeze the ViT, keep the projector trainable, put LoRA on the language model only.
+
+    Returns the model to train: a `PeftModel` when LoRA is on (the HF model is modified in place either way).
+    """
+    if isinstance(lora, dict):
+        lora = LoraSpec(**lora)
+    model.requires_grad_(False)
+    if lora is not None:
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora_target_regex(family, lora.target_modules),
+            bias="none",
+        )
+        model = get_peft_model(model, config)
+    base = unwrap(model)
+    family.projector(base).requires_grad_(train_projector)
+    family.vision_tower(base).requires_grad_(not freeze_vision)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    log.info("trainable parameters: %d / %d (%.2f%%)", n_train, n_all, 100 * n_train / max(n_all, 1))
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The HF model inside a `PeftModel` (LoRA layers stay injected), or the model itself."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model

@@ -1,0 +1,1 @@
+"""One file per HF model family; `conf/model/*.yaml` names the family class."""

@@ -1,0 +1,61 @@
+"""LLaVA family (LLaVA-1.5 and the `llava-hf` checkpoints): CLIP ViT -> MLP projector -> Llama/Vicuna."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from sinkflow.models.families.base import VisualFamily, VisualFeatures
+
+
+class LlavaFamily(VisualFamily):
+    """Projector-input features are `hidden_states[vision_feature_layer]` of the ViT, CLS dropped unless `full`.
+
+    `vision_feature_layer` / `vision_feature_select_strategy` default to the checkpoint's config; setting them here
+    overrides the config for this run (e.g. to study another layer).
+    """
+
+    def __init__(self, vision_feature_layer: int | None = None, vision_feature_select_strategy: str | None = None):
+        if vision_feature_select_strategy not in (None, "default", "full"):
+            raise ValueError(
+                f"model.family.vision_feature_select_strategy must be 'default' or 'full', "
+                f"got {vision_feature_select_strategy!r}"
+            )
+        self.vision_feature_layer = vision_feature_layer
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        return model.model.vision_tower
+
+    def projector(self, model: nn.Module) -> nn.Module:
+        return model.model.multi_modal_projector
+
+    def language_model_prefix(self) -> str:
+        return r"model\.language_model\."
+
+    def image_token_id(self, model: nn.Module) -> int:
+        return model.config.image_token_id
+
+    def _layer(self, model: nn.Module):
+        return model.config.vision_feature_layer if self.vision_feature_layer is None else self.vision_feature_layer
+
+    def _select(self, model: nn.Module) -> str:
+        chosen = self.vision_feature_select_strategy
+        return model.config.vision_feature_select_strategy if chosen is None else chosen
+
+    def encode(self, model: nn.Module, batch: dict) -> VisualFeatures:
+        tower = self.vision_tower(model)
+        pixel_values = batch["pixel_values"].to(tower.dtype)
+        hidden = tower(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
+        layer = self._layer(model)
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        keep_cls = self._select(model) == "full"
+        # A list of layers is concatenated on channels, as in transformers' LlavaModel.get_image_features.
+        features = torch.cat([hidden[i] if keep_cls else hidden[i][:, 1:] for i in layers], dim=-1)
+        side = math.isqrt(features.shape[1] - int(keep_cls))
+        return VisualFeatures(features=features, grid=(side, side))
+
+    def project(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        return self.projector(model)(features)

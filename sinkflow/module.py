@@ -1,0 +1,153 @@
+"""The LightningModule: owns the HF model, family, detector and strategy; runs the visual pathway.
+
+It holds no family- or strategy-specific branches: the family says where features live and how tokens merge,
+the strategy says which tokens reach the LLM. Checkpoints keep only the trainable weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import lightning as L
+import torch
+from torch import nn
+
+from sinkflow.models.build import unwrap
+from sinkflow.models.families.base import VisualFamily
+from sinkflow.sinks.strategies.base import SinkStrategy
+
+
+@dataclass
+class OptimSpec:
+    """AdamW with separate groups (LoRA / projector / strategy) and a cosine schedule with linear warmup."""
+
+    lr: float = 2e-4
+    projector_lr: float = 2e-5
+    strategy_lr: float | None = None  # None: same as projector_lr
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class GenerationSpec:
+    """Greedy decoding settings for evaluation."""
+
+    max_new_tokens: int = 16
+
+
+class SinkflowModule(L.LightningModule):
+    """Wraps an LVLM with sink-aware token routing; training loss, and greedy batched generation for evaluation."""
+
+    def __init__(self, model: nn.Module, processor, family: VisualFamily, strategy: SinkStrategy,
+                 detector: nn.Module | None = None, optim: OptimSpec | dict | None = None,
+                 generation: GenerationSpec | dict | None = None, source: str | None = None,
+                 run_config: dict | None = None):
+        super().__init__()
+        self.source = source  # the base checkpoint (hub id or directory) the trainable weights apply to
+        self.run_config = run_config  # model + strategy config, stored in checkpoints so evaluate.py can rebuild
+        self.model = model
+        self.processor = processor
+        self.family = family
+        self.strategy = strategy
+        self.detector = detector
+        self.optim = OptimSpec(**optim) if isinstance(optim, dict) else (optim or OptimSpec())
+        self.generation = GenerationSpec(**generation) if isinstance(generation, dict) else (generation or GenerationSpec())
+        # Checkpoints hold trainable weights only; the frozen base reloads from the checkpoint it came from.
+        self.strict_loading = False
+
+    @property
+    def hf(self) -> nn.Module:
+        """The HF model (LoRA layers injected in place when LoRA is on)."""
+        return unwrap(self.model)
+
+    def pathway(self, batch: dict) -> dict:
+        """encode -> detect -> route -> merge: the LLM inputs for this batch."""
+        hf = self.hf
+        tokens: list[torch.Tensor] = []
+        if batch.get("pixel_values") is not None:
+            tower_trains = any(p.requires_grad for p in self.family.vision_tower(hf).parameters())
+            with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
+                visual = self.family.encode(hf, batch)
+            sinks = self.detector(visual.features) if self.detector is not None and self.strategy.needs_sinks else None
+            tokens = self.strategy(visual.features, sinks, partial(self.family.project, hf))
+        return self.family.merge(hf, batch, tokens)
+
+    def forward(self, batch: dict):
+        """Forward with labels: HF output with `.loss` (mean over supervised tokens) and `.logits`."""
+        return self.hf(**self.pathway(batch), labels=batch.get("labels"))
+
+    def training_step(self, batch, batch_idx):
+        loss = self(batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["meta"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self(batch).loss
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["meta"]))
+        return loss
+
+    @torch.no_grad()
+    def generate(self, batch: dict) -> list[str]:
+        """Greedy batched generation (left-padded prompts) -> decoded answers."""
+        inputs = self.pathway(batch)
+        tokenizer = self.processor.tokenizer
+        out = self.hf.generate(
+            **inputs,
+            max_new_tokens=self.generation.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def test_step(self, batch, batch_idx):
+        return [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], self.generate(batch))]
+
+    def predict_step(self, batch, batch_idx):
+        return self.test_step(batch, batch_idx)
+
+    def parameter_groups(self) -> list[dict]:
+        """Trainable parameters split into LoRA / projector / strategy / other groups, each with its own LR."""
+        projector = {id(p) for p in self.family.projector(self.hf).parameters()}
+        strategy = {id(p) for p in self.strategy.parameters()}
+        strategy_lr = self.optim.projector_lr if self.optim.strategy_lr is None else self.optim.strategy_lr
+        groups = {"lora": ([], self.optim.lr), "projector": ([], self.optim.projector_lr),
+                  "strategy": ([], strategy_lr), "other": ([], self.optim.lr)}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                key = ("projector" if id(p) in projector else "strategy" if id(p) in strategy
+                       else "lora" if "lora_" in name else "other")
+                groups[key][0].append(p)
+        return [{"name": k, "params": ps, "lr": lr} for k, (ps, lr) in groups.items() if ps]
+
+    def configure_optimizers(self):
+        groups = self.parameter_groups()
+        if not groups:
+            raise ValueError("nothing to train: no parameter requires grad (check model.lora / freeze settings)")
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.optim.weight_decay, betas=tuple(self.optim.betas))
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = partial(cosine_with_warmup, total=total, warmup=int(self.optim.warmup_ratio * total),
+                           min_ratio=self.optim.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Module state restricted to trainable parameters (what a checkpoint needs on top of the base model)."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = self.trainable_state_dict()
+        checkpoint["sinkflow"] = {"source": self.source, "config": self.run_config}
+
+
+def cosine_with_warmup(step: int, *, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warmup over `warmup` steps, then cosine decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return step / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

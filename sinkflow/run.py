@@ -1,0 +1,139 @@
+"""What `train.py` and `evaluate.py` run: compose objects from the config, fit / test, report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from sinkflow.config import validate
+from sinkflow.eval.callback import PredictionsCallback
+from sinkflow.models.build import load_pretrained, prepare_for_training
+from sinkflow.module import SinkflowModule
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(model_cfg: DictConfig) -> str:
+    """The model's source: a hub id / directory, or the path a builder (e.g. the tiny model) returns."""
+    source = model_cfg.checkpoint
+    return str(instantiate(source)) if isinstance(source, DictConfig) else str(source)
+
+
+def build_module(model_cfg: DictConfig, strategy_cfg: DictConfig, *, train: bool) -> SinkflowModule:
+    """Load the model, freeze / LoRA it (when training), and wrap it with family, detector and strategy."""
+    source = resolve_checkpoint(model_cfg)
+    family = instantiate(model_cfg.family)
+    model, processor = load_pretrained(source, dtype=model_cfg.dtype, attn_implementation=model_cfg.attn_implementation,
+                                       trust_remote_code=model_cfg.trust_remote_code)
+    lora = OmegaConf.to_container(model_cfg.lora) if train and model_cfg.lora is not None else None
+    model = prepare_for_training(model, family, freeze_vision=model_cfg.freeze_vision,
+                                 train_projector=train and model_cfg.train_projector, lora=lora)
+    strategy = instantiate(strategy_cfg.strategy)
+    detector = instantiate(strategy_cfg.detector) if strategy_cfg.get("detector") else None
+    run_config = {"model": OmegaConf.to_container(model_cfg, resolve=True),
+                  "sink_strategy": OmegaConf.to_container(strategy_cfg, resolve=True)}
+    return SinkflowModule(model, processor, family, strategy, detector,
+                          optim=OmegaConf.to_container(model_cfg.optim),
+                          generation=OmegaConf.to_container(model_cfg.generation),
+                          source=source, run_config=run_config)
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list) -> L.Trainer:
+    """Trainer with the configured loggers and callbacks (LR monitor dropped when there is no logger)."""
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return instantiate(cfg.trainer, callbacks=callbacks + extra_callbacks, logger=loggers or False)
+
+
+def build_datamodule(cfg: DictConfig, module: SinkflowModule, predictions: Path | None):
+    """The dataset's DataModule, bound to the model's processor and template."""
+    datamodule = instantiate(cfg.dataset, skip_predicted=str(predictions) if predictions else None)
+    return datamodule.bind(module.processor, instantiate(cfg.model.template))
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, export the trainable weights, then test on the evaluation sets; returns the test metrics."""
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    module = build_module(cfg.model, cfg.sink_strategy, train=True)
+    predictions = output_dir / "predictions.jsonl"
+    scorer = PredictionsCallback(str(predictions), resume=cfg.resume_predictions)
+    datamodule = build_datamodule(cfg, module, predictions if cfg.resume_predictions else None)
+    trainer = build_trainer(cfg, [scorer])
+    log_parameter_counts(trainer, module, cfg)
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if cfg.test:
+        trainer.test(module, datamodule=datamodule)
+        print_metrics(scorer.metrics, predictions)
+    return scorer.metrics
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Generate on the evaluation sets with a trained checkpoint or a pretrained model; score and print."""
+    model_cfg, strategy_cfg, state = cfg.model, cfg.sink_strategy, None
+    if cfg.ckpt_path:
+        checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)
+        if "sinkflow" not in checkpoint:
+            raise ValueError(f"{cfg.ckpt_path}: not a sinkflow checkpoint (no 'sinkflow' entry)")
+        saved = OmegaConf.create(checkpoint["sinkflow"]["config"])
+        model_cfg = saved.model
+        if cfg.use_checkpoint_strategy:
+            strategy_cfg = saved.sink_strategy
+        state = checkpoint["state_dict"]
+    cfg = OmegaConf.merge(cfg, {"model": model_cfg, "sink_strategy": strategy_cfg})
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg.model, cfg.sink_strategy, train=state is not None)
+    if state is not None:
+        load_trainable(module, state, cfg.ckpt_path)
+    predictions = Path(cfg.paths.output_dir) / "predictions.jsonl"
+    scorer = PredictionsCallback(str(predictions), resume=cfg.resume_predictions)
+    datamodule = build_datamodule(cfg, module, predictions if cfg.resume_predictions else None)
+    trainer = build_trainer(cfg, [scorer])
+    trainer.test(module, datamodule=datamodule)
+    print_metrics(scorer.metrics, predictions)
+    return scorer.metrics
+
+
+def load_trainable(module: SinkflowModule, state: dict, origin: str) -> None:
+    """Load a trainable-only state dict; every trainable parameter must be covered and nothing left over."""
+    missing = set(module.trainable_state_dict()) - set(state)
+    unexpected = set(state) - set(module.state_dict())
+    if missing or unexpected:
+        raise ValueError(f"{origin}: checkpoint does not fit the model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    module.load_state_dict(state, strict=False)
+
+
+def log_parameter_counts(trainer: L.Trainer, module: SinkflowModule, cfg: DictConfig) -> None:
+    """Send the resolved config and parameter counts to every logger."""
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    params = {"params/total": total, "params/trainable": trainable}
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **params})
+    log.info("parameters: %d trainable of %d (%.3f%%)", trainable, total, 100 * trainable / max(total, 1))
+
+
+def print_metrics(metrics: dict[str, float], predictions: Path) -> None:
+    """A rich table of the test metrics (rank 0 holds them; other ranks print nothing)."""
+    if not metrics:
+        return
+    table = Table(title=f"metrics ({predictions})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    Console().print(table)

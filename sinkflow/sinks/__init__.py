@@ -1,0 +1,1 @@
+"""ViT sinks: detection and routing strategies."""

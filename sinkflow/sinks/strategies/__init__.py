@@ -1,0 +1,1 @@
+"""Routing strategies, one file each; `conf/sink_strategy/<name>.yaml` instantiates `<name>.py`."""

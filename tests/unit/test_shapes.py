@@ -1,0 +1,227 @@
+"""The synthetic shapes generator: determinism, caching, official formats and answers that match the pixels."""
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sinkflow.data.benchmarks.mme import load_mme
+from sinkflow.data.benchmarks.mmstar import load_mmstar
+from sinkflow.data.benchmarks.pope import load_pope
+from sinkflow.data.instruct import load_instruct
+from sinkflow.data.shapes import (
+    BACKGROUNDS,
+    GLOBAL_KINDS,
+    LOCAL_KINDS,
+    SHAPE_COLORS,
+    SHAPES,
+    generate_shapes,
+    question_kind,
+    question_scope,
+    scope_of,
+)
+
+SMALL = {"n_train": 24, "n_eval": 16, "image_size": 64}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return generate_shapes(tmp_path_factory.mktemp("shapes"), seed=3, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def scenes(root) -> dict:
+    return json.loads((root / "scenes.json").read_text())
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _objects(scene: dict) -> set[tuple[str, str]]:
+    return {(o["color"], o["shape"]) for o in scene["objects"]}
+
+
+def _eval_scene(scenes: dict, image: str) -> dict:
+    return scenes[f"eval_images/{image}"]
+
+
+def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
+    a = _files(generate_shapes(tmp_path / "a", seed=7, **SMALL))
+    b = _files(generate_shapes(tmp_path / "b", seed=7, **SMALL))
+    c = _files(generate_shapes(tmp_path / "c", seed=8, **SMALL))
+    assert a == b
+    assert a.keys() == c.keys()
+    assert a["train.json"] != c["train.json"]
+    assert a["eval_images/eval_00000.png"] != c["eval_images/eval_00000.png"]
+
+
+def test_same_parameters_reuse_the_cache_and_new_parameters_regenerate(tmp_path):
+    root = generate_shapes(tmp_path, seed=1, **SMALL)
+    (root / "train.json").write_text("[]")
+    assert generate_shapes(tmp_path, seed=1, **SMALL) == root
+    assert (root / "train.json").read_text() == "[]"
+    generate_shapes(tmp_path, seed=1, **SMALL, overwrite=True)
+    assert len(json.loads((root / "train.json").read_text())) == SMALL["n_train"]
+    generate_shapes(tmp_path, seed=1, n_train=5, n_eval=4)
+    assert len(list((root / "images").glob("*.png"))) == 5
+    assert json.loads((root / "manifest.json").read_text())["params"]["n_train"] == 5
+
+
+def test_invalid_parameters_are_named(tmp_path):
+    with pytest.raises(ValueError, match="turns_per_image"):
+        generate_shapes(tmp_path, turns_per_image=5)
+    with pytest.raises(ValueError, match="image_size"):
+        generate_shapes(tmp_path, image_size=8)
+
+
+def test_manifest_counts_match_the_files(root):
+    manifest = json.loads((root / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["train_images"] == len(list((root / "images").glob("*.png"))) == SMALL["n_train"]
+    assert counts["eval_images"] == len(list((root / "eval_images").glob("*.png"))) == SMALL["n_eval"]
+    for category, n in counts["pope"].items():
+        assert len((root / "pope" / f"shapes_pope_{category}.json").read_text().splitlines()) == n
+    for subtask, n in counts["mme"].items():
+        assert len((root / "mme" / f"{subtask}.txt").read_text().splitlines()) == n
+    assert len((root / "mmstar" / "mmstar.jsonl").read_text().splitlines()) == counts["mmstar"]
+    assert manifest["scopes"] == {**dict.fromkeys(GLOBAL_KINDS, "global"), **dict.fromkeys(LOCAL_KINDS, "local")}
+
+
+def test_images_match_their_scene_description(root, scenes):
+    for rel, scene in scenes.items():
+        image = Image.open(root / rel).convert("RGB")
+        assert image.size == (64, 64)
+        assert image.getpixel((0, 0)) == BACKGROUNDS[scene["background"]]
+        assert 1 <= len(scene["objects"]) <= 4
+        for o in scene["objects"]:
+            x0, y0, x1, y1 = o["box"]
+            assert image.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == SHAPE_COLORS[o["color"]]
+
+
+def _check_answer(question: str, answer: str, scene: dict) -> None:
+    """Re-derive a training answer from the scene description."""
+    colors = Counter(o["color"] for o in scene["objects"])
+    kind = question_kind(question)
+    if kind == "background":
+        assert answer == scene["background"]
+    elif kind == "count":
+        assert answer == str(len(scene["objects"]))
+    elif kind == "dominant_color":
+        assert 2 * colors[answer] > len(scene["objects"])
+    elif kind == "existence":
+        color, shape = re.search(r"an? (\w+) (\w+) in", question).groups()
+        assert answer == ("Yes" if (color, shape) in _objects(scene) else "No")
+    else:
+        color, shape = re.search(r"the (\w+) (\w+) on", question).groups()
+        (obj,) = [o for o in scene["objects"] if (o["color"], o["shape"]) == (color, shape)]
+        x0, _, x1, _ = obj["box"]
+        assert answer == ("left" if (x0 + x1) / 2 < 64 / 3 else "right")
+        assert (x0 + x1) / 2 < 64 / 3 or (x0 + x1) / 2 > 2 * 64 / 3
+
+
+def test_training_records_are_llava_format_with_correct_answers(root, scenes):
+    records = load_instruct(root / "train.json", root)
+    assert len(records) == SMALL["n_train"]
+    kinds = Counter()
+    for record in records:
+        turns = record["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * 2
+        assert turns[0]["value"].startswith("<image>\n")
+        assert all("<image>" not in t["value"] for t in turns[1:])
+        scene = scenes[str(Path(record["image"]).relative_to(root.resolve()))]
+        scopes = set()
+        for question, answer in zip(turns[0::2], turns[1::2]):
+            _check_answer(question["value"].removeprefix("<image>\n"), answer["value"], scene)
+            kind = question_kind(question["value"])
+            kinds[kind] += 1
+            scopes.add(question_scope(kind))
+        assert scopes == {"global", "local"}
+    assert set(kinds) >= {"background", "count", "existence"}
+
+
+def test_pope_files_are_official_format_balanced_and_correct(root, scenes):
+    for category in ("random", "popular", "adversarial"):
+        lines = (root / "pope" / f"shapes_pope_{category}.json").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+        assert [list(r) for r in rows] == [["question_id", "image", "text", "label"]] * len(rows)
+        assert [r["question_id"] for r in rows] == list(range(1, len(rows) + 1))
+        assert Counter(r["label"] for r in rows) == {"yes": len(rows) // 2, "no": len(rows) // 2}
+        for r in rows:
+            assert isinstance(r["image"], str) and re.fullmatch(r"Is there an? \w+ \w+ in the image\?", r["text"])
+            scene = _eval_scene(scenes, r["image"])
+            color, shape = r["text"].split()[3:5]
+            assert ((color, shape) in _objects(scene)) == (r["label"] == "yes")
+            if category == "adversarial" and r["label"] == "no":
+                assert any(color == c or shape == s for c, s in _objects(scene))
+    assert len(load_pope(root / "pope", root / "eval_images", check_images=True)) == 3 * len(rows)
+
+
+def test_pope_popular_negatives_are_the_most_frequent_absent_objects(root, scenes):
+    frequency = Counter(o for rel, s in scenes.items() if rel.startswith("eval_") for o in _objects(s))
+    negatives: dict[str, set] = {}
+    for line in (root / "pope" / "shapes_pope_popular.json").read_text().splitlines():
+        row = json.loads(line)
+        if row["label"] == "no":
+            negatives.setdefault(row["image"], set()).add(tuple(row["text"].split()[3:5]))
+    for image, chosen in negatives.items():
+        others = {(c, s) for c in SHAPE_COLORS for s in SHAPES} - chosen - _objects(_eval_scene(scenes, image))
+        assert min(frequency[o] for o in chosen) >= max(frequency[o] for o in others)
+
+
+def test_mme_files_have_yes_then_no_per_image_and_correct_answers(root, scenes):
+    for subtask in ("existence", "count", "position", "color"):
+        rows = [line.split("\t") for line in (root / "mme" / f"{subtask}.txt").read_text().splitlines()]
+        assert rows and all(len(r) == 3 for r in rows)
+        assert all(q.endswith(" Please answer yes or no.") for _, q, _ in rows)
+        for first, second in zip(rows[0::2], rows[1::2]):
+            assert first[0] == second[0] and (first[2], second[2]) == ("Yes", "No")
+        for image, question, answer in rows:
+            scene = _eval_scene(scenes, image)
+            text = question.removesuffix(" Please answer yes or no.")
+            if subtask == "existence":
+                color, shape = text.split()[3:5]
+                assert ((color, shape) in _objects(scene)) == (answer == "Yes")
+            elif subtask == "count":
+                assert (int(re.search(r"\d", text).group()) == len(scene["objects"])) == (answer == "Yes")
+            elif subtask == "color" and text.startswith("Is the background"):
+                assert (text.split()[-1].rstrip("?") == scene["background"]) == (answer == "Yes")
+        assert scope_of("mme", subtask) == question_scope(question_kind(rows[0][1]))
+    items = load_mme(root / "mme", root / "eval_images", check_images=True)
+    assert {i["category"] for i in items} == {"existence", "count", "position", "color"}
+
+
+def test_mmstar_lines_have_four_options_and_a_correct_letter(root, scenes):
+    rows = [json.loads(line) for line in (root / "mmstar" / "mmstar.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(len(rows)))
+    letters = Counter()
+    for r in rows:
+        question, options = r["question"].split("\nOptions: ")
+        parsed = re.fullmatch(r"A: (.+), B: (.+), C: (.+), D: (.+)", options)
+        assert parsed and r["answer"] in "ABCD"
+        letters[r["answer"]] += 1
+        correct = parsed.group("ABCD".index(r["answer"]) + 1)
+        scene = _eval_scene(scenes, r["image"])
+        if r["l2_category"] == "image scene and topic":
+            assert correct == scene["background"]
+        elif r["l2_category"] == "object counting":
+            assert correct == str(len(scene["objects"]))
+        elif r["l2_category"] == "recognition":
+            assert tuple(correct.split()) in _objects(scene)
+            assert sum(tuple(o.split()) in _objects(scene) for o in parsed.groups()) == 1
+        assert scope_of("mmstar", r["category"], r["l2_category"]) == question_scope(question_kind(r["question"]))
+    assert set(letters) == set("ABCD")
+    assert len(load_mmstar(root / "mmstar" / "mmstar.jsonl", root / "eval_images", check_images=True)) == len(rows)
+
+
+def test_scope_mapping_rejects_unknown_inputs():
+    assert scope_of("pope", "adversarial") == "local"
+    assert scope_of("mmstar", "coarse perception", "image scene and topic") == "global"
+    with pytest.raises(ValueError, match="'scene'"):
+        scope_of("mme", "scene")
+    with pytest.raises(ValueError, match="'shape_size'"):
+        question_scope("shape_size")
+    with pytest.raises(ValueError, match="not a shapes question"):
+        question_kind("Is this a cat?")

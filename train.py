@@ -1,0 +1,17 @@
+"""Train an LVLM with sinkflow: `python train.py [model=...] [sink_strategy=...] [dataset=...] [trainer=...]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+import sinkflow.config  # noqa: F401  (registers the config resolvers)
+from sinkflow.run import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()
