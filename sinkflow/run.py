@@ -74,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log_parameter_counts(trainer, module, cfg)
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        save_final_last(trainer)
     if cfg.test:
         trainer.test(module, datamodule=datamodule)
         print_metrics(scorer.metrics, predictions)
@@ -105,6 +106,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer.test(module, datamodule=datamodule)
     print_metrics(scorer.metrics, predictions)
     return scorer.metrics
+
+
+def save_final_last(trainer: L.Trainer) -> None:
+    """Rewrite `last.ckpt` with the final weights.
+
+    Lightning writes `last` only when validation ends, so a run stopped by `max_steps` mid-epoch would leave a
+    stale `last.ckpt` behind the exported weights and the test predictions.
+    """
+    if trainer.fast_dev_run:
+        return
+    for callback in trainer.checkpoint_callbacks:
+        if callback.save_last and callback.dirpath:
+            trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}.ckpt")
 
 
 def load_trainable(module: SinkflowModule, state: dict, origin: str) -> None:

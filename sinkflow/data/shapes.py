@@ -7,13 +7,15 @@ import random
 import re
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from sinkflow.data.benchmarks.common import SHORT_ANSWER, short_answer_prompt
 from sinkflow.data.benchmarks.mme import YES_NO_SUFFIX
-from sinkflow.data.benchmarks.mmstar import LETTERS
+from sinkflow.data.benchmarks.mmstar import LETTER_ANSWER, LETTERS, letter_prompt
 
 SHAPE_COLORS = {
     "red": (220, 40, 40),
@@ -31,7 +33,7 @@ LOCAL_KINDS = ("existence", "position")
 CORNERS = ("top left", "top right", "bottom left", "bottom right")
 GRID = 3  # objects sit in distinct cells of a 3x3 grid: no overlap, and the middle column is neither left nor right
 MAX_OBJECTS = 4
-VERSION = 1  # bump when the generated content changes, so cached datasets are regenerated
+VERSION = 2  # bump when the generated content changes, so cached datasets are regenerated
 POPE_CATEGORIES = ("random", "popular", "adversarial")
 MME_SUBTASKS = ("existence", "count", "position", "color")
 MMSTAR_CATEGORIES = {
@@ -39,6 +41,14 @@ MMSTAR_CATEGORIES = {
     "count": ("fine-grained perception", "object counting"),
     "existence": ("fine-grained perception", "recognition"),
     "position": ("fine-grained perception", "localization"),
+}
+# Training prompt styles, one per evaluation format: open short answer, MME/POPE yes/no verification, MMStar
+# multiple choice. Existence has no open style: its open question is already the POPE verification question.
+TRAIN_STYLES = ("open", "verify", "choice")
+_STYLE_KINDS = {
+    "open": ("background", "dominant_color", "count", "position"),
+    "verify": GLOBAL_KINDS + LOCAL_KINDS,
+    "choice": tuple(MMSTAR_CATEGORIES),
 }
 _EVAL_SCOPES = {
     **{("pope", c): "local" for c in POPE_CATEGORIES},
@@ -83,8 +93,11 @@ def annotate_scope(item: dict) -> dict:
     return {"scope": scope_of(item["benchmark"], item["category"], item.get("l2_category"))}
 
 def question_kind(question: str) -> str:
-    """The kind of any shapes question (train turn, POPE, MME or MMStar text)."""
-    text = question.removeprefix("<image>\n").removesuffix(YES_NO_SUFFIX).split("\nOptions:")[0]
+    """The kind of any shapes question (training prompt, POPE / MME / MMStar text or loader prompt)."""
+    text = question.removeprefix("<image>\n")
+    for suffix in (SHORT_ANSWER, LETTER_ANSWER, YES_NO_SUFFIX):
+        text = text.removesuffix(suffix)
+    text = text.split("\nOptions:")[0]
     for kind, pattern in _QUESTION_KINDS:
         if re.fullmatch(pattern, text):
             return kind
@@ -204,35 +217,6 @@ def _absent(scene: Scene) -> list[tuple[str, str]]:
     return [(c, s) for c, s in ALL_OBJECTS if not scene.has(c, s)]
 
 
-def _candidates(scene: Scene, rng: random.Random) -> dict[str, list[tuple[str, str]]]:
-    """Every training (question, answer) the scene supports, by kind; existence is balanced yes/no."""
-    objects, dominant = scene.objects, scene.dominant_color
-    negatives = rng.sample(_absent(scene), len(objects))
-    return {
-        "background": [("What is the background color?", scene.background)],
-        "dominant_color": [("What is the dominant color of the shapes?", dominant)] if dominant else [],
-        "count": [("How many shapes are there?", str(len(objects)))],
-        "existence": [(_exists_q(o.color, o.shape), "Yes") for o in objects]
-        + [(_exists_q(*n), "No") for n in negatives],
-        "position": [(f"Is the {o.name} on the left or the right?", o.side) for o in objects if o.side],
-    }
-
-
-def _train_record(index: int, scene: Scene, rng: random.Random, turns: int) -> dict:
-    """One LLaVA-format record whose turns alternate between global and local questions when possible."""
-    pool = {kind: qas for kind, qas in _candidates(scene, rng).items() if qas}
-    scope = rng.choice(("global", "local"))
-    conversations = []
-    for t in range(turns):
-        kinds = [k for k in pool if pool[k] and question_scope(k) == scope] or [k for k in pool if pool[k]]
-        qas = pool[rng.choice(kinds)]
-        question, answer = qas.pop(rng.randrange(len(qas)))
-        conversations += [{"from": "human", "value": ("<image>\n" if t == 0 else "") + question},
-                          {"from": "gpt", "value": answer}]
-        scope = "local" if scope == "global" else "global"
-    return {"id": f"shapes_train_{index:05d}", "image": f"images/train_{index:05d}.png", "conversations": conversations}
-
-
 def _pope_negatives(
     category: str, scene: Scene, rng: random.Random, ranking: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
@@ -260,19 +244,21 @@ def _pope_lines(category: str, scenes: list[Scene], rng: random.Random) -> list[
     return lines
 
 
-def _mme_pair(subtask: str, scene: Scene, rng: random.Random) -> tuple[str, str] | None:
-    """A (Yes question, No question) pair for one image, or None when the image cannot support the subtask."""
-    if subtask == "existence":
+def _yes_no_pair(kind: str, scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    """A (Yes question, No question) pair in the MME/POPE style, or None when the scene cannot support the kind."""
+    if kind == "existence":
         o = rng.choice(scene.objects)
         return _exists_q(o.color, o.shape), _exists_q(*rng.choice(_absent(scene)))
-    if subtask == "count":
+    if kind == "count":
         n = len(scene.objects)
         return _count_q(n), _count_q(rng.choice([m for m in range(1, MAX_OBJECTS + 1) if m != n]))
-    if subtask == "color":
+    if kind == "dominant_color":
         dominant = scene.dominant_color
-        if dominant and rng.random() < 0.5:
-            other = rng.choice([c for c in SHAPE_COLORS if c != dominant])
-            return (f"Is the dominant color of the shapes {dominant}?", f"Is the dominant color of the shapes {other}?")
+        if not dominant:
+            return None
+        other = rng.choice([c for c in SHAPE_COLORS if c != dominant])
+        return f"Is the dominant color of the shapes {dominant}?", f"Is the dominant color of the shapes {other}?"
+    if kind == "background":
         other = rng.choice([b for b in BACKGROUNDS if b != scene.background])
         return f"Is the background {scene.background}?", f"Is the background {other}?"
     sided = [o for o in scene.objects if o.side]
@@ -281,6 +267,13 @@ def _mme_pair(subtask: str, scene: Scene, rng: random.Random) -> tuple[str, str]
     o = rng.choice(sided)
     wrong = "right" if o.side == "left" else "left"
     return f"Is the {o.name} on the {o.side} of the image?", f"Is the {o.name} on the {wrong} of the image?"
+
+
+def _mme_pair(subtask: str, scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    """The (Yes question, No question) pair of an MME subtask; 'color' asks the dominant colour half of the time."""
+    if subtask == "color":
+        subtask = "dominant_color" if scene.dominant_color and rng.random() < 0.5 else "background"
+    return _yes_no_pair(subtask, scene, rng)
 
 
 def _mmstar_question(kind: str, scene: Scene, rng: random.Random) -> tuple[str, list[str], str] | None:
@@ -303,8 +296,13 @@ def _mmstar_question(kind: str, scene: Scene, rng: random.Random) -> tuple[str, 
     return f"Where is the {o.name}?", list(CORNERS), o.corner
 
 
+def _with_options(question: str, options: list[str]) -> str:
+    """An MMStar question with its options inline, as in Lin-Chen/MMStar."""
+    return f"{question}\nOptions: " + ", ".join(f"{letter}: {option}" for letter, option in zip(LETTERS, options))
+
+
 def _mmstar_lines(scenes: list[Scene], rng: random.Random) -> list[dict]:
-    """MMStar lines: one question per image and kind, options inline as in Lin-Chen/MMStar."""
+    """MMStar lines: one question per image and kind."""
     lines = []
     for i, scene in enumerate(scenes):
         for kind, (category, l2) in MMSTAR_CATEGORIES.items():
@@ -312,11 +310,77 @@ def _mmstar_lines(scenes: list[Scene], rng: random.Random) -> list[dict]:
             if made is None:
                 continue
             question, options, correct = made
-            listed = ", ".join(f"{letter}: {option}" for letter, option in zip(LETTERS, options))
-            lines.append({"index": len(lines), "question": f"{question}\nOptions: {listed}",
+            lines.append({"index": len(lines), "question": _with_options(question, options),
                           "image": f"eval_{i:05d}.png", "answer": LETTERS[options.index(correct)],
                           "category": category, "l2_category": l2})
     return lines
+
+
+def _open_question(kind: str, scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    """(question, word or digit answer), or None when the scene cannot support the kind."""
+    if kind == "background":
+        return "What is the background color?", scene.background
+    if kind == "dominant_color":
+        return ("What is the dominant color of the shapes?", scene.dominant_color) if scene.dominant_color else None
+    if kind == "count":
+        return "How many shapes are there?", str(len(scene.objects))
+    sided = [o for o in scene.objects if o.side]
+    if not sided:
+        return None
+    o = rng.choice(sided)
+    return f"Is the {o.name} on the left or the right?", o.side
+
+
+def _balanced_yes(rng: random.Random) -> Iterator[bool]:
+    """Random Yes (True) / No choices whose running counts never differ by more than 2: no answer prior to learn."""
+    lead = 0
+    while True:
+        yes = rng.random() < 0.5 if abs(lead) < 2 else lead < 0
+        lead += 1 if yes else -1
+        yield yes
+
+
+def _train_turn(
+    style: str, kind: str, scene: Scene, rng: random.Random, yes: Iterator[bool]
+) -> tuple[str, str] | None:
+    """(prompt, answer) of one training turn, the prompt made by the loaders' prompt builders, exactly as at
+    evaluation; None when the scene cannot support the kind."""
+    if style == "open":
+        made = _open_question(kind, scene, rng)
+        return made and (short_answer_prompt(made[0]), made[1])
+    if style == "verify":
+        pair = _yes_no_pair(kind, scene, rng)
+        if pair is None:
+            return None
+        answer = "Yes" if next(yes) else "No"
+        return short_answer_prompt(pair[answer == "No"]), answer
+    made = _mmstar_question(kind, scene, rng)
+    if made is None:
+        return None
+    question, options, correct = made
+    return letter_prompt(_with_options(question, options)), LETTERS[options.index(correct)]
+
+
+def _train_record(index: int, scene: Scene, rng: random.Random, turns: int, yes: Iterator[bool]) -> dict:
+    """One LLaVA-format record: turns alternate between global and local questions, each in a random style."""
+    scope = rng.choice(("global", "local"))
+    conversations, used = [], set()
+    for t in range(turns):
+        # Random style, then random kind, skipping what the scene cannot ask. Every scene supports at least two
+        # unused (style, kind) pairs per scope (background and count; existence), enough for turns_per_image <= 4.
+        options = [(style, kind) for style in rng.sample(TRAIN_STYLES, len(TRAIN_STYLES))
+                   for kind in rng.sample(_STYLE_KINDS[style], len(_STYLE_KINDS[style]))
+                   if question_scope(kind) == scope and (style, kind) not in used]
+        for style, kind in options:
+            made = _train_turn(style, kind, scene, rng, yes)
+            if made:
+                break
+        used.add((style, kind))
+        prompt, answer = made
+        conversations += [{"from": "human", "value": ("<image>\n" if t == 0 else "") + prompt},
+                          {"from": "gpt", "value": answer}]
+        scope = "local" if scope == "global" else "global"
+    return {"id": f"shapes_train_{index:05d}", "image": f"images/train_{index:05d}.png", "conversations": conversations}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -374,7 +438,8 @@ def generate_shapes(
     _write_images(root / "images", "train", train_scenes, image_size)
     _write_images(root / "eval_images", "eval", eval_scenes, image_size)
     turns_rng = stream("train_turns")
-    records = [_train_record(i, scene, turns_rng, turns_per_image) for i, scene in enumerate(train_scenes)]
+    yes = _balanced_yes(turns_rng)
+    records = [_train_record(i, scene, turns_rng, turns_per_image, yes) for i, scene in enumerate(train_scenes)]
     _write_json(root / "train.json", records)
     _write_json(root / "scenes.json", {
         **{f"images/train_{i:05d}.png": s.to_json() for i, s in enumerate(train_scenes)},

@@ -62,7 +62,8 @@ def prepare_for_training(model: nn.Module, family: VisualFamily, *, freeze_visio
                          train_projector: bool = True, lora: LoraSpec | dict | None = None) -> nn.Module:
     """Freeze the ViT, keep the projector trainable, put LoRA on the language model only.
 
-    Returns the model to train: a `PeftModel` when LoRA is on (the HF model is modified in place either way).
+    Returns the model to train, in train mode (from_pretrained leaves it in eval mode, which would silence LoRA
+    dropout): a `PeftModel` when LoRA is on (the HF model is modified in place either way).
     """
     if isinstance(lora, dict):
         lora = LoraSpec(**lora)
@@ -79,6 +80,7 @@ def prepare_for_training(model: nn.Module, family: VisualFamily, *, freeze_visio
     base = unwrap(model)
     family.projector(base).requires_grad_(train_projector)
     family.vision_tower(base).requires_grad_(not freeze_vision)
+    model.train()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     log.info("trainable parameters: %d / %d (%.2f%%)", n_train, n_all, 100 * n_train / max(n_all, 1))

@@ -71,6 +71,7 @@ class TinyLlavaSpec:
     text_kv_heads: int = 2
     vocab_size: int = 512
     seed: int = 0
+    revision: int = 2  # bump when the build code changes, so cached checkpoints are rebuilt
 
     def fingerprint(self) -> str:
         """Short hash naming the cache folder of this spec."""
@@ -140,6 +141,9 @@ def build_tiny_llava(spec: TinyLlavaSpec) -> tuple[LlavaForConditionalGeneration
         num_attention_heads=spec.text_heads,
         num_key_value_heads=spec.text_kv_heads,
         max_position_embeddings=1024,
+        # HF's 0.02 suits 4096-wide models; at width 128 it leaves a frozen random LM head unable to express a
+        # confident prediction, so LoRA could not fit anything. 1/sqrt(width) restores the usual scale.
+        initializer_range=spec.text_hidden**-0.5,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sinkflow.data.benchmarks.mme import load_mme
-from sinkflow.data.benchmarks.mmstar import load_mmstar
+from sinkflow.data.benchmarks.common import SHORT_ANSWER
+from sinkflow.data.benchmarks.mme import YES_NO_SUFFIX, load_mme
+from sinkflow.data.benchmarks.mmstar import LETTER_ANSWER, load_mmstar
 from sinkflow.data.benchmarks.pope import load_pope
 from sinkflow.data.instruct import load_instruct
 from sinkflow.data.shapes import (
@@ -17,6 +18,7 @@ from sinkflow.data.shapes import (
     LOCAL_KINDS,
     SHAPE_COLORS,
     SHAPES,
+    TRAIN_STYLES,
     generate_shapes,
     question_kind,
     question_scope,
@@ -101,31 +103,70 @@ def test_images_match_their_scene_description(root, scenes):
             assert image.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == SHAPE_COLORS[o["color"]]
 
 
-def _check_answer(question: str, answer: str, scene: dict) -> None:
+def _style(prompt: str) -> str:
+    """A training prompt's style, from its single evaluation suffix and its question."""
+    prompt = prompt.removeprefix("<image>\n")
+    suffixes = [s for s in (SHORT_ANSWER, LETTER_ANSWER) if s in prompt]
+    assert len(suffixes) == 1 and prompt.count(suffixes[0]) == 1 and prompt.endswith(suffixes[0]), prompt
+    assert YES_NO_SUFFIX not in prompt
+    if suffixes[0] == LETTER_ANSWER:
+        return "choice"
+    open_question = re.match(r"What |How many |Is the \w+ \w+ on the left or the right\?", prompt)
+    return "open" if open_question else "verify"
+
+
+def _side(obj: dict) -> str | None:
+    x0, _, x1, _ = obj["box"]
+    center = (x0 + x1) / 2
+    return "left" if center < 64 / 3 else "right" if center > 2 * 64 / 3 else None
+
+
+def _named(scene: dict, color: str, shape: str) -> dict:
+    (obj,) = [o for o in scene["objects"] if (o["color"], o["shape"]) == (color, shape)]
+    return obj
+
+
+def _expected_answer(prompt: str, scene: dict) -> str:
     """Re-derive a training answer from the scene description."""
-    colors = Counter(o["color"] for o in scene["objects"])
-    kind = question_kind(question)
-    if kind == "background":
-        assert answer == scene["background"]
+    objects, present = scene["objects"], _objects(scene)
+    colors = Counter(o["color"] for o in objects)
+    dominant = next((c for c, n in colors.items() if 2 * n > len(objects)), None)
+    kind, style = question_kind(prompt), _style(prompt)
+    question = prompt.split("\n")[0]
+    if style == "choice":
+        parsed = re.fullmatch(r"A: (.+), B: (.+), C: (.+), D: (.+)", prompt.split("\n")[1].removeprefix("Options: "))
+        options = parsed.groups()
+        if kind == "existence":
+            (correct,) = [o for o in options if tuple(o.split()) in present]
+        elif kind == "position":
+            row, col = _named(scene, *re.fullmatch(r"Where is the (\w+) (\w+)\?", question).groups())["cell"]
+            correct = f"{('top', None, 'bottom')[row]} {('left', None, 'right')[col]}"
+        else:
+            correct = {"background": scene["background"], "count": str(len(objects))}[kind]
+        assert options.count(correct) == 1
+        return "ABCD"[options.index(correct)]
+    if style == "open":
+        if kind == "position":
+            obj = _named(scene, *re.search(r"the (\w+) (\w+) on", question).groups())
+            return _side(obj)
+        return {"background": scene["background"], "dominant_color": dominant, "count": str(len(objects))}[kind]
+    if kind == "existence":
+        truth = tuple(re.search(r"an? (\w+) (\w+) in", question).groups()) in present
+    elif kind == "position":
+        color, shape, side = re.fullmatch(r"Is the (\w+) (\w+) on the (\w+) of the image\?", question).groups()
+        truth = _side(_named(scene, color, shape)) == side
     elif kind == "count":
-        assert answer == str(len(scene["objects"]))
-    elif kind == "dominant_color":
-        assert 2 * colors[answer] > len(scene["objects"])
-    elif kind == "existence":
-        color, shape = re.search(r"an? (\w+) (\w+) in", question).groups()
-        assert answer == ("Yes" if (color, shape) in _objects(scene) else "No")
+        truth = int(re.search(r"\d", question).group()) == len(objects)
     else:
-        color, shape = re.search(r"the (\w+) (\w+) on", question).groups()
-        (obj,) = [o for o in scene["objects"] if (o["color"], o["shape"]) == (color, shape)]
-        x0, _, x1, _ = obj["box"]
-        assert answer == ("left" if (x0 + x1) / 2 < 64 / 3 else "right")
-        assert (x0 + x1) / 2 < 64 / 3 or (x0 + x1) / 2 > 2 * 64 / 3
+        asked = question.split()[-1].rstrip("?")
+        truth = asked == {"background": scene["background"], "dominant_color": dominant}[kind]
+    return "Yes" if truth else "No"
 
 
 def test_training_records_are_llava_format_with_correct_answers(root, scenes):
     records = load_instruct(root / "train.json", root)
     assert len(records) == SMALL["n_train"]
-    kinds = Counter()
+    styles, yes_no, letters = Counter(), Counter(), Counter()
     for record in records:
         turns = record["conversations"]
         assert [t["from"] for t in turns] == ["human", "gpt"] * 2
@@ -134,12 +175,40 @@ def test_training_records_are_llava_format_with_correct_answers(root, scenes):
         scene = scenes[str(Path(record["image"]).relative_to(root.resolve()))]
         scopes = set()
         for question, answer in zip(turns[0::2], turns[1::2]):
-            _check_answer(question["value"].removeprefix("<image>\n"), answer["value"], scene)
-            kind = question_kind(question["value"])
-            kinds[kind] += 1
-            scopes.add(question_scope(kind))
+            prompt = question["value"].removeprefix("<image>\n")
+            assert answer["value"] == _expected_answer(prompt, scene), prompt
+            style = _style(prompt)
+            styles[style] += 1
+            if style == "verify":
+                yes_no[answer["value"]] += 1
+            if style == "choice":
+                letters[answer["value"]] += 1
+            scopes.add(question_scope(question_kind(question["value"])))
         assert scopes == {"global", "local"}
-    assert set(kinds) >= {"background", "count", "existence"}
+    assert set(styles) == set(TRAIN_STYLES)
+    assert set(yes_no) == {"Yes", "No"} and abs(yes_no["Yes"] / sum(yes_no.values()) - 0.5) <= 0.1
+    assert len(letters) > 1
+
+
+def test_training_prompts_are_the_evaluation_prompts_of_the_same_questions(root):
+    """Training prompts are exactly what the loaders make of the shapes evaluation questions."""
+    items = (load_pope(root / "pope", root / "eval_images") + load_mme(root / "mme", root / "eval_images")
+             + load_mmstar(root / "mmstar" / "mmstar.jsonl", root / "eval_images"))
+    words = "|".join([*SHAPE_COLORS, *BACKGROUNDS, *SHAPES, r"\d", r"[A-D]: [\w ]+"])
+    generic = re.compile(rf"\b({words})\b")
+    eval_prompts = {generic.sub("_", i["prompt"]) for i in items}
+    train = json.loads((root / "train.json").read_text())
+    train_prompts = {generic.sub("_", t["value"].removeprefix("<image>\n"))
+                     for r in train for t in r["conversations"][0::2] if _style(t["value"]) != "open"}
+    assert train_prompts <= eval_prompts
+
+
+def test_more_turns_per_image_are_distinct_questions(tmp_path):
+    generate_shapes(tmp_path, seed=5, n_train=64, n_eval=2, turns_per_image=4)
+    for record in json.loads((tmp_path / "train.json").read_text()):
+        prompts = [t["value"] for t in record["conversations"][0::2]]
+        assert len(set(prompts)) == 4
+        assert [question_scope(question_kind(p)) for p in prompts] in (["global", "local"] * 2, ["local", "global"] * 2)
 
 
 def test_pope_files_are_official_format_balanced_and_correct(root, scenes):

@@ -10,6 +10,11 @@ from sinkflow.data.errors import DataFormatError
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 
 
+def short_answer_prompt(question: str) -> str:
+    """The model prompt of a POPE or MME question: the question, then the single-word-or-phrase instruction."""
+    return question.strip() + SHORT_ANSWER
+
+
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield (1-based line number, text) for each non-blank line of a UTF-8 file."""
     with open(path, encoding="utf-8", newline="") as f:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sinkflow.data.benchmarks.common import SHORT_ANSWER, read_lines
+from sinkflow.data.benchmarks.common import read_lines, short_answer_prompt
 from sinkflow.data.errors import DataFormatError
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
@@ -57,7 +57,7 @@ def _read_subtask(path: Path, root: Path, check_images: bool) -> list[dict]:
             "answer": answer,
             "image": image,
             "image_path": full,
-            "prompt": question.replace(YES_NO_SUFFIX, "").strip() + SHORT_ANSWER,
+            "prompt": short_answer_prompt(question.replace(YES_NO_SUFFIX, "")),
         })
     return items
 

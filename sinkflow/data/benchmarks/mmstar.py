@@ -26,6 +26,11 @@ LETTERS = ("A", "B", "C", "D")
 LETTER_ANSWER = "\nAnswer with the option's letter from the given choices directly."
 
 
+def letter_prompt(question: str) -> str:
+    """The model prompt of an MMStar question (options inline): the question, then the letter instruction."""
+    return question.strip() + LETTER_ANSWER
+
+
 def load_mmstar(path: str | Path, image_root: str | Path, check_images: bool = False) -> list[dict]:
     """Load MMStar questions from a JSON-lines file as evaluation items."""
     path, root = Path(path), Path(image_root).resolve()
@@ -57,6 +62,6 @@ def load_mmstar(path: str | Path, image_root: str | Path, check_images: bool = F
             "answer": answer,
             "image": image,
             "image_path": image_path(root, image, check_images, path, line_no),
-            "prompt": question.strip() + LETTER_ANSWER,
+            "prompt": letter_prompt(question),
         })
     return items

@@ -5,7 +5,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sinkflow.data.benchmarks.common import SHORT_ANSWER, field, image_path, read_jsonl
+from sinkflow.data.benchmarks.common import field, image_path, read_jsonl, short_answer_prompt
 from sinkflow.data.errors import DataFormatError
 
 CATEGORIES = ("random", "popular", "adversarial")
@@ -60,6 +60,6 @@ def load_pope(
                 "answer": label,
                 "image": image,
                 "image_path": image_path(root, image, check_images, path, line_no),
-                "prompt": text.strip() + SHORT_ANSWER,
+                "prompt": short_answer_prompt(text),
             })
     return items

@@ -1,0 +1,84 @@
+"""train.py and evaluate.py as a user runs them: from a temp dir, offline, through Hydra."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sinkflow.eval.predictions import read_predictions
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL_DATA = ["dataset.prepare.n_train=32", "dataset.prepare.n_eval=6", "dataset.batch_size=8"]
+CONTRACT = {"benchmark", "id", "question", "answer", "prediction", "prompt", "category", "image"}
+
+
+def run(script, args, cwd, env):
+    """Run an entry point in a fresh interpreter; fail with its output if it fails."""
+    proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture()
+def env(tmp_path, hermetic_env):
+    return {**os.environ, **hermetic_env, "SINKFLOW_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "1"}
+
+
+def test_train_debug_from_a_temp_dir(tmp_path, env):
+    out = tmp_path / "run"
+    run("train.py", ["trainer=debug", "logger=none", *SMALL_DATA, f"hydra.run.dir={out}"], tmp_path, env)
+    records = read_predictions(out / "predictions.jsonl")
+    assert records and all(CONTRACT <= set(r) for r in records)
+    assert {r["benchmark"] for r in records} <= {"pope", "mme", "mmstar"}
+    assert all(r["prompt"].endswith("ASSISTANT:") and "<image>" in r["prompt"] for r in records)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(0.0 <= v <= 1.0 for v in metrics.values()) and any(k.endswith("/accuracy") for k in metrics)
+    export = out / "checkpoints" / "export"
+    assert (export / "adapter" / "adapter_config.json").exists() and (export / "projector.safetensors").exists()
+    assert (tmp_path / "data").is_dir(), "data is generated under the project root, not the package"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, hermetic_env):
+    """A short real training run with W&B offline, its checkpoint and its test predictions."""
+    tmp = tmp_path_factory.mktemp("trained")
+    env = {**os.environ, **hermetic_env, "SINKFLOW_ROOT": str(tmp), "HYDRA_FULL_ERROR": "1"}
+    out = tmp / "run"
+    run("train.py", ["logger=wandb", "trainer.max_steps=6", "trainer.val_check_interval=3", *SMALL_DATA,
+                     "dataset.limit_eval=16", f"hydra.run.dir={out}"], tmp, env)
+    return tmp, env, out
+
+
+def test_train_writes_checkpoint_logs_and_wandb_offline(trained_run):
+    _, _, out = trained_run
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    offline = list((out / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
+
+
+def test_evaluate_checkpoint_reproduces_train_predictions_and_resumes(trained_run):
+    tmp, env, out = trained_run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    eval_out = tmp / "eval"
+    args = [f"ckpt_path={ckpt}", *SMALL_DATA, "dataset.limit_eval=16", f"hydra.run.dir={eval_out}"]
+    proc = run("evaluate.py", args, tmp, env)
+    assert "metrics" in proc.stdout
+
+    def by_key(path):
+        return {(r["benchmark"], r["id"]): r["prediction"] for r in read_predictions(path)}
+
+    trained = by_key(out / "predictions.jsonl")
+    evaluated = by_key(eval_out / "predictions.jsonl")
+    assert evaluated == trained and len(evaluated) == 48
+
+    # Interrupt: keep the first 10 lines; a rerun completes the file without duplicates.
+    lines = (eval_out / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (eval_out / "predictions.jsonl").write_text("".join(lines[:10]))
+    proc = run("evaluate.py", args, tmp, env)
+    assert "resuming: 10 of 48 questions already predicted" in proc.stdout + proc.stderr
+    assert by_key(eval_out / "predictions.jsonl") == trained
+    assert len(read_predictions(eval_out / "predictions.jsonl")) == 48

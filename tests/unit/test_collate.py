@@ -1,0 +1,108 @@
+"""Templates, placeholder expansion and label masking: only assistant answers (+ </s>) are supervised."""
+
+import pytest
+import torch
+
+from sinkflow.data.collate import IGNORE_INDEX, Collator
+from sinkflow.data.templates import VICUNA_V1_SYSTEM, ProcessorChatTemplate, VicunaV1
+from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
+
+N_IMAGE_TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_tiny_llava(TinyLlavaSpec())[1]
+
+
+def conversation(image):
+    return {"id": "s1", "image": image, "conversations": [
+        {"from": "human", "value": "<image>\nWhat is the background color?"},
+        {"from": "gpt", "value": "white"},
+        {"from": "human", "value": "How many shapes are there?"},
+        {"from": "gpt", "value": "3"},
+    ]}
+
+
+def test_vicuna_v1_rendering_matches_llava():
+    class Tok:
+        eos_token = "</s>"
+
+    class Proc:
+        tokenizer = Tok()
+
+    rendered = VicunaV1().render(Proc(), [("user", "<image>\nQ1"), ("assistant", "A1"), ("user", "Q2"),
+                                          ("assistant", "A2")], add_generation_prompt=False)
+    assert rendered.text == f"{VICUNA_V1_SYSTEM} USER: <image>\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>"
+    assert [rendered.text[s:e] for s, e in rendered.supervised] == ["A1</s>", "A2</s>"]
+    prompt = VicunaV1().render(Proc(), [("user", "Q")], add_generation_prompt=True)
+    assert prompt.text.endswith("USER: Q ASSISTANT:") and prompt.supervised == []
+
+
+def test_label_masking_exact_positions(processor, image_path):
+    """Hand-built expectation: the supervised positions are exactly the answer tokens and their </s>."""
+    tok = processor.tokenizer
+    batch = Collator(processor, VicunaV1())([conversation(image_path)])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+
+    image = "<image>" * N_IMAGE_TOKENS
+    head = f"{VICUNA_V1_SYSTEM} USER: {image}\nWhat is the background color? ASSISTANT:"
+    middle = "USER: How many shapes are there? ASSISTANT:"
+    first = len(tok(head)["input_ids"])  # includes <s>
+    answer1 = tok(" white</s>", add_special_tokens=False)["input_ids"]
+    second = first + len(answer1) + len(tok(middle, add_special_tokens=False)["input_ids"])
+    answer2 = tok(" 3</s>", add_special_tokens=False)["input_ids"]
+    expected = list(range(first, first + len(answer1))) + list(range(second, second + len(answer2)))
+
+    supervised = torch.nonzero(labels != IGNORE_INDEX).flatten().tolist()
+    assert supervised == expected
+    assert labels[supervised].tolist() == answer1 + answer2
+    assert tok.decode(labels[supervised]) == " white</s> 3</s>"
+    assert len(ids) == second + len(answer2)
+    assert (ids == processor.image_token_id).sum() == N_IMAGE_TOKENS
+    assert labels[0] == IGNORE_INDEX  # <s>
+
+
+def test_padding_and_image_positions_are_ignored(processor, image_path):
+    short = {"id": "s2", "image": image_path,
+             "conversations": [{"from": "human", "value": "<image>\nHow many?"}, {"from": "gpt", "value": "2"}]}
+    batch = Collator(processor, VicunaV1())([conversation(image_path), short])
+    pad = batch["attention_mask"] == 0
+    assert pad[1].any() and not pad[0].any()
+    assert batch["attention_mask"][1, 0] == 1, "training batches pad on the right"
+    assert (batch["labels"][pad] == IGNORE_INDEX).all()
+    assert (batch["labels"][batch["input_ids"] == processor.image_token_id] == IGNORE_INDEX).all()
+    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+    assert [m["id"] for m in batch["meta"]] == ["s1", "s2"]
+
+
+def test_processor_chat_template_gives_the_same_batch(processor, image_path):
+    vicuna = Collator(processor, VicunaV1())([conversation(image_path)])
+    chat = Collator(processor, ProcessorChatTemplate())([conversation(image_path)])
+    assert torch.equal(vicuna["input_ids"], chat["input_ids"])
+    assert torch.equal(vicuna["labels"], chat["labels"])
+
+
+def test_generation_batch_is_left_padded_prompt_only(processor, image_path):
+    short = {"id": "s2", "image": image_path, "conversations": [{"from": "human", "value": "<image>\nHow many?"}]}
+    batch = Collator(processor, VicunaV1(), generate=True)([conversation(image_path), short])
+    assert (batch["labels"] == IGNORE_INDEX).all()
+    assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][:, -1].all()
+    # The trailing assistant answer is dropped; the prompt ends where the model must continue.
+    assert batch["meta"][0]["prompt"].endswith("USER: How many shapes are there? ASSISTANT:")
+    assert "white</s>" in batch["meta"][0]["prompt"]
+    assert batch["meta"][1]["prompt"].endswith("USER: <image>\nHow many? ASSISTANT:")
+
+
+def test_placeholder_count_must_match_images(processor, image_path):
+    sample = conversation(None)
+    with pytest.raises(ValueError, match=r"sample 's1': 1 <image> tokens .* for no image"):
+        Collator(processor, VicunaV1())([sample])
+
+
+def test_truncation_counts_rows_and_protects_image_tokens(processor, image_path):
+    collate = Collator(processor, VicunaV1(), max_length=N_IMAGE_TOKENS + 40)
+    batch = collate([conversation(image_path)])
+    assert batch["input_ids"].shape[1] == N_IMAGE_TOKENS + 40 and collate.n_truncated == 1
+    with pytest.raises(ValueError, match="would cut image placeholder tokens"):
+        Collator(processor, VicunaV1(), max_length=20)([conversation(image_path)])
