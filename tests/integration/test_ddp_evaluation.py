@@ -1,0 +1,32 @@
+"""Evaluation under DDP (2 CPU processes, gloo) equals single-process evaluation exactly."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sinkflow.eval.predictions import read_predictions
+
+ROOT = Path(__file__).resolve().parents[2]
+# 7 questions per set, 21 in all, batch 4: the distributed sampler pads with duplicates that must not count.
+ARGS = ["dataset.prepare.n_train=8", "dataset.prepare.n_eval=4", "dataset.limit_eval=7", "dataset.eval_batch_size=4"]
+
+
+def evaluate(out, extra, tmp_path, env):
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *ARGS, *extra, f"hydra.run.dir={out}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    records = {(r["benchmark"], r["id"]): r for r in read_predictions(out / "predictions.jsonl")}
+    return records, (out / "metrics.json").read_text(), proc.stdout + proc.stderr
+
+
+def test_ddp_predictions_and_metrics_equal_single_process(tmp_path, hermetic_env):
+    env = {**os.environ, **hermetic_env, "SINKFLOW_ROOT": str(tmp_path)}
+    single, single_metrics, _ = evaluate(tmp_path / "single", [], tmp_path, env)
+    ddp, ddp_metrics, log = evaluate(tmp_path / "ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                                   "trainer.precision=32-true"], tmp_path, env)
+    assert "MEMBER: 2/2" in log, "the DDP run must really use two processes"
+    assert len(single) == 21
+    assert len(read_predictions(tmp_path / "ddp" / "predictions.jsonl")) == 21  # no padded duplicates written
+    assert ddp == single
+    assert ddp_metrics == single_metrics
