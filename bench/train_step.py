@@ -3,7 +3,7 @@
 Both loops train the same model (tiny-LLaVA architecture, configurable size), LoRA, AdamW groups, schedule and
 batch, in one process. Prints one JSON line; the goal is `ratio <= 1.10`.
 
-    python bench/train_step.py [--steps 40] [--text-hidden 256] [--text-layers 4] [--batch 8]
+    python bench/train_step.py [--steps 40] [--text-hidden 256] [--text-layers 4] [--batch 8] [--accelerator cuda]
 """
 
 from __future__ import annotations
@@ -36,9 +36,13 @@ class StepTimer(L.Callback):
         self.starts: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
         self.starts.append(time.perf_counter())
 
     def on_train_end(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
         self.starts.append(time.perf_counter())
 
 
@@ -54,8 +58,10 @@ def build(args) -> tuple[SinkflowModule, dict]:
     return module, batch
 
 
-def bare_loop(module: SinkflowModule, batch: dict, steps: int) -> list[float]:
+def bare_loop(module: SinkflowModule, batch: dict, steps: int, device: torch.device) -> list[float]:
     """The same optimisation written by hand: forward, backward, clip, step, schedule, zero_grad."""
+    module.to(device)
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     optimizer = torch.optim.AdamW(module.parameter_groups(), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     module.train()
@@ -68,16 +74,18 @@ def bare_loop(module: SinkflowModule, batch: dict, steps: int) -> list[float]:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return times
 
 
-def lightning_loop(module: SinkflowModule, batch: dict, steps: int) -> list[float]:
+def lightning_loop(module: SinkflowModule, batch: dict, steps: int, accelerator: str, precision: str) -> list[float]:
     """`Trainer.fit` over a loader that yields the same batch (default callbacks, progress bar off)."""
     loader = DataLoader([batch] * steps, batch_size=None, collate_fn=lambda b: b)
     timer = StepTimer()
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
+    trainer = L.Trainer(max_steps=steps, accelerator=accelerator, devices=1, precision=precision, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
                         callbacks=[timer], limit_val_batches=0, default_root_dir=tempfile.mkdtemp())
     trainer.fit(module, train_dataloaders=loader)
     return [b - a for a, b in zip(timer.starts, timer.starts[1:])]
@@ -94,14 +102,18 @@ def main():
     parser.add_argument("--vision-layers", type=int, default=4)
     parser.add_argument("--text-hidden", type=int, default=256)
     parser.add_argument("--text-layers", type=int, default=4)
+    parser.add_argument("--accelerator", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.accelerator)
+    # fp32 in both loops: the comparison is about the loop, not mixed precision.
+    accelerator, precision = ("gpu" if args.accelerator == "cuda" else "cpu"), "32-true"
     torch.manual_seed(0)
     module, batch = build(args)
     bare, lightning = [], []
     # Alternate the two loops so that drift in machine load affects both alike.
     for _ in range(args.rounds):
-        bare += bare_loop(module, batch, args.steps)[args.warmup:]
-        lightning += lightning_loop(module, batch, args.steps)[args.warmup:]
+        bare += bare_loop(module, batch, args.steps, device)[args.warmup:]
+        lightning += lightning_loop(module, batch, args.steps, accelerator, precision)[args.warmup:]
     bare_s, lightning_s = statistics.median(bare), statistics.median(lightning)
     print(json.dumps({
         "bench": "train_step",
@@ -113,7 +125,7 @@ def main():
         "batch": args.batch,
         "seq_len": int(batch["input_ids"].shape[1]),
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
     }))
 
 

@@ -10,6 +10,7 @@ from sinkflow.data.benchmarks.mmstar import load_mmstar
 from sinkflow.data.benchmarks.pope import load_pope
 from sinkflow.data.errors import DataFormatError
 
+# The shared fixtures live beside the checkout (../shared), as in CI.
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 SHORT = "\nAnswer the question using a single word or phrase."
 # benchmarks.md §2.1: questions per subtask.

@@ -65,6 +65,8 @@ def _read_subtask(path: Path, root: Path, check_images: bool) -> list[dict]:
 def load_mme(directory: str | Path, image_root: str | Path, check_images: bool = False) -> list[dict]:
     """Load every `<subtask>.txt` of an MME eval_tool directory as evaluation items, in subtask order."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"MME directory not found: {directory} (expected <subtask>.txt files)")
     files = {p.stem: p for p in directory.glob("*.txt")}
     for name, path in sorted(files.items()):
         if name not in SUBTASKS:

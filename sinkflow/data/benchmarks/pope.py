@@ -26,6 +26,8 @@ def load_pope(
 ) -> list[dict]:
     """Load POPE questions from a directory or a list of files as evaluation items."""
     if isinstance(paths, (str, Path)):
+        if not Path(paths).exists():
+            raise FileNotFoundError(f"POPE questions not found: {paths} (a directory of *_pope_<category>.json)")
         files = pope_files(paths) if Path(paths).is_dir() else [Path(paths)]
     else:
         files = [Path(p) for p in paths]
