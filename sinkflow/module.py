@@ -55,7 +55,8 @@ class SinkflowModule(L.LightningModule):
         self.strategy = strategy
         self.detector = detector
         self.optim = OptimSpec(**optim) if isinstance(optim, dict) else (optim or OptimSpec())
-        self.generation = GenerationSpec(**generation) if isinstance(generation, dict) else (generation or GenerationSpec())
+        self.generation = (GenerationSpec(**generation) if isinstance(generation, dict)
+                           else generation or GenerationSpec())
         # Checkpoints hold trainable weights only; the frozen base reloads from the checkpoint it came from.
         self.strict_loading = False
 

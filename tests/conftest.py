@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED = PROJECT_ROOT.parent / "shared"
-
 
 @pytest.fixture(scope="session", autouse=True)
 def hermetic_env(tmp_path_factory):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sinkflow.data.benchmarks.common import read_jsonl
+from sinkflow.data.errors import DataFormatError
+
 REQUIRED = ("benchmark", "id", "question", "answer", "prediction", "prompt")
 
 
@@ -16,18 +19,11 @@ def record_key(record: dict) -> tuple[str, str]:
 def read_predictions(path: str | Path) -> list[dict]:
     """Read a predictions file; errors name the file, line and missing field."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from err
-            missing = [k for k in REQUIRED if k not in record]
-            if missing:
-                raise ValueError(f"{path}:{line_no}: missing field(s) {', '.join(missing)}")
-            records.append(record)
+    for line_no, record in read_jsonl(Path(path)):
+        missing = [k for k in REQUIRED if k not in record]
+        if missing:
+            raise DataFormatError(path, line_no, ", ".join(missing), "missing field(s) of a prediction record")
+        records.append(record)
     return records
 
 

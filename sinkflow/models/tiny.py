@@ -61,7 +61,7 @@ class TinyLlavaSpec:
     """Sizes of the tiny LLaVA (vision: CLIP ViT, language: Llama)."""
 
     image_size: int = 64
-    patch_size: int = 8
+    patch_size: int = 16
     vision_hidden: int = 64
     vision_layers: int = 3
     vision_heads: int = 4

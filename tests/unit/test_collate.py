@@ -7,7 +7,7 @@ from sinkflow.data.collate import IGNORE_INDEX, Collator
 from sinkflow.data.templates import VICUNA_V1_SYSTEM, ProcessorChatTemplate, VicunaV1
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 
-N_IMAGE_TOKENS = 64
+N_IMAGE_TOKENS = 16
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,62 @@
+"""Predictions files (append, dedupe, resume, errors) and the basic accuracy table."""
+
+import pytest
+
+from sinkflow.data.errors import DataFormatError
+from sinkflow.eval.metrics import accuracy_table, normalise
+from sinkflow.eval.predictions import PredictionsWriter, read_predictions
+
+
+def record(benchmark, id_, answer, prediction, **extra):
+    return {"benchmark": benchmark, "id": id_, "question": "q", "answer": answer, "prediction": prediction,
+            "prompt": "p", **extra}
+
+
+def test_writer_dedupes_and_resumes(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    writer = PredictionsWriter(path)
+    assert writer.append([record("pope", "random/1", "yes", "Yes"), record("pope", "random/1", "yes", "No")]) == 1
+    assert writer.append([record("mme", "random/1", "Yes", "No")]) == 1  # same id, other benchmark
+    resumed = PredictionsWriter(path)
+    assert resumed.done == {("pope", "random/1"), ("mme", "random/1")}
+    assert resumed.append([record("pope", "random/1", "yes", "No"), record("pope", "random/2", "no", "No")]) == 1
+    assert [r["prediction"] for r in read_predictions(path)] == ["Yes", "No", "No"]
+    fresh = PredictionsWriter(path, resume=False)
+    assert fresh.done == set() and not path.exists()
+
+
+def test_read_errors_name_file_line_and_field(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"benchmark": "pope", "id": "1", "question": "q", "answer": "yes", "prediction": "y", '
+                    '"prompt": "p"}\n{"benchmark": "pope", "id": "2"}\n')
+    with pytest.raises(DataFormatError, match=r"bad.jsonl:2: question, answer, prediction, prompt: missing"):
+        read_predictions(path)
+    path.write_text("not json\n")
+    with pytest.raises(DataFormatError, match=r"bad.jsonl:1: <line>: expected a JSON object"):
+        read_predictions(path)
+
+
+@pytest.mark.parametrize("text,expected", [("Yes.", "yes"), ("  no, it is not", "no"), ("(B) a cat", "b"),
+                                           ("", ""), ("3", "3"), ("Left!", "left")])
+def test_normalise_takes_the_first_word(text, expected):
+    assert normalise(text) == expected
+
+
+def test_accuracy_table_groups_by_benchmark_category_and_scope():
+    records = [
+        record("pope", "random/1", "yes", "Yes.", category="random", scope="local"),
+        record("pope", "random/2", "no", "Yes", category="random", scope="local"),
+        record("pope", "popular/1", "no", "no", category="popular", scope="local"),
+        record("mmstar", "1", "B", "B. red", category="coarse perception", scope="global"),
+    ]
+    assert accuracy_table(records) == {
+        "all/global/accuracy": 1.0,
+        "all/local/accuracy": 2 / 3,
+        "mmstar/accuracy": 1.0,
+        "mmstar/coarse perception/accuracy": 1.0,
+        "mmstar/global/accuracy": 1.0,
+        "pope/accuracy": 2 / 3,
+        "pope/local/accuracy": 2 / 3,
+        "pope/popular/accuracy": 1.0,
+        "pope/random/accuracy": 0.5,
+    }
