@@ -84,6 +84,8 @@ class SinkflowModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self(batch).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["meta"]))
+        self.log("train/truncated_rows", float(batch.get("n_truncated", 0)), reduce_fx="sum", on_step=False,
+                 on_epoch=True, batch_size=len(batch["meta"]))
         return loss
 
     def validation_step(self, batch, batch_idx):

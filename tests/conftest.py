@@ -3,34 +3,34 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 
-@pytest.fixture(scope="session", autouse=True)
-def hermetic_env(tmp_path_factory):
-    """No hub, no network W&B, nothing written outside the test's temp dirs."""
-    tmp = tmp_path_factory.mktemp("env")
-    env = {
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "WANDB_DIR": str(tmp / "wandb"),
-        "WANDB_CACHE_DIR": str(tmp / "wandb-cache"),
-        "WANDB_CONFIG_DIR": str(tmp / "wandb-config"),
-        "WANDB_DATA_DIR": str(tmp / "wandb-data"),
-        "SINKFLOW_CACHE": str(tmp / "cache"),
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield env
-    for key, value in old.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+# Set at import, before any test module imports huggingface_hub (which reads HF_HUB_OFFLINE once, at import).
+_TMP = Path(tempfile.mkdtemp(prefix="sinkflow-tests-"))
+HERMETIC_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "WANDB_DIR": str(_TMP / "wandb"),
+    "WANDB_CACHE_DIR": str(_TMP / "wandb-cache"),
+    "WANDB_CONFIG_DIR": str(_TMP / "wandb-config"),
+    "WANDB_DATA_DIR": str(_TMP / "wandb-data"),
+    "SINKFLOW_CACHE": str(_TMP / "cache"),
+}
+os.environ.update(HERMETIC_ENV)
+
+
+@pytest.fixture(scope="session")
+def hermetic_env():
+    """No hub, no network W&B, nothing written outside the tests' temp dirs (for subprocess environments)."""
+    yield HERMETIC_ENV
+    shutil.rmtree(_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,8 @@ def load_image(path: str) -> Image.Image:
 class Collator:
     """Turns samples `{"id", "image", "conversations", "meta"}` into the batch contract of DESIGN.md §3.
 
+    `n_truncated` counts the rows cut to `max_length` (their tail answers lose supervision); the module logs it.
+
     `generate=True` renders the conversation up to a final assistant prompt (the last assistant turn, if any, is
     dropped), pads on the left and supervises nothing.
     """
@@ -35,7 +37,6 @@ class Collator:
         self.template = template
         self.generate = generate
         self.max_length = max_length
-        self.n_truncated = 0
 
     def __call__(self, samples: list[dict]) -> dict:
         texts, spans, images = [], [], []
@@ -83,6 +84,7 @@ class Collator:
                     labels[row, hit] = enc["input_ids"][row, hit]
         batch.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels)
         batch.update(image_inputs)
+        batch["n_truncated"] = 0
         if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
             self._truncate(batch)
         # The prompt is recorded as rendered, before placeholder expansion.
@@ -100,7 +102,8 @@ class Collator:
                 f"data.max_length={self.max_length} would cut image placeholder tokens; raise it above the "
                 "number of image tokens plus the prompt"
             )
-        self.n_truncated += int(batch["attention_mask"][:, self.max_length:].any(dim=1).sum())
+        # Counted in the batch (not on the collator) so that the count survives DataLoader worker processes.
+        batch["n_truncated"] = int(batch["attention_mask"][:, self.max_length:].any(dim=1).sum())
         for key in ("input_ids", "attention_mask", "labels"):
             batch[key] = batch[key][:, : self.max_length]
 

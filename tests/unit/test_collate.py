@@ -103,6 +103,7 @@ def test_placeholder_count_must_match_images(processor, image_path):
 def test_truncation_counts_rows_and_protects_image_tokens(processor, image_path):
     collate = Collator(processor, VicunaV1(), max_length=N_IMAGE_TOKENS + 40)
     batch = collate([conversation(image_path)])
-    assert batch["input_ids"].shape[1] == N_IMAGE_TOKENS + 40 and collate.n_truncated == 1
+    assert batch["input_ids"].shape[1] == N_IMAGE_TOKENS + 40 and batch["n_truncated"] == 1
+    assert Collator(processor, VicunaV1())([conversation(image_path)])["n_truncated"] == 0
     with pytest.raises(ValueError, match="would cut image placeholder tokens"):
         Collator(processor, VicunaV1(), max_length=20)([conversation(image_path)])
