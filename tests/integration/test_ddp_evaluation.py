@@ -30,3 +30,21 @@ def test_ddp_predictions_and_metrics_equal_single_process(tmp_path, hermetic_env
     assert len(read_predictions(tmp_path / "ddp" / "predictions.jsonl")) == 21  # no padded duplicates written
     assert ddp == single
     assert ddp_metrics == single_metrics
+
+
+def test_ddp_training_runs_on_two_processes_and_tests_every_question_once(tmp_path, hermetic_env):
+    import torch
+
+    env = {**os.environ, **hermetic_env, "SINKFLOW_ROOT": str(tmp_path)}
+    out = tmp_path / "train"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+         "trainer.precision=32-true", "trainer.max_steps=4", "trainer.max_epochs=10", "logger=csv", "dataset.batch_size=4", *ARGS,
+         f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 4
+    assert (out / "checkpoints" / "export" / "projector.safetensors").exists()
+    records = read_predictions(out / "predictions.jsonl")
+    assert len(records) == len({(r["benchmark"], r["id"]) for r in records}) == 21
