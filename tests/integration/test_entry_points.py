@@ -82,3 +82,13 @@ def test_evaluate_checkpoint_reproduces_train_predictions_and_resumes(trained_ru
     assert "resuming: 10 of 48 questions already predicted" in proc.stdout + proc.stderr
     assert by_key(eval_out / "predictions.jsonl") == trained
     assert len(read_predictions(eval_out / "predictions.jsonl")) == 48
+
+
+def test_multirun_sweep_writes_one_run_per_job_under_the_working_dir(tmp_path, env):
+    env = {k: v for k, v in env.items() if k != "SINKFLOW_ROOT"}  # default root: the working directory
+    proc = run("train.py", ["-m", "trainer=debug", "logger=none", *SMALL_DATA, "model.optim.lr=1e-3,2e-3"],
+               tmp_path, env)
+    assert "Launching 2 jobs locally" in proc.stdout + proc.stderr
+    jobs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/*/metrics.json"))
+    assert [p.parent.name for p in jobs] == ["0", "1"]
+    assert (tmp_path / "data").is_dir()
