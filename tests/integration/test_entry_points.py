@@ -56,6 +56,7 @@ def trained_run(tmp_path_factory, hermetic_env):
 def test_train_writes_checkpoint_logs_and_wandb_offline(trained_run):
     _, _, out = trained_run
     assert (out / "checkpoints" / "last.ckpt").exists()
+    assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     offline = list((out / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
 
