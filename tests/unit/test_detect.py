@@ -1,0 +1,68 @@
+"""The sink detector on hand-made tensors with known answers."""
+
+import pytest
+import torch
+
+from sinkflow.sinks.detect import SinkDetector, token_norms
+
+
+def with_norms(rows: list[list[float]], dim: int = 8) -> torch.Tensor:
+    """Features [n_images, N, dim] whose token norms are exactly `rows` (norm spread over two channels)."""
+    norms = torch.tensor(rows, dtype=torch.float64)
+    features = torch.zeros(*norms.shape, dim, dtype=torch.float64)
+    features[..., 0] = norms * 0.6
+    features[..., 3] = norms * 0.8
+    return features
+
+
+def mask(rows):
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def test_norm_threshold_is_inclusive_and_counts_vary_per_image():
+    features = with_norms([[1, 150, 100, 99.9], [1, 2, 3, 4], [101, 200, 300, 400]])
+    got = SinkDetector("norm_threshold", tau=100)(features)
+    assert torch.equal(got, mask([[0, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]]))
+
+
+def test_topk_breaks_ties_by_token_order_and_clips_k():
+    features = with_norms([[5, 7, 7, 7], [9, 1, 2, 3]])
+    assert torch.equal(SinkDetector("topk", k=2)(features), mask([[0, 1, 1, 0], [1, 0, 0, 1]]))
+    assert SinkDetector("topk", k=10)(features).all()
+    assert not SinkDetector("topk", k=0)(features).any()
+
+
+def test_adaptive_drop_cuts_at_the_largest_relative_drop():
+    features = with_norms([[10, 200, 180, 9, 11], [5, 5, 5, 5, 5], [1, 1, 50, 1, 1], [4, 3, 2.5, 2, 1.9]])
+    got = SinkDetector("adaptive_drop", min_ratio=2.0)(features)
+    # Image 0: sorted 200,180,11,10,9 -> largest ratio 180/11 -> two sinks. Image 1: flat -> none.
+    # Image 2: one outlier. Image 3: largest ratio 4/3 < 2 -> none.
+    assert torch.equal(got, mask([[0, 1, 1, 0, 0], [0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]))
+
+
+def test_cap_keeps_the_highest_norms_first():
+    features = with_norms([[150, 300, 200, 1], [150, 150, 150, 1], [1, 2, 3, 4]])
+    got = SinkDetector("norm_threshold", tau=100, max_sinks=2)(features)
+    assert torch.equal(got, mask([[0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]]))
+    assert not SinkDetector("topk", k=3, max_sinks=0)(features).any()
+
+
+def test_norms_are_float32_even_for_bf16_features():
+    # Channels 40 and 91.5 are exact in bf16; the true norm 99.861 rounds to 100.0 in a bf16 reduction.
+    features = torch.tensor([[[40.0, 91.5], [0.0, 100.0]]], dtype=torch.bfloat16)
+    assert torch.linalg.vector_norm(features, dim=-1)[0, 0] == 100.0  # the trap
+    norms = token_norms(features)
+    assert norms.dtype == torch.float32
+    torch.testing.assert_close(norms, torch.tensor([[99.8612, 100.0]]), atol=1e-4, rtol=0)
+    assert torch.equal(SinkDetector("norm_threshold", tau=100)(features), mask([[0, 1]]))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"mode": "magic"}, "detector.mode must be one of"),
+    ({"mode": "topk", "k": -1}, "detector.k must be >= 0"),
+    ({"mode": "adaptive_drop", "min_ratio": 1.0}, "detector.min_ratio must be > 1"),
+    ({"max_sinks": -2}, "detector.max_sinks must be >= 0 or null"),
+])
+def test_bad_settings_name_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SinkDetector(**kwargs)
