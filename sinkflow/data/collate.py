@@ -26,7 +26,8 @@ def load_image(path: str) -> Image.Image:
 class Collator:
     """Turns samples `{"id", "image", "conversations", "meta"}` into the batch contract of DESIGN.md §3.
 
-    `n_truncated` counts the rows cut to `max_length` (their tail answers lose supervision); the module logs it.
+    The batch also carries `n_truncated`: rows cut to `max_length` (their tail answers lose supervision), which
+    the module logs as `train/truncated_rows`.
 
     `generate=True` renders the conversation up to a final assistant prompt (the last assistant turn, if any, is
     dropped), pads on the left and supervises nothing.

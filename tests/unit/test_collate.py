@@ -107,3 +107,16 @@ def test_truncation_counts_rows_and_protects_image_tokens(processor, image_path)
     assert Collator(processor, VicunaV1())([conversation(image_path)])["n_truncated"] == 0
     with pytest.raises(ValueError, match="would cut image placeholder tokens"):
         Collator(processor, VicunaV1(), max_length=20)([conversation(image_path)])
+
+
+def test_generation_prompts_are_never_truncated(processor, image_path):
+    with pytest.raises(ValueError, match="a prompt exceeds data.max_length=20"):
+        Collator(processor, VicunaV1(), generate=True, max_length=20)([conversation(image_path)])
+
+
+def test_chat_template_path_needs_a_template(processor):
+    class NoTemplate:
+        chat_template = None
+
+    with pytest.raises(ValueError, match="NoTemplate has no chat_template; use template=vicuna_v1"):
+        ProcessorChatTemplate().render(NoTemplate(), [("user", "hi")], add_generation_prompt=True)

@@ -1,0 +1,70 @@
+"""Module pieces that a run relies on: LR schedule, merge checks, trainable-state loading, family settings."""
+
+import math
+
+import pytest
+import torch
+
+from sinkflow.models.build import LoraSpec, prepare_for_training
+from sinkflow.models.families.llava import LlavaFamily
+from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
+from sinkflow.module import SinkflowModule, cosine_with_warmup
+from sinkflow.run import load_trainable
+from sinkflow.sinks.strategies.none import NoneStrategy
+
+
+@pytest.fixture(scope="module")
+def module():
+    model, processor = build_tiny_llava(TinyLlavaSpec())
+    family = LlavaFamily()
+    model = prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4))
+    return SinkflowModule(model, processor, family, NoneStrategy())
+
+
+def test_cosine_with_warmup_shape():
+    schedule = [cosine_with_warmup(s, total=110, warmup=10, min_ratio=0.1) for s in range(111)]
+    assert schedule[0] == 0.0 and schedule[5] == 0.5 and schedule[10] == 1.0
+    assert schedule[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert schedule[110] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(schedule[10:], schedule[11:]))  # monotone after warmup
+    assert cosine_with_warmup(500, total=110, warmup=10) == pytest.approx(0.0)  # past the end: floor
+
+
+def test_merge_refuses_a_token_count_that_does_not_fit_the_placeholders(module):
+    image_id = module.hf.config.image_token_id
+    batch = {"input_ids": torch.tensor([[1, image_id, image_id, 5]]), "attention_mask": torch.ones(1, 4)}
+    tokens = [torch.zeros(3, module.hf.config.text_config.hidden_size)]
+    with pytest.raises(ValueError, match="2 image placeholder tokens but the strategy routed 3"):
+        module.family.merge(module.hf, batch, tokens)
+    with pytest.raises(ValueError, match="placeholder tokens but no images"):
+        module.family.merge(module.hf, batch, [])
+    merged = module.family.merge(module.hf, batch, [torch.ones(2, module.hf.config.text_config.hidden_size)])
+    assert (merged["inputs_embeds"][0, 1:3] == 1).all()
+
+
+def test_load_trainable_requires_an_exact_fit(module):
+    state = {k: torch.zeros_like(v) for k, v in module.trainable_state_dict().items()}
+    load_trainable(module, state, "ok.ckpt")
+    assert all((p == 0).all() for n, p in module.named_parameters() if p.requires_grad)
+    missing = dict(list(state.items())[1:])
+    with pytest.raises(ValueError, match=r"bad.ckpt: checkpoint does not fit the model: missing \['"):
+        load_trainable(module, missing, "bad.ckpt")
+    with pytest.raises(ValueError, match=r"unexpected \['strategy.router.weight'\]"):
+        load_trainable(module, {**state, "strategy.router.weight": torch.zeros(1)}, "bad.ckpt")
+
+
+def test_llava_family_rejects_unknown_select_strategy():
+    with pytest.raises(ValueError, match="vision_feature_select_strategy must be 'default' or 'full'"):
+        LlavaFamily(vision_feature_select_strategy="cls")
+
+
+def test_evaluate_rejects_a_checkpoint_sinkflow_did_not_write(tmp_path):
+    from omegaconf import OmegaConf
+
+    from sinkflow.run import evaluate
+
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, path)
+    cfg = OmegaConf.create({"ckpt_path": str(path), "model": {}, "sink_strategy": {}})
+    with pytest.raises(ValueError, match=r"other.ckpt: not a sinkflow checkpoint"):
+        evaluate(cfg)
