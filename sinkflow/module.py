@@ -7,7 +7,7 @@ the strategy says which tokens reach the LLM. Checkpoints keep only the trainabl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import lightning as L
@@ -15,7 +15,10 @@ import torch
 from torch import nn
 
 from sinkflow.models.build import unwrap
-from sinkflow.models.families.base import VisualFamily
+from sinkflow.models.families.base import VisualFamily, VisualFeatures
+from sinkflow.sinks.detect import token_norms
+from sinkflow.sinks.simulated import SimulatedSinks
+from sinkflow.sinks.stats import SinkStats, log_histograms
 from sinkflow.sinks.strategies.base import SinkStrategy
 
 
@@ -45,7 +48,7 @@ class SinkflowModule(L.LightningModule):
     def __init__(self, model: nn.Module, processor, family: VisualFamily, strategy: SinkStrategy,
                  detector: nn.Module | None = None, optim: OptimSpec | dict | None = None,
                  generation: GenerationSpec | dict | None = None, source: str | None = None,
-                 run_config: dict | None = None):
+                 run_config: dict | None = None, simulated_sinks: SimulatedSinks | None = None):
         super().__init__()
         self.source = source  # the base checkpoint (hub id or directory) the trainable weights apply to
         self.run_config = run_config  # model + strategy config, stored in checkpoints so evaluate.py can rebuild
@@ -54,6 +57,10 @@ class SinkflowModule(L.LightningModule):
         self.family = family
         self.strategy = strategy
         self.detector = detector
+        self.simulated_sinks = simulated_sinks  # tiny model only: planted sinks with known positions
+        if strategy.needs_sinks and detector is None:
+            raise ValueError(f"sink strategy {strategy.name!r} needs a detector: set sink_strategy.detector")
+        self.stats = nn.ModuleDict({"val": SinkStats(), "test": SinkStats()})
         self.optim = OptimSpec(**optim) if isinstance(optim, dict) else (optim or OptimSpec())
         self.generation = (GenerationSpec(**generation) if isinstance(generation, dict)
                            else generation or GenerationSpec())
@@ -65,21 +72,30 @@ class SinkflowModule(L.LightningModule):
         """The HF model (LoRA layers injected in place when LoRA is on)."""
         return unwrap(self.model)
 
-    def pathway(self, batch: dict) -> dict:
-        """encode -> detect -> route -> merge: the LLM inputs for this batch."""
+    def pathway(self, batch: dict, padding_side: str = "right") -> tuple[dict, dict | None]:
+        """encode -> detect -> route -> merge: (the LLM inputs, what was seen: features, sinks, planted).
+
+        The detector runs when the strategy needs sinks, and outside training so that sink statistics are logged
+        for every strategy.
+        """
         hf = self.hf
-        tokens: list[torch.Tensor] = []
-        if batch.get("pixel_values") is not None:
-            tower_trains = any(p.requires_grad for p in self.family.vision_tower(hf).parameters())
-            with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
-                visual = self.family.encode(hf, batch)
-            sinks = self.detector(visual.features) if self.detector is not None and self.strategy.needs_sinks else None
-            tokens = self.strategy(visual.features, sinks, partial(self.family.project, hf))
-        return self.family.merge(hf, batch, tokens)
+        if batch.get("pixel_values") is None:
+            return self.family.merge(hf, batch, None, None, padding_side), None
+        tower_trains = any(p.requires_grad for p in self.family.vision_tower(hf).parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
+            visual = self.family.encode(hf, batch)
+        visual = replace(visual, keys=list(batch.get("image_keys", [])))
+        if self.simulated_sinks is not None:
+            features, planted = self.simulated_sinks(visual.features, batch["pixel_values"], visual.grid)
+            visual = replace(visual, features=features, planted=planted)
+        detect = self.detector is not None and (self.strategy.needs_sinks or not self.training)
+        sinks = self.detector(visual.features) if detect else None
+        routed = self.strategy(visual, sinks, partial(self.family.project, hf))
+        return self.family.merge(hf, batch, visual, routed, padding_side), {"visual": visual, "sinks": sinks}
 
     def forward(self, batch: dict):
         """Forward with labels: HF output with `.loss` (mean over supervised tokens) and `.logits`."""
-        return self.hf(**self.pathway(batch), labels=batch.get("labels"))
+        return self.hf(**self.pathway(batch)[0])
 
     def training_step(self, batch, batch_idx):
         loss = self(batch).loss
@@ -89,14 +105,19 @@ class SinkflowModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss = self(batch).loss
+        inputs, seen = self.pathway(batch)
+        loss = self.hf(**inputs).loss
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["meta"]))
+        self._observe("val", seen)
         return loss
 
     @torch.no_grad()
     def generate(self, batch: dict) -> list[str]:
         """Greedy batched generation (left-padded prompts) -> decoded answers."""
-        inputs = self.pathway(batch)
+        return self._greedy(self.pathway(batch, padding_side="left")[0])
+
+    def _greedy(self, inputs: dict) -> list[str]:
+        inputs.pop("labels", None)
         tokenizer = self.processor.tokenizer
         out = self.hf.generate(
             **inputs,
@@ -107,8 +128,32 @@ class SinkflowModule(L.LightningModule):
         )
         return tokenizer.batch_decode(out, skip_special_tokens=True)
 
+    def _observe(self, stage: str, seen: dict | None) -> None:
+        """Accumulate sink statistics of one batch (when the detector ran)."""
+        if seen is not None and seen["sinks"] is not None:
+            visual: VisualFeatures = seen["visual"]
+            self.stats[stage].update(token_norms(visual.features), seen["sinks"], visual.planted)
+
+    def _log_stats(self, stage: str) -> None:
+        stats = self.stats[stage]
+        if stats.update_count == 0:
+            return
+        scalars, samples = stats.compute()
+        self.log_dict({f"{stage}/{k}": v for k, v in scalars.items()})
+        log_histograms(self.loggers, samples, self.global_step, stage)
+        stats.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_stats("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stats("test")
+
+    @torch.no_grad()
     def test_step(self, batch, batch_idx):
-        return [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], self.generate(batch))]
+        inputs, seen = self.pathway(batch, padding_side="left")
+        self._observe("test", seen)
+        return [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], self._greedy(inputs))]
 
     def predict_step(self, batch, batch_idx):
         return self.test_step(batch, batch_idx)

@@ -38,12 +38,14 @@ def build_module(model_cfg: DictConfig, strategy_cfg: DictConfig, *, train: bool
                                  train_projector=train and model_cfg.train_projector, lora=lora)
     strategy = instantiate(strategy_cfg.strategy)
     detector = instantiate(strategy_cfg.detector) if strategy_cfg.get("detector") else None
+    simulated = model_cfg.get("simulated_sinks")
     run_config = {"model": OmegaConf.to_container(model_cfg, resolve=True),
                   "sink_strategy": OmegaConf.to_container(strategy_cfg, resolve=True)}
     return SinkflowModule(model, processor, family, strategy, detector,
                           optim=OmegaConf.to_container(model_cfg.optim),
                           generation=OmegaConf.to_container(model_cfg.generation),
-                          source=source, run_config=run_config)
+                          source=source, run_config=run_config,
+                          simulated_sinks=instantiate(simulated) if simulated else None)
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list) -> L.Trainer:

@@ -90,6 +90,8 @@ class Collator:
             self._truncate(batch)
         # The prompt is recorded as rendered, before placeholder expansion.
         batch["meta"] = [dict(s.get("meta", {}), id=s["id"], prompt=p) for s, p in zip(samples, prompts)]
+        # One stable key per image (its sample id): per-image random choices (random_control) are seeded by it.
+        batch["image_keys"] = [str(s["id"]) for s in samples if s.get("image") is not None]
         return batch
 
     def _truncate(self, batch: dict) -> None:

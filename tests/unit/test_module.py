@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from sinkflow.models.build import LoraSpec, prepare_for_training
+from sinkflow.models.families.base import VisualFeatures
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule, cosine_with_warmup
 from sinkflow.run import load_trainable
+from sinkflow.sinks.strategies.base import Routed
 from sinkflow.sinks.strategies.none import NoneStrategy
 
 
@@ -30,15 +32,17 @@ def test_cosine_with_warmup_shape():
     assert cosine_with_warmup(500, total=110, warmup=10) == pytest.approx(0.0)  # past the end: floor
 
 
-def test_merge_refuses_a_token_count_that_does_not_fit_the_placeholders(module):
-    image_id = module.hf.config.image_token_id
-    batch = {"input_ids": torch.tensor([[1, image_id, image_id, 5]]), "attention_mask": torch.ones(1, 4)}
-    tokens = [torch.zeros(3, module.hf.config.text_config.hidden_size)]
-    with pytest.raises(ValueError, match="2 image placeholder tokens but the strategy routed 3"):
-        module.family.merge(module.hf, batch, tokens)
+def test_merge_checks_the_placeholders_against_the_images(module):
+    image_id, width = module.hf.config.image_token_id, module.hf.config.text_config.hidden_size
+    batch = {"input_ids": torch.tensor([[1, image_id, image_id, 5]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    three_slots = VisualFeatures(torch.zeros(1, 3, 8), grid=(1, 3))
+    routed = Routed([torch.zeros(3, width)], [torch.arange(3)])
+    with pytest.raises(ValueError, match="2 image placeholder tokens but its 1 images need 3"):
+        module.family.merge(module.hf, batch, three_slots, routed)
     with pytest.raises(ValueError, match="placeholder tokens but no images"):
-        module.family.merge(module.hf, batch, [])
-    merged = module.family.merge(module.hf, batch, [torch.ones(2, module.hf.config.text_config.hidden_size)])
+        module.family.merge(module.hf, batch, None, None)
+    two_slots = VisualFeatures(torch.zeros(1, 2, 8), grid=(1, 2))
+    merged = module.family.merge(module.hf, batch, two_slots, Routed([torch.ones(2, width)], [torch.arange(2)]))
     assert (merged["inputs_embeds"][0, 1:3] == 1).all()
 
 

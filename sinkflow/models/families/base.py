@@ -8,10 +8,13 @@ in its HF model, how its projector maps them, and how routed tokens become `inpu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from sinkflow.data.collate import IGNORE_INDEX
+from sinkflow.sinks.strategies.base import Routed
 
 
 @dataclass
@@ -20,6 +23,13 @@ class VisualFeatures:
 
     features: torch.Tensor  # [n_images, N, D_vit]
     grid: tuple[int, int]  # patch grid (rows, cols) of one image, raster order
+    planted: torch.Tensor | None = None  # [n_images, N] bool: simulated sinks (ground truth), when planted
+    keys: list[str] = field(default_factory=list)  # one stable id per image (seeds per-image random choices)
+
+    @property
+    def slots(self) -> list[int]:
+        """Image placeholder tokens per image in the input ids."""
+        return [self.features.shape[1]] * self.features.shape[0]
 
 
 class VisualFamily(ABC):
@@ -49,21 +59,90 @@ class VisualFamily(ABC):
     def project(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
         """Map projector-input features [..., D_vit] to LLM embeddings [..., D_llm] with the family's projector."""
 
-    def merge(self, model: nn.Module, batch: dict, visual_tokens: list[torch.Tensor]) -> dict:
-        """LLM inputs: text embeddings with each image's placeholders filled by its routed tokens, in order."""
-        embed = model.get_input_embeddings()
+    def merge(self, model: nn.Module, batch: dict, visual: VisualFeatures | None, routed: Routed | None,
+              padding_side: str = "right") -> dict:
+        """LLM inputs: text embeddings with each image's placeholders replaced by its routed tokens, in order.
+
+        When every image keeps its placeholder count and positions stay contiguous, the tokens are scattered in
+        place (exactly what transformers does). Otherwise each row is rebuilt: image blocks take the routed
+        length, labels stay aligned (-100 on visual tokens), and rows are re-padded on `padding_side`
+        (left for generation). With `routed.position_ids == "original"` every token keeps the position it had
+        in the unrouted sequence (a visual token: its block start + its source patch index).
+        """
         input_ids = batch["input_ids"]
-        inputs_embeds = embed(input_ids)
+        inputs_embeds = model.get_input_embeddings()(input_ids)
         placeholders = input_ids == self.image_token_id(model)
-        if visual_tokens:
-            tokens = torch.cat(visual_tokens).to(inputs_embeds.device, inputs_embeds.dtype)
-            n_slots = int(placeholders.sum())
-            if n_slots != tokens.shape[0]:
-                raise ValueError(
-                    f"the batch has {n_slots} image placeholder tokens but the strategy routed {tokens.shape[0]} "
-                    "visual tokens; strategies that change the token count must expand the placeholders"
-                )
-            inputs_embeds = inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), tokens)
-        elif placeholders.any():
-            raise ValueError("the batch has image placeholder tokens but no images")
-        return {"inputs_embeds": inputs_embeds, "attention_mask": batch["attention_mask"]}
+        labels = batch.get("labels")
+        inputs = {"inputs_embeds": inputs_embeds, "attention_mask": batch["attention_mask"]}
+        if labels is not None:
+            inputs["labels"] = labels
+        if routed is None:
+            if placeholders.any():
+                raise ValueError("the batch has image placeholder tokens but no images")
+            return inputs
+        n_slots, slots = int(placeholders.sum()), visual.slots
+        if n_slots != sum(slots):
+            raise ValueError(f"the batch has {n_slots} image placeholder tokens but its {len(slots)} images need "
+                             f"{sum(slots)}; the placeholders must be expanded by the processor")
+        tokens = [t.to(inputs_embeds.device, inputs_embeds.dtype) for t in routed.tokens]
+        if routed.position_ids == "contiguous" and [len(t) for t in tokens] == slots:
+            inputs["inputs_embeds"] = inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), torch.cat(tokens))
+            return inputs
+        return _rebuild(inputs, placeholders, slots, tokens, routed, padding_side)
+
+
+def _rebuild(inputs: dict, placeholders: torch.Tensor, slots: list[int], tokens: list[torch.Tensor],
+             routed: Routed, padding_side: str) -> dict:
+    """Rows with each image block replaced by its routed tokens, re-padded to a common length."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    embeds, mask, labels = inputs["inputs_embeds"], inputs["attention_mask"], inputs.get("labels")
+    # Positions of the unrouted sequence, counted from each row's first real token (pads get 0, as in generate).
+    positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+    rows: list[dict[str, torch.Tensor]] = []
+    image = 0
+    for r in range(embeds.shape[0]):
+        columns = placeholders[r].nonzero().squeeze(1).tolist()
+        parts: dict[str, list[torch.Tensor]] = {"embeds": [], "mask": [], "labels": [], "positions": []}
+        start, used = 0, 0
+        while used < len(columns):
+            first, n = columns[used], slots[image]
+            if columns[used + n - 1] != first + n - 1:
+                raise ValueError(f"row {r}: the placeholders of image {image} are not contiguous")
+            _take_text(parts, embeds[r], mask[r], labels, r, positions[r], start, first)
+            routed_tokens, sources = tokens[image], routed.sources[image].to(embeds.device)
+            parts["embeds"].append(routed_tokens)
+            parts["mask"].append(mask.new_ones(len(routed_tokens)))
+            parts["labels"].append(torch.full((len(routed_tokens),), IGNORE_INDEX, device=embeds.device))
+            parts["positions"].append(positions[r, first] + sources)
+            start, used, image = first + n, used + n, image + 1
+        _take_text(parts, embeds[r], mask[r], labels, r, positions[r], start, embeds.shape[1])
+        rows.append({k: torch.cat(v) for k, v in parts.items()})
+    length = max(len(row["mask"]) for row in rows)
+    out = {
+        "inputs_embeds": torch.stack([_pad(row["embeds"], length, 0.0, padding_side) for row in rows]),
+        "attention_mask": torch.stack([_pad(row["mask"], length, 0, padding_side) for row in rows]),
+    }
+    if labels is not None:
+        out["labels"] = torch.stack([_pad(row["labels"], length, IGNORE_INDEX, padding_side) for row in rows])
+    if routed.position_ids == "original":
+        out["position_ids"] = torch.stack([_pad(row["positions"], length, 0, padding_side) for row in rows])
+    return out
+
+
+def _take_text(parts: dict, embeds, mask, labels, row: int, positions, start: int, end: int) -> None:
+    """Append the text columns [start, end) of one row."""
+    parts["embeds"].append(embeds[start:end])
+    parts["mask"].append(mask[start:end])
+    parts["labels"].append(labels[row, start:end] if labels is not None
+                           else torch.full((end - start,), IGNORE_INDEX, device=embeds.device))
+    parts["positions"].append(positions[start:end])
+
+
+def _pad(values: torch.Tensor, length: int, fill, side: str) -> torch.Tensor:
+    """Pad a row's first dimension to `length` with `fill` on `side`."""
+    extra = length - values.shape[0]
+    if extra == 0:
+        return values
+    pad = torch.full((extra, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+    return torch.cat([pad, values] if side == "left" else [values, pad])

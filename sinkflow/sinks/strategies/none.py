@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import torch
+
 from sinkflow.sinks.strategies.base import SinkStrategy
 
 
-class NoneStrategy(SinkStrategy):
+class NoneStrategy(SinkStrategy, name="none"):
     """Identity routing; sinkflow with this strategy reproduces plain transformers exactly."""
 
     needs_sinks = False
 
-    def forward(self, features, sink_mask, project):
-        return list(project(features))
+    def select(self, visual, sink_mask):
+        n_images, n_tokens = visual.features.shape[:2]
+        return [torch.arange(n_tokens, device=visual.features.device)] * n_images

@@ -1,0 +1,12 @@
+"""`drop_sinks`: the sinks never reach the LLM; the other patches keep raster order (paper §2 ablation)."""
+
+from __future__ import annotations
+
+from sinkflow.sinks.strategies.base import SinkStrategy, split_sinks
+
+
+class DropSinks(SinkStrategy, name="drop_sinks"):
+    """Every non-sink patch, in raster order."""
+
+    def select(self, visual, sink_mask):
+        return [others for _, others in split_sinks(visual, sink_mask)]

@@ -1,0 +1,14 @@
+"""`sink_end`: the other patches in raster order, then the sinks last in the visual block (paper §2)."""
+
+from __future__ import annotations
+
+import torch
+
+from sinkflow.sinks.strategies.base import OrderedSinks, split_sinks
+
+
+class SinkEnd(OrderedSinks, name="sink_end"):
+    """The other patches in raster order, then the sinks last in the visual block."""
+
+    def select(self, visual, sink_mask):
+        return [torch.cat([others, sinks]) for sinks, others in split_sinks(visual, sink_mask, self.order)]

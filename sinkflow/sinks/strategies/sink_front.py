@@ -1,0 +1,14 @@
+"""`sink_front`: sinks first in the visual block, then the other patches in raster order (paper §2)."""
+
+from __future__ import annotations
+
+import torch
+
+from sinkflow.sinks.strategies.base import OrderedSinks, split_sinks
+
+
+class SinkFront(OrderedSinks, name="sink_front"):
+    """Sinks first in the visual block, then the other patches in raster order."""
+
+    def select(self, visual, sink_mask):
+        return [torch.cat([sinks, others]) for sinks, others in split_sinks(visual, sink_mask, self.order)]

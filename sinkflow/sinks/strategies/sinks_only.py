@@ -1,0 +1,12 @@
+"""`sinks_only`: only the sinks reach the LLM (an image without sinks sends no visual token) (paper §2)."""
+
+from __future__ import annotations
+
+from sinkflow.sinks.strategies.base import OrderedSinks, split_sinks
+
+
+class SinksOnly(OrderedSinks, name="sinks_only"):
+    """Only the sinks reach the LLM (an image without sinks sends no visual token)."""
+
+    def select(self, visual, sink_mask):
+        return [sinks for sinks, others in split_sinks(visual, sink_mask, self.order)]
