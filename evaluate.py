@@ -8,8 +8,8 @@ from sinkflow.run import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+def main(cfg: DictConfig) -> dict:
+    return evaluate(cfg)
 
 
 if __name__ == "__main__":

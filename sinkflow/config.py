@@ -23,9 +23,9 @@ if not OmegaConf.has_resolver("wandb_offline"):
     OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Fail fast on a malformed composed config, naming the missing or wrong key."""
-    for group, keys in REQUIRED.items():
+def validate(cfg: DictConfig, groups: tuple[str, ...] = tuple(REQUIRED)) -> None:
+    """Fail fast on a malformed composed config, naming the missing or wrong key (checks `groups` only)."""
+    for group, keys in ((g, REQUIRED[g]) for g in groups):
         if group not in cfg or cfg[group] is None:
             raise ValueError(f"config group `{group}` is missing: pick one, e.g. `{group}=<name>`")
         for key in keys:

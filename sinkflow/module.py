@@ -81,17 +81,22 @@ class SinkflowModule(L.LightningModule):
         hf = self.hf
         if batch.get("pixel_values") is None:
             return self.family.merge(hf, batch, None, None, padding_side), None
-        tower_trains = any(p.requires_grad for p in self.family.vision_tower(hf).parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
-            visual = self.family.encode(hf, batch)
-        visual = replace(visual, keys=list(batch.get("image_keys", [])))
-        if self.simulated_sinks is not None:
-            features, planted = self.simulated_sinks(visual.features, batch["pixel_values"], visual.grid)
-            visual = replace(visual, features=features, planted=planted)
+        visual = self.visual(batch)
         detect = self.detector is not None and (self.strategy.needs_sinks or not self.training)
         sinks = self.detector(visual.features) if detect else None
         routed = self.strategy(visual, sinks, partial(self.family.project, hf))
         return self.family.merge(hf, batch, visual, routed, padding_side), {"visual": visual, "sinks": sinks}
+
+    def visual(self, batch: dict) -> VisualFeatures:
+        """The projector-input features of the batch's images (with the simulated sinks, when planted)."""
+        tower_trains = any(p.requires_grad for p in self.family.vision_tower(self.hf).parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
+            visual = self.family.encode(self.hf, batch)
+        visual = replace(visual, keys=list(batch.get("image_keys", [])))
+        if self.simulated_sinks is not None:
+            features, planted = self.simulated_sinks(visual.features, batch["pixel_values"], visual.grid)
+            visual = replace(visual, features=features, planted=planted)
+        return visual
 
     def forward(self, batch: dict):
         """Forward with labels: HF output with `.loss` (mean over supervised tokens) and `.logits`."""

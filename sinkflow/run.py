@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -11,12 +12,17 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
+from sinkflow.analysis.calibration_plots import plot_norm_histogram, plot_sorted_norms
 from sinkflow.config import validate
+from sinkflow.data.collate import load_image
 from sinkflow.eval.callback import PredictionsCallback
 from sinkflow.models.build import load_pretrained, prepare_for_training
 from sinkflow.module import SinkflowModule
+from sinkflow.sinks.calibrate import summarise
+from sinkflow.sinks.detect import SinkDetector, token_norms
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +114,53 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer.test(module, datamodule=datamodule)
     print_metrics(scorer.metrics, predictions)
     return scorer.metrics
+
+
+def analyze(cfg: DictConfig) -> dict:
+    """`analyze.py task=<name>`: run one analysis task and return its summary."""
+    tasks = {"calibrate": calibrate}
+    if cfg.task not in tasks:
+        raise ValueError(f"unknown analysis task={cfg.task!r}; available: {sorted(tasks)}")
+    return tasks[cfg.task](cfg)
+
+
+def calibrate(cfg: DictConfig) -> dict:
+    """Token norms of the model's ViT over a dataset's images -> histogram, sorted-norm curves, suggested tau."""
+    validate(cfg, groups=("model", "sink_strategy", "dataset"))
+    settings = cfg.calibrate
+    module = build_module(cfg.model, cfg.sink_strategy, train=False).eval()
+    datamodule = build_datamodule(cfg, module, None)
+    datamodule.prepare_data()
+    datamodule.setup("fit" if settings.split == "train" else "test")
+    samples = datamodule.train_set if settings.split == "train" else datamodule.test_set
+    paths = list(dict.fromkeys(s["image"] for s in samples if s.get("image")))[: settings.max_images]
+    if not paths:
+        raise ValueError(f"dataset has no images in its {settings.split!r} split to calibrate on")
+    norms, planted = [], []
+    chunks = [paths[i:i + settings.batch_size] for i in range(0, len(paths), settings.batch_size)]
+    with torch.no_grad():
+        for chunk in track(chunks, description=f"ViT norms of {len(paths)} images"):
+            pixels = module.processor.image_processor([load_image(p) for p in chunk], return_tensors="pt")
+            visual = module.visual({"pixel_values": pixels["pixel_values"].to(module.device)})
+            norms.append(token_norms(visual.features).cpu())
+            if visual.planted is not None:
+                planted.append(visual.planted.cpu())
+    norms_all = torch.cat(norms)
+    detector = module.detector if isinstance(module.detector, SinkDetector) else None
+    summary = summarise(norms_all, configured=detector, min_ratio=settings.min_ratio,
+                        planted=torch.cat(planted) if planted else None)
+    summary = {"model": module.source, "split": settings.split, **summary}
+    output = Path(cfg.paths.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "calibration.json").write_text(json.dumps(summary, indent=2))
+    lines = {"suggested tau": summary["suggested_tau"],
+             "configured tau": detector.tau if detector is not None and detector.mode == "norm_threshold" else None}
+    title = f"{Path(module.source).name}: {len(paths)} images"
+    plot_norm_histogram(norms_all, output / "norm_histogram.png", lines, title)
+    plot_sorted_norms(norms_all, output / "sorted_norms.png", lines, title)
+    Console().print_json(json.dumps(summary))
+    log.info("calibration written to %s (calibration.json, norm_histogram.png, sorted_norms.png)", output)
+    return summary
 
 
 def save_final_last(trainer: L.Trainer) -> None:

@@ -1,0 +1,55 @@
+"""Figures of a calibration run: the log-norm histogram and the per-image sorted-norm curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _thresholds(ax, lines: dict[str, float | None], vertical: bool) -> None:
+    for (label, value), color in zip(lines.items(), ("tab:red", "tab:green")):
+        if value is not None:
+            (ax.axvline if vertical else ax.axhline)(value, color=color, linestyle="--", label=f"{label} = {value:.3g}")
+
+
+def plot_norm_histogram(norms: torch.Tensor, path: Path, lines: dict[str, float | None], title: str) -> None:
+    """Histogram of all token norms on log-log axes, with the threshold(s) marked."""
+    values = norms.flatten().float().clamp_min(1e-6).numpy()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(values, bins=np.logspace(np.log10(values.min()), np.log10(values.max()) + 1e-3, 120), color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("token L2 norm (projector input)")
+    ax.set_ylabel("tokens")
+    ax.set_title(title)
+    _thresholds(ax, lines, vertical=True)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sorted_norms(norms: torch.Tensor, path: Path, lines: dict[str, float | None], title: str) -> None:
+    """Each image's norms sorted in descending order (faint), their median (bold), the threshold(s)."""
+    ranked = norms.float().sort(dim=1, descending=True).values.numpy()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ranks = np.arange(1, ranked.shape[1] + 1)
+    for row in ranked[:200]:
+        ax.plot(ranks, row, color="tab:blue", alpha=0.08, linewidth=0.8)
+    ax.plot(ranks, np.median(ranked, axis=0), color="black", linewidth=2, label="median over images")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rank within the image")
+    ax.set_ylabel("token L2 norm")
+    ax.set_title(title)
+    _thresholds(ax, lines, vertical=False)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
