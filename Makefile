@@ -32,6 +32,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py
+	$(PY) bench/overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache logs outputs

@@ -44,12 +44,14 @@ def valley_tau(norms: torch.Tensor, bins: int = BINS) -> float | None:
              and padded[i + 1] > padded[i + 2]]
     if not peaks:
         return None
-    upper = max(peaks, key=lambda i: (smooth[i].item(), i))
-    between = smooth[bulk:upper + 1]
-    low = between.min()
-    if low > 0.5 * smooth[upper]:
+    # A mode counts when the histogram dips below half its height between it and the bulk; a bump on the bulk's
+    # shoulder does not. The highest such mode is the sinks'.
+    accepted = [(smooth[i].item(), i) for i in peaks if smooth[bulk:i + 1].min() <= 0.5 * smooth[i]]
+    if not accepted:
         return None
-    flat = (between == low).nonzero().squeeze(1)
+    upper = max(accepted)[1]
+    between = smooth[bulk:upper + 1]
+    flat = (between == between.min()).nonzero().squeeze(1)
     middle = bulk + int(flat[len(flat) // 2])
     return 10 ** ((edges[middle] + edges[middle + 1]).item() / 2)
 

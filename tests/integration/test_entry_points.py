@@ -93,3 +93,34 @@ def test_multirun_sweep_writes_one_run_per_job_under_the_working_dir(tmp_path, e
     jobs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/*/metrics.json"))
     assert [p.parent.name for p in jobs] == ["0", "1"]
     assert (tmp_path / "data").is_dir()
+
+
+def test_training_free_sweep_tabulates_every_strategy(trained_run):
+    from sinkflow.sinks.strategies import STRATEGIES
+
+    tmp, env, out = trained_run
+    sweep = tmp / "sweep"
+    proc = run("evaluate.py", ["experiment=training_free_sweep", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+                               *SMALL_DATA, "dataset.limit_eval=16", f"hydra.sweep.dir={sweep}"], tmp, env)
+    assert f"Launching {len(STRATEGIES)} jobs locally" in proc.stdout + proc.stderr
+    rows = {line.split(" | ")[0].strip("| "): line for line in (sweep / "table.md").read_text().splitlines()[2:]}
+    assert set(rows) == set(STRATEGIES)
+    assert "failed" not in "".join(rows.values())
+    # The `none` row is the trained run's own evaluation, reproduced.
+    trained = json.loads((out / "metrics.json").read_text())
+    none = rows["none"].strip("| ").split(" | ")
+    assert none[1:3] == [f"{trained['all/global/accuracy']:.3f}", f"{trained['all/local/accuracy']:.3f}"]
+    assert (sweep / "table.md").read_text() in proc.stdout
+
+
+def test_calibrate_writes_summary_and_plots(tmp_path, env):
+    out = tmp_path / "calibration"
+    run("analyze.py", ["task=calibrate", *SMALL_DATA, f"hydra.run.dir={out}"], tmp_path, env)
+    summary = json.loads((out / "calibration.json").read_text())
+    assert summary["images"] == 6 and summary["tokens_per_image"] == 16
+    assert summary["norm_max"] == pytest.approx(150.0, rel=1e-5)  # the simulated sinks' norm
+    assert summary["norm_quantiles"]["q50"] < summary["suggested_tau"] < 150.0
+    assert summary["sinks_per_image_at_suggestion"] == {"mean": 2.0, "histogram": {"2": 6}}
+    assert summary["simulated_sinks"]["precision_at_suggestion"] == 1.0
+    for name in ("norm_histogram.png", "sorted_norms.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

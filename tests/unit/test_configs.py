@@ -50,8 +50,45 @@ def test_config_composes_and_resolves(name, group, option, tmp_path):
     OmegaConf.resolve(cfg)  # every interpolation resolves
     validate(cfg)
     assert cfg.paths.output_dir == str(tmp_path / "out")
-    if group == "experiment":
+    if group == "experiment" and "wandb" in (cfg.get("logger") or {}):
         assert cfg.logger.wandb.offline is True  # W&B stays offline by default
+
+
+@pytest.mark.parametrize("option", options("sink_strategy"))
+def test_every_strategy_config_instantiates_its_registered_strategy_and_a_detector(option, tmp_path):
+    from hydra.utils import instantiate
+
+    from sinkflow.sinks.detect import SinkDetector
+    from sinkflow.sinks.strategies import STRATEGIES
+
+    cfg = compose_cfg("train", [f"sink_strategy={option}"], tmp_path)
+    strategy = instantiate(cfg.sink_strategy.strategy)
+    assert type(strategy) is STRATEGIES[option] and strategy.name == option
+    detector = instantiate(cfg.sink_strategy.detector)
+    assert isinstance(detector, SinkDetector) and detector.mode == "norm_threshold" and detector.tau == 100.0
+    topk = instantiate(compose_cfg("train", [f"sink_strategy={option}", "sink_strategy/detector=topk",
+                                             "sink_strategy.detector.k=3"], tmp_path).sink_strategy.detector)
+    assert topk.mode == "topk" and topk.k == 3
+
+
+def test_the_training_free_sweep_is_a_multirun_over_every_strategy(tmp_path):
+    cfg = compose_cfg("evaluate", ["experiment=training_free_sweep"], tmp_path)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra_cfg = compose(config_name="evaluate", overrides=["experiment=training_free_sweep"],
+                            return_hydra_config=True).hydra
+    from sinkflow.sinks.strategies import STRATEGIES
+
+    assert str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    assert set(hydra_cfg.sweeper.params.sink_strategy.split(",")) == set(STRATEGIES)
+    assert cfg.use_checkpoint_strategy is False
+
+
+def test_analyze_config_composes(tmp_path):
+    cfg = compose_cfg("analyze", [], tmp_path)
+    OmegaConf.resolve(cfg)
+    validate(cfg, groups=("model", "sink_strategy", "dataset"))
+    assert cfg.task == "calibrate" and cfg.calibrate.split == "eval"
 
 
 def test_wandb_goes_online_only_when_asked(tmp_path, monkeypatch):

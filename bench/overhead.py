@@ -1,0 +1,87 @@
+"""Routing overhead: forward time of every strategy relative to `none`, on one model and batch, in one run.
+
+The model is the tiny-LLaVA architecture at bench size (ViT 4x256, LLM 4x512, 128 px images = 64 image tokens)
+with simulated sinks planted in every run (so the strategies have sinks to move; the planting is in the baseline
+too). `none` runs without a detector; every other strategy pays detection + routing (+ the row rebuild when the
+token count changes). Strategies are timed round-robin so machine drift hits all alike; medians are reported.
+Prints one JSON line; targets: detection + sink_front <= 1.03x, no strategy above 1.10x.
+
+    python bench/overhead.py [--repeats 30] [--batch 8] [--accelerator cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+
+from sinkflow.data.collate import Collator
+from sinkflow.data.instruct import load_instruct
+from sinkflow.data.shapes import generate_shapes
+from sinkflow.data.templates import VicunaV1
+from sinkflow.models.families.llava import LlavaFamily
+from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
+from sinkflow.module import SinkflowModule
+from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.simulated import SimulatedSinks
+from sinkflow.sinks.strategies import STRATEGIES
+
+
+def timed_forward(module: SinkflowModule, batch: dict, device: torch.device) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        module(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--accelerator", choices=["cpu", "cuda"], default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.accelerator)
+    torch.manual_seed(0)
+    spec = TinyLlavaSpec(image_size=args.image_size, vision_hidden=256, vision_layers=4, vision_heads=4,
+                         text_hidden=512, text_layers=4, text_heads=8, text_kv_heads=4)
+    model, processor = build_tiny_llava(spec)
+    model.to(device)
+    family, simulated = LlavaFamily(), SimulatedSinks(k=2, norm=150.0)
+    modules = {name: SinkflowModule(model, processor, family, cls(), None if name == "none" else SinkDetector(),
+                                    simulated_sinks=simulated).eval()
+               for name, cls in STRATEGIES.items()}
+    root = generate_shapes(tempfile.mkdtemp(), n_train=args.batch, n_eval=1, image_size=args.image_size)
+    batch = Collator(processor, VicunaV1())(load_instruct(root / "train.json", root)[: args.batch])
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    times: dict[str, list[float]] = {name: [] for name in modules}
+    for repeat in range(args.warmup + args.repeats):
+        for name, module in modules.items():
+            elapsed = timed_forward(module, batch, device)
+            if repeat >= args.warmup:
+                times[name].append(elapsed)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    ratios = {name: round(m / medians["none"], 4) for name, m in medians.items()}
+    print(json.dumps({
+        "bench": "overhead",
+        "median_ms": {name: round(1000 * m, 3) for name, m in medians.items()},
+        "ratio_to_none": ratios,
+        "targets": {"sink_front": 1.03, "any": 1.10},
+        "within_targets": ratios["sink_front"] <= 1.03 and max(ratios.values()) <= 1.10,
+        "batch": args.batch,
+        "seq_len": int(batch["input_ids"].shape[1]),
+        "image_tokens": (args.image_size // spec.patch_size) ** 2,
+        "repeats": args.repeats,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+    }))
+
+
+if __name__ == "__main__":
+    main()

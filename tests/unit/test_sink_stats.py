@@ -1,0 +1,69 @@
+"""Sink statistics: accumulated over a validation epoch and sent to the loggers (W&B also gets histograms)."""
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from sinkflow.data.collate import Collator
+from sinkflow.data.templates import VicunaV1
+from sinkflow.models.families.llava import LlavaFamily
+from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
+from sinkflow.module import SinkflowModule
+from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.simulated import SimulatedSinks
+from sinkflow.sinks.stats import SinkStats, log_histograms
+from sinkflow.sinks.strategies.none import NoneStrategy
+
+
+def test_stats_on_hand_made_tensors():
+    stats = SinkStats()
+    norms = torch.tensor([[1.0, 2.0, 200.0, 3.0], [4.0, 150.0, 120.0, 5.0]])
+    sinks = norms >= 100
+    planted = torch.tensor([[False, False, True, False], [False, True, False, True]])
+    stats.update(norms, sinks, planted)
+    scalars, samples = stats.compute()
+    assert scalars["sinks/per_image"] == 1.5 and scalars["sinks/images_with_sinks"] == 1.0
+    assert scalars["sinks/precision"] == pytest.approx(2 / 3) and scalars["sinks/recall"] == pytest.approx(2 / 3)
+    assert scalars["sinks/norm_max"] == 200.0 and scalars["sinks/norm_q50"] == 5.0  # sorted[4] of 8
+    assert samples["counts"].tolist() == [1, 2]
+    stats.reset()
+    stats.update(norms[:1], torch.zeros(1, 4, dtype=torch.bool))
+    scalars, _ = stats.compute()
+    assert scalars["sinks/per_image"] == 0.0 and "sinks/precision" not in scalars  # nothing planted: no score
+
+
+def test_every_validation_epoch_logs_sink_stats(shapes_root, tmp_path):
+    model, processor = build_tiny_llava(TinyLlavaSpec(seed=2))
+    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), SinkDetector(tau=100.0),
+                            simulated_sinks=SimulatedSinks(k=2, norm=150.0))
+    samples = [{"id": f"v{i}", "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"),
+                "conversations": [{"from": "human", "value": "<image>\nHow many shapes are there?"},
+                                  {"from": "gpt", "value": "2"}]} for i in range(6)]
+    loader = DataLoader(samples, batch_size=4, collate_fn=Collator(processor, VicunaV1()))
+    logger = CSVLogger(tmp_path, name="csv")
+    L.Trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False).validate(module, loader)
+    rows = list(csv.DictReader(open(f"{logger.log_dir}/metrics.csv")))
+    logged = {k: float(v) for row in rows for k, v in row.items() if v}
+    assert logged["val/sinks/per_image"] == 2.0 and logged["val/sinks/images_with_sinks"] == 1.0
+    assert logged["val/sinks/precision"] == 1.0 and logged["val/sinks/recall"] == 1.0
+    assert logged["val/sinks/norm_max"] == pytest.approx(150.0, rel=1e-5)
+    assert module.stats["val"].update_count == 0, "the accumulator is reset for the next epoch"
+
+
+def test_wandb_gets_histograms(tmp_path, hermetic_env):
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    sent = []
+    logger.experiment.log = lambda data, **kwargs: sent.append(data)
+    samples = {"counts": torch.tensor([0, 2, 2]), "norms": torch.tensor([1.0, 10.0, 100.0])}
+    log_histograms([CSVLogger(tmp_path), logger], samples, step=7, stage="val")
+    assert len(sent) == 1 and sent[0]["trainer/global_step"] == 7
+    assert isinstance(sent[0]["val/sinks/per_image_hist"], wandb.Histogram)
+    assert sent[0]["val/sinks/log10_norm_hist"].histogram is not None
+    wandb.finish()
