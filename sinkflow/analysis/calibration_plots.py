@@ -12,10 +12,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def _thresholds(ax, lines: dict[str, float | None], vertical: bool) -> None:
+def _finish(fig, ax, path: Path, labels: tuple[str, str], title: str, lines: dict[str, float | None],
+            vertical: bool) -> None:
+    """Log-log axes, labels, the threshold lines (vertical on the norm axis), legend; save and close."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(title)
     for (label, value), color in zip(lines.items(), ("tab:red", "tab:green")):
         if value is not None:
             (ax.axvline if vertical else ax.axhline)(value, color=color, linestyle="--", label=f"{label} = {value:.3g}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_norm_histogram(norms: torch.Tensor, path: Path, lines: dict[str, float | None], title: str) -> None:
@@ -23,16 +34,7 @@ def plot_norm_histogram(norms: torch.Tensor, path: Path, lines: dict[str, float 
     values = norms.flatten().float().clamp_min(1e-6).numpy()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(values, bins=np.logspace(np.log10(values.min()), np.log10(values.max()) + 1e-3, 120), color="tab:blue")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("token L2 norm (projector input)")
-    ax.set_ylabel("tokens")
-    ax.set_title(title)
-    _thresholds(ax, lines, vertical=True)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, path, ("token L2 norm (projector input)", "tokens"), title, lines, vertical=True)
 
 
 def plot_sorted_norms(norms: torch.Tensor, path: Path, lines: dict[str, float | None], title: str) -> None:
@@ -43,13 +45,4 @@ def plot_sorted_norms(norms: torch.Tensor, path: Path, lines: dict[str, float | 
     for row in ranked[:200]:
         ax.plot(ranks, row, color="tab:blue", alpha=0.08, linewidth=0.8)
     ax.plot(ranks, np.median(ranked, axis=0), color="black", linewidth=2, label="median over images")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("rank within the image")
-    ax.set_ylabel("token L2 norm")
-    ax.set_title(title)
-    _thresholds(ax, lines, vertical=False)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, path, ("rank within the image", "token L2 norm"), title, lines, vertical=False)
