@@ -1,4 +1,4 @@
-"""Deterministic synthetic "shapes" data: LLaVA-format training data and POPE/MME/MMStar-format evaluation sets."""
+"""Deterministic synthetic "shapes" data: LLaVA-format training data; POPE / MME / MMStar-format and open evaluation sets."""
 from __future__ import annotations
 
 import json
@@ -33,7 +33,7 @@ LOCAL_KINDS = ("existence", "position")
 CORNERS = ("top left", "top right", "bottom left", "bottom right")
 GRID = 3  # objects sit in distinct cells of a 3x3 grid: no overlap, and the middle column is neither left nor right
 MAX_OBJECTS = 4
-VERSION = 2  # bump when the generated content changes, so cached datasets are regenerated
+VERSION = 3  # bump when the generated content changes, so cached datasets are regenerated
 POPE_CATEGORIES = ("random", "popular", "adversarial")
 MME_SUBTASKS = ("existence", "count", "position", "color")
 MMSTAR_CATEGORIES = {
@@ -57,6 +57,7 @@ _EVAL_SCOPES = {
     ("mme", "count"): "global",
     ("mme", "color"): "global",
     **{("mmstar", l2): "global" if kind in GLOBAL_KINDS else "local" for kind, (_, l2) in MMSTAR_CATEGORIES.items()},
+    **{("open", kind): "global" if kind in GLOBAL_KINDS else "local" for kind in _STYLE_KINDS["open"]},
 }
 _QUESTION_KINDS = (
     ("background", r"What is the background color\?|Is the background \w+\?"),
@@ -66,7 +67,7 @@ _QUESTION_KINDS = (
     ("position", r"Is the \w+ \w+ on the (left or the right|left of the image|right of the image)\?"
                  r"|Where is the \w+ \w+\?"),
 )
-_OUTPUTS = ("images", "eval_images", "pope", "mme", "mmstar", "train.json", "scenes.json", "manifest.json")
+_OUTPUTS = ("images", "eval_images", "pope", "mme", "mmstar", "open", "train.json", "scenes.json", "manifest.json")
 
 
 def question_scope(kind: str) -> str:
@@ -331,6 +332,18 @@ def _open_question(kind: str, scene: Scene, rng: random.Random) -> tuple[str, st
     return f"Is the {o.name} on the left or the right?", o.side
 
 
+def _open_lines(scenes: list[Scene], rng: random.Random) -> list[dict]:
+    """Open short-answer lines (the training `open` style): one question per image and supported kind."""
+    lines = []
+    for i, scene in enumerate(scenes):
+        for kind in _STYLE_KINDS["open"]:
+            made = _open_question(kind, scene, rng)
+            if made is not None:
+                lines.append({"question_id": len(lines), "image": f"eval_{i:05d}.png", "question": made[0],
+                              "answer": made[1], "category": kind})
+    return lines
+
+
 def _balanced_yes(rng: random.Random) -> Iterator[bool]:
     """Random Yes (True) / No choices whose running counts never differ by more than 2: no answer prior to learn."""
     lead = 0
@@ -466,6 +479,10 @@ def generate_shapes(
     mmstar = _mmstar_lines(eval_scenes, stream("mmstar"))
     _write_jsonl(root / "mmstar" / "mmstar.jsonl", mmstar)
     counts["mmstar"] = len(mmstar)
+    (root / "open").mkdir()
+    open_lines = _open_lines(eval_scenes, stream("open"))
+    _write_jsonl(root / "open" / "open.jsonl", open_lines)
+    counts["open"] = len(open_lines)
 
     # Written last: a manifest marks a complete dataset.
     _write_json(manifest, {

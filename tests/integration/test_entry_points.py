@@ -74,15 +74,15 @@ def test_evaluate_checkpoint_reproduces_train_predictions_and_resumes(trained_ru
 
     trained = by_key(out / "predictions.jsonl")
     evaluated = by_key(eval_out / "predictions.jsonl")
-    assert evaluated == trained and len(evaluated) == 48
+    assert evaluated == trained and len(evaluated) == 64
 
     # Interrupt: keep the first 10 lines; a rerun completes the file without duplicates.
     lines = (eval_out / "predictions.jsonl").read_text().splitlines(keepends=True)
     (eval_out / "predictions.jsonl").write_text("".join(lines[:10]))
     proc = run("evaluate.py", args, tmp, env)
-    assert "resuming: 10 of 48 questions already predicted" in proc.stdout + proc.stderr
+    assert "resuming: 10 of 64 questions already predicted" in proc.stdout + proc.stderr
     assert by_key(eval_out / "predictions.jsonl") == trained
-    assert len(read_predictions(eval_out / "predictions.jsonl")) == 48
+    assert len(read_predictions(eval_out / "predictions.jsonl")) == 64
 
 
 def test_multirun_sweep_writes_one_run_per_job_under_the_working_dir(tmp_path, env):
@@ -109,7 +109,7 @@ def test_training_free_sweep_tabulates_every_strategy(trained_run):
     # The `none` row is the trained run's own evaluation, reproduced.
     trained = json.loads((out / "metrics.json").read_text())
     none = rows["none"].strip("| ").split(" | ")
-    assert none[1:3] == [f"{trained['all/global/accuracy']:.3f}", f"{trained['all/local/accuracy']:.3f}"]
+    assert none[1:3] == [f"{trained['open/global/accuracy']:.3f}", f"{trained['open/local/accuracy']:.3f}"]
     assert (sweep / "table.md").read_text() in proc.stdout
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from sinkflow.data.benchmarks.mme import SUBTASKS, load_mme
 from sinkflow.data.benchmarks.mmstar import load_mmstar
+from sinkflow.data.benchmarks.open_qa import load_open_qa
 from sinkflow.data.benchmarks.pope import load_pope
 from sinkflow.data.errors import DataFormatError
 
@@ -159,3 +160,29 @@ def test_mme_rejects_unknown_subtask_files(tmp_path):
 def test_mmstar_errors_name_file_line_and_field(tmp_path, change, field):
     path = _jsonl(tmp_path / "mmstar.jsonl", [MMSTAR_ROWS[0], {**MMSTAR_ROWS[1], **change}])
     _raises(load_mmstar, path, tmp_path, where=f"{path}:2", field=field)
+
+
+OPEN_LINE = {"question_id": 0, "image": "a.jpg", "question": "What is the background color?", "answer": "white",
+             "category": "background"}
+
+
+def test_open_questions_load_with_the_short_answer_prompt(tmp_path):
+    items = load_open_qa(_jsonl(tmp_path / "open.jsonl", [OPEN_LINE, {**OPEN_LINE, "question_id": 7}]), tmp_path)
+    assert [i["id"] for i in items] == ["0", "7"]
+    assert items[0]["prompt"] == "What is the background color?\nAnswer the question using a single word or phrase."
+    assert items[0]["benchmark"] == "open" and items[0]["answer"] == "white" and items[0]["category"] == "background"
+    assert items[0]["image_path"] == str(tmp_path.resolve() / "a.jpg")
+
+
+@pytest.mark.parametrize(
+    ("second", "field"),
+    [
+        (OPEN_LINE, "question_id"),  # duplicate
+        ({**OPEN_LINE, "question_id": 1, "answer": " "}, "answer"),
+        ({k: v for k, v in OPEN_LINE.items() if k != "category"} | {"question_id": 1}, "category"),
+        ({**OPEN_LINE, "question_id": 1, "question": 3}, "question"),
+    ],
+)
+def test_open_question_errors_name_file_line_and_field(tmp_path, second, field):
+    path = _jsonl(tmp_path / "open.jsonl", [OPEN_LINE, second])
+    _raises(load_open_qa, path, tmp_path, where=f"{path}:2", field=field)

@@ -10,6 +10,7 @@ from PIL import Image
 from sinkflow.data.benchmarks.common import SHORT_ANSWER
 from sinkflow.data.benchmarks.mme import YES_NO_SUFFIX, load_mme
 from sinkflow.data.benchmarks.mmstar import LETTER_ANSWER, load_mmstar
+from sinkflow.data.benchmarks.open_qa import load_open_qa
 from sinkflow.data.benchmarks.pope import load_pope
 from sinkflow.data.instruct import load_instruct
 from sinkflow.data.shapes import (
@@ -294,3 +295,24 @@ def test_scope_mapping_rejects_unknown_inputs():
         question_scope("shape_size")
     with pytest.raises(ValueError, match="not a shapes question"):
         question_kind("Is this a cat?")
+
+
+def test_open_lines_answer_from_the_scene(root, scenes):
+    rows = [json.loads(line) for line in (root / "open" / "open.jsonl").read_text().splitlines()]
+    assert [r["question_id"] for r in rows] == list(range(len(rows)))
+    assert json.loads((root / "manifest.json").read_text())["counts"]["open"] == len(rows)
+    assert {r["category"] for r in rows} == {"background", "dominant_color", "count", "position"}
+    for r in rows:
+        scene = _eval_scene(scenes, r["image"])
+        assert question_kind(r["question"]) == r["category"]
+        assert scope_of("open", r["category"]) == question_scope(r["category"])
+        if r["category"] == "background":
+            assert r["answer"] == scene["background"]
+        elif r["category"] == "count":
+            assert r["answer"] == str(len(scene["objects"]))
+        elif r["category"] == "position":
+            color, shape = re.fullmatch(r"Is the (\w+) (\w+) on the left or the right\?", r["question"]).groups()
+            (col,) = [o["cell"][1] for o in scene["objects"] if (o["color"], o["shape"]) == (color, shape)]
+            assert r["answer"] == {0: "left", 2: "right"}[col]
+    items = load_open_qa(root / "open" / "open.jsonl", root / "eval_images", check_images=True)
+    assert len(items) == len(rows) and all(i["prompt"].endswith(SHORT_ANSWER) for i in items)
