@@ -216,3 +216,23 @@ def test_batched_generation_equals_one_at_a_time(tiny, shapes_root, strategy):
     alone = [module.generate(collate([item]))[0] for item in items]
     assert batched == alone
     assert all(len(text) > 0 for text in batched)
+
+
+def test_a_strategy_that_needs_sinks_refuses_to_run_without_a_detector(tiny):
+    with pytest.raises(ValueError, match="'drop_sinks' needs a detector: set sink_strategy.detector"):
+        wrap(tiny, DropSinks())
+
+
+@pytest.mark.parametrize("strategy", [DropSinks(), SinksOnly(), SinkFront(position_ids="original")],
+                         ids=lambda s: f"{s.name}-{s.position_ids}")
+def test_training_backpropagates_through_routed_tokens(shapes_root, strategy):
+    from sinkflow.models.build import LoraSpec, prepare_for_training
+
+    model, processor = build_tiny_llava(TinyLlavaSpec(seed=1))
+    model = prepare_for_training(model, LlavaFamily(), lora=LoraSpec(r=2, alpha=4))
+    module = SinkflowModule(model, processor, LlavaFamily(), strategy, SinkDetector(tau=100.0),
+                            simulated_sinks=SimulatedSinks(k=2, norm=150.0)).train()
+    loss = module(Collator(processor, VicunaV1())(samples(shapes_root))).loss
+    loss.backward()
+    projector = [p for p in module.family.projector(module.hf).parameters()]
+    assert torch.isfinite(loss) and all(p.grad is not None and p.grad.abs().sum() > 0 for p in projector)
