@@ -78,34 +78,39 @@ class TinyLlavaSpec:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
 
-def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """Train a deterministic byte-level BPE tokenizer offline and wrap it for transformers."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+def build_tokenizer(vocab_size: int, *, specials: list[str] = SPECIAL_TOKENS, bos: str | None = "<s>",
+                    eos: str = "</s>", pad: str = "<pad>", unk: str | None = "<unk>",
+                    extra_special_tokens: dict[str, str] | None = None,
+                    chat_template: str = VICUNA_CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """Train a deterministic byte-level BPE tokenizer offline and wrap it for transformers.
+
+    With a `bos` token every encoding starts with it (Llama style); without one nothing is added (Qwen style).
+    """
+    tok = Tokenizer(models.BPE(unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.Sequence(
-        [
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]),
-        ]
-    )
+    post = [processors.ByteLevel(trim_offsets=False)]
+    if bos is not None:
+        bos_id = tok.token_to_id(bos)
+        post.append(processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                  special_tokens=[(bos, bos_id)]))
+    tok.post_processor = processors.Sequence(post)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=unk,
+        pad_token=pad,
+        extra_special_tokens=extra_special_tokens or {"image_token": "<image>"},
         padding_side="right",
-        chat_template=VICUNA_CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
 
 
@@ -170,11 +175,15 @@ def build_tiny_llava(spec: TinyLlavaSpec) -> tuple[LlavaForConditionalGeneration
 
 def ensure_tiny_llava(cache_dir: str | Path, **sizes) -> str:
     """Return a local HF checkpoint dir of the tiny LLaVA for these sizes, building and saving it on first use."""
-    spec = TinyLlavaSpec(**sizes)
-    target = Path(cache_dir) / f"tiny_llava-{spec.fingerprint()}"
+    return save_once(Path(cache_dir) / "tiny_llava", TinyLlavaSpec(**sizes), build_tiny_llava)
+
+
+def save_once(prefix: Path, spec, build) -> str:
+    """`<prefix>-<spec fingerprint>`: an HF checkpoint directory of `build(spec)`, saved on first use."""
+    target = prefix.with_name(f"{prefix.name}-{spec.fingerprint()}")
     if (target / "spec.json").exists():
         return str(target)
-    model, processor = build_tiny_llava(spec)
+    model, processor = build(spec)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)

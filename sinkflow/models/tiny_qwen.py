@@ -1,0 +1,97 @@
+"""Offline tiny Qwen2-VL / Qwen2.5-VL: tokenizer, image processor and model built from configs, saved in HF format.
+
+Like the tiny LLaVA, a real `Qwen2VLForConditionalGeneration` / `Qwen2_5_VLForConditionalGeneration` with random
+weights, saved once and always loaded back through `from_pretrained`. Qwen's ChatML template and special tokens
+are reproduced; images are cut into 8-px patches (2x2 windows merged into one LLM token) at 32-64 px.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+)
+
+from sinkflow.models.processor import ImageTextProcessor
+from sinkflow.models.tiny import TinyLlavaSpec, build_tokenizer, save_once
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>"]
+# Qwen2-VL's ChatML layout (default system prompt, image as vision_start / image_pad / vision_end).
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+VARIANTS = {"qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
+            "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration)}
+
+
+@dataclass(frozen=True)
+class TinyQwenSpec(TinyLlavaSpec):
+    """Sizes of a tiny Qwen-VL; `variant` is qwen2_vl or qwen2_5_vl. Images are resized to 32-64 px."""
+
+    variant: str = "qwen2_vl"
+    patch_size: int = 8
+    min_pixels: int = 32 * 32
+    max_pixels: int = 64 * 64
+    revision: int = 1
+
+
+def build_tiny_qwen(spec: TinyQwenSpec):
+    """Build the tiny model and its processor in memory (random weights seeded by `spec.seed`)."""
+    if spec.variant not in VARIANTS:
+        raise ValueError(f"tiny Qwen variant must be one of {sorted(VARIANTS)}, got {spec.variant!r}")
+    tokenizer = build_tokenizer(
+        spec.vocab_size, specials=QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None,
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        chat_template=QWEN_CHAT_TEMPLATE)
+    image_processor = Qwen2VLImageProcessor(min_pixels=spec.min_pixels, max_pixels=spec.max_pixels,
+                                            patch_size=spec.patch_size, temporal_patch_size=2, merge_size=2)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    head_dim = spec.text_hidden // spec.text_heads
+    quarter = head_dim // 8  # mrope_section (t, h, w) must sum to head_dim / 2
+    text = {
+        "vocab_size": len(tokenizer), "hidden_size": spec.text_hidden, "intermediate_size": 4 * spec.text_hidden,
+        "num_hidden_layers": spec.text_layers, "num_attention_heads": spec.text_heads,
+        "num_key_value_heads": spec.text_kv_heads, "max_position_embeddings": 1024,
+        "initializer_range": spec.text_hidden**-0.5,  # see tiny.py: 0.02 is for 4096-wide models
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                            "mrope_section": [2 * quarter, quarter, quarter]},
+        "bos_token_id": None, "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+    }
+    vision = {"depth": spec.vision_layers, "embed_dim": spec.vision_hidden, "hidden_size": spec.text_hidden,
+              "num_heads": spec.vision_heads, "patch_size": spec.patch_size, "spatial_merge_size": 2,
+              "temporal_patch_size": 2}
+    if spec.variant == "qwen2_5_vl":
+        vision = {"depth": spec.vision_layers, "hidden_size": spec.vision_hidden, "out_hidden_size": spec.text_hidden,
+                  "intermediate_size": 4 * spec.vision_hidden, "num_heads": spec.vision_heads,
+                  "patch_size": spec.patch_size, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                  "window_size": 4 * spec.patch_size, "fullatt_block_indexes": [spec.vision_layers - 1]}
+    config_cls, model_cls = VARIANTS[spec.variant]
+    config = config_cls(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                        vision_end_token_id=ids["<|vision_end|>"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = model_cls(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model.eval(), ImageTextProcessor(tokenizer, image_processor)
+
+
+def ensure_tiny_qwen(cache_dir: str | Path, **sizes) -> str:
+    """Return a local HF checkpoint dir of the tiny Qwen-VL for these sizes, building and saving it on first use."""
+    spec = TinyQwenSpec(**sizes)
+    return save_once(Path(cache_dir) / f"tiny_{spec.variant}", spec, build_tiny_qwen)
