@@ -83,7 +83,7 @@ class SinkflowModule(L.LightningModule):
             return self.family.merge(hf, batch, None, None, padding_side), None
         visual = self.visual(batch)
         detect = self.detector is not None and (self.strategy.needs_sinks or not self.training)
-        sinks = self.detector(visual.features) if detect else None
+        sinks = self.family.token_sinks(self.detector, visual) if detect else None
         routed = self.strategy(visual, sinks, partial(self.family.project, hf))
         return self.family.merge(hf, batch, visual, routed, padding_side), {"visual": visual, "sinks": sinks}
 
@@ -94,7 +94,7 @@ class SinkflowModule(L.LightningModule):
             visual = self.family.encode(self.hf, batch)
         visual = replace(visual, keys=list(batch.get("image_keys", [])))
         if self.simulated_sinks is not None:
-            features, planted = self.simulated_sinks(visual.features, batch["pixel_values"], visual.grid)
+            features, planted = self.simulated_sinks(visual, self.family.patch_pixels(batch, visual))
             visual = replace(visual, features=features, planted=planted)
         return visual
 
@@ -137,7 +137,8 @@ class SinkflowModule(L.LightningModule):
         """Accumulate sink statistics of one batch (when the detector ran)."""
         if seen is not None and seen["sinks"] is not None:
             visual: VisualFeatures = seen["visual"]
-            self.stats[stage].update(token_norms(visual.features), seen["sinks"], visual.planted)
+            planted = visual.to_tokens(visual.planted) if visual.planted is not None else None
+            self.stats[stage].update(token_norms(visual.features)[visual.valid()], seen["sinks"], planted)
 
     def _log_stats(self, stage: str) -> None:
         stats = self.stats[stage]

@@ -136,19 +136,22 @@ def calibrate(cfg: DictConfig) -> dict:
     paths = list(dict.fromkeys(s["image"] for s in samples if s.get("image")))[: settings.max_images]
     if not paths:
         raise ValueError(f"dataset has no images in its {settings.split!r} split to calibrate on")
-    norms, planted = [], []
+    rows, lengths, planted = [], [], []
     chunks = [paths[i:i + settings.batch_size] for i in range(0, len(paths), settings.batch_size)]
     with torch.no_grad():
         for chunk in track(chunks, description=f"ViT norms of {len(paths)} images"):
-            pixels = module.processor.image_processor([load_image(p) for p in chunk], return_tensors="pt")
-            visual = module.visual({"pixel_values": pixels["pixel_values"].to(module.device)})
-            norms.append(token_norms(visual.features).cpu())
-            if visual.planted is not None:
-                planted.append(visual.planted.cpu())
-    norms_all = torch.cat(norms)
+            inputs = module.processor.image_processor([load_image(p) for p in chunk], return_tensors="pt")
+            visual = module.visual({k: v.to(module.device) for k, v in inputs.items()})
+            norms = token_norms(visual.features).cpu()
+            for i, n in enumerate(visual.patch_lengths):
+                rows.append(norms[i, :n])
+                lengths.append(n)
+                if visual.planted is not None:
+                    planted.append(visual.planted[i, :n].cpu())
+    norms_all = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
     detector = module.detector if isinstance(module.detector, SinkDetector) else None
-    summary = summarise(norms_all, configured=detector, min_ratio=settings.min_ratio,
-                        planted=torch.cat(planted) if planted else None)
+    summary = summarise(norms_all, lengths=lengths, configured=detector, min_ratio=settings.min_ratio,
+                        planted=torch.nn.utils.rnn.pad_sequence(planted, batch_first=True) if planted else None)
     summary = {"model": module.source, "split": settings.split, **summary}
     output = Path(cfg.paths.output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -156,8 +159,8 @@ def calibrate(cfg: DictConfig) -> dict:
     lines = {"suggested tau": summary["suggested_tau"],
              "configured tau": detector.tau if detector is not None and detector.mode == "norm_threshold" else None}
     title = f"{Path(module.source).name}: {len(paths)} images"
-    plot_norm_histogram(norms_all, output / "norm_histogram.png", lines, title)
-    plot_sorted_norms(norms_all, output / "sorted_norms.png", lines, title)
+    plot_norm_histogram(torch.cat(rows), output / "norm_histogram.png", lines, title)
+    plot_sorted_norms(rows, output / "sorted_norms.png", lines, title)
     Console().print_json(json.dumps(summary))
     log.info("calibration written to %s (calibration.json, norm_histogram.png, sorted_norms.png)", output)
     return summary

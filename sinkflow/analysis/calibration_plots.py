@@ -37,12 +37,13 @@ def plot_norm_histogram(norms: torch.Tensor, path: Path, lines: dict[str, float 
     _finish(fig, ax, path, ("token L2 norm (projector input)", "tokens"), title, lines, vertical=True)
 
 
-def plot_sorted_norms(norms: torch.Tensor, path: Path, lines: dict[str, float | None], title: str) -> None:
+def plot_sorted_norms(norms: list[torch.Tensor], path: Path, lines: dict[str, float | None], title: str) -> None:
     """Each image's norms sorted in descending order (faint), their median (bold), the threshold(s)."""
-    ranked = norms.float().sort(dim=1, descending=True).values.numpy()
+    ranked = [row.float().sort(descending=True).values.numpy() for row in norms]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ranks = np.arange(1, ranked.shape[1] + 1)
     for row in ranked[:200]:
-        ax.plot(ranks, row, color="tab:blue", alpha=0.08, linewidth=0.8)
-    ax.plot(ranks, np.median(ranked, axis=0), color="black", linewidth=2, label="median over images")
+        ax.plot(np.arange(1, len(row) + 1), row, color="tab:blue", alpha=0.08, linewidth=0.8)
+    shortest = min(len(row) for row in ranked)  # the median over images runs over the ranks every image has
+    ax.plot(np.arange(1, shortest + 1), np.median([row[:shortest] for row in ranked], axis=0), color="black",
+            linewidth=2, label="median over images")
     _finish(fig, ax, path, ("rank within the image", "token L2 norm"), title, lines, vertical=False)

@@ -78,8 +78,9 @@ def prepare_for_training(model: nn.Module, family: VisualFamily, *, freeze_visio
         )
         model = get_peft_model(model, config)
     base = unwrap(model)
-    family.projector(base).requires_grad_(train_projector)
+    # Tower first: a family's projector may sit inside its vision tower (Qwen's patch merger).
     family.vision_tower(base).requires_grad_(not freeze_vision)
+    family.projector(base).requires_grad_(train_projector)
     model.train()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())

@@ -62,29 +62,32 @@ def count_summary(counts: torch.Tensor) -> dict:
             "histogram": {int(k): v for k, v in sorted(Counter(counts.tolist()).items())}}
 
 
-def summarise(norms: torch.Tensor, *, configured: SinkDetector | None = None, min_ratio: float = 2.0,
-              planted: torch.Tensor | None = None) -> dict:
-    """Calibration summary of norms [n_images, N] (float32): quantiles, suggested tau, sinks per image."""
-    flat = norms.flatten().sort().values
+def summarise(norms: torch.Tensor, *, lengths: list[int] | None = None, configured: SinkDetector | None = None,
+              min_ratio: float = 2.0, planted: torch.Tensor | None = None) -> dict:
+    """Calibration summary of norms [n_images, N] (float32, rows padded after `lengths`): quantiles, suggested tau,
+    sinks per image."""
+    lengths = lengths or [norms.shape[1]] * norms.shape[0]
+    valid = torch.arange(norms.shape[1]) < torch.tensor(lengths)[:, None]
+    flat = norms[valid].sort().values
     summary: dict = {
         "images": norms.shape[0],
-        "tokens_per_image": norms.shape[1],
+        "tokens_per_image": lengths[0] if min(lengths) == max(lengths) else {"min": min(lengths), "max": max(lengths)},
         "norm_quantiles": {f"q{q * 100:g}": flat[min(int(q * len(flat)), len(flat) - 1)].item() for q in QUANTILES},
         "norm_max": flat[-1].item(),
     }
-    adaptive = SinkDetector("adaptive_drop", min_ratio=min_ratio).from_norms(norms)
+    adaptive = SinkDetector("adaptive_drop", min_ratio=min_ratio).mask(norms, lengths)
     summary["adaptive_drop"] = {"min_ratio": min_ratio, **count_summary(adaptive.sum(dim=1))}
-    tau = valley_tau(norms)
+    tau = valley_tau(flat)
     summary["suggested_tau"] = tau
     if tau is None:
         summary["rule"] = "adaptive_drop: the norm histogram has no second mode"
         suggested = adaptive
     else:
         summary["rule"] = "valley of the bimodal log-norm histogram"
-        suggested = norms >= tau
+        suggested = (norms >= tau) & valid
     summary["sinks_per_image_at_suggestion"] = count_summary(suggested.sum(dim=1))
     if configured is not None:
-        found = configured.from_norms(norms)
+        found = configured.mask(norms, lengths)
         summary["configured_detector"] = {"mode": configured.mode, "tau": configured.tau,
                                           **count_summary(found.sum(dim=1))}
     if planted is not None:

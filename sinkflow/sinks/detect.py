@@ -41,9 +41,19 @@ class SinkDetector(nn.Module):
             raise ValueError(f"sink_strategy.detector.max_sinks must be >= 0 or null, got {max_sinks}")
         self.mode, self.tau, self.k, self.min_ratio, self.max_sinks = mode, tau, k, min_ratio, max_sinks
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Sink mask [n_images, N] for features [n_images, N, D]."""
-        return self.from_norms(token_norms(features))
+    def forward(self, features: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
+        """Sink mask [n_images, N] for features [n_images, N, D]; with `lengths`, rows are padded after them."""
+        return self.mask(token_norms(features), lengths)
+
+    def mask(self, norms: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
+        """Sink mask from norms [n_images, N] whose rows may be padded after `lengths` (padding is never a sink)."""
+        if lengths is None or min(lengths) == norms.shape[1]:
+            return self.from_norms(norms)
+        # Ragged images: each row on its own (a padded zero norm would count in top-k and drop ratios).
+        mask = torch.zeros_like(norms, dtype=torch.bool)
+        for i, n in enumerate(lengths):
+            mask[i, :n] = self.from_norms(norms[i:i + 1, :n])[0]
+        return mask
 
     def from_norms(self, norms: torch.Tensor) -> torch.Tensor:
         """Sink mask from precomputed float32 norms [n_images, N]."""

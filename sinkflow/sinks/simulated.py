@@ -29,28 +29,26 @@ class SimulatedSinks(nn.Module):
         log.warning("SIMULATION: planting %d simulated sink tokens of norm %.0f per image (model.simulated_sinks); "
                     "set it to null for a real checkpoint", k, norm)
 
-    def positions(self, pixel_values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """[n_images, k] patch indices of lowest pixel variance (raster order, ties to the lower index)."""
-        rows, cols = grid
-        n, channels, height, width = pixel_values.shape
-        if height % rows or width % cols:
-            raise ValueError(f"images of {height}x{width} px do not split into a {rows}x{cols} patch grid")
-        patches = pixel_values.float().reshape(n, channels, rows, height // rows, cols, width // cols)
-        variance = patches.permute(0, 2, 4, 1, 3, 5).reshape(n, rows * cols, -1).var(dim=-1)
-        order = torch.sort(variance, dim=1, stable=True).indices[:, : self.k]
-        return order.sort(dim=1).values
+    def positions(self, patch_pixels: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """[n_images, k] patch indices of lowest pixel variance (ascending index, ties to the lower index)."""
+        variance = patch_pixels.float().var(dim=-1)
+        padding = torch.arange(variance.shape[1], device=variance.device) >= torch.tensor(
+            lengths, device=variance.device)[:, None]
+        variance = variance.masked_fill(padding, torch.inf)
+        return torch.sort(variance, dim=1, stable=True).indices[:, : self.k].sort(dim=1).values
 
-    def forward(self, features: torch.Tensor, pixel_values: torch.Tensor, grid: tuple[int, int]):
-        """(features with the sinks planted, planted mask [n_images, N] bool)."""
-        n_images, n_tokens, _ = features.shape
-        if n_tokens != grid[0] * grid[1]:
-            raise ValueError(f"simulated sinks need one feature per patch ({grid[0] * grid[1]}), got {n_tokens}; "
-                             "use vision_feature_select_strategy 'default'")
-        if self.k > n_tokens:
-            raise ValueError(f"model.simulated_sinks.k={self.k} exceeds the {n_tokens} patches per image")
-        summary = features.mean(dim=1, keepdim=True)
+    def forward(self, visual, patch_pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features with the sinks planted, planted patch mask [n_images, N] bool) for `VisualFeatures`."""
+        features, lengths = visual.features, visual.patch_lengths
+        if patch_pixels.shape[:2] != features.shape[:2]:
+            raise ValueError(f"simulated sinks need the pixels of every patch: {tuple(patch_pixels.shape[:2])} "
+                             f"patches of pixels for {tuple(features.shape[:2])} features")
+        if self.k > min(lengths):
+            raise ValueError(f"model.simulated_sinks.k={self.k} exceeds the {min(lengths)} patches of an image")
+        valid = visual.valid().unsqueeze(-1)
+        summary = (features * valid).sum(dim=1, keepdim=True) / valid.sum(dim=1, keepdim=True)
         summary = summary * (self.norm / torch.linalg.vector_norm(summary.float(), dim=-1, keepdim=True)
                              .clamp_min(1e-6)).to(summary.dtype)
-        planted = torch.zeros(n_images, n_tokens, dtype=torch.bool, device=features.device)
-        planted.scatter_(1, self.positions(pixel_values, grid).to(features.device), True)
+        planted = torch.zeros(features.shape[:2], dtype=torch.bool, device=features.device)
+        planted.scatter_(1, self.positions(patch_pixels, lengths).to(features.device), True)
         return torch.where(planted.unsqueeze(-1), summary, features), planted

@@ -35,13 +35,13 @@ def test_cosine_with_warmup_shape():
 def test_merge_checks_the_placeholders_against_the_images(module):
     image_id, width = module.hf.config.image_token_id, module.hf.config.text_config.hidden_size
     batch = {"input_ids": torch.tensor([[1, image_id, image_id, 5]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
-    three_slots = VisualFeatures(torch.zeros(1, 3, 8), grid=(1, 3))
+    three_slots = VisualFeatures(torch.zeros(1, 3, 8))
     routed = Routed([torch.zeros(3, width)], [torch.arange(3)])
     with pytest.raises(ValueError, match="2 image placeholder tokens but its 1 images need 3"):
         module.family.merge(module.hf, batch, three_slots, routed)
     with pytest.raises(ValueError, match="placeholder tokens but no images"):
         module.family.merge(module.hf, batch, None, None)
-    two_slots = VisualFeatures(torch.zeros(1, 2, 8), grid=(1, 2))
+    two_slots = VisualFeatures(torch.zeros(1, 2, 8))
     merged = module.family.merge(module.hf, batch, two_slots, Routed([torch.ones(2, width)], [torch.arange(2)]))
     assert (merged["inputs_embeds"][0, 1:3] == 1).all()
 

@@ -67,4 +67,4 @@ def test_vision_feature_layer_override_changes_features(pair, image_path):
             module.hf, {"pixel_values": pixels})
     torch.testing.assert_close(default.features, hidden[-2][:, 1:], atol=0, rtol=0)
     torch.testing.assert_close(last.features, hidden[-1], atol=0, rtol=0)
-    assert default.grid == (4, 4)
+    assert default.slots == [16] and default.group == 1

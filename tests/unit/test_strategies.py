@@ -73,15 +73,21 @@ def test_detector_finds_exactly_the_simulated_sinks(tiny, shapes_root, detector)
 
 
 def test_simulated_sinks_are_a_global_summary_in_the_flattest_patches():
-    pixels = torch.randn(1, 3, 4, 4)
-    pixels[0, :, :2, 2:] = 0.5  # patch 1 of a 2x2 grid is flat
-    pixels[0, :, 2:, 2:] = -1.0  # patch 3 too
-    features = torch.randn(1, 4, 8)
-    planted_features, planted = SimulatedSinks(k=2, norm=150.0)(features, pixels, (2, 2))
+    from sinkflow.models.families.base import VisualFeatures
+
+    pixels = torch.randn(2, 4, 12)
+    pixels[:, 1] = 0.5  # patch 1 is flat in both images
+    pixels[:, 3] = -1.0  # patch 3 too (image 1 has only 3 patches: its 4th is padding and never chosen)
+    pixels[1, 0] = 0.25
+    features = torch.randn(2, 4, 8)
+    visual = VisualFeatures(features, lengths=[4, 3])
+    planted_features, planted = SimulatedSinks(k=2, norm=150.0)(visual, pixels)
     assert planted[0].nonzero().squeeze(1).tolist() == [1, 3]
-    summary = features[0].mean(dim=0)
-    for i in (1, 3):
-        torch.testing.assert_close(planted_features[0, i], summary * 150.0 / summary.norm())
+    assert planted[1].nonzero().squeeze(1).tolist() == [0, 1]
+    for image, (valid, chosen) in enumerate([(4, (1, 3)), (3, (0, 1))]):
+        summary = features[image, :valid].mean(dim=0)
+        for i in chosen:
+            torch.testing.assert_close(planted_features[image, i], summary * 150.0 / summary.norm())
     torch.testing.assert_close(planted_features[0, [0, 2]], features[0, [0, 2]], atol=0, rtol=0)
 
 
@@ -150,7 +156,7 @@ def test_token_counts_labels_and_kept_tokens_are_exact(tiny, shapes_root, strate
     batch = Collator(processor, VicunaV1())(samples(shapes_root))
     with torch.no_grad():
         merged, seen = module.pathway(batch)
-        projected = LlavaFamily().project(model, seen["visual"].features)
+        projected = torch.stack(LlavaFamily().project(model, seen["visual"]))
     visual, sinks = seen["visual"], seen["sinks"]
     kept = expected_kept(strategy, visual, sinks)
     n_tokens = visual.features.shape[1]

@@ -19,21 +19,52 @@ from sinkflow.sinks.strategies.base import Routed
 
 @dataclass
 class VisualFeatures:
-    """Projector-input features of the images in a batch, in the order the projector consumes them."""
+    """Per-patch projector-input features of the images in a batch, in the order the projector consumes them.
 
-    features: torch.Tensor  # [n_images, N, D_vit]
-    grid: tuple[int, int]  # patch grid (rows, cols) of one image, raster order
+    Images may have different patch counts (Qwen's dynamic resolution): rows are zero-padded to the longest and
+    `lengths` gives each image's patches. `group` consecutive patches form one LLM token (1 for LLaVA, the 2x2
+    merge window = 4 for Qwen); strategies route LLM tokens.
+    """
+
+    features: torch.Tensor  # [n_images, N, D], zero-padded after each image's `lengths[i]` patches
+    lengths: list[int] | None = None  # None: every image has N patches
+    group: int = 1
     planted: torch.Tensor | None = None  # [n_images, N] bool: simulated sinks (ground truth), when planted
     keys: list[str] = field(default_factory=list)  # one stable id per image (seeds per-image random choices)
 
     @property
+    def patch_lengths(self) -> list[int]:
+        return self.lengths or [self.features.shape[1]] * self.features.shape[0]
+
+    @property
     def slots(self) -> list[int]:
-        """Image placeholder tokens per image in the input ids."""
-        return [self.features.shape[1]] * self.features.shape[0]
+        """LLM tokens (image placeholder tokens) per image."""
+        return [n // self.group for n in self.patch_lengths]
+
+    def valid(self) -> torch.Tensor:
+        """[n_images, N] bool: real (not padding) patches."""
+        positions = torch.arange(self.features.shape[1], device=self.features.device)
+        return positions < torch.tensor(self.patch_lengths, device=self.features.device)[:, None]
+
+    def to_tokens(self, patch_mask: torch.Tensor) -> torch.Tensor:
+        """A patch mask [n_images, N] -> LLM-token mask [n_images, N // group]: a token is set if any patch is."""
+        return patch_mask.view(patch_mask.shape[0], -1, self.group).any(dim=-1)
+
+    def token_features(self) -> torch.Tensor:
+        """[n_images, N // group, group * D]: each LLM token's patches side by side."""
+        n_images, n_patches, dim = self.features.shape
+        return self.features.reshape(n_images, n_patches // self.group, self.group * dim)
 
 
 class VisualFamily(ABC):
-    """Where a family's ViT features, projector, language model and image placeholders live."""
+    """Where a family's ViT features, projector, language model and image placeholders live.
+
+    `sink_tokens` says how patch sinks become LLM-token sinks when several patches merge into one token:
+    `any_patch` (a token is a sink if any of its patches is) or `own_norm` (the detector judges the token's
+    patches together, by the norm of their concatenation). With one patch per token both are the same.
+    """
+
+    sink_tokens: str = "any_patch"
 
     @abstractmethod
     def vision_tower(self, model: nn.Module) -> nn.Module:
@@ -56,8 +87,25 @@ class VisualFamily(ABC):
         """Run the ViT on the batch's images and return the projector-input features."""
 
     @abstractmethod
-    def project(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
-        """Map projector-input features [..., D_vit] to LLM embeddings [..., D_llm] with the family's projector."""
+    def project(self, model: nn.Module, visual: VisualFeatures) -> list[torch.Tensor]:
+        """Every image's LLM tokens [slots_i, D_llm] through the family's projector."""
+
+    @abstractmethod
+    def patch_pixels(self, batch: dict, visual: VisualFeatures) -> torch.Tensor:
+        """[n_images, N, P]: the pixels under each patch, aligned with `visual.features` (for simulated sinks)."""
+
+    def token_sinks(self, detector, visual: VisualFeatures) -> torch.Tensor:
+        """The LLM-token sink mask [n_images, N // group] (see `sink_tokens`)."""
+        if self.sink_tokens == "own_norm":
+            return detector(visual.token_features(), visual.slots)
+        return visual.to_tokens(detector(visual.features, visual.patch_lengths))
+
+    def position_ids(self, model: nn.Module, batch: dict) -> torch.Tensor | None:
+        """Position ids of the unrouted batch, [P, B, L], when the family cannot leave them to transformers.
+
+        None (the default) means 1-D positions that transformers derives from the attention mask.
+        """
+        return None
 
     def merge(self, model: nn.Module, batch: dict, visual: VisualFeatures | None, routed: Routed | None,
               padding_side: str = "right") -> dict:
@@ -76,6 +124,9 @@ class VisualFamily(ABC):
         inputs = {"inputs_embeds": inputs_embeds, "attention_mask": batch["attention_mask"]}
         if labels is not None:
             inputs["labels"] = labels
+        positions = self.position_ids(model, batch)
+        if positions is not None:
+            inputs["position_ids"] = positions
         if routed is None:
             if placeholders.any():
                 raise ValueError("the batch has image placeholder tokens but no images")
@@ -93,12 +144,18 @@ class VisualFamily(ABC):
 
 def _rebuild(inputs: dict, placeholders: torch.Tensor, slots: list[int], tokens: list[torch.Tensor],
              routed: Routed, padding_side: str) -> dict:
-    """Rows with each image block replaced by its routed tokens, re-padded to a common length."""
+    """Rows with each image block replaced by its routed tokens, re-padded to a common length.
+
+    A visual token's position is that of the block slot it came from (`original`) or of the block slot it now
+    fills (`contiguous`); text keeps its position. Positions are passed on when the family gives them (M-RoPE)
+    or `original` asks for them; otherwise transformers numbers the rebuilt rows consecutively.
+    """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     embeds, mask, labels = inputs["inputs_embeds"], inputs["attention_mask"], inputs.get("labels")
-    # Positions of the unrouted sequence, counted from each row's first real token (pads get 0, as in generate).
-    positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+    given = inputs.get("position_ids")
+    # Positions of the unrouted sequence as [P, B, L]; 1-D ones count from each row's first real token.
+    positions = given if given is not None else (mask.long().cumsum(-1) - 1).clamp_min(0)[None]
     rows: list[dict[str, torch.Tensor]] = []
     image = 0
     for r in range(embeds.shape[0]):
@@ -109,15 +166,16 @@ def _rebuild(inputs: dict, placeholders: torch.Tensor, slots: list[int], tokens:
             first, n = columns[used], slots[image]
             if columns[used + n - 1] != first + n - 1:
                 raise ValueError(f"row {r}: the placeholders of image {image} are not contiguous")
-            _take_text(parts, embeds[r], mask[r], labels, r, positions[r], start, first)
+            _take_text(parts, embeds[r], mask[r], labels, r, positions[:, r], start, first)
             routed_tokens, sources = tokens[image], routed.sources[image].to(embeds.device)
+            taken = sources if routed.position_ids == "original" else torch.arange(len(sources), device=embeds.device)
             parts["embeds"].append(routed_tokens)
             parts["mask"].append(mask.new_ones(len(routed_tokens)))
             parts["labels"].append(torch.full((len(routed_tokens),), IGNORE_INDEX, device=embeds.device))
-            parts["positions"].append(positions[r, first] + sources)
+            parts["positions"].append(positions[:, r, first + taken])
             start, used, image = first + n, used + n, image + 1
-        _take_text(parts, embeds[r], mask[r], labels, r, positions[r], start, embeds.shape[1])
-        rows.append({k: torch.cat(v) for k, v in parts.items()})
+        _take_text(parts, embeds[r], mask[r], labels, r, positions[:, r], start, embeds.shape[1])
+        rows.append({k: torch.cat(v, dim=-1 if k == "positions" else 0) for k, v in parts.items()})
     length = max(len(row["mask"]) for row in rows)
     out = {
         "inputs_embeds": torch.stack([_pad(row["embeds"], length, 0.0, padding_side) for row in rows]),
@@ -125,8 +183,9 @@ def _rebuild(inputs: dict, placeholders: torch.Tensor, slots: list[int], tokens:
     }
     if labels is not None:
         out["labels"] = torch.stack([_pad(row["labels"], length, IGNORE_INDEX, padding_side) for row in rows])
-    if routed.position_ids == "original":
-        out["position_ids"] = torch.stack([_pad(row["positions"], length, 0, padding_side) for row in rows])
+    if given is not None or routed.position_ids == "original":
+        stacked = torch.stack([_pad(row["positions"].T, length, 0, padding_side).T for row in rows], dim=1)
+        out["position_ids"] = stacked if given is not None else stacked[0]
     return out
 
 
@@ -136,7 +195,7 @@ def _take_text(parts: dict, embeds, mask, labels, row: int, positions, start: in
     parts["mask"].append(mask[start:end])
     parts["labels"].append(labels[row, start:end] if labels is not None
                            else torch.full((end - start,), IGNORE_INDEX, device=embeds.device))
-    parts["positions"].append(positions[start:end])
+    parts["positions"].append(positions[:, start:end])
 
 
 def _pad(values: torch.Tensor, length: int, fill, side: str) -> torch.Tensor:

@@ -54,8 +54,18 @@ class LlavaFamily(VisualFamily):
         keep_cls = self._select(model) == "full"
         # A list of layers is concatenated on channels, as in transformers' LlavaModel.get_image_features.
         features = torch.cat([hidden[i] if keep_cls else hidden[i][:, 1:] for i in layers], dim=-1)
-        side = math.isqrt(features.shape[1] - int(keep_cls))
-        return VisualFeatures(features=features, grid=(side, side))
+        return VisualFeatures(features=features)
 
-    def project(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
-        return self.projector(model)(features)
+    def project(self, model: nn.Module, visual: VisualFeatures) -> list[torch.Tensor]:
+        return list(self.projector(model)(visual.features))
+
+    def patch_pixels(self, batch: dict, visual: VisualFeatures) -> torch.Tensor:
+        """Raster-order pixel patches [n_images, rows * cols, 3 * p * p] of the square patch grid."""
+        pixels = batch["pixel_values"]
+        n_images, channels, height, width = pixels.shape
+        side = math.isqrt(visual.features.shape[1])
+        if side * side != visual.features.shape[1] or height % side or width % side:
+            raise ValueError(f"{visual.features.shape[1]} features do not tile {height}x{width} px images in a square "
+                             "patch grid (a CLS token kept? use vision_feature_select_strategy 'default')")
+        patches = pixels.reshape(n_images, channels, side, height // side, side, width // side)
+        return patches.permute(0, 2, 4, 1, 3, 5).reshape(n_images, side * side, -1)

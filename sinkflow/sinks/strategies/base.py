@@ -27,7 +27,7 @@ class Routed:
     """A strategy's output: the LLM tokens of each image and where each came from."""
 
     tokens: list[torch.Tensor]  # per image [n_i, D_llm]
-    sources: list[torch.Tensor]  # per image [n_i] long: the patch index (into the N features) of each token
+    sources: list[torch.Tensor]  # per image [n_i] long: the LLM-token index (slot of the image block) of each
     position_ids: str = "contiguous"  # "original": moved tokens keep their patch's position (see family.merge)
 
 
@@ -60,12 +60,13 @@ class SinkStrategy(nn.Module):
         self.position_ids = position_ids
 
     def select(self, visual: VisualFeatures, sink_mask: torch.Tensor | None) -> list[torch.Tensor]:
-        """Per image, the patch indices to send to the LLM, in order."""
+        """Per image, the LLM-token indices to send to the LLM, in order."""
         raise NotImplementedError
 
     def forward(self, visual: VisualFeatures, sink_mask: torch.Tensor | None,
-                project: Callable[[torch.Tensor], torch.Tensor]) -> Routed:
-        projected = project(visual.features)
+                project: Callable[[VisualFeatures], list[torch.Tensor]]) -> Routed:
+        """`sink_mask` [n_images, M] marks LLM tokens (see `VisualFamily.token_sinks`)."""
+        projected = project(visual)
         sources = self.select(visual, sink_mask)
         return Routed([p[s] for p, s in zip(projected, sources)], sources, self.position_ids)
 
@@ -81,12 +82,15 @@ class OrderedSinks(SinkStrategy):
 
 
 def split_sinks(visual: VisualFeatures, sink_mask: torch.Tensor, order: str = "raster"):
-    """Per image, (sink indices, other indices): others in raster order, sinks in `order` (`norm`: highest first)."""
-    norms = token_norms(visual.features) if order == "norm" else None
+    """Per image, (sink token indices, other token indices): others in raster order, sinks in `order`.
+
+    `norm` orders sinks by their token's norm, highest first (a merged token's norm covers all its patches).
+    """
+    norms = token_norms(visual.token_features()) if order == "norm" else None
     pairs = []
-    for i, mask in enumerate(sink_mask):
-        sinks = mask.nonzero().squeeze(1)
+    for i, (mask, n_tokens) in enumerate(zip(sink_mask, visual.slots)):
+        sinks = mask[:n_tokens].nonzero().squeeze(1)
         if norms is not None:
             sinks = sinks[torch.sort(norms[i, sinks], descending=True, stable=True).indices]
-        pairs.append((sinks, (~mask).nonzero().squeeze(1)))
+        pairs.append((sinks, (~mask[:n_tokens]).nonzero().squeeze(1)))
     return pairs

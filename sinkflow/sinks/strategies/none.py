@@ -13,5 +13,4 @@ class NoneStrategy(SinkStrategy, name="none"):
     needs_sinks = False
 
     def select(self, visual, sink_mask):
-        n_images, n_tokens = visual.features.shape[:2]
-        return [torch.arange(n_tokens, device=visual.features.device)] * n_images
+        return [torch.arange(n, device=visual.features.device) for n in visual.slots]

@@ -38,9 +38,8 @@ class RandomControl(SinkStrategy, name="random_control"):
         return chosen
 
     def select(self, visual, sink_mask):
-        n_tokens = visual.features.shape[1]
         selected = []
-        for picked in self.picked(visual, sink_mask):
+        for picked, n_tokens in zip(self.picked(visual, sink_mask), visual.slots):
             if self.action == "keep":
                 selected.append(picked)
             else:
