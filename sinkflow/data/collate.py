@@ -39,6 +39,11 @@ class Collator:
         self.generate = generate
         self.max_length = max_length
 
+    @property
+    def image_token(self) -> str:
+        """The placeholder the processor expands (`<image>` for LLaVA, `<|image_pad|>` for Qwen)."""
+        return getattr(self.processor, "image_token", None) or IMAGE_TOKEN
+
     def __call__(self, samples: list[dict]) -> dict:
         texts, spans, images = [], [], []
         for sample in samples:
@@ -46,10 +51,10 @@ class Collator:
             if self.generate and turns and turns[-1][0] == "assistant":
                 turns = turns[:-1]
             rendered = self.template.render(self.processor, turns, add_generation_prompt=self.generate)
-            n_placeholders = rendered.text.count(IMAGE_TOKEN)
+            n_placeholders = rendered.text.count(self.image_token)
             if n_placeholders != (sample.get("image") is not None):
                 raise ValueError(
-                    f"sample {sample['id']!r}: {n_placeholders} {IMAGE_TOKEN} tokens in the conversation for "
+                    f"sample {sample['id']!r}: {n_placeholders} {self.image_token} tokens in the conversation for "
                     f"{'one image' if sample.get('image') else 'no image'}; expected exactly one per image"
                 )
             if sample.get("image") is not None:
@@ -62,10 +67,10 @@ class Collator:
         image_inputs = self.processor.image_processor(images, return_tensors="pt") if images else {}
         image_idx = 0
         for i, text in enumerate(texts):
-            if IMAGE_TOKEN in text:
+            if self.image_token in text:
                 expansion = self.processor.replace_image_token(image_inputs, image_idx)
                 image_idx += 1
-                texts[i], spans[i] = _expand(text, spans[i], expansion)
+                texts[i], spans[i] = _expand(text, spans[i], self.image_token, expansion)
 
         tokenizer = self.processor.tokenizer
         enc = tokenizer(
@@ -98,7 +103,7 @@ class Collator:
         """Cut right-padded training rows to `max_length`; never cut through image placeholders."""
         if self.generate:
             raise ValueError(f"a prompt exceeds data.max_length={self.max_length}; raise it for evaluation")
-        image_id = self.processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        image_id = self.processor.tokenizer.convert_tokens_to_ids(self.image_token)
         tail = batch["input_ids"][:, self.max_length:]
         if (tail == image_id).any():
             raise ValueError(
@@ -111,10 +116,10 @@ class Collator:
             batch[key] = batch[key][:, : self.max_length]
 
 
-def _expand(text: str, spans: list[tuple[int, int]], expansion: str):
+def _expand(text: str, spans: list[tuple[int, int]], token: str, expansion: str):
     """Replace the single image token with its expansion and shift the spans that follow it."""
-    at = text.index(IMAGE_TOKEN)
-    shift = len(expansion) - len(IMAGE_TOKEN)
+    at = text.index(token)
+    shift = len(expansion) - len(token)
     moved = [(s + shift, e + shift) if s >= at else (s, e) for s, e in spans]
-    return text[:at] + expansion + text[at + len(IMAGE_TOKEN):], moved
+    return text[:at] + expansion + text[at + len(token):], moved
 

@@ -39,16 +39,17 @@ def lora_target_regex(family: VisualFamily, names) -> str:
     return rf"{family.language_model_prefix()}(.*\.)?({leaves})"
 
 
-def load_pretrained(source: str | Path, *, dtype: str = "float32", attn_implementation: str | None = None,
-                    trust_remote_code: bool = False):
-    """Load an image-text-to-text model and its processor from a hub id or a local HF-format directory."""
+def load_pretrained(source: str | Path, *, family: VisualFamily | None = None, dtype: str = "float32",
+                    attn_implementation: str | None = None, trust_remote_code: bool = False):
+    """Load an image-text-to-text model and its processor (the family's way) from a hub id or a local directory."""
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        processor = AutoProcessor.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+        processor = (family.load_processor(str(source), trust_remote_code) if family is not None
+                     else AutoProcessor.from_pretrained(str(source), trust_remote_code=trust_remote_code))
         model = AutoModelForImageTextToText.from_pretrained(str(source), **kwargs)
     except OSError as err:
         raise OSError(

@@ -66,6 +66,12 @@ class VisualFamily(ABC):
 
     sink_tokens: str = "any_patch"
 
+    def load_processor(self, source: str, trust_remote_code: bool = False):
+        """The checkpoint's processor (tokenizer, image processor, chat template)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+
     @abstractmethod
     def vision_tower(self, model: nn.Module) -> nn.Module:
         """The ViT module (frozen by default)."""

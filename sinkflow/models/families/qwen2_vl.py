@@ -1,0 +1,81 @@
+"""Qwen2-VL family (`Qwen/Qwen2-VL-*`): dynamic-resolution ViT -> 2x2 patch merger -> Qwen2 with M-RoPE.
+
+What differs from LLaVA (recipes.md §3):
+- Features are the per-patch states of the last vision block, before the merger; images have different patch
+  counts (`image_grid_thw`), and every 4 consecutive patches (one 2x2 window) become one LLM token.
+- The projector is the patch merger, which lives inside the vision tower.
+- Positions are 3-D M-RoPE ids from `get_rope_index` (plus the 1-D text positions generate uses), built here for
+  the unrouted batch and carried with the tokens when a strategy moves or drops them.
+- The HF processor needs torchvision (for video); the tokenizer and image processor are loaded directly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from sinkflow.models.families.base import VisualFamily, VisualFeatures
+from sinkflow.models.processor import ImageTextProcessor
+
+SINK_TOKENS = ("any_patch", "own_norm")
+
+
+class Qwen2VLFamily(VisualFamily):
+    """Qwen2-VL; `sink_tokens` says how patch sinks map to merged tokens (see `VisualFamily`)."""
+
+    def __init__(self, sink_tokens: str = "any_patch"):
+        if sink_tokens not in SINK_TOKENS:
+            raise ValueError(f"model.family.sink_tokens must be one of {SINK_TOKENS}, got {sink_tokens!r}")
+        self.sink_tokens = sink_tokens
+
+    def load_processor(self, source: str, trust_remote_code: bool = False):
+        return ImageTextProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        return model.model.visual
+
+    def projector(self, model: nn.Module) -> nn.Module:
+        return model.model.visual.merger
+
+    def language_model_prefix(self) -> str:
+        return r"model\.language_model\."
+
+    def image_token_id(self, model: nn.Module) -> int:
+        return model.config.image_token_id
+
+    def merge_window_order(self, model: nn.Module, hidden: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """The last block's states in the processor's patch order (Qwen2-VL keeps it; Qwen2.5-VL does not)."""
+        return hidden
+
+    def encode(self, model: nn.Module, batch: dict) -> VisualFeatures:
+        tower = self.vision_tower(model)
+        grid = batch["image_grid_thw"]
+        out = tower(batch["pixel_values"].to(tower.dtype), grid_thw=grid)
+        hidden = self.merge_window_order(model, out.last_hidden_state, grid)
+        lengths = grid.prod(dim=-1).tolist()
+        features = pad_sequence(list(hidden.split(lengths)), batch_first=True)
+        return VisualFeatures(features=features, lengths=lengths, group=tower.spatial_merge_size**2)
+
+    def project(self, model: nn.Module, visual: VisualFeatures) -> list[torch.Tensor]:
+        merged = self.projector(model)(visual.features[visual.valid()])
+        return list(merged.split(visual.slots))
+
+    def patch_pixels(self, batch: dict, visual: VisualFeatures) -> torch.Tensor:
+        """The processor's flattened patches (3 x temporal x p x p values each), split per image and padded."""
+        return pad_sequence(list(batch["pixel_values"].split(visual.patch_lengths)), batch_first=True)
+
+    def position_ids(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """[4, B, L]: text positions (what generate numbers) then the (t, h, w) M-RoPE ids of `get_rope_index`.
+
+        Always explicit: with `inputs_embeds` alone transformers cannot rebuild them (and would reuse the
+        `rope_deltas` of an earlier generate call).
+        """
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        if batch.get("image_grid_thw") is None:
+            return text[None].expand(4, -1, -1)
+        mm_token_type_ids = (input_ids == self.image_token_id(model)).int()
+        rope, _ = model.model.get_rope_index(input_ids, mm_token_type_ids, image_grid_thw=batch["image_grid_thw"],
+                                             attention_mask=mask)
+        return torch.cat([text[None], rope.to(text.device)])
