@@ -69,3 +69,54 @@ def test_none_equals_transformers_logits_and_generation(pair, two_sizes):
         ids = reference.generate(**expected, max_new_tokens=module.generation.max_new_tokens, do_sample=False)
     assert generated == module.processor.tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:],
                                                                 skip_special_tokens=True)
+
+
+def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int = 3):
+    """Plain transformers: merged tokens holding the k highest-norm patches moved to `place`, positions by hand."""
+    with torch.no_grad():
+        out = reference.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+        states = out.last_hidden_state
+        if hasattr(reference.model.visual, "window_size"):  # Qwen2.5-VL: blocks ran on windows of merged tokens
+            from transformers.vision_utils import get_vision_window_index
+
+            visual = reference.model.visual
+            window_index, _ = get_vision_window_index(batch["image_grid_thw"], visual.spatial_merge_size,
+                                                      visual.window_size, visual.patch_size)
+            states = states.view(-1, 4, states.shape[-1])[torch.argsort(window_index)].reshape(states.shape)
+        patch_norms = states.norm(dim=-1).split(batch["image_grid_thw"].prod(-1).tolist())
+        orders = []
+        for norms in patch_norms:
+            sinks = sorted({int(i) // 4 for i in torch.topk(norms, k).indices})
+            rest = [t for t in range(len(norms) // 4) if t not in sinks]
+            orders.append(torch.tensor(sinks + rest if place == "front" else rest + sinks))
+        tokens = torch.cat([merged[order] for merged, order in zip(out.pooler_output, orders)])
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        placeholders = ids == reference.config.image_token_id
+        embeds = reference.get_input_embeddings()(ids).masked_scatter(placeholders.unsqueeze(-1), tokens)
+        rope, _ = reference.model.get_rope_index(ids, placeholders.int(), image_grid_thw=batch["image_grid_thw"],
+                                                 attention_mask=mask)
+        if position_mode == "original":
+            for row, order in enumerate(orders):
+                block = placeholders[row].nonzero().squeeze(1)
+                rope[:, row, block] = rope[:, row, block[order]]
+        text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        return reference(inputs_embeds=embeds, attention_mask=mask, position_ids=torch.cat([text[None], rope])).logits
+
+
+@pytest.mark.parametrize("position_mode", ["contiguous", "original"])
+@pytest.mark.parametrize("place", ["front", "end"])
+def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_positions(pair, two_sizes, place,
+                                                                                  position_mode):
+    from sinkflow.sinks.detect import SinkDetector
+    from sinkflow.sinks.strategies.sink_end import SinkEnd
+    from sinkflow.sinks.strategies.sink_front import SinkFront
+
+    module, reference = pair
+    strategy = (SinkFront if place == "front" else SinkEnd)(position_ids=position_mode)
+    routed = SinkflowModule(module.model, module.processor, module.family, strategy, SinkDetector("topk", k=3)).eval()
+    batch = Collator(module.processor, ProcessorChatTemplate(), generate=True)(samples(two_sizes))
+    with torch.no_grad():
+        ours = routed(batch).logits
+    theirs = hand_routed_logits(reference, batch, place, position_mode)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-5, rtol=0)
