@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -101,7 +101,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if cfg.use_checkpoint_strategy:
             strategy_cfg = saved.sink_strategy
         state = checkpoint["state_dict"]
-    cfg = OmegaConf.merge(cfg, {"model": model_cfg, "sink_strategy": strategy_cfg})
+    # Replace (not merge) the groups: the checkpoint's model may have keys the default model config lacks.
+    with open_dict(cfg):
+        cfg.model, cfg.sink_strategy = model_cfg, strategy_cfg
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg.model, cfg.sink_strategy, train=state is not None)

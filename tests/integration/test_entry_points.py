@@ -124,3 +124,21 @@ def test_calibrate_writes_summary_and_plots(tmp_path, env):
     assert summary["simulated_sinks"]["precision_at_suggestion"] == 1.0
     for name in ("norm_histogram.png", "sorted_norms.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tiny_qwen_runs_the_default_pipeline_and_its_checkpoint_evaluates_the_same(tmp_path, env):
+    import csv
+
+    out = tmp_path / "qwen"
+    run("train.py", ["model=tiny_qwen2_vl", "logger=csv", "trainer.max_steps=4", *SMALL_DATA, "dataset.limit_eval=8",
+                     f"hydra.run.dir={out}"], tmp_path, env)
+    export = json.loads((out / "checkpoints" / "export" / "export.json").read_text())
+    assert export["projector_module"] == "model.visual.merger"
+    trained = {(r["benchmark"], r["id"]): r["prediction"] for r in read_predictions(out / "predictions.jsonl")}
+    assert len(trained) == 32 and all("<|image_pad|>" in r["prompt"] for r in read_predictions(out / "predictions.jsonl"))
+    rows = list(csv.DictReader(open(out / "csv" / "version_0" / "metrics.csv")))
+    assert any(r.get("val/sinks/precision") == "1.0" for r in rows), "the simulated sinks are found on Qwen too"
+    evaluated = tmp_path / "qwen_eval"
+    run("evaluate.py", [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", *SMALL_DATA, "dataset.limit_eval=8",
+                        f"hydra.run.dir={evaluated}"], tmp_path, env)
+    assert {(r["benchmark"], r["id"]): r["prediction"] for r in read_predictions(evaluated / "predictions.jsonl")} == trained
