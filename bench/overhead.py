@@ -1,12 +1,12 @@
-"""Routing overhead: forward time of every strategy relative to `none`, on one model and batch, in one run.
+"""Routing overhead: forward time of every strategy relative to `none`, per family, on one model and batch.
 
-The model is the tiny-LLaVA architecture at bench size (ViT 4x256, LLM 4x512, 128 px images = 64 image tokens)
-with simulated sinks planted in every run (so the strategies have sinks to move; the planting is in the baseline
+Each family's tiny architecture at bench size (ViT 4x256, LLM 4x512, 128 px images = 64 LLM tokens: LLaVA's
+16-px patches, Qwen's 8-px patches merged 2x2) with simulated sinks planted in every run (so the strategies have sinks to move; the planting is in the baseline
 too). `none` runs without a detector; every other strategy pays detection + routing (+ the row rebuild when the
 token count changes). Strategies are timed round-robin so machine drift hits all alike; medians are reported.
-Prints one JSON line; targets: detection + sink_front <= 1.03x, no strategy above 1.10x.
+Prints one JSON line per family; targets: detection + sink_front <= 1.03x, no strategy above 1.10x.
 
-    python bench/overhead.py [--repeats 30] [--batch 8] [--accelerator cuda]
+    python bench/overhead.py [--family llava qwen2_vl qwen2_5_vl] [--repeats 30] [--batch 8] [--accelerator cuda]
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ import torch
 from sinkflow.data.collate import Collator
 from sinkflow.data.instruct import load_instruct
 from sinkflow.data.shapes import generate_shapes
-from sinkflow.data.templates import VicunaV1
+from sinkflow.data.templates import ProcessorChatTemplate, VicunaV1
 from sinkflow.models.families.llava import LlavaFamily
+from sinkflow.models.families.qwen2_5_vl import Qwen25VLFamily
+from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
+from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.detect import SinkDetector
 from sinkflow.sinks.simulated import SimulatedSinks
@@ -40,26 +43,30 @@ def timed_forward(module: SinkflowModule, batch: dict, device: torch.device) -> 
     return time.perf_counter() - start
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--accelerator", choices=["cpu", "cuda"], default="cpu")
-    args = parser.parse_args()
-    device = torch.device(args.accelerator)
+SIZES = {"vision_hidden": 256, "vision_layers": 4, "vision_heads": 4, "text_hidden": 512, "text_layers": 4,
+         "text_heads": 8, "text_kv_heads": 4}
+
+
+def build(family: str, image_size: int):
+    """(model, processor, family object, template) at bench size."""
+    if family == "llava":
+        model, processor = build_tiny_llava(TinyLlavaSpec(image_size=image_size, **SIZES))
+        return model, processor, LlavaFamily(), VicunaV1()
+    spec = TinyQwenSpec(variant=family, min_pixels=image_size**2, max_pixels=image_size**2, **SIZES)
+    model, processor = build_tiny_qwen(spec)
+    return model, processor, (Qwen2VLFamily() if family == "qwen2_vl" else Qwen25VLFamily()), ProcessorChatTemplate()
+
+
+def measure(family: str, args, device: torch.device) -> dict:
     torch.manual_seed(0)
-    spec = TinyLlavaSpec(image_size=args.image_size, vision_hidden=256, vision_layers=4, vision_heads=4,
-                         text_hidden=512, text_layers=4, text_heads=8, text_kv_heads=4)
-    model, processor = build_tiny_llava(spec)
+    model, processor, family_obj, template = build(family, args.image_size)
     model.to(device)
-    family, simulated = LlavaFamily(), SimulatedSinks(k=2, norm=150.0)
-    modules = {name: SinkflowModule(model, processor, family, cls(), None if name == "none" else SinkDetector(),
+    simulated = SimulatedSinks(k=2, norm=150.0)
+    modules = {name: SinkflowModule(model, processor, family_obj, cls(), None if name == "none" else SinkDetector(),
                                     simulated_sinks=simulated).eval()
                for name, cls in STRATEGIES.items()}
     root = generate_shapes(tempfile.mkdtemp(), n_train=args.batch, n_eval=1, image_size=args.image_size)
-    batch = Collator(processor, VicunaV1())(load_instruct(root / "train.json", root)[: args.batch])
+    batch = Collator(processor, template)(load_instruct(root / "train.json", root)[: args.batch])
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     times: dict[str, list[float]] = {name: [] for name in modules}
     for repeat in range(args.warmup + args.repeats):
@@ -69,18 +76,33 @@ def main():
                 times[name].append(elapsed)
     medians = {name: statistics.median(t) for name, t in times.items()}
     ratios = {name: round(m / medians["none"], 4) for name, m in medians.items()}
-    print(json.dumps({
+    return {
         "bench": "overhead",
+        "family": family,
         "median_ms": {name: round(1000 * m, 3) for name, m in medians.items()},
         "ratio_to_none": ratios,
         "targets": {"sink_front": 1.03, "any": 1.10},
         "within_targets": ratios["sink_front"] <= 1.03 and max(ratios.values()) <= 1.10,
         "batch": args.batch,
         "seq_len": int(batch["input_ids"].shape[1]),
-        "image_tokens": (args.image_size // spec.patch_size) ** 2,
+        "image_tokens": int((batch["input_ids"][0] == family_obj.image_token_id(model)).sum()),
         "repeats": args.repeats,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-    }))
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", nargs="+", choices=["llava", "qwen2_vl", "qwen2_5_vl"],
+                        default=["llava", "qwen2_vl", "qwen2_5_vl"])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--accelerator", choices=["cpu", "cuda"], default="cpu")
+    args = parser.parse_args()
+    for family in args.family:
+        print(json.dumps(measure(family, args, torch.device(args.accelerator))), flush=True)
 
 
 if __name__ == "__main__":
