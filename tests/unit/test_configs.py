@@ -116,3 +116,18 @@ def test_validation_names_the_key(override, message, tmp_path):
     cfg = compose_cfg("train", [override], tmp_path)
     with pytest.raises(ValueError, match=message):
         validate(cfg)
+
+
+@pytest.mark.parametrize("option,checkpoint,family", [
+    ("qwen2_vl_2b", "Qwen/Qwen2-VL-2B-Instruct", "Qwen2VLFamily"),
+    ("qwen2_vl_7b", "Qwen/Qwen2-VL-7B-Instruct", "Qwen2VLFamily"),
+    ("qwen25_vl_3b", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen25VLFamily"),
+    ("qwen25_vl_7b", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen25VLFamily"),
+])
+def test_qwen_configs_name_their_checkpoint_family_and_chat_template(option, checkpoint, family, tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("train", [f"model={option}"], tmp_path)
+    assert cfg.model.checkpoint == checkpoint and cfg.model.simulated_sinks is None
+    assert type(instantiate(cfg.model.family)).__name__ == family
+    assert cfg.model.template._target_.endswith("ProcessorChatTemplate")

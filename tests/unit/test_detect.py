@@ -66,3 +66,13 @@ def test_norms_are_float32_even_for_bf16_features():
 def test_bad_settings_name_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SinkDetector(**kwargs)
+
+
+def test_ragged_rows_never_mark_padding_and_rank_within_each_image():
+    features = torch.zeros(2, 5, 3)
+    features[0, :, 0] = torch.tensor([1.0, 9.0, 2.0, 8.0, 3.0])
+    features[1, :3, 0] = torch.tensor([4.0, 1.0, 1.5])  # two padded rows after 3 patches
+    topk = SinkDetector("topk", k=4)(features, lengths=[5, 3])
+    assert topk.tolist() == [[False, True, True, True, True], [True, True, True, False, False]]
+    adaptive = SinkDetector("adaptive_drop", min_ratio=2.0)(features, lengths=[5, 3])
+    assert adaptive.tolist() == [[False, True, False, True, False], [True, False, False, False, False]]

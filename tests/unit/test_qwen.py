@@ -120,3 +120,22 @@ def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_position
     theirs = hand_routed_logits(reference, batch, place, position_mode)
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-5, rtol=0)
+
+
+def test_patch_sinks_map_to_merged_tokens_any_patch_or_own_norm():
+    from sinkflow.models.families.base import VisualFeatures
+    from sinkflow.sinks.detect import SinkDetector
+
+    features = torch.zeros(2, 12, 4)
+    features[:, :, 0] = 1.0
+    features[0, 1, 0] = 200.0  # one sink patch in token 0 of image 0
+    features[0, 4:8, 0] = 60.0  # token 1 of image 0: no patch above tau, together above it (4 x 60^2 = 120^2)
+    features[1, 9, 0] = 300.0  # image 1 has 8 patches: patch 9 is padding and must never count
+    visual = VisualFeatures(features, lengths=[12, 8], group=4)
+    detector = SinkDetector(tau=100.0)
+    assert Qwen2VLFamily().token_sinks(detector, visual).tolist() == [[True, False, False], [False, False, False]]
+    assert Qwen2VLFamily(sink_tokens="own_norm").token_sinks(detector, visual).tolist() == [
+        [True, True, False], [False, False, False]]
+    assert visual.slots == [3, 2]
+    with pytest.raises(ValueError, match="sink_tokens must be one of"):
+        Qwen2VLFamily(sink_tokens="mean")
