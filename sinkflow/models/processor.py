@@ -8,9 +8,11 @@ checkpoint files.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoTokenizer
+from transformers.utils import cached_file
 
 
 class ImageTextProcessor:
@@ -24,8 +26,11 @@ class ImageTextProcessor:
 
     @classmethod
     def from_pretrained(cls, source: str | Path, trust_remote_code: bool = False) -> ImageTextProcessor:
-        return cls(AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code),
-                   AutoImageProcessor.from_pretrained(str(source), trust_remote_code=trust_remote_code))
+        """Tokenizer and image processor of a checkpoint; the processor's chat template when the tokenizer has none."""
+        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = processor_chat_template(source)
+        return cls(tokenizer, AutoImageProcessor.from_pretrained(str(source), trust_remote_code=trust_remote_code))
 
     @property
     def chat_template(self) -> str | None:
@@ -42,3 +47,13 @@ class ImageTextProcessor:
     def save_pretrained(self, path: str | Path) -> None:
         self.tokenizer.save_pretrained(path)
         self.image_processor.save_pretrained(path)
+
+
+def processor_chat_template(source: str | Path) -> str | None:
+    """The chat template a processor would load: `chat_template.jinja`, else `chat_template.json`, else None."""
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = cached_file(str(source), name, _raise_exceptions_for_missing_entries=False)
+        if path:
+            text = Path(path).read_text(encoding="utf-8")
+            return text if name.endswith(".jinja") else json.loads(text)["chat_template"]
+    return None

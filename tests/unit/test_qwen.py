@@ -100,6 +100,7 @@ def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int 
                 block = placeholders[row].nonzero().squeeze(1)
                 rope[:, row, block] = rope[:, row, block[order]]
         text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        assert any(not torch.equal(order, torch.arange(len(order))) for order in orders), "a real permutation"
         return reference(inputs_embeds=embeds, attention_mask=mask, position_ids=torch.cat([text[None], rope])).logits
 
 
@@ -139,3 +140,22 @@ def test_patch_sinks_map_to_merged_tokens_any_patch_or_own_norm():
     assert visual.slots == [3, 2]
     with pytest.raises(ValueError, match="sink_tokens must be one of"):
         Qwen2VLFamily(sink_tokens="mean")
+
+
+@pytest.mark.parametrize("layout", ["chat_template.jinja", "chat_template.json"])
+def test_the_processor_chat_template_is_found_when_the_tokenizer_has_none(tmp_path, layout):
+    import json
+
+    from sinkflow.models.processor import ImageTextProcessor
+    from sinkflow.models.tiny_qwen import QWEN_CHAT_TEMPLATE, TinyQwenSpec, build_tiny_qwen
+
+    _, processor = build_tiny_qwen(TinyQwenSpec())
+    processor.tokenizer.chat_template = None
+    processor.save_pretrained(tmp_path)
+    text = QWEN_CHAT_TEMPLATE if layout.endswith("jinja") else json.dumps({"chat_template": QWEN_CHAT_TEMPLATE})
+    (tmp_path / layout).write_text(text)
+    loaded = ImageTextProcessor.from_pretrained(tmp_path)
+    assert loaded.chat_template == QWEN_CHAT_TEMPLATE
+    rendered = loaded.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                          add_generation_prompt=True)
+    assert rendered.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
