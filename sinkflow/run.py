@@ -37,7 +37,8 @@ def build_module(model_cfg: DictConfig, strategy_cfg: DictConfig, *, train: bool
     """Load the model, freeze / LoRA it (when training), and wrap it with family, detector and strategy."""
     source = resolve_checkpoint(model_cfg)
     family = instantiate(model_cfg.family)
-    model, processor = load_pretrained(source, family=family, dtype=model_cfg.dtype, attn_implementation=model_cfg.attn_implementation,
+    model, processor = load_pretrained(source, family=family, dtype=model_cfg.dtype,
+                                       attn_implementation=model_cfg.attn_implementation,
                                        trust_remote_code=model_cfg.trust_remote_code)
     lora = OmegaConf.to_container(model_cfg.lora) if train and model_cfg.lora is not None else None
     model = prepare_for_training(model, family, freeze_vision=model_cfg.freeze_vision,

@@ -52,3 +52,25 @@ def shapes_root(tmp_path_factory) -> Path:
 @pytest.fixture()
 def image_path(shapes_root) -> str:
     return str(shapes_root / "eval_images" / "eval_00000.png")
+
+
+@pytest.fixture(scope="session")
+def assert_parity():
+    """Check a sinkflow module against plain transformers on one batch: logits on real tokens, then greedy text."""
+    import torch
+
+    def check(module, reference, batch: dict, expected: dict) -> list[str]:
+        with torch.no_grad():
+            ours = module(batch).logits
+            theirs = reference(**expected).logits
+        mask = expected["attention_mask"].bool()
+        torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-5, rtol=0)
+        generated = module.generate(batch)
+        with torch.no_grad():
+            ids = reference.generate(**expected, max_new_tokens=module.generation.max_new_tokens, do_sample=False)
+        tokenizer = module.processor.tokenizer
+        assert generated == tokenizer.batch_decode(ids[:, expected["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert all(len(text) > 0 for text in generated)
+        return generated
+
+    return check

@@ -1,4 +1,5 @@
-"""Deterministic synthetic "shapes" data: LLaVA-format training data; POPE / MME / MMStar-format and open evaluation sets."""
+"""Deterministic synthetic "shapes" data: LLaVA-format training data; POPE / MME / MMStar-format and open
+evaluation sets."""
 from __future__ import annotations
 
 import json

@@ -62,6 +62,7 @@ def log_histograms(loggers, samples: dict[str, torch.Tensor], step: int, stage: 
 
             logger.experiment.log({
                 f"{stage}/sinks/per_image_hist": wandb.Histogram(samples["counts"].cpu().numpy()),
-                f"{stage}/sinks/log10_norm_hist": wandb.Histogram(samples["norms"].clamp_min(1e-6).log10().cpu().numpy()),
+                f"{stage}/sinks/log10_norm_hist":
+                    wandb.Histogram(samples["norms"].clamp_min(1e-6).log10().cpu().numpy()),
                 "trainer/global_step": step,
             })

@@ -11,7 +11,8 @@ def bimodal(n_images=200, n_tokens=64, sinks_per_image=3, seed=0):
     """Bulk norms around 20, a few sinks per image around 400 (log-normal), like CLIP ViT-L features."""
     generator = torch.Generator().manual_seed(seed)
     norms = torch.exp(torch.randn(n_images, n_tokens, generator=generator) * 0.2 + torch.log(torch.tensor(20.0)))
-    sinks = torch.exp(torch.randn(n_images, sinks_per_image, generator=generator) * 0.1 + torch.log(torch.tensor(400.0)))
+    sinks = torch.exp(torch.randn(n_images, sinks_per_image, generator=generator) * 0.1
+                      + torch.log(torch.tensor(400.0)))
     norms[:, :sinks_per_image] = sinks
     return norms
 

@@ -34,7 +34,8 @@ def test_cosine_with_warmup_shape():
 
 def test_merge_checks_the_placeholders_against_the_images(module):
     image_id, width = module.hf.config.image_token_id, module.hf.config.text_config.hidden_size
-    batch = {"input_ids": torch.tensor([[1, image_id, image_id, 5]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    batch = {"input_ids": torch.tensor([[1, image_id, image_id, 5]]),
+             "attention_mask": torch.ones(1, 4, dtype=torch.long)}
     three_slots = VisualFeatures(torch.zeros(1, 3, 8))
     routed = Routed([torch.zeros(3, width)], [torch.arange(3)])
     with pytest.raises(ValueError, match="2 image placeholder tokens but its 1 images need 3"):
