@@ -3,7 +3,8 @@
 Each family's tiny architecture at bench size (ViT 4x256, LLM 4x512, 128 px images = 64 LLM tokens: LLaVA's
 16-px patches, Qwen's 8-px patches merged 2x2) with simulated sinks planted in every run (so the strategies
 have sinks to move; the planting is in the baseline too). `none` runs without a detector; every other strategy
-pays detection + routing (+ the row rebuild when the token count changes). Strategies are timed round-robin so machine drift hits all alike; medians are reported.
+pays detection + routing (+ the row rebuild when the token count changes). Strategies are timed round-robin so
+machine drift hits all alike; medians are reported.
 Prints one JSON line per family; targets: detection + sink_front <= 1.03x, no strategy above 1.10x.
 
     python bench/overhead.py [--family llava qwen2_vl qwen2_5_vl] [--repeats 30] [--batch 8] [--accelerator cuda]
