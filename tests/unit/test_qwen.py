@@ -148,3 +148,16 @@ def test_the_processor_chat_template_is_found_when_the_tokenizer_has_none(tmp_pa
     rendered = loaded.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                           add_generation_prompt=True)
     assert rendered.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_lora_on_the_language_model_only_and_the_merger_trains_inside_a_frozen_tower():
+    from sinkflow.models.build import LoraSpec, prepare_for_training, unwrap
+    from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
+
+    model, _ = build_tiny_qwen(TinyQwenSpec())
+    family = Qwen2VLFamily()
+    model = prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4))
+    trainable = {n for n, p in unwrap(model).named_parameters() if p.requires_grad}
+    lora = {n for n in trainable if "lora_" in n}
+    assert lora and all(n.startswith("model.language_model.layers.") for n in lora)
+    assert trainable - lora == {n for n, _ in unwrap(model).named_parameters() if n.startswith("model.visual.merger.")}
