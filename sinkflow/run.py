@@ -13,12 +13,12 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.progress import track
-from rich.table import Table
 
 from sinkflow.analysis.calibration_plots import plot_norm_histogram, plot_sorted_norms
 from sinkflow.config import validate
 from sinkflow.data.collate import load_image
 from sinkflow.eval.callback import PredictionsCallback
+from sinkflow.eval.score import print_table
 from sinkflow.models.build import load_pretrained, prepare_for_training
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.calibrate import summarise
@@ -204,11 +204,5 @@ def log_parameter_counts(trainer: L.Trainer, module: SinkflowModule, cfg: DictCo
 
 def print_metrics(metrics: dict[str, float], predictions: Path) -> None:
     """A rich table of the test metrics (rank 0 holds them; other ranks print nothing)."""
-    if not metrics:
-        return
-    table = Table(title=f"metrics ({predictions})")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}")
-    Console().print(table)
+    if metrics:
+        print_table(metrics, f"metrics ({predictions})")

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch.distributed as dist
 
-from sinkflow.eval.metrics import accuracy_table
+from sinkflow.eval.metrics import score_records
 from sinkflow.eval.predictions import PredictionsWriter, read_predictions
 
 
@@ -46,7 +46,7 @@ class PredictionsCallback(L.Callback):
     def on_test_epoch_end(self, trainer, pl_module):
         if not trainer.is_global_zero:
             return
-        self.metrics = accuracy_table(read_predictions(self.path)) if self.path.exists() else {}
+        self.metrics = score_records(read_predictions(self.path)) if self.path.exists() else {}
         self.path.with_name("metrics.json").write_text(json.dumps(self.metrics, indent=2))
         for logger in trainer.loggers:
             logger.log_metrics({f"test/{k}": v for k, v in self.metrics.items()}, step=trainer.global_step)

@@ -1,13 +1,163 @@
-"""Basic scoring of predictions: exact match after light normalisation, per benchmark / category / scope.
+"""Benchmark scores exactly as the official tools compute them (benchmarks.md), as torchmetrics metrics.
 
-The benchmarks' official parsers and metrics (POPE F1, MME acc+, MMStar micro accuracy) build on these records;
-this module gives the quick accuracy table that training and the shapes demo report.
+Each metric keeps one encoded row per answered question (a stable hash of `benchmark/id` first), so states
+synchronise across processes by concatenation and `compute` counts every id once: the duplicates that a
+`DistributedSampler` pads in never count twice. Keys follow DESIGN.md §3:
+`pope/<category>/{accuracy,precision,recall,f1,yes_ratio}`, `pope/f1_mean` (fractions);
+`mme/<subtask>/{acc,acc_plus,score}`, `mme/perception`, `mme/cognition` (official points);
+`mmstar/<core>/accuracy`, `mmstar/<core>/<l2>/accuracy`, `mmstar/overall` (fractions).
+Other benchmarks (and the shapes `scope` of any record) get exact-match accuracy on the first word.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
+
+from sinkflow.data.benchmarks.mme import COGNITION, PERCEPTION, SUBTASKS
+from sinkflow.data.benchmarks.mmstar import CATEGORIES as MMSTAR_CATEGORIES
+from sinkflow.data.benchmarks.pope import CATEGORIES as POPE_CATEGORIES
+from sinkflow.eval.parsing import check_rule, mmstar_correct, parse_mme, parse_pope
+
+MMSTAR_CORES = tuple(MMSTAR_CATEGORIES)
+MMSTAR_L2 = tuple(l2 for core in MMSTAR_CORES for l2 in MMSTAR_CATEGORIES[core])
+_YES_NO = {"yes": 1, "no": 0, None: -1}
+
+
+def record_hash(record: dict, field: str = "id") -> int:
+    """A stable 63-bit key of `benchmark/<field>` (the same in every process and run)."""
+    digest = hashlib.blake2b(f"{record['benchmark']}/{record[field]}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def _index(values: tuple[str, ...], value: str, what: str) -> int:
+    if value not in values:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {values}")
+    return values.index(value)
+
+
+class RecordMetric(Metric):
+    """Rows of int64 codes, one per question; `compute` sees each key (column 0) once."""
+
+    full_state_update = False
+
+    def __init__(self, rule: str = "official", **kwargs):
+        super().__init__(**kwargs)
+        self.rule = check_rule(rule)
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
+
+    def encode(self, record: dict) -> list[int]:
+        raise NotImplementedError
+
+    def update(self, records: list[dict]) -> None:
+        if records:
+            self.rows.append(torch.tensor([self.encode(r) for r in records], dtype=torch.long, device=self.device))
+
+    def unique_rows(self) -> torch.Tensor:
+        """The rows, first occurrence of each key kept, in key order."""
+        rows = dim_zero_cat(self.rows) if self.rows else torch.zeros(0, 1, dtype=torch.long)
+        keys, inverse = torch.unique(rows[:, 0], return_inverse=True)
+        first = torch.full((len(keys),), len(rows), dtype=torch.long, device=rows.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(len(rows), device=rows.device), reduce="amin")
+        return rows[first].cpu()
+
+
+class POPEMetric(RecordMetric):
+    """Per split accuracy, precision, recall, F1 (yes = positive) and yes-ratio of the predictions; mean F1."""
+
+    def encode(self, record):
+        return [record_hash(record), _index(POPE_CATEGORIES, record["category"], "POPE category"),
+                _YES_NO[str(record["answer"]).lower()], _YES_NO[parse_pope(record["prediction"], self.rule)]]
+
+    def compute(self) -> dict[str, float]:
+        rows, out, f1s = self.unique_rows(), {}, []
+        for c, category in enumerate(POPE_CATEGORIES):
+            part = rows[rows[:, 1] == c]
+            if not len(part):
+                continue
+            gt, pred = part[:, 2], part[:, 3]
+            tp, fp = int(((pred == 1) & (gt == 1)).sum()), int(((pred == 1) & (gt == 0)).sum())
+            fn = int(((pred == 0) & (gt == 1)).sum())  # unparseable answers are in no cell, only wrong
+            precision = tp / (tp + fp) if tp + fp else 0.0
+            recall = tp / (tp + fn) if tp + fn else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            out.update({f"pope/{category}/accuracy": int((pred == gt).sum()) / len(part),
+                        f"pope/{category}/precision": precision, f"pope/{category}/recall": recall,
+                        f"pope/{category}/f1": f1, f"pope/{category}/yes_ratio": int((pred == 1).sum()) / len(part)})
+            f1s.append(f1)
+        if f1s:
+            out["pope/f1_mean"] = sum(f1s) / len(f1s)
+        return out
+
+
+class MMEMetric(RecordMetric):
+    """Per subtask acc, acc+ (both questions of an image right) and score = acc + acc+; perception, cognition."""
+
+    def encode(self, record):
+        correct = parse_mme(record["prediction"], self.rule) == str(record["answer"]).lower()
+        image = {"benchmark": "mme", "image": f"{record['category']}/{record['image']}"}
+        return [record_hash(record), _index(SUBTASKS, record["category"], "MME subtask"),
+                record_hash(image, "image"), int(correct)]
+
+    def compute(self) -> dict[str, float]:
+        rows, out = self.unique_rows(), {}
+        for s, subtask in enumerate(SUBTASKS):
+            part = rows[rows[:, 1] == s]
+            if not len(part):
+                continue
+            images: dict[int, list[int]] = defaultdict(list)
+            for image, correct in part[:, 2:].tolist():
+                images[image].append(correct)
+            # Fraction first, then x100, in the official tool's order (the last decimal depends on it).
+            acc = int(part[:, 3].sum()) / len(part) * 100
+            acc_plus = sum(all(v) for v in images.values()) / len(images) * 100
+            out.update({f"mme/{subtask}/acc": acc, f"mme/{subtask}/acc_plus": acc_plus,
+                        f"mme/{subtask}/score": acc + acc_plus})
+        for name, group in (("perception", PERCEPTION), ("cognition", COGNITION)):
+            scores = [out[f"mme/{s}/score"] for s in group if f"mme/{s}/score" in out]
+            if scores:
+                out[f"mme/{name}"] = sum(scores)
+        return out
+
+
+class MMStarMetric(RecordMetric):
+    """Accuracy per core category, per sub-category and overall: micro (official, denominators from the data);
+    under the `lmms_eval` rule its macro means (core = mean over its sub-categories; `mmstar/average`)."""
+
+    def encode(self, record):
+        return [record_hash(record), _index(MMSTAR_CORES, record["category"], "MMStar category"),
+                _index(MMSTAR_L2, record["l2_category"], "MMStar l2_category"), int(mmstar_correct(record, self.rule))]
+
+    def compute(self) -> dict[str, float]:
+        rows, out = self.unique_rows(), {}
+        l2_means: dict[int, float] = {}
+        for l2 in rows[:, 2].unique().tolist():
+            part = rows[rows[:, 2] == l2]
+            l2_means[l2] = part[:, 3].float().mean().item()
+            core = MMSTAR_L2[l2]
+            out[f"mmstar/{MMSTAR_CORES[int(part[0, 1])]}/{core}/accuracy"] = l2_means[l2]
+        for c, core in enumerate(MMSTAR_CORES):
+            part = rows[rows[:, 1] == c]
+            if not len(part):
+                continue
+            if self.rule == "lmms_eval":
+                means = [l2_means[l2] for l2 in part[:, 2].unique().tolist()]
+                out[f"mmstar/{core}/accuracy"] = sum(means) / len(means)
+            else:
+                out[f"mmstar/{core}/accuracy"] = int(part[:, 3].sum()) / len(part)
+        if len(rows):
+            out["mmstar/overall"] = int(rows[:, 3].sum()) / len(rows)
+            if self.rule == "lmms_eval":
+                out["mmstar/average"] = sum(l2_means.values()) / len(l2_means)
+        return out
+
+
+OFFICIAL_METRICS = {"pope": POPEMetric, "mme": MMEMetric, "mmstar": MMStarMetric}
 
 
 def normalise(text: str) -> str:
@@ -16,23 +166,43 @@ def normalise(text: str) -> str:
     return re.sub(r"^\W+|\W+$", "", words[0]).lower() if words else ""
 
 
-def is_correct(record: dict) -> bool:
-    """Whether the prediction's first word equals the ground truth (case- and punctuation-insensitive)."""
+def is_correct(record: dict, rule: str = "official") -> bool:
+    """Whether a prediction is right under its benchmark's rule (first-word exact match for other benchmarks)."""
+    if record["benchmark"] == "pope":
+        return parse_pope(record["prediction"], rule) == str(record["answer"]).lower()
+    if record["benchmark"] == "mme":
+        return parse_mme(record["prediction"], rule) == str(record["answer"]).lower()
+    if record["benchmark"] == "mmstar":
+        return mmstar_correct(record, rule)
     return normalise(record["prediction"]) == normalise(str(record["answer"]))
 
 
-def accuracy_table(records: list[dict]) -> dict[str, float]:
-    """Flat metrics: `<benchmark>/accuracy`, `<benchmark>/<category>/accuracy`, `<benchmark>/<scope>/accuracy`."""
-    hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+def score_records(records: list[dict], rule: str = "official") -> dict[str, float]:
+    """Every metric of a predictions file: the official benchmark metrics, plus exact-match accuracy for other
+    benchmarks and per `scope` (`<benchmark>/<scope>/accuracy`, `all/<scope>/accuracy`) where records have one."""
+    by_benchmark: dict[str, list[dict]] = defaultdict(list)
     for record in records:
-        ok = int(is_correct(record))
-        keys = [f"{record['benchmark']}/accuracy"]
-        for field in ("category", "scope"):
-            if record.get(field):
-                keys.append(f"{record['benchmark']}/{record[field]}/accuracy")
-        if record.get("scope"):
-            keys.append(f"all/{record['scope']}/accuracy")
-        for key in keys:
-            hits[key][0] += ok
-            hits[key][1] += 1
-    return {key: correct / total for key, (correct, total) in sorted(hits.items())}
+        by_benchmark[record["benchmark"]].append(record)
+    out: dict[str, float] = {}
+    hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for benchmark, group in by_benchmark.items():
+        if benchmark in OFFICIAL_METRICS:
+            # The records are already complete here (gathered on rank 0): no collective on compute.
+            metric = OFFICIAL_METRICS[benchmark](rule, sync_on_compute=False)
+            metric.update(group)
+            out.update(metric.compute())
+        seen = set()
+        for record in group:
+            if record["id"] in seen:
+                continue
+            seen.add(record["id"])
+            ok = int(is_correct(record, rule))
+            keys = [] if benchmark in OFFICIAL_METRICS else [f"{benchmark}/accuracy"] + (
+                [f"{benchmark}/{record['category']}/accuracy"] if record.get("category") else [])
+            if record.get("scope"):
+                keys += [f"{benchmark}/{record['scope']}/accuracy", f"all/{record['scope']}/accuracy"]
+            for key in keys:
+                hits[key][0] += ok
+                hits[key][1] += 1
+    out.update({key: correct / total for key, (correct, total) in hits.items()})
+    return dict(sorted(out.items()))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sinkflow.data.benchmarks.mme import SUBTASKS, load_mme
+from sinkflow.data.benchmarks.mme import SUBTASKS, load_mme, load_mme_results
 from sinkflow.data.benchmarks.mmstar import load_mmstar
 from sinkflow.data.benchmarks.open_qa import load_open_qa
 from sinkflow.data.benchmarks.pope import load_pope
@@ -56,8 +56,13 @@ def test_real_mme_templates_and_results_load_with_the_official_counts(tmp_path):
     first = items[0]
     assert first["category"] == "existence" and first["answer"] == "Yes"
     assert first["prompt"] == first["question"].removesuffix(" Please answer yes or no.") + SHORT
-    # The LaVIN results carry a 4th response column: same items, response ignored.
-    assert load_mme(FIXTURES / "mme_lavin_results", tmp_path) == items
+    # The LaVIN results carry a 4th response column: the same items, each with its response as `prediction`.
+    results = load_mme(FIXTURES / "mme_lavin_results", tmp_path)
+    assert [{k: v for k, v in r.items() if k != "prediction"} for r in results] == items
+    assert all(isinstance(r["prediction"], str) for r in results) and "prediction" not in items[0]
+    assert load_mme_results(FIXTURES / "mme_lavin_results")[0]["prediction"].startswith("yes")
+    with pytest.raises(DataFormatError, match="no 4th \\(model response\\) column"):
+        load_mme_results(FIXTURES / "mme_eval_tool")
 
 
 def test_mme_images_resolve_in_the_release_layout(tmp_path):

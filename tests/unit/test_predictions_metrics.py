@@ -3,7 +3,7 @@
 import pytest
 
 from sinkflow.data.errors import DataFormatError
-from sinkflow.eval.metrics import accuracy_table, normalise
+from sinkflow.eval.metrics import normalise, score_records
 from sinkflow.eval.predictions import PredictionsWriter, read_predictions
 
 
@@ -42,21 +42,28 @@ def test_normalise_takes_the_first_word(text, expected):
     assert normalise(text) == expected
 
 
-def test_accuracy_table_groups_by_benchmark_category_and_scope():
+def test_scores_group_by_benchmark_category_and_scope():
     records = [
         record("pope", "random/1", "yes", "Yes.", category="random", scope="local"),
         record("pope", "random/2", "no", "Yes", category="random", scope="local"),
         record("pope", "popular/1", "no", "no", category="popular", scope="local"),
-        record("mmstar", "1", "B", "B. red", category="coarse perception", scope="global"),
+        record("mmstar", "1", "B", "B. red", category="coarse perception", l2_category="image emotion",
+               scope="global"),
+        record("open", "1", "white", "White.", category="background", scope="global"),
+        record("open", "2", "3", "4", category="count", scope="global"),
     ]
-    assert accuracy_table(records) == {
-        "all/global/accuracy": 1.0,
+    scores = score_records(records)
+    assert {k: v for k, v in scores.items() if "/accuracy" in k and not k.startswith(("pope/r", "pope/p"))} == {
+        "all/global/accuracy": 2 / 3,
         "all/local/accuracy": 2 / 3,
-        "mmstar/accuracy": 1.0,
         "mmstar/coarse perception/accuracy": 1.0,
+        "mmstar/coarse perception/image emotion/accuracy": 1.0,
         "mmstar/global/accuracy": 1.0,
-        "pope/accuracy": 2 / 3,
+        "open/accuracy": 0.5,
+        "open/background/accuracy": 1.0,
+        "open/count/accuracy": 0.0,
+        "open/global/accuracy": 0.5,
         "pope/local/accuracy": 2 / 3,
-        "pope/popular/accuracy": 1.0,
-        "pope/random/accuracy": 0.5,
     }
+    assert scores["pope/random/accuracy"] == 0.5 and scores["pope/popular/accuracy"] == 1.0
+    assert scores["mmstar/overall"] == 1.0

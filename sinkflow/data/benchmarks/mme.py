@@ -31,15 +31,16 @@ def _read_subtask(path: Path, root: Path, check_images: bool) -> list[dict]:
             raise DataFormatError(path, line_no, "<line>",
                                   f"expected 3 tab-separated fields (image, question, answer), got {len(fields)}")
         image, question, answer = fields[:3]
+        response = fields[3] if len(fields) == 4 else None
         if not image:
             raise DataFormatError(path, line_no, "image", "expected an image name, got an empty field")
         if answer not in ("Yes", "No"):
             raise DataFormatError(path, line_no, "answer", f"expected 'Yes' or 'No', got {answer!r}")
-        rows.append((line_no, image, question, answer))
+        rows.append((line_no, image, question, answer, response))
     if len(rows) % 2:
         raise DataFormatError(path, rows[-1][0], "image", "expected two questions per image, the last image has one")
     items, seen = [], set()
-    for k, (line_no, image, question, answer) in enumerate(rows):
+    for k, (line_no, image, question, answer, response) in enumerate(rows):
         if k % 2 and image != rows[k - 1][1]:
             raise DataFormatError(path, line_no, "image",
                                   f"expected {rows[k - 1][1]!r} (pair of line {rows[k - 1][0]}), got {image!r}")
@@ -49,7 +50,7 @@ def _read_subtask(path: Path, root: Path, check_images: bool) -> list[dict]:
         full = _image_path(root, subtask, image)
         if check_images and not Path(full).is_file():
             raise DataFormatError(path, line_no, "image", f"expected an image file at {full}")
-        items.append({
+        item = {
             "benchmark": "mme",
             "id": f"{subtask}/{image}/{k % 2}",
             "category": subtask,
@@ -58,7 +59,10 @@ def _read_subtask(path: Path, root: Path, check_images: bool) -> list[dict]:
             "image": image,
             "image_path": full,
             "prompt": short_answer_prompt(question.replace(YES_NO_SUFFIX, "")),
-        })
+        }
+        if response is not None:
+            item["prediction"] = response
+        items.append(item)
     return items
 
 
@@ -75,3 +79,13 @@ def load_mme(directory: str | Path, image_root: str | Path, check_images: bool =
         raise DataFormatError(directory, None, "<files>", "expected <subtask>.txt files")
     root = Path(image_root).resolve()
     return [item for name in SUBTASKS if name in files for item in _read_subtask(files[name], root, check_images)]
+
+
+def load_mme_results(directory: str | Path) -> list[dict]:
+    """Prediction records from an MME eval_tool results folder (`<subtask>.txt` with a 4th, response column)."""
+    records = load_mme(directory, directory)
+    missing = [r for r in records if "prediction" not in r]
+    if missing:
+        raise DataFormatError(Path(directory) / f"{missing[0]['category']}.txt", None, "response",
+                              f"{len(missing)} lines have no 4th (model response) column: not a results folder")
+    return records

@@ -1,0 +1,158 @@
+"""The worked examples of benchmarks.md, each parser, and the official MME tool's own results on real answers."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sinkflow.eval.metrics import MMEMetric, MMStarMetric, POPEMetric, score_records
+from sinkflow.eval.parsing import mmstar_lmms_eval_letter, mmstar_official_correct, parse_mme, parse_pope
+from sinkflow.eval.score import main as score_main
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+POPE_LABELS = ["yes", "yes", "yes", "no", "no", "no", "yes", "no"]
+POPE_RAW = ["Yes, there is a dog in the image.", "Yes", "No, there is no cat.", "No", "Yes.",
+            "There is not a car in the image.", "I think so.", "no"]
+
+
+def pope(answers, predictions, category="random"):
+    return [{"benchmark": "pope", "id": f"{category}/{i}", "category": category, "answer": a, "prediction": p}
+            for i, (a, p) in enumerate(zip(answers, predictions))]
+
+
+@pytest.mark.parametrize("rule,parsed", [
+    ("official", ["yes", "yes", "no", "no", "yes", "no", "yes", "no"]),
+    ("lmms_eval", [None, "yes", None, "no", None, None, None, "no"]),
+    ("vlmevalkit", ["yes", "yes", "no", "no", "yes", None, None, "no"]),
+])
+def test_g_pope_2_parsing(rule, parsed):
+    assert [parse_pope(r, rule) for r in POPE_RAW] == parsed
+
+
+def test_g_pope_2_metrics_per_rule():
+    official = POPEMetric("official")
+    official.update(pope(POPE_LABELS, POPE_RAW))
+    scores = official.compute()
+    for name in ("accuracy", "precision", "recall", "f1"):
+        assert scores[f"pope/random/{name}"] == 0.75
+    assert scores["pope/random/yes_ratio"] == 0.5
+    lmms = POPEMetric("lmms_eval")
+    lmms.update(pope(POPE_LABELS, POPE_RAW))
+    scores = lmms.compute()
+    assert scores["pope/random/accuracy"] == 0.375
+    assert scores["pope/random/precision"] == scores["pope/random/recall"] == scores["pope/random/f1"] == 1.0
+    assert scores["pope/random/yes_ratio"] == 0.125  # of the predictions (lmms-eval's own counts the labels)
+
+
+def test_g_pope_1_real_confusion_matrix_and_mean_f1():
+    cells = {("yes", "Yes"): 1183, ("no", "Yes"): 31, ("no", "No"): 1379, ("yes", "No"): 317}
+    answers, predictions = [], []
+    for (answer, prediction), n in cells.items():
+        answers += [answer] * n
+        predictions += [prediction] * n
+    metric = POPEMetric()
+    metric.update(pope(answers, predictions))
+    scores = metric.compute()
+    assert scores["pope/random/accuracy"] == 0.8804123711340206
+    assert scores["pope/random/precision"] == 0.9744645799011532
+    assert scores["pope/random/recall"] == 0.7886666666666666
+    assert scores["pope/random/f1"] == 0.8717759764185703
+    assert scores["pope/random/yes_ratio"] == 0.41718213058419246
+    assert scores["pope/f1_mean"] == scores["pope/random/f1"]
+
+
+G_MME_1 = [("existence", "a.jpg", "Yes", "Yes"), ("existence", "a.jpg", "No", "No"),
+           ("existence", "b.jpg", "Yes", "Yes"), ("existence", "b.jpg", "No", "Yes"),
+           ("existence", "c.jpg", "Yes", "no"), ("existence", "c.jpg", "No", "No"),
+           ("code_reasoning", "x.png", "Yes", "yes, it is python"), ("code_reasoning", "x.png", "No", "No."),
+           ("code_reasoning", "y.png", "Yes", "I am not sure"), ("code_reasoning", "y.png", "No", "no")]
+
+
+def mme(rows):
+    return [{"benchmark": "mme", "id": f"{c}/{img}/{i}", "category": c, "image": img, "answer": a, "prediction": p}
+            for i, (c, img, a, p) in enumerate(rows)]
+
+
+@pytest.mark.parametrize("rule", ["official", "lmms_eval"])
+def test_g_mme_1(rule):
+    metric = MMEMetric(rule)
+    metric.update(mme(G_MME_1))
+    scores = metric.compute()
+    assert scores["mme/existence/acc"] == pytest.approx(66.667, abs=1e-3)
+    assert scores["mme/existence/acc_plus"] == pytest.approx(33.333, abs=1e-3)
+    assert scores["mme/existence/score"] == pytest.approx(100.0)
+    assert scores["mme/code_reasoning/score"] == 125.0
+    assert scores["mme/perception"] == pytest.approx(100.0) and scores["mme/cognition"] == 125.0
+
+
+@pytest.mark.parametrize("rule,score", [("official", 100.0), ("lmms_eval", 200.0)])
+def test_g_mme_2_parsers_diverge(rule, score):
+    metric = MMEMetric(rule)
+    metric.update(mme([("count", "1.jpg", "Yes", "Y"), ("count", "1.jpg", "No", "N"),
+                       ("count", "2.jpg", "Yes", "Yes."), ("count", "2.jpg", "No", "No, there are three.")]))
+    assert metric.compute()["mme/count/score"] == score
+
+
+@pytest.mark.parametrize("response,official,lmms,pope_rule", [
+    ("The answer is no", None, None, "no"), ("Nope.", "no", "no", "yes"), ("None of them", "no", "no", "yes"),
+    ("Y", None, "yes", "yes"), ("I am not sure", None, None, "no"),
+])
+def test_g_mme_3_parser_table(response, official, lmms, pope_rule):
+    assert parse_mme(response, "official") == official
+    assert parse_mme(response, "lmms_eval") == lmms
+    assert parse_pope(response, "official") == pope_rule
+
+
+@pytest.mark.parametrize("response,answer,official,lmms", [
+    ("A", "A", True, "A"), ("(B) the cat", "B", True, "B"), ("Option C", "C", True, "C"),
+    ("The answer is D.", "D", True, "D"), ("B. Paris", "B", True, "B"), ("Answer: B", "B", False, "B"),
+    ("b", "B", True, ""), ("I think the answer is C", "C", False, "C"), ("", "A", False, ""),
+    ("A and B are wrong, so D", "D", False, "A"),
+])
+def test_g_mms_1_extraction(response, answer, official, lmms):
+    assert mmstar_official_correct(response, answer) is official
+    assert mmstar_lmms_eval_letter(response) == lmms
+
+
+def test_g_mms_2_micro_and_macro_aggregation():
+    scores = [("math", "geometry", [1, 0, 0]), ("math", "numeric commonsense and calculation", [1]),
+              ("math", "statistical reasoning", [0]), ("coarse perception", "image emotion", [1]),
+              ("coarse perception", "image scene and topic", [1])]
+    records = [{"benchmark": "mmstar", "id": f"{l2}/{i}", "category": core, "l2_category": l2, "answer": "A",
+                "question": "q", "prediction": "A" if hit else "B"}
+               for core, l2, hits in scores for i, hit in enumerate(hits)]
+    official, lmms = MMStarMetric("official"), MMStarMetric("lmms_eval")
+    official.update(records)
+    lmms.update(records)
+    micro, macro = official.compute(), lmms.compute()
+    assert micro["mmstar/math/accuracy"] == 0.4 and micro["mmstar/coarse perception/accuracy"] == 1.0
+    assert micro["mmstar/overall"] == 4 / 7
+    assert macro["mmstar/math/accuracy"] == pytest.approx(0.4444, abs=1e-4)
+    assert macro["mmstar/average"] == pytest.approx(0.6667, abs=1e-4)
+
+
+def test_padded_duplicates_count_once():
+    """benchmarks.md §5: N = 5, world 2 -> the sampler repeats item 0; accuracy stays 3/5, not 4/6."""
+    records = pope(["yes", "no", "yes", "no", "yes"], ["yes", "yes", "yes", "no", "no"])
+    metric = POPEMetric()
+    metric.update(records[0::2])  # rank 0
+    metric.update(records[1::2] + records[:1])  # rank 1, with the padded copy of item 0
+    assert metric.compute()["pope/random/accuracy"] == 0.6
+
+
+def test_the_official_mme_tool_results_are_reproduced_exactly(tmp_path):
+    expected = json.loads((FIXTURES / "mme_lavin_results" / "expected_official.json").read_text())
+    out = tmp_path / "metrics.json"
+    score_main([str(FIXTURES / "mme_lavin_results"), "--out", str(out)])
+    got = json.loads(out.read_text())
+    assert {k: got[k] for k in expected} == expected  # equality to the last bit, not approx
+
+
+def test_score_cli_reads_a_predictions_file_and_names_bad_input(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    lines = [dict(r, question="q", prompt="p") for r in pope(POPE_LABELS, POPE_RAW)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert score_main([str(path)]) == score_records(lines)
+    assert score_main([str(path), "--parser", "lmms_eval"])["pope/random/accuracy"] == 0.375
+    with pytest.raises(FileNotFoundError, match="neither a predictions file"):
+        score_main([str(tmp_path / "missing.jsonl")])
