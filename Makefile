@@ -33,6 +33,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/train_step.py
 	$(PY) bench/overhead.py
+	$(PY) bench/eval_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache logs outputs
