@@ -26,11 +26,15 @@ def gather_objects(items: list) -> list:
 
 
 class PredictionsCallback(L.Callback):
-    """Writes `predictions.jsonl` as batches finish and `metrics.json` when the test epoch ends."""
+    """Writes `predictions.jsonl` as batches finish and `metrics.json` when the test epoch ends.
 
-    def __init__(self, predictions_path: str, resume: bool = True):
+    W&B loggers also get `test/predictions`, a table of `table_size` predictions spread evenly over the file.
+    """
+
+    def __init__(self, predictions_path: str, resume: bool = True, table_size: int = 64):
         self.path = Path(predictions_path)
         self.resume = resume
+        self.table_size = table_size
         self.writer: PredictionsWriter | None = None
         self.metrics: dict[str, float] = {}
 
@@ -46,7 +50,27 @@ class PredictionsCallback(L.Callback):
     def on_test_epoch_end(self, trainer, pl_module):
         if not trainer.is_global_zero:
             return
-        self.metrics = score_records(read_predictions(self.path)) if self.path.exists() else {}
+        records = read_predictions(self.path) if self.path.exists() else []
+        self.metrics = score_records(records)
         self.path.with_name("metrics.json").write_text(json.dumps(self.metrics, indent=2))
         for logger in trainer.loggers:
             logger.log_metrics({f"test/{k}": v for k, v in self.metrics.items()}, step=trainer.global_step)
+        log_prediction_table(trainer.loggers, records, self.table_size)
+
+
+TABLE_COLUMNS = ("benchmark", "id", "category", "question", "answer", "prediction")
+
+
+def log_prediction_table(loggers, records: list[dict], size: int) -> None:
+    """A W&B table of `size` records spread evenly over the predictions (every benchmark shows up)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    wandb_loggers = [logger for logger in loggers if isinstance(logger, WandbLogger)]
+    if not wandb_loggers or not records or size <= 0:
+        return
+    import wandb
+
+    step = max(len(records) // size, 1)
+    rows = [[str(r.get(c, "")) for c in TABLE_COLUMNS] for r in records[::step][:size]]
+    for logger in wandb_loggers:
+        logger.experiment.log({"test/predictions": wandb.Table(columns=list(TABLE_COLUMNS), data=rows)})

@@ -67,3 +67,21 @@ def test_scores_group_by_benchmark_category_and_scope():
     }
     assert scores["pope/random/accuracy"] == 0.5 and scores["pope/popular/accuracy"] == 1.0
     assert scores["mmstar/overall"] == 1.0
+
+
+def test_wandb_gets_a_table_of_predictions_from_every_benchmark(tmp_path, hermetic_env):
+    import wandb
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from sinkflow.eval.callback import TABLE_COLUMNS, log_prediction_table
+
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    sent = []
+    logger.experiment.log = lambda data, **kwargs: sent.append(data)
+    records = [{"benchmark": b, "id": str(i), "question": "q", "answer": "yes", "prediction": "no"}
+               for b in ("pope", "mme") for i in range(10)]
+    log_prediction_table([CSVLogger(tmp_path), logger], records, size=4)
+    table = sent[0]["test/predictions"]
+    assert isinstance(table, wandb.Table) and table.columns == list(TABLE_COLUMNS)
+    assert [row[0] for row in table.data] == ["pope", "pope", "mme", "mme"]
+    wandb.finish()

@@ -67,3 +67,4 @@ def test_wandb_gets_histograms(tmp_path, hermetic_env):
     assert isinstance(sent[0]["val/sinks/per_image_hist"], wandb.Histogram)
     assert sent[0]["val/sinks/log10_norm_hist"].histogram is not None
     wandb.finish()
+
