@@ -21,13 +21,16 @@ from sinkflow.eval.predictions import read_predictions, record_key
 log = logging.getLogger(__name__)
 
 
-def eval_sample(item: dict) -> dict:
-    """A benchmark item as a one-turn sample; everything but the image path and raw prompt goes to `meta`."""
+def eval_sample(item: dict, with_image: bool = True) -> dict:
+    """A benchmark item as a one-turn sample; everything but the image path and raw prompt goes to `meta`.
+
+    `with_image=False` asks the same question without the image (MMStar's multi-modal gain / leakage).
+    """
     meta = {k: v for k, v in item.items() if k not in ("image_path", "prompt")}
     return {
         "id": item["id"],
-        "image": item["image_path"],
-        "conversations": [{"from": "human", "value": "<image>\n" + item["prompt"]}],
+        "image": item["image_path"] if with_image else None,
+        "conversations": [{"from": "human", "value": ("<image>\n" if with_image else "") + item["prompt"]}],
         "meta": meta,
     }
 
@@ -39,7 +42,8 @@ class LVLMDataModule(L.LightningDataModule):
                  prepare: Callable | None = None, annotate: Callable | None = None, batch_size: int = 8,
                  eval_batch_size: int = 16, num_workers: int = 0, val_fraction: float = 0.05,
                  max_length: int | None = 2048, limit_train: int | None = None, limit_eval: int | None = None,
-                 seed: int = 0, skip_predicted: str | None = None):
+                 seed: int = 0, skip_predicted: str | None = None, without_images: bool = False,
+                 obtain: dict[str, str] | None = None):
         super().__init__()
         self.train_json, self.image_root = train_json, image_root
         self.eval_sets = dict(eval_sets or {})
@@ -48,6 +52,8 @@ class LVLMDataModule(L.LightningDataModule):
         self.val_fraction, self.max_length = val_fraction, max_length
         self.limit_train, self.limit_eval, self.seed = limit_train, limit_eval, seed
         self.skip_predicted = skip_predicted
+        self.without_images = without_images  # evaluation questions asked without their image
+        self.obtain = dict(obtain or {})  # per evaluation set: how to get the data, added to a missing-file error
         self.processor = self.template = None
         self.train_set: list[dict] = []
         self.val_set: list[dict] = []
@@ -78,14 +84,18 @@ class LVLMDataModule(L.LightningDataModule):
     def _load_eval(self) -> list[dict]:
         items = []
         for name, loader in self.eval_sets.items():
-            loaded = loader()
+            try:
+                loaded = loader()
+            except FileNotFoundError as err:
+                hint = f"\nTo obtain {name}: {self.obtain[name]}" if name in self.obtain else ""
+                raise FileNotFoundError(f"evaluation set {name!r}: {err}{hint}") from err
             if self.limit_eval is not None:
                 loaded = loaded[: self.limit_eval]
             log.info("evaluation set %s: %d questions", name, len(loaded))
             items.extend(loaded)
         if self.annotate is not None:
             items = [dict(item, **self.annotate(item)) for item in items]
-        samples = [eval_sample(item) for item in items]
+        samples = [eval_sample(item, with_image=not self.without_images) for item in items]
         if self.skip_predicted:
             path = Path(self.skip_predicted)
             done = {record_key(r) for r in read_predictions(path)} if path.exists() else set()

@@ -206,3 +206,16 @@ def score_records(records: list[dict], rule: str = "official") -> dict[str, floa
                 hits[key][1] += 1
     out.update({key: correct / total for key, (correct, total) in hits.items()})
     return dict(sorted(out.items()))
+
+
+def multimodal_gain(with_image: dict[str, float], without_image: dict[str, float],
+                    text_only: dict[str, float] | None = None, key: str = "mmstar/overall") -> dict[str, float]:
+    """MMStar's MG = S_v - S_wv (the same LVLM with and without images) and, given the base LLM's text-only
+    score S_t, ML = max(0, S_wv - S_t)."""
+    for name, scores in (("with-image", with_image), ("without-image", without_image), ("text-only", text_only)):
+        if scores is not None and key not in scores:
+            raise ValueError(f"the {name} scores have no {key!r}: score MMStar predictions")
+    out = {"mmstar/multimodal_gain": with_image[key] - without_image[key]}
+    if text_only is not None:
+        out["mmstar/leakage"] = max(0.0, without_image[key] - text_only[key])
+    return out

@@ -4,6 +4,9 @@ PREDICTIONS is a sinkflow predictions file (JSON lines, DESIGN.md §3; ours or c
 an MME eval_tool results folder (the 14 `<subtask>.txt` files with the model's responses as a 4th column).
 `--parser official` (the default) reproduces each benchmark's official tool; `lmms_eval` and `vlmevalkit` apply
 those toolkits' answer rules (and, for MMStar under lmms_eval, its macro averages).
+
+MMStar's multi-modal gain and leakage: score the with-image file and pass the same model's answers without images
+(`evaluate.py dataset.without_images=true`) as `--without-image`, and the base LLM's as `--text-only`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sinkflow.data.benchmarks.mme import load_mme_results
-from sinkflow.eval.metrics import score_records
+from sinkflow.eval.metrics import multimodal_gain, score_records
 from sinkflow.eval.parsing import RULES
 from sinkflow.eval.predictions import read_predictions
 
@@ -44,8 +47,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("predictions", type=Path, help="predictions .jsonl or an MME eval_tool results folder")
     parser.add_argument("--parser", choices=RULES, default="official", help="answer parsing rule (default official)")
     parser.add_argument("--out", type=Path, help="write the metrics as flat JSON here")
+    parser.add_argument("--without-image", type=Path, help="the same model's MMStar answers without images (MG)")
+    parser.add_argument("--text-only", type=Path, help="the base LLM's MMStar answers without images (ML)")
     args = parser.parse_args(argv)
     metrics = score_records(load_records(args.predictions), args.parser)
+    if args.without_image:
+        text_only = score_records(load_records(args.text_only), args.parser) if args.text_only else None
+        metrics.update(multimodal_gain(metrics, score_records(load_records(args.without_image), args.parser),
+                                       text_only))
+    elif args.text_only:
+        parser.error("--text-only needs --without-image (leakage compares the two)")
     print_table(metrics, f"{args.predictions} ({args.parser} parser)")
     if args.out:
         args.out.write_text(json.dumps(metrics, indent=2))

@@ -145,3 +145,34 @@ def test_tiny_qwen_runs_the_default_pipeline_and_its_checkpoint_evaluates_the_sa
                         f"hydra.run.dir={evaluated}"], tmp_path, env)
     reproduced = read_predictions(evaluated / "predictions.jsonl")
     assert {(r["benchmark"], r["id"]): r["prediction"] for r in reproduced} == trained
+
+
+def test_evaluate_on_the_real_pope_files_with_stand_in_images(tmp_path, env):
+    """`dataset=benchmarks` reads the original POPE question files; COCO images are replaced by generated ones."""
+    from PIL import Image
+
+    fixtures = ROOT.parent / "shared" / "fixtures" / "pope_coco"
+    images = tmp_path / "coco"
+    images.mkdir()
+    needed = {json.loads(line)["image"] for f in fixtures.glob("coco_pope_*.json")
+              for line in f.read_text().splitlines()[:5]}
+    for i, name in enumerate(sorted(needed)):
+        Image.new("RGB", (64, 64), (40 * i % 255, 90, 160)).save(images / name)
+    out = tmp_path / "pope"
+    run("evaluate.py", ["dataset=benchmarks", f"dataset.eval_sets.pope.paths={fixtures}",
+                        f"dataset.eval_sets.pope.image_root={images}", "~dataset.eval_sets.mme",
+                        "~dataset.eval_sets.mmstar", "dataset.limit_eval=5", f"hydra.run.dir={out}"], tmp_path, env)
+    records = read_predictions(out / "predictions.jsonl")
+    assert len(records) == 5 and {r["category"] for r in records} == {"random"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {f"pope/random/{m}" for m in ("accuracy", "precision", "recall", "f1", "yes_ratio")} | {
+        "pope/f1_mean"}
+
+
+def test_a_missing_benchmark_says_what_to_download(tmp_path, env):
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "dataset=benchmarks",
+                           f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "evaluation set 'pope': POPE questions not found" in proc.stderr
+    assert "To obtain pope: coco_pope_{random,popular,adversarial}.json from github.com/RUCAIBox/POPE" in proc.stderr

@@ -156,3 +156,51 @@ def test_score_cli_reads_a_predictions_file_and_names_bad_input(tmp_path):
     assert score_main([str(path), "--parser", "lmms_eval"])["pope/random/accuracy"] == 0.375
     with pytest.raises(FileNotFoundError, match="neither a predictions file"):
         score_main([str(tmp_path / "missing.jsonl")])
+
+
+def mmstar_file(path, hits):
+    rows = [{"benchmark": "mmstar", "id": str(i), "category": "math", "l2_category": "geometry", "answer": "A",
+             "question": "q", "prompt": "p", "prediction": "A" if hit else "B"} for i, hit in enumerate(hits)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_multimodal_gain_and_leakage_from_three_files(tmp_path):
+    """MMStar README example scale: S_v 0.6, S_wv 0.3, S_t 0.2 -> MG 0.3, ML 0.1 (ML floors at 0)."""
+    with_image = mmstar_file(tmp_path / "v.jsonl", [1] * 6 + [0] * 4)
+    without = mmstar_file(tmp_path / "wv.jsonl", [1] * 3 + [0] * 7)
+    text = mmstar_file(tmp_path / "t.jsonl", [1] * 2 + [0] * 8)
+    scores = score_main([with_image, "--without-image", without, "--text-only", text])
+    assert scores["mmstar/multimodal_gain"] == pytest.approx(0.3) and scores["mmstar/leakage"] == pytest.approx(0.1)
+    assert score_main([with_image, "--without-image", without, "--text-only", with_image])["mmstar/leakage"] == 0.0
+    assert "mmstar/leakage" not in score_main([with_image, "--without-image", without])
+    with pytest.raises(SystemExit):
+        score_main([with_image, "--text-only", text])
+
+
+def test_prompt_suffixes_are_configurable(tmp_path):
+    from sinkflow.data.benchmarks.mmstar import load_mmstar
+    from sinkflow.data.benchmarks.pope import load_pope
+
+    (tmp_path / "x_pope_random.json").write_text(json.dumps(
+        {"question_id": 1, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "yes"}) + "\n")
+    assert load_pope(tmp_path, tmp_path)[0]["prompt"].endswith("\nAnswer the question using a single word or phrase.")
+    assert load_pope(tmp_path, tmp_path, suffix=" Please answer yes or no.")[0]["prompt"] == (
+        "Is there a cat in the image? Please answer yes or no.")
+    row = {"index": 0, "question": "Which?\nOptions: A: x, B: y, C: z, D: w", "image": "a.jpg", "answer": "A",
+           "category": "math", "l2_category": "geometry"}
+    (tmp_path / "mmstar.jsonl").write_text(json.dumps(row) + "\n")
+    official = load_mmstar(tmp_path / "mmstar.jsonl", tmp_path)[0]["prompt"]
+    lmms = load_mmstar(tmp_path / "mmstar.jsonl", tmp_path,
+                       suffix="\nAnswer with the option's letter from the given choices directly")[0]["prompt"]
+    assert official.endswith("directly.") and lmms.endswith("directly") and official == lmms + "."
+
+
+def test_questions_can_be_asked_without_their_image():
+    from sinkflow.data.datamodule import eval_sample
+
+    item = {"id": "1", "benchmark": "mmstar", "image_path": "/x/a.jpg", "image": "a.jpg", "prompt": "Which?"}
+    with_image, without = eval_sample(item), eval_sample(item, with_image=False)
+    assert with_image["image"] == "/x/a.jpg" and with_image["conversations"][0]["value"] == "<image>\nWhich?"
+    assert without["image"] is None and without["conversations"][0]["value"] == "Which?"
+    assert without["meta"]["image"] == "a.jpg"

@@ -10,9 +10,10 @@ from sinkflow.data.errors import DataFormatError
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 
 
-def short_answer_prompt(question: str) -> str:
-    """The model prompt of a POPE or MME question: the question, then the single-word-or-phrase instruction."""
-    return question.strip() + SHORT_ANSWER
+def short_answer_prompt(question: str, suffix: str = SHORT_ANSWER) -> str:
+    """The model prompt of a POPE or MME question: the question, then the instruction (LLaVA / lmms-eval's
+    single-word-or-phrase suffix unless another is configured)."""
+    return question.strip() + suffix
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sinkflow.data.benchmarks.common import read_lines, short_answer_prompt
+from sinkflow.data.benchmarks.common import SHORT_ANSWER, read_lines, short_answer_prompt
 from sinkflow.data.errors import DataFormatError
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
@@ -20,7 +20,7 @@ def _image_path(root: Path, subtask: str, image: str) -> str:
     return str(root / image)
 
 
-def _read_subtask(path: Path, root: Path, check_images: bool) -> list[dict]:
+def _read_subtask(path: Path, root: Path, check_images: bool, suffix: str = SHORT_ANSWER) -> list[dict]:
     """Items of one subtask file, checking fields and the two-questions-per-image pairing."""
     subtask = path.stem
     rows = []
@@ -58,7 +58,7 @@ def _read_subtask(path: Path, root: Path, check_images: bool) -> list[dict]:
             "answer": answer,
             "image": image,
             "image_path": full,
-            "prompt": short_answer_prompt(question.replace(YES_NO_SUFFIX, "")),
+            "prompt": short_answer_prompt(question.replace(YES_NO_SUFFIX, ""), suffix),
         }
         if response is not None:
             item["prediction"] = response
@@ -66,7 +66,8 @@ def _read_subtask(path: Path, root: Path, check_images: bool) -> list[dict]:
     return items
 
 
-def load_mme(directory: str | Path, image_root: str | Path, check_images: bool = False) -> list[dict]:
+def load_mme(directory: str | Path, image_root: str | Path, check_images: bool = False,
+             suffix: str = SHORT_ANSWER) -> list[dict]:
     """Load every `<subtask>.txt` of an MME eval_tool directory as evaluation items, in subtask order."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -78,7 +79,8 @@ def load_mme(directory: str | Path, image_root: str | Path, check_images: bool =
     if not files:
         raise DataFormatError(directory, None, "<files>", "expected <subtask>.txt files")
     root = Path(image_root).resolve()
-    return [item for name in SUBTASKS if name in files for item in _read_subtask(files[name], root, check_images)]
+    return [item for name in SUBTASKS if name in files
+            for item in _read_subtask(files[name], root, check_images, suffix)]
 
 
 def load_mme_results(directory: str | Path) -> list[dict]:

@@ -26,12 +26,13 @@ LETTERS = ("A", "B", "C", "D")
 LETTER_ANSWER = "\nAnswer with the option's letter from the given choices directly."
 
 
-def letter_prompt(question: str) -> str:
+def letter_prompt(question: str, suffix: str = LETTER_ANSWER) -> str:
     """The model prompt of an MMStar question (options inline): the question, then the letter instruction."""
-    return question.strip() + LETTER_ANSWER
+    return question.strip() + suffix
 
 
-def load_mmstar(path: str | Path, image_root: str | Path, check_images: bool = False) -> list[dict]:
+def load_mmstar(path: str | Path, image_root: str | Path, check_images: bool = False,
+                suffix: str = LETTER_ANSWER) -> list[dict]:
     """Load MMStar questions from a JSON-lines file as evaluation items."""
     path, root = Path(path), Path(image_root).resolve()
     items, seen = [], {}
@@ -62,6 +63,6 @@ def load_mmstar(path: str | Path, image_root: str | Path, check_images: bool = F
             "answer": answer,
             "image": image,
             "image_path": image_path(root, image, check_images, path, line_no),
-            "prompt": letter_prompt(question),
+            "prompt": letter_prompt(question, suffix),
         })
     return items

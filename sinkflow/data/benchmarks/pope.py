@@ -5,7 +5,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sinkflow.data.benchmarks.common import field, image_path, read_jsonl, short_answer_prompt
+from sinkflow.data.benchmarks.common import SHORT_ANSWER, field, image_path, read_jsonl, short_answer_prompt
 from sinkflow.data.errors import DataFormatError
 
 CATEGORIES = ("random", "popular", "adversarial")
@@ -22,7 +22,8 @@ def pope_files(directory: str | Path) -> list[Path]:
 
 
 def load_pope(
-    paths: str | Path | Sequence[str | Path], image_root: str | Path, check_images: bool = False
+    paths: str | Path | Sequence[str | Path], image_root: str | Path, check_images: bool = False,
+    suffix: str = SHORT_ANSWER,
 ) -> list[dict]:
     """Load POPE questions from a directory or a list of files as evaluation items."""
     if isinstance(paths, (str, Path)):
@@ -62,6 +63,6 @@ def load_pope(
                 "answer": label,
                 "image": image,
                 "image_path": image_path(root, image, check_images, path, line_no),
-                "prompt": short_answer_prompt(text),
+                "prompt": short_answer_prompt(text, suffix),
             })
     return items
