@@ -22,7 +22,6 @@ def _image_path(root: Path, subtask: str, image: str) -> str:
 
 def _read_subtask(path: Path, root: Path, check_images: bool, suffix: str = SHORT_ANSWER) -> list[dict]:
     """Items of one subtask file, checking fields and the two-questions-per-image pairing."""
-    subtask = path.stem
     rows = []
     for line_no, line in read_lines(path):
         fields = line.split("\t")
@@ -37,6 +36,11 @@ def _read_subtask(path: Path, root: Path, check_images: bool, suffix: str = SHOR
         if answer not in ("Yes", "No"):
             raise DataFormatError(path, line_no, "answer", f"expected 'Yes' or 'No', got {answer!r}")
         rows.append((line_no, image, question, answer, response))
+    return mme_items(path, path.stem, rows, root, check_images, suffix)
+
+
+def mme_items(path: Path, subtask: str, rows: list[tuple], root: Path, check_images: bool, suffix: str) -> list[dict]:
+    """Items of one subtask from `(line, image, question, answer, response or None)` rows, two per image."""
     if len(rows) % 2:
         raise DataFormatError(path, rows[-1][0], "image", "expected two questions per image, the last image has one")
     items, seen = [], set()

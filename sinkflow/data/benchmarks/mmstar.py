@@ -35,34 +35,41 @@ def load_mmstar(path: str | Path, image_root: str | Path, check_images: bool = F
                 suffix: str = LETTER_ANSWER) -> list[dict]:
     """Load MMStar questions from a JSON-lines file as evaluation items."""
     path, root = Path(path), Path(image_root).resolve()
-    items, seen = [], {}
-    for line_no, obj in read_jsonl(path):
-        index = field(obj, "index", int, path, line_no)
-        question = field(obj, "question", str, path, line_no)
-        image = field(obj, "image", str, path, line_no)
-        answer = field(obj, "answer", str, path, line_no)
-        category = field(obj, "category", str, path, line_no)
-        l2_category = field(obj, "l2_category", str, path, line_no)
-        if index in seen:
-            raise DataFormatError(path, line_no, "index", f"duplicate index {index} (first at line {seen[index]})")
-        seen[index] = line_no
-        if answer not in LETTERS:
-            raise DataFormatError(path, line_no, "answer", f"expected one of {LETTERS}, got {answer!r}")
-        if category not in CATEGORIES:
-            raise DataFormatError(path, line_no, "category", f"expected one of {tuple(CATEGORIES)}, got {category!r}")
-        if l2_category not in CATEGORIES[category]:
-            raise DataFormatError(path, line_no, "l2_category",
-                                  f"expected one of {CATEGORIES[category]} for {category!r}, got {l2_category!r}")
-        items.append({
-            "benchmark": "mmstar",
-            "id": str(index),
-            "index": index,
-            "category": category,
-            "l2_category": l2_category,
-            "question": question,
-            "answer": answer,
-            "image": image,
-            "image_path": image_path(root, image, check_images, path, line_no),
-            "prompt": letter_prompt(question, suffix),
-        })
-    return items
+    if not path.is_file():
+        raise FileNotFoundError(f"MMStar questions not found: {path} (JSON lines of index, question, image, answer, "
+                                "category, l2_category)")
+    seen: dict[int, int] = {}
+    return [mmstar_item(obj, path, line_no, root, check_images, suffix, seen) for line_no, obj in read_jsonl(path)]
+
+
+def mmstar_item(obj: dict, path: Path, line_no: int, root: Path, check_images: bool, suffix: str,
+                seen: dict[int, int]) -> dict:
+    """One MMStar row (`index`, `question`, `image`, `answer`, `category`, `l2_category`) as an evaluation item."""
+    index = field(obj, "index", int, path, line_no)
+    question = field(obj, "question", str, path, line_no)
+    image = field(obj, "image", str, path, line_no)
+    answer = field(obj, "answer", str, path, line_no)
+    category = field(obj, "category", str, path, line_no)
+    l2_category = field(obj, "l2_category", str, path, line_no)
+    if index in seen:
+        raise DataFormatError(path, line_no, "index", f"duplicate index {index} (first at line {seen[index]})")
+    seen[index] = line_no
+    if answer not in LETTERS:
+        raise DataFormatError(path, line_no, "answer", f"expected one of {LETTERS}, got {answer!r}")
+    if category not in CATEGORIES:
+        raise DataFormatError(path, line_no, "category", f"expected one of {tuple(CATEGORIES)}, got {category!r}")
+    if l2_category not in CATEGORIES[category]:
+        raise DataFormatError(path, line_no, "l2_category",
+                              f"expected one of {CATEGORIES[category]} for {category!r}, got {l2_category!r}")
+    return {
+        "benchmark": "mmstar",
+        "id": str(index),
+        "index": index,
+        "category": category,
+        "l2_category": l2_category,
+        "question": question,
+        "answer": answer,
+        "image": image,
+        "image_path": image_path(root, image, check_images, path, line_no),
+        "prompt": letter_prompt(question, suffix),
+    }

@@ -42,27 +42,34 @@ def load_pope(
             raise DataFormatError(path, None, "<file name>",
                                   f"expected *_pope_<category>.json with category in {CATEGORIES}")
         for line_no, obj in read_jsonl(path):
-            question_id = field(obj, "question_id", int, path, line_no)
-            image = field(obj, "image", str, path, line_no)
-            text = field(obj, "text", str, path, line_no)
-            label = field(obj, "label", str, path, line_no)
-            if label not in ("yes", "no"):
-                raise DataFormatError(path, line_no, "label", f"expected 'yes' or 'no', got {label!r}")
-            item_id = f"{category}/{question_id}"
-            if item_id in seen:
-                first = seen[item_id]
-                raise DataFormatError(path, line_no, "question_id",
-                                      f"duplicate id {item_id!r} (first at {first[0]}:{first[1]})")
-            seen[item_id] = (path, line_no)
-            items.append({
-                "benchmark": "pope",
-                "id": item_id,
-                "question_id": question_id,
-                "category": category,
-                "question": text,
-                "answer": label,
-                "image": image,
-                "image_path": image_path(root, image, check_images, path, line_no),
-                "prompt": short_answer_prompt(text, suffix),
-            })
+            items.append(pope_item(obj, category, path, line_no, root, check_images, suffix, seen))
     return items
+
+
+def pope_item(obj: dict, category: str, path: Path, line_no: int, root: Path, check_images: bool, suffix: str,
+              seen: dict[str, tuple[Path, int]]) -> dict:
+    """One POPE question (`question_id`, `image`, `text`, `label`) of `category` as an evaluation item."""
+    if category not in CATEGORIES:
+        raise DataFormatError(path, line_no, "category", f"expected one of {CATEGORIES}, got {category!r}")
+    question_id = field(obj, "question_id", int, path, line_no)
+    image = field(obj, "image", str, path, line_no)
+    text = field(obj, "text", str, path, line_no)
+    label = field(obj, "label", str, path, line_no)
+    if label not in ("yes", "no"):
+        raise DataFormatError(path, line_no, "label", f"expected 'yes' or 'no', got {label!r}")
+    item_id = f"{category}/{question_id}"
+    if item_id in seen:
+        first = seen[item_id]
+        raise DataFormatError(path, line_no, "question_id", f"duplicate id {item_id!r} (first at {first[0]}:{first[1]})")
+    seen[item_id] = (path, line_no)
+    return {
+        "benchmark": "pope",
+        "id": item_id,
+        "question_id": question_id,
+        "category": category,
+        "question": text,
+        "answer": label,
+        "image": image,
+        "image_path": image_path(root, image, check_images, path, line_no),
+        "prompt": short_answer_prompt(text, suffix),
+    }
