@@ -105,6 +105,10 @@ class LVLMDataModule(L.LightningDataModule):
             samples = kept
         return samples
 
+    def generation_collator(self) -> Collator:
+        """The collator of evaluation batches (left-padded prompts, nothing supervised)."""
+        return self._collator(generate=True)
+
     def _collator(self, generate: bool) -> Collator:
         if self.processor is None:
             raise RuntimeError("LVLMDataModule.bind(processor, template) must be called before building loaders")

@@ -57,8 +57,9 @@ def test_mme_save_to_disk_pairs_questions_by_image(tmp_path):
         writer.write_table(table)
     items = load_mme_hf(folder)
     (tmp_path / "tool").mkdir()
+    paired = [rows[0], rows[2], rows[1], rows[3]]
     (tmp_path / "tool" / "count.txt").write_text("".join(
-        f"{r['question_id'].split('/')[1]}\t{r['question']}\t{r['answer']}\n" for r in [rows[0], rows[2], rows[1], rows[3]]))
+        f"{r['question_id'].split('/')[1]}\t{r['question']}\t{r['answer']}\n" for r in paired))
     same_items(items, load_mme(tmp_path / "tool", tmp_path))
     assert [i["id"] for i in items] == ["count/1.jpg/0", "count/1.jpg/1", "count/2.jpg/0", "count/2.jpg/1"]
 

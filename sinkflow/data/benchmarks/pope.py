@@ -60,7 +60,8 @@ def pope_item(obj: dict, category: str, path: Path, line_no: int, root: Path, ch
     item_id = f"{category}/{question_id}"
     if item_id in seen:
         first = seen[item_id]
-        raise DataFormatError(path, line_no, "question_id", f"duplicate id {item_id!r} (first at {first[0]}:{first[1]})")
+        raise DataFormatError(path, line_no, "question_id",
+                              f"duplicate id {item_id!r} (first at {first[0]}:{first[1]})")
     seen[item_id] = (path, line_no)
     return {
         "benchmark": "pope",
