@@ -77,7 +77,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     module = build_module(cfg.model, cfg.sink_strategy, train=True)
     predictions = output_dir / "predictions.jsonl"
-    scorer = PredictionsCallback(str(predictions), resume=cfg.resume_predictions)
+    scorer = PredictionsCallback(str(predictions), resume=cfg.resume_predictions, parser=cfg.parser)
     datamodule = build_datamodule(cfg, module, predictions if cfg.resume_predictions else None)
     trainer = build_trainer(cfg, [scorer])
     log_parameter_counts(trainer, module, cfg)
@@ -111,7 +111,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if state is not None:
         load_trainable(module, state, cfg.ckpt_path)
     predictions = Path(cfg.paths.output_dir) / "predictions.jsonl"
-    scorer = PredictionsCallback(str(predictions), resume=cfg.resume_predictions)
+    scorer = PredictionsCallback(str(predictions), resume=cfg.resume_predictions, parser=cfg.parser)
     datamodule = build_datamodule(cfg, module, predictions if cfg.resume_predictions else None)
     trainer = build_trainer(cfg, [scorer])
     trainer.test(module, datamodule=datamodule)

@@ -13,6 +13,7 @@ import lightning as L
 import torch.distributed as dist
 
 from sinkflow.eval.metrics import score_records
+from sinkflow.eval.parsing import check_rule
 from sinkflow.eval.predictions import PredictionsWriter, read_predictions
 
 
@@ -31,9 +32,10 @@ class PredictionsCallback(L.Callback):
     W&B loggers also get `test/predictions`, a table of `table_size` predictions spread evenly over the file.
     """
 
-    def __init__(self, predictions_path: str, resume: bool = True, table_size: int = 64):
+    def __init__(self, predictions_path: str, resume: bool = True, table_size: int = 64, parser: str = "official"):
         self.path = Path(predictions_path)
         self.resume = resume
+        self.parser = check_rule(parser)
         self.table_size = table_size
         self.writer: PredictionsWriter | None = None
         self.metrics: dict[str, float] = {}
@@ -51,7 +53,7 @@ class PredictionsCallback(L.Callback):
         if not trainer.is_global_zero:
             return
         records = read_predictions(self.path) if self.path.exists() else []
-        self.metrics = score_records(records)
+        self.metrics = score_records(records, self.parser)
         self.path.with_name("metrics.json").write_text(json.dumps(self.metrics, indent=2))
         for logger in trainer.loggers:
             logger.log_metrics({f"test/{k}": v for k, v in self.metrics.items()}, step=trainer.global_step)

@@ -15,12 +15,15 @@ import torch
 
 from sinkflow.eval.callback import gather_objects
 from sinkflow.eval.metrics import score_records
+from sinkflow.eval.parsing import check_rule
 
 
 class BenchmarkValidation(L.Callback):
     """Official benchmark metrics on a fixed subset of the evaluation sets at validation end."""
 
-    def __init__(self, every_n_epochs: int = 1, limit: int | None = 32, batch_size: int | None = None):
+    def __init__(self, every_n_epochs: int = 1, limit: int | None = 32, batch_size: int | None = None,
+                 parser: str = "official"):
+        self.parser = check_rule(parser)
         if every_n_epochs < 1:
             raise ValueError(f"callbacks.benchmark_validation.every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs, self.limit, self.batch_size = every_n_epochs, limit, batch_size
@@ -51,5 +54,5 @@ class BenchmarkValidation(L.Callback):
             batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             records += [dict(meta, prediction=text.strip())
                         for meta, text in zip(batch["meta"], pl_module.generate(batch))]
-        metrics = score_records(gather_objects(records))
+        metrics = score_records(gather_objects(records), self.parser)
         pl_module.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=False)

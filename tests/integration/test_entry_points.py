@@ -84,6 +84,7 @@ def test_evaluate_checkpoint_reproduces_train_predictions_and_resumes(trained_ru
     assert "resuming: 10 of 64 questions already predicted" in proc.stdout + proc.stderr
     assert by_key(eval_out / "predictions.jsonl") == trained
     assert len(read_predictions(eval_out / "predictions.jsonl")) == 64
+    assert json.loads((eval_out / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
 
 
 def test_multirun_sweep_writes_one_run_per_job_under_the_working_dir(tmp_path, env):

@@ -191,3 +191,34 @@ def test_open_questions_load_with_the_short_answer_prompt(tmp_path):
 def test_open_question_errors_name_file_line_and_field(tmp_path, second, field):
     path = _jsonl(tmp_path / "open.jsonl", [OPEN_LINE, second])
     _raises(load_open_qa, path, tmp_path, where=f"{path}:2", field=field)
+
+
+def test_mme_release_folders_load_like_the_eval_tool_layout(tmp_path):
+    from sinkflow.data.benchmarks.mme import load_mme_release
+
+    release = tmp_path / "MME_Benchmark_release_version"
+    pairs = {"artwork": {"10002": ("Is this artwork by Vermeer?", "Is this artwork by Monet?")},
+             "count": {"000000006040": ("Is there a train?", "Are there two trains?")}}
+    tool = tmp_path / "eval_tool"
+    tool.mkdir()
+    for subtask, images in pairs.items():
+        nested = subtask == "artwork"  # images/ + questions_answers_YN/; count is flat
+        qa_dir = release / subtask / ("questions_answers_YN" if nested else "")
+        img_dir = release / subtask / ("images" if nested else "")
+        qa_dir.mkdir(parents=True, exist_ok=True)
+        img_dir.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for stem, (yes_q, no_q) in images.items():
+            (img_dir / f"{stem}.jpg").write_bytes(b"jpg")
+            (qa_dir / f"{stem}.txt").write_text(f"{yes_q} Please answer yes or no.\tYes\n"
+                                                f"{no_q} Please answer yes or no.\tNo\n")
+            lines += [f"{stem}.jpg\t{yes_q} Please answer yes or no.\tYes\n",
+                      f"{stem}.jpg\t{no_q} Please answer yes or no.\tNo\n"]
+        (tool / f"{subtask}.txt").write_text("".join(lines))
+    items = load_mme_release(release, check_images=True)
+    assert items == load_mme(tool, release, check_images=True)
+    assert [i["id"] for i in items] == ["count/000000006040.jpg/0", "count/000000006040.jpg/1",
+                                        "artwork/10002.jpg/0", "artwork/10002.jpg/1"]
+    (release / "count" / "000000006040.jpg").unlink()
+    with pytest.raises(DataFormatError, match="000000006040.txt: image: expected 000000006040.jpg or .png"):
+        load_mme_release(release)

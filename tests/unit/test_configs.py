@@ -131,3 +131,15 @@ def test_qwen_configs_name_their_checkpoint_family_and_chat_template(option, che
     assert cfg.model.checkpoint == checkpoint and cfg.model.simulated_sinks is None
     assert type(instantiate(cfg.model.family)).__name__ == family
     assert cfg.model.template._target_.endswith("ProcessorChatTemplate")
+
+
+def test_the_parser_choice_reaches_every_scorer(tmp_path):
+    from hydra.utils import instantiate
+
+    from sinkflow.eval.callback import PredictionsCallback
+
+    cfg = compose_cfg("train", ["parser=lmms_eval"], tmp_path)
+    assert instantiate(cfg.callbacks.benchmark_validation).parser == "lmms_eval"
+    assert PredictionsCallback(str(tmp_path / "p.jsonl"), parser=cfg.parser).parser == "lmms_eval"
+    with pytest.raises(ValueError, match="unknown parser 'llava'"):
+        PredictionsCallback(str(tmp_path / "p.jsonl"), parser="llava")

@@ -95,3 +95,40 @@ def load_mme_results(directory: str | Path) -> list[dict]:
         raise DataFormatError(Path(directory) / f"{missing[0]['category']}.txt", None, "response",
                               f"{len(missing)} lines have no 4th (model response) column: not a results folder")
     return records
+
+
+IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
+
+
+def load_mme_release(root: str | Path, check_images: bool = False, suffix: str = SHORT_ANSWER) -> list[dict]:
+    """Load MME from its release folders (`MME_Benchmark_release_version/<subtask>/`): either `images/` beside
+    `questions_answers_YN/`, or images beside their question files; each `NNNN.txt` holds an image's two
+    `question<TAB>answer` lines. Ids and pairing are those of the eval_tool layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MME release not found: {root} (expected MME_Benchmark_release_version/ with one "
+                                "folder per subtask)")
+    items = []
+    for subtask in SUBTASKS:
+        folder = root / subtask
+        if not folder.is_dir():
+            continue
+        questions = folder / "questions_answers_YN"
+        images = folder / "images" if questions.is_dir() else folder
+        for path in sorted((questions if questions.is_dir() else folder).glob("*.txt")):
+            image = next((p.name for p in (images / (path.stem + s) for s in IMAGE_SUFFIXES) if p.is_file()), None)
+            if image is None:
+                raise DataFormatError(path, None, "image", f"expected {path.stem}.jpg or .png in {images}")
+            rows = []
+            for line_no, line in read_lines(path):
+                fields = line.split("\t")
+                if len(fields) != 2:
+                    raise DataFormatError(path, line_no, "<line>", f"expected question<TAB>answer, got {len(fields)} "
+                                                                   "fields")
+                if fields[1] not in ("Yes", "No"):
+                    raise DataFormatError(path, line_no, "answer", f"expected 'Yes' or 'No', got {fields[1]!r}")
+                rows.append((line_no, image, fields[0], fields[1], None))
+            items += mme_items(path, subtask, rows, root.resolve(), check_images, suffix)
+    if not items:
+        raise DataFormatError(root, None, "<folders>", f"expected subtask folders named {SUBTASKS}")
+    return items
