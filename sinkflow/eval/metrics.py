@@ -60,7 +60,8 @@ class RecordMetric(Metric):
 
     def unique_rows(self) -> torch.Tensor:
         """The rows, first occurrence of each key kept, in key order."""
-        rows = dim_zero_cat(self.rows) if self.rows else torch.zeros(0, 1, dtype=torch.long)
+        # A list of per-update tensors before sync, one gathered tensor after it.
+        rows = dim_zero_cat(self.rows) if len(self.rows) else torch.zeros(0, 1, dtype=torch.long)
         keys, inverse = torch.unique(rows[:, 0], return_inverse=True)
         first = torch.full((len(keys),), len(rows), dtype=torch.long, device=rows.device)
         first = first.scatter_reduce(0, inverse, torch.arange(len(rows), device=rows.device), reduce="amin")

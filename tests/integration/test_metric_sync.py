@@ -1,0 +1,43 @@
+"""The benchmark metrics synchronise across 2 processes (gloo) and count a padded duplicate once."""
+
+import os
+import socket
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, queue) -> None:
+    from sinkflow.eval.metrics import MMEMetric, POPEMetric
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    answers, predictions = ["yes", "no", "yes", "no", "yes"], ["yes", "yes", "yes", "no", "no"]
+    records = [{"benchmark": "pope", "id": f"random/{i}", "category": "random", "answer": a, "prediction": p}
+               for i, (a, p) in enumerate(zip(answers, predictions))]
+    shard = [records[i] for i in [0, 2, 4, 1, 3, 0][rank::2]]  # DistributedSampler order, item 0 padded again
+    pope = POPEMetric()
+    pope.update(shard)
+    # MME: image a.jpg's two questions land on different ranks (strided sharding splits every pair).
+    mme_rows = [("a.jpg", "Yes", "Yes"), ("a.jpg", "No", "No"), ("b.jpg", "Yes", "No"), ("b.jpg", "No", "No")]
+    mme_records = [{"benchmark": "mme", "id": f"count/{img}/{k % 2}", "category": "count", "image": img,
+                    "answer": a, "prediction": p} for k, (img, a, p) in enumerate(mme_rows)]
+    mme = MMEMetric()
+    mme.update(mme_records[rank::2])
+    queue.put((rank, pope.compute()["pope/random/accuracy"], mme.compute()["mme/count/acc_plus"]))
+    dist.destroy_process_group()
+
+
+def test_two_processes_give_the_single_process_scores():
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    mp.start_processes(_worker, args=(_free_port(), queue), nprocs=2, start_method="spawn")
+    results = sorted(queue.get() for _ in range(2))
+    assert [r[1] for r in results] == [0.6, 0.6]  # 3/5, not the 4/6 a naive sum over padded shards gives
+    assert [r[2] for r in results] == [50.0, 50.0]  # a.jpg both right, b.jpg not: pairs rebuilt across ranks
