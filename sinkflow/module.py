@@ -60,6 +60,7 @@ class SinkflowModule(L.LightningModule):
         self.simulated_sinks = simulated_sinks  # tiny model only: planted sinks with known positions
         if strategy.needs_sinks and detector is None:
             raise ValueError(f"sink strategy {strategy.name!r} needs a detector: set sink_strategy.detector")
+        strategy.setup(unwrap(model), family)
         self.stats = nn.ModuleDict({"val": SinkStats(), "test": SinkStats()})
         self.optim = OptimSpec(**optim) if isinstance(optim, dict) else (optim or OptimSpec())
         self.generation = (GenerationSpec(**generation) if isinstance(generation, dict)

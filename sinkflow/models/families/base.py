@@ -93,8 +93,10 @@ class VisualFamily(ABC):
         """Run the ViT on the batch's images and return the projector-input features."""
 
     @abstractmethod
-    def project(self, model: nn.Module, visual: VisualFeatures) -> list[torch.Tensor]:
-        """Every image's LLM tokens [slots_i, D_llm] through the family's projector."""
+    def project(self, model: nn.Module, visual: VisualFeatures,
+                projector: nn.Module | None = None) -> list[torch.Tensor]:
+        """Every image's LLM tokens [slots_i, D_llm] through `projector` (by default the family's own; a strategy
+        may pass a projector of the same architecture, e.g. DIYSink's second MLP)."""
 
     @abstractmethod
     def patch_pixels(self, batch: dict, visual: VisualFeatures) -> torch.Tensor:

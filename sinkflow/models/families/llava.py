@@ -56,8 +56,9 @@ class LlavaFamily(VisualFamily):
         features = torch.cat([hidden[i] if keep_cls else hidden[i][:, 1:] for i in layers], dim=-1)
         return VisualFeatures(features=features)
 
-    def project(self, model: nn.Module, visual: VisualFeatures) -> list[torch.Tensor]:
-        return list(self.projector(model)(visual.features))
+    def project(self, model: nn.Module, visual: VisualFeatures,
+                projector: nn.Module | None = None) -> list[torch.Tensor]:
+        return list((projector or self.projector(model))(visual.features))
 
     def patch_pixels(self, batch: dict, visual: VisualFeatures) -> torch.Tensor:
         """Raster-order pixel patches [n_images, rows * cols, 3 * p * p] of the square patch grid."""

@@ -57,8 +57,9 @@ class Qwen2VLFamily(VisualFamily):
         features = pad_sequence(list(hidden.split(lengths)), batch_first=True)
         return VisualFeatures(features=features, lengths=lengths, group=tower.spatial_merge_size**2)
 
-    def project(self, model: nn.Module, visual: VisualFeatures) -> list[torch.Tensor]:
-        merged = self.projector(model)(visual.features[visual.valid()])
+    def project(self, model: nn.Module, visual: VisualFeatures,
+                projector: nn.Module | None = None) -> list[torch.Tensor]:
+        merged = (projector or self.projector(model))(visual.features[visual.valid()])
         return list(merged.split(visual.slots))
 
     def patch_pixels(self, batch: dict, visual: VisualFeatures) -> torch.Tensor:

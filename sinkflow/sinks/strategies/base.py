@@ -43,6 +43,7 @@ class SinkStrategy(nn.Module):
     registry: ClassVar[dict[str, type[SinkStrategy]]] = {}
     name: ClassVar[str]
     needs_sinks: ClassVar[bool] = True
+    training_free: ClassVar[bool] = True  # False: the strategy has parts that must be trained first
 
     def __init_subclass__(cls, name: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -58,6 +59,9 @@ class SinkStrategy(nn.Module):
             raise ValueError(f"sink_strategy.strategy.position_ids must be one of {POSITION_MODES}, "
                              f"got {position_ids!r}")
         self.position_ids = position_ids
+
+    def setup(self, model: nn.Module, family) -> None:
+        """Called once by the module with the HF model and family: build parts shaped like the model's (no-op)."""
 
     def select(self, visual: VisualFeatures, sink_mask: torch.Tensor | None) -> list[torch.Tensor]:
         """Per image, the LLM-token indices to send to the LLM, in order."""
