@@ -12,9 +12,10 @@ export WANDB_SILENT ?= true
 install: $(STAMP)
 
 # torch is pinned in the lock and installed in the same command, so pip never picks a CUDA build.
-$(STAMP): requirements/cpu.txt pyproject.toml
+$(STAMP): requirements/cpu.txt requirements/no-deps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-cache-dir -r requirements/cpu.txt
+	$(PY) -m pip install --quiet --no-cache-dir --no-deps -r requirements/no-deps.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

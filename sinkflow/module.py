@@ -93,7 +93,8 @@ class SinkflowModule(L.LightningModule):
         tower_trains = any(p.requires_grad for p in self.family.vision_tower(self.hf).parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
             visual = self.family.encode(self.hf, batch)
-        visual = replace(visual, keys=list(batch.get("image_keys", [])))
+        visual = replace(visual, keys=list(batch.get("image_keys", [])),
+                         questions=list(batch.get("image_questions", [])))
         if self.simulated_sinks is not None:
             features, planted = self.simulated_sinks(visual, self.family.patch_pixels(batch, visual))
             visual = replace(visual, features=features, planted=planted)

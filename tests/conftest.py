@@ -74,3 +74,22 @@ def assert_parity():
         return generated
 
     return check
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    """A tiny BERT sentence encoder (WordPiece tokenizer trained in-process) saved in HF format."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("encoder")
+    words = BertWordPieceTokenizer(lowercase=True)
+    words.train_from_iterator(["What is the background color? How many shapes are there? Is there a red circle?",
+                               "Which of these shapes is in the image? left right yes no"], vocab_size=200,
+                              show_progress=False)
+    words.save_model(str(path))
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    config = BertConfig(vocab_size=words.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(path)
+    return str(path)

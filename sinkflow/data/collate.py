@@ -97,6 +97,8 @@ class Collator:
         batch["meta"] = [dict(s.get("meta", {}), id=s["id"], prompt=p) for s, p in zip(samples, prompts)]
         # One stable key per image (its sample id): per-image random choices (random_control) are seeded by it.
         batch["image_keys"] = [str(s["id"]) for s in samples if s.get("image") is not None]
+        # The question asked about each image (its first user turn), for question-conditioned routers.
+        batch["image_questions"] = [first_question(s["conversations"]) for s in samples if s.get("image") is not None]
         return batch
 
     def _truncate(self, batch: dict) -> None:
@@ -114,6 +116,12 @@ class Collator:
         batch["n_truncated"] = int(batch["attention_mask"][:, self.max_length:].any(dim=1).sum())
         for key in ("input_ids", "attention_mask", "labels"):
             batch[key] = batch[key][:, : self.max_length]
+
+
+def first_question(conversations: list[dict]) -> str:
+    """The first user turn without the image placeholder."""
+    return next((t["value"] for t in conversations if t["from"] in ("human", "user")), "").replace(
+        IMAGE_TOKEN, "").strip()
 
 
 def _expand(text: str, spans: list[tuple[int, int]], token: str, expansion: str):

@@ -51,12 +51,14 @@ def samples(images, answer: bool):
 
 @pytest.mark.parametrize("strategy_name", sorted(STRATEGIES))
 @pytest.mark.parametrize("family_name", sorted(FAMILIES))
-def test_strategy_trains_a_step_and_generates(family_name, strategy_name, images):
+def test_strategy_trains_a_step_and_generates(family_name, strategy_name, images, tiny_encoder):
     build, family_cls, template_cls = FAMILIES[family_name]
     model, processor = build()
     family = family_cls()
     model = prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4, dropout=0.0))
-    module = SinkflowModule(model, processor, family, STRATEGIES[strategy_name](), SinkDetector(tau=100.0),
+    strategy = (STRATEGIES[strategy_name](encoder=tiny_encoder) if strategy_name == "reweight"
+                else STRATEGIES[strategy_name]())
+    module = SinkflowModule(model, processor, family, strategy, SinkDetector(tau=100.0),
                             simulated_sinks=SimulatedSinks(k=2, norm=150.0))
     module.train()
     optimizer = torch.optim.AdamW(module.parameter_groups(), lr=1e-2)

@@ -31,6 +31,7 @@ class VisualFeatures:
     group: int = 1
     planted: torch.Tensor | None = None  # [n_images, N] bool: simulated sinks (ground truth), when planted
     keys: list[str] = field(default_factory=list)  # one stable id per image (seeds per-image random choices)
+    questions: list[str] = field(default_factory=list)  # the question asked about each image (routers read it)
 
     @property
     def patch_lengths(self) -> list[int]:

@@ -6,6 +6,7 @@ Importing this package registers every built-in strategy in `SinkStrategy.regist
 from sinkflow.sinks.strategies import (  # noqa: F401  (registration)
     drop_sinks,
     dual_mlp,
+    reweight,
     none,
     random_control,
     sink_end,

@@ -1,0 +1,56 @@
+"""`reweight` (DIYSink ReW, paper §3): Dual-MLP whose two blocks are scaled by weights that a small router
+predicts from the question alone (a frozen sentence encoder, then an MLP). Only the router trains; the two
+projectors come from Dual-MLP training (`projectors` path) and stay frozen. The router's last layer starts at
+zero with a bias that makes both weights exactly 1, so training starts from plain Dual-MLP.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from sinkflow.models.encoders import SentenceEncoder
+from sinkflow.sinks.strategies.dual_mlp import DualMLP
+
+# activation(x) and the x at which it equals 1.
+ACTIVATIONS = {
+    "softplus": (nn.functional.softplus, math.log(math.e - 1)),
+    "sigmoid2": (lambda x: 2 * torch.sigmoid(x), 0.0),
+    "exp": (torch.exp, 0.0),
+}
+
+
+class Reweight(DualMLP, name="reweight"):
+    """Question-conditioned weights for the (sink, other) blocks of a Dual-MLP."""
+
+    def __init__(self, encoder: str = "minilm", hidden: int = 256, activation: str = "softplus",
+                 projectors: str | None = None, init: str = "copy", order: str = "raster",
+                 position_ids: str = "contiguous"):
+        super().__init__(init, order, position_ids)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"sink_strategy.strategy.activation must be one of {tuple(ACTIVATIONS)}, "
+                             f"got {activation!r}")
+        self.activation, self.projectors_path = activation, projectors
+        self.encoder = SentenceEncoder(encoder)
+        self.router = nn.Sequential(nn.Linear(self.encoder.dim, hidden), nn.GELU(), nn.Linear(hidden, 2))
+        nn.init.zeros_(self.router[-1].weight)
+        nn.init.constant_(self.router[-1].bias, ACTIVATIONS[activation][1])
+
+    def setup(self, model: nn.Module, family) -> None:
+        super().setup(model, family)
+        if self.projectors_path:
+            # A Dual-MLP run's strategy weights (export/strategy.safetensors): its two projectors.
+            state = {k: v for k, v in load_file(self.projectors_path).items() if k.split(".")[0].endswith("projector")}
+            self.load_state_dict(state, strict=False)
+        for projector in (self.sink_projector, self.other_projector):
+            projector.requires_grad_(False)
+
+    def block_weights(self, visual, batch_size: int) -> torch.Tensor:
+        if len(visual.questions) != batch_size:
+            raise ValueError(f"reweight needs the question of every image: {len(visual.questions)} questions for "
+                             f"{batch_size} images")
+        embedded = self.encoder(visual.questions).to(self.router[0].weight.dtype)
+        return ACTIVATIONS[self.activation][0](self.router(embedded))

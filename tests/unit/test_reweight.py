@@ -1,0 +1,76 @@
+"""DIYSink ReW: question-conditioned block weights that start at 1, ignore the image, and are all that trains."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sinkflow.data.collate import Collator
+from sinkflow.data.templates import VicunaV1
+from sinkflow.models.build import prepare_for_training
+from sinkflow.models.families.llava import LlavaFamily
+from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
+from sinkflow.module import SinkflowModule
+from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.simulated import SimulatedSinks
+from sinkflow.sinks.strategies.dual_mlp import DualMLP
+from sinkflow.sinks.strategies.reweight import Reweight
+
+
+def wrap(strategy, seed=6):
+    """ReW's training setting: the model frozen (no LoRA, projector not trained); the strategy decides the rest."""
+    model, processor = build_tiny_llava(TinyLlavaSpec(seed=seed))
+    model = prepare_for_training(model, LlavaFamily(), lora=None, train_projector=False)
+    return SinkflowModule(model, processor, LlavaFamily(), strategy, SinkDetector(tau=100.0),
+                          simulated_sinks=SimulatedSinks(k=2, norm=150.0))
+
+
+def batch_for(module, shapes_root, questions, images=(0, 1)):
+    samples = [{"id": str(i), "image": str(shapes_root / "eval_images" / f"eval_{img:05d}.png"),
+                "conversations": [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": "red"}]}
+               for i, (img, q) in enumerate(zip(images, questions))]
+    return Collator(module.processor, VicunaV1())(samples)
+
+
+@pytest.mark.parametrize("activation", ["softplus", "sigmoid2", "exp"])
+def test_weights_start_at_one_so_rew_starts_as_dual_mlp(shapes_root, tiny_encoder, activation):
+    rew, dual = wrap(Reweight(encoder=tiny_encoder, activation=activation)), wrap(DualMLP())
+    batch = batch_for(rew, shapes_root, ["What is the background color?", "How many shapes are there?"])
+    with torch.no_grad():
+        ours, seen = rew.eval().pathway(batch)
+        theirs, _ = dual.eval().pathway(batch)
+        weights = rew.strategy.block_weights(seen["visual"], 2)
+    assert torch.equal(weights, torch.ones(2, 2))
+    torch.testing.assert_close(ours["inputs_embeds"], theirs["inputs_embeds"], atol=0, rtol=0)
+
+
+def test_router_reads_the_question_not_the_image(shapes_root, tiny_encoder):
+    module = wrap(Reweight(encoder=tiny_encoder)).eval()
+    torch.nn.init.normal_(module.strategy.router[-1].weight, std=1.0)  # a trained router, not the identity start
+    same = ["What is the background color?"] * 2
+    with torch.no_grad():
+        _, a = module.pathway(batch_for(module, shapes_root, same, images=(0, 1)))
+        _, b = module.pathway(batch_for(module, shapes_root, same, images=(2, 3)))
+        _, c = module.pathway(batch_for(module, shapes_root, ["What is the background color?",
+                                                               "Is there a red circle in the image?"]))
+        weights = [module.strategy.block_weights(seen["visual"], 2) for seen in (a, b, c)]
+    torch.testing.assert_close(weights[0], weights[1], atol=0, rtol=0)  # other images, same questions
+    assert torch.equal(weights[0][0], weights[0][1]) and not torch.allclose(weights[2][0], weights[2][1])
+
+
+def test_only_the_router_trains_and_projectors_load_from_a_dual_mlp_run(shapes_root, tiny_encoder, tmp_path):
+    dual = wrap(DualMLP())
+    with torch.no_grad():
+        for p in dual.strategy.parameters():
+            p.add_(0.5)
+    path = tmp_path / "strategy.safetensors"
+    save_file({k: v.contiguous() for k, v in dual.strategy.state_dict().items()}, path)
+    module = wrap(Reweight(encoder=tiny_encoder, projectors=str(path))).train()
+    for name in ("sink_projector", "other_projector"):
+        pairs = zip(getattr(module.strategy, name).parameters(), getattr(dual.strategy, name).parameters())
+        assert all(torch.equal(mine, theirs) for mine, theirs in pairs)
+    module(batch_for(module, shapes_root, ["What is the background color?", "How many?"])).loss.backward()
+    with_grad = {n for n, p in module.named_parameters() if p.grad is not None}
+    assert with_grad == {n for n, _ in module.named_parameters() if n.startswith("strategy.router.")}
+    assert with_grad == {n for n, p in module.named_parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match="activation must be one of"):
+        Reweight(encoder=tiny_encoder, activation="relu")
