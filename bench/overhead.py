@@ -5,7 +5,8 @@ Each family's tiny architecture at bench size (ViT 4x256, LLM 4x512, 128 px imag
 have sinks to move; the planting is in the baseline too). `none` runs without a detector; every other strategy
 pays detection + routing (+ the row rebuild when the token count changes). Strategies are timed round-robin so
 machine drift hits all alike; medians are reported.
-Prints one JSON line per family; targets: detection + sink_front <= 1.03x, no strategy above 1.10x.
+Prints one JSON line per family; targets: detection + sink_front <= 1.03x, no strategy above 1.10x (`reweight`
+reuses cached question embeddings, as in its multi-epoch training; `reweight_uncached` encodes on every call).
 
     python bench/overhead.py [--family llava qwen2_vl qwen2_5_vl] [--repeats 30] [--batch 8] [--accelerator cuda]
 """
@@ -63,9 +64,11 @@ def measure(family: str, args, device: torch.device) -> dict:
     model, processor, family_obj, template = build(family, args.image_size)
     model.to(device)
     simulated = SimulatedSinks(k=2, norm=150.0)
-    modules = {name: SinkflowModule(model, processor, family_obj, cls(), None if name == "none" else SinkDetector(),
-                                    simulated_sinks=simulated).eval()
-               for name, cls in STRATEGIES.items()}
+    strategies = {name: cls() for name, cls in STRATEGIES.items()}
+    strategies["reweight_uncached"] = STRATEGIES["reweight"](cache_size=0)  # the question encoder on every call
+    modules = {name: SinkflowModule(model, processor, family_obj, strategy,
+                                    None if name == "none" else SinkDetector(), simulated_sinks=simulated).eval()
+               for name, strategy in strategies.items()}
     root = generate_shapes(tempfile.mkdtemp(), n_train=args.batch, n_eval=1, image_size=args.image_size)
     batch = Collator(processor, template)(load_instruct(root / "train.json", root)[: args.batch])
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -25,14 +25,19 @@ def resolve_encoder(name: str) -> str:
 
 
 class SentenceEncoder(nn.Module):
-    """Frozen encoder: texts -> [n, dim] unit vectors (mean over real tokens)."""
+    """Frozen encoder: texts -> [n, dim] unit vectors (mean over real tokens).
 
-    def __init__(self, name: str = "minilm", max_length: int = 64):
+    Being frozen, it remembers up to `cache_size` embeddings by text: a router trained for several epochs, or an
+    evaluation set with repeated questions, encodes each question once.
+    """
+
+    def __init__(self, name: str = "minilm", max_length: int = 64, cache_size: int = 100_000):
         super().__init__()
         path = resolve_encoder(name)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval().requires_grad_(False)
-        self.max_length = max_length
+        self.max_length, self.cache_size = max_length, cache_size
+        self.cache: dict[str, torch.Tensor] = {}
 
     @property
     def dim(self) -> int:
@@ -40,6 +45,18 @@ class SentenceEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, texts: list[str]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        new = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if new:
+            fresh = self.encode(new)
+            if len(self.cache) + len(new) <= self.cache_size:
+                self.cache.update(zip(new, fresh))
+            else:
+                return self.encode(texts)
+        return torch.stack([self.cache[t] for t in texts]).to(device)
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Embeddings without the cache."""
         device = next(self.model.parameters()).device
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt").to(device)

@@ -74,3 +74,15 @@ def test_only_the_router_trains_and_projectors_load_from_a_dual_mlp_run(shapes_r
     assert with_grad == {n for n, p in module.named_parameters() if p.requires_grad}
     with pytest.raises(ValueError, match="activation must be one of"):
         Reweight(encoder=tiny_encoder, activation="relu")
+
+
+def test_the_encoder_cache_returns_the_uncached_embeddings(tiny_encoder):
+    from sinkflow.models.encoders import SentenceEncoder
+
+    encoder = SentenceEncoder(tiny_encoder, cache_size=3)
+    texts = ["What is the background color?", "How many shapes are there?", "What is the background color?"]
+    first = encoder(texts)
+    assert set(encoder.cache) == set(texts) and torch.equal(first, encoder.encode(texts))
+    assert torch.equal(encoder(texts), first)
+    more = ["Is there a red circle?", "left or right?"]  # over the cache size: encoded without caching
+    assert torch.equal(encoder(more), encoder.encode(more)) and len(encoder.cache) == 2

@@ -28,13 +28,13 @@ class Reweight(DualMLP, name="reweight"):
 
     def __init__(self, encoder: str = "minilm", hidden: int = 256, activation: str = "softplus",
                  projectors: str | None = None, init: str = "copy", order: str = "raster",
-                 position_ids: str = "contiguous"):
+                 position_ids: str = "contiguous", cache_size: int = 100_000):
         super().__init__(init, order, position_ids)
         if activation not in ACTIVATIONS:
             raise ValueError(f"sink_strategy.strategy.activation must be one of {tuple(ACTIVATIONS)}, "
                              f"got {activation!r}")
         self.activation, self.projectors_path = activation, projectors
-        self.encoder = SentenceEncoder(encoder)
+        self.encoder = SentenceEncoder(encoder, cache_size=cache_size)
         self.router = nn.Sequential(nn.Linear(self.encoder.dim, hidden), nn.GELU(), nn.Linear(hidden, 2))
         nn.init.zeros_(self.router[-1].weight)
         nn.init.constant_(self.router[-1].bias, ACTIVATIONS[activation][1])
