@@ -86,7 +86,8 @@ def measure(family: str, args, device: torch.device) -> dict:
         "median_ms": {name: round(1000 * m, 3) for name, m in medians.items()},
         "ratio_to_none": ratios,
         "targets": {"sink_front": 1.03, "any": 1.10},
-        "within_targets": ratios["sink_front"] <= 1.03 and max(ratios.values()) <= 1.10,
+        # Over the registered strategies; reweight_uncached is a diagnostic row (the encoder's cold cost).
+        "within_targets": ratios["sink_front"] <= 1.03 and max(ratios[n] for n in STRATEGIES) <= 1.10,
         "batch": args.batch,
         "seq_len": int(batch["input_ids"].shape[1]),
         "image_tokens": int((batch["input_ids"][0] == family_obj.image_token_id(model)).sum()),
