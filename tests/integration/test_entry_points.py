@@ -178,3 +178,23 @@ def test_a_missing_benchmark_says_what_to_download(tmp_path, env):
     assert proc.returncode != 0
     assert "evaluation set 'pope': POPE questions not found" in proc.stderr
     assert "To obtain pope: coco_pope_{random,popular,adversarial}.json from github.com/RUCAIBox/POPE" in proc.stderr
+
+
+def test_diysink_two_stage_training_runs_end_to_end(tmp_path, env):
+    """Stage 1 (sinks, others) then stage 2 from their exported projectors, as the experiment configs describe."""
+    from safetensors.torch import load_file
+
+    short = ["logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2", *SMALL_DATA, "dataset.limit_eval=4"]
+    exported = {}
+    for stage in ("sinks", "others"):
+        out = tmp_path / stage
+        run("train.py", ["experiment=diysink_stage1", f"sink_strategy.strategy.stage={stage}", *short,
+                         f"hydra.run.dir={out}"], tmp_path, env)
+        exported[stage] = out / "checkpoints" / "export" / "strategy.safetensors"
+    out = tmp_path / "stage2"
+    run("train.py", ["experiment=diysink_stage2", f"sink_strategy.strategy.sink_projector_from={exported['sinks']}",
+                     f"sink_strategy.strategy.other_projector_from={exported['others']}", *short,
+                     f"hydra.run.dir={out}"], tmp_path, env)
+    stage2 = load_file(out / "checkpoints" / "export" / "strategy.safetensors")
+    assert (out / "checkpoints" / "export" / "adapter" / "adapter_config.json").exists()  # LoRA in stage 2
+    assert set(stage2) == set(load_file(exported["sinks"]))  # both projectors, same layout

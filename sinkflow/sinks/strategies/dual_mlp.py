@@ -4,6 +4,11 @@ architecture, the sink block first, each block scaled by a weight (1 here; the `
 `init: copy` starts both projectors from the model's trained one (so, before any training, the LLM sees exactly
 what `sink_front` gives it); `init: random` re-initialises them. The family's own projector is then unused and
 frozen: only the two copies train (with the strategy's learning rate, and saved with the run).
+
+Two-stage training (paper §5.2): `stage: sinks` / `stage: others` trains one projector alone on its own token
+type (the other is frozen and unused); `stage: both` (stage 2) fine-tunes on the concatenation, starting from the
+stage-1 projectors given by `sink_projector_from` / `other_projector_from` (a run's
+`checkpoints/export/strategy.safetensors`).
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import copy
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from sinkflow.sinks.strategies.base import OrderedSinks, Routed, split_sinks
 
 INITS = ("copy", "random")
+STAGES = ("both", "sinks", "others")
 
 
 class DualMLP(OrderedSinks, name="dual_mlp"):
@@ -23,11 +30,15 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
 
     training_free = False
 
-    def __init__(self, init: str = "copy", order: str = "raster", position_ids: str = "contiguous"):
+    def __init__(self, init: str = "copy", order: str = "raster", position_ids: str = "contiguous",
+                 stage: str = "both", sink_projector_from: str | None = None, other_projector_from: str | None = None):
         super().__init__(order, position_ids)
         if init not in INITS:
             raise ValueError(f"sink_strategy.strategy.init must be one of {INITS}, got {init!r}")
-        self.init = init
+        if stage not in STAGES:
+            raise ValueError(f"sink_strategy.strategy.stage must be one of {STAGES}, got {stage!r}")
+        self.init, self.stage = init, stage
+        self.sources = {"sink_projector": sink_projector_from, "other_projector": other_projector_from}
         self.sink_projector: nn.Module | None = None
         self.other_projector: nn.Module | None = None
 
@@ -43,6 +54,17 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
                 for layer in projector.modules():
                     if hasattr(layer, "reset_parameters") and layer is not projector:
                         layer.reset_parameters()
+        for name, path in self.sources.items():
+            if path:
+                prefix = f"{name}."
+                state = {k[len(prefix):]: v for k, v in load_file(path).items() if k.startswith(prefix)}
+                if not state:
+                    raise ValueError(f"{path}: no {name} weights (expected a dual_mlp run's strategy.safetensors)")
+                getattr(self, name).load_state_dict(state)
+        # Stage 1 trains one projector; the other is unused, so frozen (DDP rejects unused trainable parameters).
+        unused = {"sinks": self.other_projector, "others": self.sink_projector}.get(self.stage)
+        if unused is not None:
+            unused.requires_grad_(False)
 
     def block_weights(self, visual, batch_size: int) -> torch.Tensor:
         """[n_images, 2] weights of the (sink, other) blocks; fixed at 1 for the plain Dual-MLP."""
@@ -51,12 +73,14 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
     def forward(self, visual, sink_mask, project) -> Routed:
         if self.sink_projector is None:
             raise RuntimeError("dual_mlp has no projectors yet: SinkflowModule calls strategy.setup(model, family)")
-        sink_tokens = project(visual, self.sink_projector)
-        other_tokens = project(visual, self.other_projector)
-        weights = self.block_weights(visual, len(sink_tokens))
-        tokens, sources = [], []
-        for i, (sinks, others) in enumerate(split_sinks(visual, sink_mask, self.order)):
-            tokens.append(torch.cat([sink_tokens[i][sinks] * weights[i, 0].to(sink_tokens[i].dtype),
-                                     other_tokens[i][others] * weights[i, 1].to(other_tokens[i].dtype)]))
-            sources.append(torch.cat([sinks, others]))
+        pairs = split_sinks(visual, sink_mask, self.order)
+        blocks = []  # (projected tokens per image, indices per image, weight column)
+        if self.stage != "others":
+            blocks.append((project(visual, self.sink_projector), [s for s, _ in pairs], 0))
+        if self.stage != "sinks":
+            blocks.append((project(visual, self.other_projector), [o for _, o in pairs], 1))
+        weights = self.block_weights(visual, len(pairs))
+        tokens = [torch.cat([projected[i][index[i]] * weights[i, column].to(projected[i].dtype)
+                             for projected, index, column in blocks]) for i in range(len(pairs))]
+        sources = [torch.cat([index[i] for _, index, _ in blocks]) for i in range(len(pairs))]
         return Routed(tokens, sources, self.position_ids)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from sinkflow.models.encoders import SentenceEncoder
@@ -29,22 +28,18 @@ class Reweight(DualMLP, name="reweight"):
     def __init__(self, encoder: str = "minilm", hidden: int = 256, activation: str = "softplus",
                  projectors: str | None = None, init: str = "copy", order: str = "raster",
                  position_ids: str = "contiguous", cache_size: int = 100_000):
-        super().__init__(init, order, position_ids)
+        super().__init__(init, order, position_ids, sink_projector_from=projectors, other_projector_from=projectors)
         if activation not in ACTIVATIONS:
             raise ValueError(f"sink_strategy.strategy.activation must be one of {tuple(ACTIVATIONS)}, "
                              f"got {activation!r}")
-        self.activation, self.projectors_path = activation, projectors
+        self.activation = activation
         self.encoder = SentenceEncoder(encoder, cache_size=cache_size)
         self.router = nn.Sequential(nn.Linear(self.encoder.dim, hidden), nn.GELU(), nn.Linear(hidden, 2))
         nn.init.zeros_(self.router[-1].weight)
         nn.init.constant_(self.router[-1].bias, ACTIVATIONS[activation][1])
 
     def setup(self, model: nn.Module, family) -> None:
-        super().setup(model, family)
-        if self.projectors_path:
-            # A Dual-MLP run's strategy weights (export/strategy.safetensors): its two projectors.
-            state = {k: v for k, v in load_file(self.projectors_path).items() if k.split(".")[0].endswith("projector")}
-            self.load_state_dict(state, strict=False)
+        super().setup(model, family)  # `projectors`: a Dual-MLP run's strategy.safetensors (both projectors)
         for projector in (self.sink_projector, self.other_projector):
             projector.requires_grad_(False)
 
