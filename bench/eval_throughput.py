@@ -1,17 +1,19 @@
 """Evaluation throughput: batched greedy generation (left padding) vs one question at a time, same model and
 questions, in one run. The predictions must be identical; prints one JSON line; target speed-up >= 3x on CPU.
 
-    python bench/eval_throughput.py [--questions 64] [--batch 8] [--max-new-tokens 8] [--accelerator cuda]
+    python bench/eval_throughput.py [--questions 64] [--batch 8] [--max-new-tokens 8] [--repeats 5] [--accelerator cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
-import time
 
 import torch
+
+from common import batch_to, device_label, timed
 
 from sinkflow.data.benchmarks.pope import load_pope
 from sinkflow.data.collate import Collator
@@ -24,19 +26,12 @@ from sinkflow.module import SinkflowModule
 from sinkflow.sinks.strategies.none import NoneStrategy
 
 
-def timed(function, device: torch.device):
-    start = time.perf_counter()
-    result = function()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--accelerator", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     device = torch.device(args.accelerator)
@@ -48,13 +43,21 @@ def main():
     collate = Collator(processor, VicunaV1(), generate=True)
 
     def generate(chunk):
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(chunk).items()}
-        return module.generate(batch)
+        return module.generate(batch_to(collate(chunk), device))
 
-    generate(samples[: args.batch])  # warm-up
-    batched, batched_s = timed(lambda: [p for i in range(0, len(samples), args.batch)
-                                        for p in generate(samples[i:i + args.batch])], device)
-    single, single_s = timed(lambda: [generate([s])[0] for s in samples], device)
+    def batched_pass():
+        return [p for i in range(0, len(samples), args.batch) for p in generate(samples[i:i + args.batch])]
+
+    def single_pass():
+        return [generate([s])[0] for s in samples]
+
+    # One untimed pass of each warms every kernel and shape; medians over repeats, alternating the two modes.
+    batched, single = batched_pass(), single_pass()
+    batched_times, single_times = [], []
+    for _ in range(args.repeats):
+        batched_times.append(timed(batched_pass, device)[1])
+        single_times.append(timed(single_pass, device)[1])
+    batched_s, single_s = statistics.median(batched_times), statistics.median(single_times)
     print(json.dumps({
         "bench": "eval_throughput",
         "questions": len(samples),
@@ -65,7 +68,8 @@ def main():
         "speedup": round(single_s / batched_s, 2),
         "target_speedup": 3.0,
         "same_predictions": batched == single,
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "repeats": args.repeats,
+        "device": device_label(device),
     }))
 
 

@@ -17,9 +17,10 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 
 import torch
+
+from common import batch_to, device_label, timed
 
 from sinkflow.data.collate import Collator
 from sinkflow.data.instruct import load_instruct
@@ -37,12 +38,8 @@ from sinkflow.sinks.strategies import STRATEGIES
 
 
 def timed_forward(module: SinkflowModule, batch: dict, device: torch.device) -> float:
-    start = time.perf_counter()
     with torch.no_grad():
-        module(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+        return timed(lambda: module(batch), device)[1]
 
 
 SIZES = {"vision_hidden": 256, "vision_layers": 4, "vision_heads": 4, "text_hidden": 512, "text_layers": 4,
@@ -71,7 +68,7 @@ def measure(family: str, args, device: torch.device) -> dict:
                for name, strategy in strategies.items()}
     root = generate_shapes(tempfile.mkdtemp(), n_train=args.batch, n_eval=1, image_size=args.image_size)
     batch = Collator(processor, template)(load_instruct(root / "train.json", root)[: args.batch])
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch = batch_to(batch, device)
     times: dict[str, list[float]] = {name: [] for name in modules}
     for repeat in range(args.warmup + args.repeats):
         for name, module in modules.items():
@@ -92,7 +89,7 @@ def measure(family: str, args, device: torch.device) -> dict:
         "seq_len": int(batch["input_ids"].shape[1]),
         "image_tokens": int((batch["input_ids"][0] == family_obj.image_token_id(model)).sum()),
         "repeats": args.repeats,
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": device_label(device),
     }
 
 

@@ -18,6 +18,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from common import batch_to, device_label, synchronize
+
 from sinkflow.data.collate import Collator
 from sinkflow.data.shapes import generate_shapes
 from sinkflow.data.instruct import load_instruct
@@ -36,13 +38,11 @@ class StepTimer(L.Callback):
         self.starts: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(pl_module.device)
         self.starts.append(time.perf_counter())
 
     def on_train_end(self, trainer, pl_module):
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(pl_module.device)
         self.starts.append(time.perf_counter())
 
 
@@ -61,7 +61,7 @@ def build(args) -> tuple[SinkflowModule, dict]:
 def bare_loop(module: SinkflowModule, batch: dict, steps: int, device: torch.device) -> list[float]:
     """The same optimisation written by hand: forward, backward, clip, step, schedule, zero_grad."""
     module.to(device)
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch = batch_to(batch, device)
     optimizer = torch.optim.AdamW(module.parameter_groups(), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     module.train()
@@ -74,8 +74,7 @@ def bare_loop(module: SinkflowModule, batch: dict, steps: int, device: torch.dev
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -125,7 +124,7 @@ def main():
         "batch": args.batch,
         "seq_len": int(batch["input_ids"].shape[1]),
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": device_label(device),
     }))
 
 

@@ -144,8 +144,12 @@ class SinkflowModule(L.LightningModule):
 
     def _log_stats(self, stage: str) -> None:
         stats = self.stats[stage]
-        if stats.update_count == 0:
+        # Decided across ranks: compute() synchronises, so a rank without images must still take part.
+        seen = stats.update_count > 0
+        if not self.trainer.strategy.reduce_boolean_decision(seen, all=False):
             return
+        if not seen:
+            stats.add_nothing()
         scalars, samples = stats.compute()
         self.log_dict({f"{stage}/{k}": v for k, v in scalars.items()})
         log_histograms(self.loggers, samples, self.global_step, stage)

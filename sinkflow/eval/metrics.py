@@ -72,8 +72,11 @@ class POPEMetric(RecordMetric):
     """Per split accuracy, precision, recall, F1 (yes = positive) and yes-ratio of the predictions; mean F1."""
 
     def encode(self, record):
+        answer = str(record["answer"]).lower()
+        if answer not in ("yes", "no"):
+            raise ValueError(f"POPE record {record['id']!r}: answer must be yes or no, got {record['answer']!r}")
         return [record_hash(record), _index(POPE_CATEGORIES, record["category"], "POPE category"),
-                _YES_NO[str(record["answer"]).lower()], _YES_NO[parse_pope(record["prediction"], self.rule)]]
+                _YES_NO[answer], _YES_NO[parse_pope(record["prediction"], self.rule)]]
 
     def compute(self) -> dict[str, float]:
         rows, out, f1s = self.unique_rows(), {}, []

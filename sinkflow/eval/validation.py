@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 import lightning as L
-import torch
 
 from sinkflow.eval.callback import gather_objects
 from sinkflow.eval.metrics import score_records
@@ -50,8 +49,7 @@ class BenchmarkValidation(L.Callback):
         size = self.batch_size or datamodule.eval_batch_size
         records = []
         for start in range(0, len(share), size):
-            batch = collate(share[start:start + size])
-            batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = trainer.strategy.batch_to_device(collate(share[start:start + size]))
             records += [dict(meta, prediction=text.strip())
                         for meta, text in zip(batch["meta"], pl_module.generate(batch))]
         metrics = score_records(gather_objects(records), self.parser)

@@ -36,6 +36,10 @@ class SinkStats(Metric):
             self.false_neg += (~sinks & planted).sum()
             self.scored += len(sinks)
 
+    def add_nothing(self) -> None:
+        """Well-typed empty states, so a process that saw no image can take part in the synchronised compute."""
+        self.update(torch.zeros(0, 0, device=self.device), torch.zeros(0, 0, dtype=torch.bool, device=self.device))
+
     def compute(self) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """(scalars, raw samples): the raw per-image counts and per-token norms feed histograms."""
         counts = dim_zero_cat(self.counts).float()

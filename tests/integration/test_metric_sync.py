@@ -14,7 +14,10 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, queue) -> None:
+    import torch
+
     from sinkflow.eval.metrics import MMEMetric, POPEMetric
+    from sinkflow.sinks.stats import SinkStats
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -30,7 +33,14 @@ def _worker(rank: int, port: int, queue) -> None:
                     "answer": a, "prediction": p} for k, (img, a, p) in enumerate(mme_rows)]
     mme = MMEMetric()
     mme.update(mme_records[rank::2])
-    queue.put((rank, pope.compute()["pope/random/accuracy"], mme.compute()["mme/count/acc_plus"]))
+    # Sink statistics when only rank 0 saw images (rank 1's shard was text-only): both ranks still agree.
+    stats = SinkStats()
+    if rank == 0:
+        stats.update(torch.tensor([[1.0, 200.0]]), torch.tensor([[False, True]]))
+    else:
+        stats.add_nothing()  # what SinkflowModule does on a rank without images
+    per_image = stats.compute()[0]["sinks/per_image"]
+    queue.put((rank, pope.compute()["pope/random/accuracy"], mme.compute()["mme/count/acc_plus"], per_image))
     dist.destroy_process_group()
 
 
@@ -41,3 +51,4 @@ def test_two_processes_give_the_single_process_scores():
     results = sorted(queue.get() for _ in range(2))
     assert [r[1] for r in results] == [0.6, 0.6]  # 3/5, not the 4/6 a naive sum over padded shards gives
     assert [r[2] for r in results] == [50.0, 50.0]  # a.jpg both right, b.jpg not: pairs rebuilt across ranks
+    assert [r[3] for r in results] == [1.0, 1.0]

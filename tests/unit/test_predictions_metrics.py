@@ -85,3 +85,8 @@ def test_wandb_gets_a_table_of_predictions_from_every_benchmark(tmp_path, hermet
     assert isinstance(table, wandb.Table) and table.columns == list(TABLE_COLUMNS)
     assert [row[0] for row in table.data] == ["pope", "pope", "mme", "mme"]
     wandb.finish()
+
+
+def test_a_pope_answer_that_is_not_yes_or_no_is_named():
+    with pytest.raises(ValueError, match="POPE record 'random/1': answer must be yes or no, got 'maybe'"):
+        score_records([record("pope", "random/1", "maybe", "yes", category="random")])
