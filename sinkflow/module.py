@@ -14,12 +14,13 @@ import lightning as L
 import torch
 from torch import nn
 
+from sinkflow.data.collate import Collator
 from sinkflow.models.build import unwrap
 from sinkflow.models.families.base import VisualFamily, VisualFeatures
 from sinkflow.sinks.detect import token_norms
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.stats import SinkStats, log_histograms
-from sinkflow.sinks.strategies.base import SinkStrategy
+from sinkflow.sinks.strategies.base import Routed, SinkStrategy
 
 
 @dataclass
@@ -48,7 +49,8 @@ class SinkflowModule(L.LightningModule):
     def __init__(self, model: nn.Module, processor, family: VisualFamily, strategy: SinkStrategy,
                  detector: nn.Module | None = None, optim: OptimSpec | dict | None = None,
                  generation: GenerationSpec | dict | None = None, source: str | None = None,
-                 run_config: dict | None = None, simulated_sinks: SimulatedSinks | None = None):
+                 run_config: dict | None = None, simulated_sinks: SimulatedSinks | None = None,
+                 prompter: Collator | None = None):
         super().__init__()
         self.source = source  # the base checkpoint (hub id or directory) the trainable weights apply to
         self.run_config = run_config  # model + strategy config, stored in checkpoints so evaluate.py can rebuild
@@ -58,6 +60,7 @@ class SinkflowModule(L.LightningModule):
         self.strategy = strategy
         self.detector = detector
         self.simulated_sinks = simulated_sinks  # tiny model only: planted sinks with known positions
+        self.prompter = prompter  # renders the questions a deciding strategy (cot_route) asks about the images
         if strategy.needs_sinks and detector is None:
             raise ValueError(f"sink strategy {strategy.name!r} needs a detector: set sink_strategy.detector")
         strategy.setup(unwrap(model), family)
@@ -85,8 +88,19 @@ class SinkflowModule(L.LightningModule):
         visual = self.visual(batch)
         detect = self.detector is not None and (self.strategy.needs_sinks or not self.training)
         sinks = self.family.token_sinks(self.detector, visual) if detect else None
-        routed = self.strategy(visual, sinks, partial(self.family.project, hf))
-        return self.family.merge(hf, batch, visual, routed, padding_side), {"visual": visual, "sinks": sinks}
+        routed = self.strategy(visual, sinks, partial(self.family.project, hf), ask=partial(self.ask, batch, visual))
+        return self.family.merge(hf, batch, visual, routed, padding_side), {"visual": visual, "sinks": sinks,
+                                                                            "routed": routed}
+
+    @torch.no_grad()
+    def ask(self, batch: dict, visual: VisualFeatures, questions: list[str], routed: Routed,
+            max_new_tokens: int) -> list[str]:
+        """The model's greedy answers to `questions[i]` about the batch's i-th image, entering the LLM as `routed`."""
+        if self.prompter is None:
+            raise ValueError(f"strategy {self.strategy.name!r} asks the model questions: give SinkflowModule a "
+                             "prompter (a generation Collator with the model's template)")
+        inputs = self.family.merge(self.hf, self.prompter.ask(batch, questions), visual, routed, padding_side="left")
+        return [answer.strip() for answer in self._greedy(inputs, max_new_tokens)]
 
     def visual(self, batch: dict) -> VisualFeatures:
         """The projector-input features of the batch's images (with the simulated sinks, when planted)."""
@@ -123,12 +137,12 @@ class SinkflowModule(L.LightningModule):
         """Greedy batched generation (left-padded prompts) -> decoded answers."""
         return self._greedy(self.pathway(batch, padding_side="left")[0])
 
-    def _greedy(self, inputs: dict) -> list[str]:
+    def _greedy(self, inputs: dict, max_new_tokens: int | None = None) -> list[str]:
         inputs.pop("labels", None)
         tokenizer = self.processor.tokenizer
         out = self.hf.generate(
             **inputs,
-            max_new_tokens=self.generation.max_new_tokens,
+            max_new_tokens=max_new_tokens or self.generation.max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -163,12 +177,37 @@ class SinkflowModule(L.LightningModule):
 
     @torch.no_grad()
     def test_step(self, batch, batch_idx):
-        inputs, seen = self.pathway(batch, padding_side="left")
+        records, seen = self._answer(batch)
         self._observe("test", seen)
-        return [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], self._greedy(inputs))]
+        routed = seen["routed"] if seen is not None else None
+        if routed is not None and routed.decisions is not None:
+            self._log_routing(routed)
+        return records
 
+    @torch.no_grad()
     def predict_step(self, batch, batch_idx):
-        return self.test_step(batch, batch_idx)
+        return self._answer(batch)[0]
+
+    def _answer(self, batch: dict) -> tuple[list[dict], dict | None]:
+        """Prediction records of a batch (with each image's routing decision, when the strategy decided)."""
+        inputs, seen = self.pathway(batch, padding_side="left")
+        records = [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], self._greedy(inputs))]
+        routed = seen["routed"] if seen is not None else None
+        if routed is not None and routed.decisions is not None:
+            decisions = dict(zip(batch["image_keys"], routed.decisions))
+            for record in records:
+                if str(record["id"]) in decisions:
+                    record["routing"] = decisions[str(record["id"])]
+        return records, seen
+
+    def _log_routing(self, routed: Routed) -> None:
+        """Decision time per image and the share of each route."""
+        n_images = max(len(routed.decisions), 1)
+        self.log("test/routing_seconds_per_image", routed.decision_seconds / n_images, batch_size=n_images,
+                 sync_dist=True)
+        for route in self.strategy.routes:
+            share = sum(d["route"] == route for d in routed.decisions) / n_images
+            self.log(f"test/routing/{route}", share, batch_size=n_images, sync_dist=True)
 
     def parameter_groups(self) -> list[dict]:
         """Trainable parameters split into LoRA / projector / strategy / other groups, each with its own LR."""

@@ -16,7 +16,7 @@ from rich.progress import track
 
 from sinkflow.analysis.calibration_plots import plot_norm_histogram, plot_sorted_norms
 from sinkflow.config import validate
-from sinkflow.data.collate import load_image
+from sinkflow.data.collate import Collator, load_image
 from sinkflow.eval.callback import PredictionsCallback
 from sinkflow.eval.score import print_table
 from sinkflow.models.build import load_pretrained, prepare_for_training
@@ -46,13 +46,14 @@ def build_module(model_cfg: DictConfig, strategy_cfg: DictConfig, *, train: bool
     strategy = instantiate(strategy_cfg.strategy)
     detector = instantiate(strategy_cfg.detector) if strategy_cfg.get("detector") else None
     simulated = model_cfg.get("simulated_sinks")
+    prompter = Collator(processor, instantiate(model_cfg.template), generate=True)
     run_config = {"model": OmegaConf.to_container(model_cfg, resolve=True),
                   "sink_strategy": OmegaConf.to_container(strategy_cfg, resolve=True)}
     return SinkflowModule(model, processor, family, strategy, detector,
                           optim=OmegaConf.to_container(model_cfg.optim),
                           generation=OmegaConf.to_container(model_cfg.generation),
                           source=source, run_config=run_config,
-                          simulated_sinks=instantiate(simulated) if simulated else None)
+                          simulated_sinks=instantiate(simulated) if simulated else None, prompter=prompter)
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list) -> L.Trainer:

@@ -12,6 +12,9 @@ from PIL import Image
 from sinkflow.data.templates import IMAGE_TOKEN, to_turns
 
 IGNORE_INDEX = -100
+TEXT_KEYS = ("input_ids", "attention_mask", "labels")
+# Batch entries that describe the samples rather than feed the model.
+BOOKKEEPING_KEYS = ("meta", "image_keys", "image_questions", "n_truncated")
 
 
 def load_image(path: str) -> Image.Image:
@@ -63,8 +66,41 @@ class Collator:
             spans.append(rendered.supervised)
 
         prompts = list(texts)
-        batch: dict = {}
         image_inputs = self.processor.image_processor(images, return_tensors="pt") if images else {}
+        batch = self._encode(texts, spans, image_inputs)
+        batch.update(image_inputs)
+        batch["n_truncated"] = 0
+        if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
+            self._truncate(batch)
+        # The prompt is recorded as rendered, before placeholder expansion.
+        batch["meta"] = [dict(s.get("meta", {}), id=s["id"], prompt=p) for s, p in zip(samples, prompts)]
+        # One stable key per image (its sample id): per-image random choices (random_control) are seeded by it.
+        batch["image_keys"] = [str(s["id"]) for s in samples if s.get("image") is not None]
+        # The question asked about each image (its first user turn), for question-conditioned routers.
+        batch["image_questions"] = [first_question(s["conversations"]) for s in samples if s.get("image") is not None]
+        return batch
+
+    def ask(self, batch: dict, questions: list[str]) -> dict:
+        """A generation batch asking `questions[i]` about the batch's i-th image, its image tensors reused.
+
+        The routing pass of strategies that let the model decide (cot_route): same images, new prompts.
+        """
+        if not self.generate:
+            raise ValueError("Collator.ask builds generation prompts: create the collator with generate=True")
+        n_images = len(batch.get("image_keys", []))
+        if len(questions) != n_images:
+            raise ValueError(f"{len(questions)} questions for the batch's {n_images} images")
+        texts, spans = [], []
+        for question in questions:
+            turns = to_turns([{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"}])
+            rendered = self.template.render(self.processor, turns, add_generation_prompt=True)
+            texts.append(rendered.text)
+            spans.append(rendered.supervised)
+        image_inputs = {k: v for k, v in batch.items() if k not in (*TEXT_KEYS, *BOOKKEEPING_KEYS)}
+        return {**batch, **self._encode(texts, spans, image_inputs)}
+
+    def _encode(self, texts: list[str], spans: list[list[tuple[int, int]]], image_inputs: dict) -> dict:
+        """Expand each text's image token (images in order), tokenize, pad and mask the labels."""
         image_idx = 0
         for i, text in enumerate(texts):
             if self.image_token in text:
@@ -88,18 +124,7 @@ class Collator:
                     # A token is supervised when its characters overlap an answer span.
                     hit = (offsets[:, 1] > start) & (offsets[:, 0] < end) & keep
                     labels[row, hit] = enc["input_ids"][row, hit]
-        batch.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels)
-        batch.update(image_inputs)
-        batch["n_truncated"] = 0
-        if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
-            self._truncate(batch)
-        # The prompt is recorded as rendered, before placeholder expansion.
-        batch["meta"] = [dict(s.get("meta", {}), id=s["id"], prompt=p) for s, p in zip(samples, prompts)]
-        # One stable key per image (its sample id): per-image random choices (random_control) are seeded by it.
-        batch["image_keys"] = [str(s["id"]) for s in samples if s.get("image") is not None]
-        # The question asked about each image (its first user turn), for question-conditioned routers.
-        batch["image_questions"] = [first_question(s["conversations"]) for s in samples if s.get("image") is not None]
-        return batch
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
 
     def _truncate(self, batch: dict) -> None:
         """Cut right-padded training rows to `max_length`; never cut through image placeholders."""

@@ -4,6 +4,7 @@ Importing this package registers every built-in strategy in `SinkStrategy.regist
 """
 
 from sinkflow.sinks.strategies import (  # noqa: F401  (registration)
+    cot_route,
     drop_sinks,
     dual_mlp,
     reweight,

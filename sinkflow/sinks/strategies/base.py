@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from sinkflow.models.families.base import VisualFeatures
 
 POSITION_MODES = ("contiguous", "original")
+# ask(questions, routed, max_new_tokens) -> the model's greedy answers, one question per image, the images entering
+# the LLM as `routed` says (SinkflowModule provides it; cot_route uses it).
+Ask = Callable[[list[str], "Routed", int], list[str]]
 SINK_ORDERS = ("raster", "norm")
 
 
@@ -29,6 +32,8 @@ class Routed:
     tokens: list[torch.Tensor]  # per image [n_i, D_llm]
     sources: list[torch.Tensor]  # per image [n_i] long: the LLM-token index (slot of the image block) of each
     position_ids: str = "contiguous"  # "original": moved tokens keep their patch's position (see family.merge)
+    decisions: list[dict] | None = None  # per image, what a deciding strategy chose (written to the predictions)
+    decision_seconds: float = 0.0  # time spent deciding before the answer pass (cot_route's routing generation)
 
 
 class SinkStrategy(nn.Module):
@@ -44,6 +49,7 @@ class SinkStrategy(nn.Module):
     name: ClassVar[str]
     needs_sinks: ClassVar[bool] = True
     training_free: ClassVar[bool] = True  # False: the strategy has parts that must be trained first
+    routes: ClassVar[tuple[str, ...]] = ()  # a deciding strategy's choices (`Routed.decisions[i]["route"]`)
 
     def __init_subclass__(cls, name: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -68,8 +74,9 @@ class SinkStrategy(nn.Module):
         raise NotImplementedError
 
     def forward(self, visual: VisualFeatures, sink_mask: torch.Tensor | None,
-                project: Callable[[VisualFeatures], list[torch.Tensor]]) -> Routed:
-        """`sink_mask` [n_images, M] marks LLM tokens (see `VisualFamily.token_sinks`)."""
+                project: Callable[[VisualFeatures], list[torch.Tensor]], ask: Ask | None = None) -> Routed:
+        """`sink_mask` [n_images, M] marks LLM tokens (see `VisualFamily.token_sinks`); `ask` lets a strategy
+        question the model about the images before routing (see `Ask`)."""
         projected = project(visual)
         sources = self.select(visual, sink_mask)
         return Routed([p[s] for p, s in zip(projected, sources)], sources, self.position_ids)

@@ -29,6 +29,7 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
     """Sink projector + non-sink projector; routed tokens are [sinks; others] per image."""
 
     training_free = False
+    trains_projectors: bool = True  # False: both projectors come trained (from a Dual-MLP run) and stay frozen
 
     def __init__(self, init: str = "copy", order: str = "raster", position_ids: str = "contiguous",
                  stage: str = "both", sink_projector_from: str | None = None, other_projector_from: str | None = None):
@@ -62,15 +63,15 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
                     raise ValueError(f"{path}: no {name} weights (expected a dual_mlp run's strategy.safetensors)")
                 getattr(self, name).load_state_dict(state)
         # Stage 1 trains one projector; the other is unused, so frozen (DDP rejects unused trainable parameters).
-        unused = {"sinks": self.other_projector, "others": self.sink_projector}.get(self.stage)
-        if unused is not None:
-            unused.requires_grad_(False)
+        frozen = {"sinks": [self.other_projector], "others": [self.sink_projector]}.get(self.stage, [])
+        for projector in frozen if self.trains_projectors else (self.sink_projector, self.other_projector):
+            projector.requires_grad_(False)
 
     def block_weights(self, visual, batch_size: int) -> torch.Tensor:
         """[n_images, 2] weights of the (sink, other) blocks; fixed at 1 for the plain Dual-MLP."""
         return visual.features.new_ones(batch_size, 2)
 
-    def forward(self, visual, sink_mask, project) -> Routed:
+    def forward(self, visual, sink_mask, project, ask=None) -> Routed:
         if self.sink_projector is None:
             raise RuntimeError("dual_mlp has no projectors yet: SinkflowModule calls strategy.setup(model, family)")
         pairs = split_sinks(visual, sink_mask, self.order)

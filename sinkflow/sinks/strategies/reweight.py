@@ -1,6 +1,7 @@
 """`reweight` (DIYSink ReW, paper §3): Dual-MLP whose two blocks are scaled by weights that a small router
 predicts from the question alone (a frozen sentence encoder, then an MLP). Only the router trains; the two
-projectors come from Dual-MLP training (`projectors` path) and stay frozen. The router's last layer starts at
+projectors come from Dual-MLP training (`projectors` path) and stay frozen (`train_projectors: true` trains them
+with the router, for a model that has no trained Dual-MLP, e.g. the tiny simulation). The router's last layer starts at
 zero with a bias that makes both weights exactly 1, so training starts from plain Dual-MLP.
 """
 
@@ -27,8 +28,9 @@ class Reweight(DualMLP, name="reweight"):
 
     def __init__(self, encoder: str = "minilm", hidden: int = 256, activation: str = "softplus",
                  projectors: str | None = None, init: str = "copy", order: str = "raster",
-                 position_ids: str = "contiguous", cache_size: int = 100_000):
+                 position_ids: str = "contiguous", cache_size: int = 100_000, train_projectors: bool = False):
         super().__init__(init, order, position_ids, sink_projector_from=projectors, other_projector_from=projectors)
+        self.trains_projectors = train_projectors  # the paper trains the router alone, on a trained Dual-MLP
         if activation not in ACTIVATIONS:
             raise ValueError(f"sink_strategy.strategy.activation must be one of {tuple(ACTIVATIONS)}, "
                              f"got {activation!r}")
@@ -37,11 +39,6 @@ class Reweight(DualMLP, name="reweight"):
         self.router = nn.Sequential(nn.Linear(self.encoder.dim, hidden), nn.GELU(), nn.Linear(hidden, 2))
         nn.init.zeros_(self.router[-1].weight)
         nn.init.constant_(self.router[-1].bias, ACTIVATIONS[activation][1])
-
-    def setup(self, model: nn.Module, family) -> None:
-        super().setup(model, family)  # `projectors`: a Dual-MLP run's strategy.safetensors (both projectors)
-        for projector in (self.sink_projector, self.other_projector):
-            projector.requires_grad_(False)
 
     def block_weights(self, visual, batch_size: int) -> torch.Tensor:
         if len(visual.questions) != batch_size:

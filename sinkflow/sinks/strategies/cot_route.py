@@ -1,0 +1,100 @@
+"""`cot_route` (DIYSink CoT routing, paper §5.4): before answering, the model itself is asked two short questions
+about each image (is it symbolic/simple or real-world/complex; does the question need global or local
+understanding) and the answers pick the visual input of the Dual-MLP:
+
+    symbolic + global -> sinks only;  real-world + local -> non-sinks only;  anything else -> both.
+
+The routing pass sees the full Dual-MLP input ([sinks; others]). Its two projectors come from a Dual-MLP run
+(`projectors`) and stay frozen: routing is a hard choice, nothing here trains (`train_projectors: true` trains
+them as Dual-MLP, for a model with no trained Dual-MLP; training always sees both blocks, routing is for inference). Without `projectors` both are copies
+of the model's own projector, so the three routes are exactly `sinks_only`, `drop_sinks` and `sink_front`.
+Answers are parsed by keyword (first match wins, a negated keyword is skipped); every decision and both raw answers
+go to the predictions file, and the routing time to the logs.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from sinkflow.sinks.strategies.base import Routed
+from sinkflow.sinks.strategies.dual_mlp import DualMLP
+
+# paper.md §5.4 (P1, P2): the paper's exact prompts are not public.
+IMAGE_PROMPT = ("Is this image a simple/symbolic diagram (e.g., geometry, chart, synthetic) or a complex real-world "
+                "photo? Answer 'symbolic' or 'real-world'.")
+QUESTION_PROMPT = ("Does answering the question '{question}' require holistic understanding/reasoning about the whole "
+                   "image, or local detail (counting, reading text, locating objects)? Answer 'global' or 'local'.")
+
+# label -> keywords (whole words, case-insensitive).
+IMAGE_KEYWORDS = {
+    "symbolic": ("symbolic", "simple", "diagram", "chart", "synthetic", "schematic", "abstract", "drawing"),
+    "real_world": ("real-world", "real world", "realworld", "real", "complex", "photo", "photograph", "natural"),
+}
+QUESTION_KEYWORDS = {
+    "global": ("global", "holistic", "whole", "overall", "entire"),
+    "local": ("local", "detail", "details", "detailed", "specific", "region"),
+}
+NEGATION = r"\b(?:not|isn't|is not|no|neither|nor|rather than|instead of)\s+(?:an?\s+|the\s+)?$"
+ROUTES = {("symbolic", "global"): "sinks_only", ("real_world", "local"): "others_only"}
+
+
+def parse_label(answer: str, keywords: dict[str, tuple[str, ...]]) -> str:
+    """The label whose keyword appears first in `answer` (negated keywords skipped), or 'unknown'."""
+    text = answer.lower()
+    found = []
+    for label, words in keywords.items():
+        for word in words:
+            for match in re.finditer(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text):
+                if not re.search(NEGATION, text[:match.start()]):
+                    found.append((match.start(), label))
+    return min(found)[1] if found else "unknown"
+
+
+def decide(image_answer: str, question_answer: str) -> dict:
+    """The routing decision for one image from the model's two answers."""
+    image, scope = parse_label(image_answer, IMAGE_KEYWORDS), parse_label(question_answer, QUESTION_KEYWORDS)
+    return {"image": image, "question": scope, "route": ROUTES.get((image, scope), "both"),
+            "image_answer": image_answer, "question_answer": question_answer}
+
+
+class CotRoute(DualMLP, name="cot_route"):
+    """The model's own answers route each image to sinks only, non-sinks only, or both."""
+
+    routes = ("sinks_only", "others_only", "both")
+
+    def __init__(self, image_prompt: str = IMAGE_PROMPT, question_prompt: str = QUESTION_PROMPT,
+                 max_new_tokens: int = 8, projectors: str | None = None, init: str = "copy", order: str = "raster",
+                 position_ids: str = "contiguous", train_projectors: bool = False):
+        super().__init__(init, order, position_ids, sink_projector_from=projectors, other_projector_from=projectors)
+        self.trains_projectors = train_projectors
+        if "{question}" not in question_prompt:
+            raise ValueError("sink_strategy.strategy.question_prompt must contain '{question}' (the user's question), "
+                             f"got {question_prompt!r}")
+        if max_new_tokens < 1:
+            raise ValueError(f"sink_strategy.strategy.max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.image_prompt, self.question_prompt, self.max_new_tokens = image_prompt, question_prompt, max_new_tokens
+
+    def forward(self, visual, sink_mask, project, ask=None) -> Routed:
+        both = super().forward(visual, sink_mask, project)
+        if self.training:  # routing is an inference-time choice: training sees the full Dual-MLP input
+            return both
+        if len(visual.questions) != len(both.tokens):
+            raise ValueError(f"cot_route needs the question of every image: {len(visual.questions)} questions for "
+                             f"{len(both.tokens)} images")
+        if ask is None:
+            raise RuntimeError("cot_route asks the model about each image: run it through SinkflowModule (ask=...)")
+        start = time.perf_counter()
+        image_answers = ask([self.image_prompt] * len(both.tokens), both, self.max_new_tokens)
+        question_answers = ask([self.question_prompt.replace("{question}", q) for q in visual.questions], both,
+                               self.max_new_tokens)
+        seconds = time.perf_counter() - start  # answers are decoded text, so the device work is done
+        decisions = [decide(a, q) for a, q in zip(image_answers, question_answers)]
+        tokens, sources = [], []
+        for i, decision in enumerate(decisions):
+            n_sinks = int(sink_mask[i, :visual.slots[i]].sum())
+            keep = {"sinks_only": slice(0, n_sinks), "others_only": slice(n_sinks, None)}.get(decision["route"],
+                                                                                           slice(None))
+            tokens.append(both.tokens[i][keep])
+            sources.append(both.sources[i][keep])
+        return Routed(tokens, sources, self.position_ids, decisions, seconds)

@@ -1,0 +1,117 @@
+"""DIYSink CoT routing: the answers' parsing, the routes' inputs, the routing pass, and the recorded decisions."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from sinkflow.data.collate import Collator
+from sinkflow.data.templates import VicunaV1
+from sinkflow.models.families.llava import LlavaFamily
+from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
+from sinkflow.module import SinkflowModule
+from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.simulated import SimulatedSinks
+from sinkflow.sinks.strategies.cot_route import IMAGE_PROMPT, QUESTION_PROMPT, CotRoute, decide
+from sinkflow.sinks.strategies.drop_sinks import DropSinks
+from sinkflow.sinks.strategies.sink_front import SinkFront
+from sinkflow.sinks.strategies.sinks_only import SinksOnly
+
+QUESTIONS = ["What is the background color?", "Is there a red circle in the image?"]
+
+
+@pytest.mark.parametrize("image_answer, question_answer, image, scope, route", [
+    ("symbolic", "global", "symbolic", "global", "sinks_only"),
+    ("Symbolic.", "Global", "symbolic", "global", "sinks_only"),
+    ("It is a simple diagram.", "holistic understanding", "symbolic", "global", "sinks_only"),
+    ("real-world", "local", "real_world", "local", "others_only"),
+    ("A complex real world photo", "It needs local detail.", "real_world", "local", "others_only"),
+    ("not symbolic, a real-world photo", "local", "real_world", "local", "others_only"),
+    ("symbolic, not a real-world photo", "not global but local", "symbolic", "local", "both"),
+    ("real-world", "global", "real_world", "global", "both"),
+    ("symbolic", "local", "symbolic", "local", "both"),
+    ("", "", "unknown", "unknown", "both"),
+    ("banana", "globally", "unknown", "unknown", "both"),  # whole words only: "globally" is not "global"
+    ("realistic", "the whole image", "unknown", "global", "both"),
+])
+def test_answers_parse_to_decisions(image_answer, question_answer, image, scope, route):
+    decision = decide(image_answer, question_answer)
+    assert (decision["image"], decision["question"], decision["route"]) == (image, scope, route)
+    assert (decision["image_answer"], decision["question_answer"]) == (image_answer, question_answer)
+
+
+def wrap(strategy, seed=4):
+    model, processor = build_tiny_llava(TinyLlavaSpec(seed=seed))
+    return SinkflowModule(model, processor, LlavaFamily(), strategy, SinkDetector(tau=100.0),
+                          simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+                          prompter=Collator(processor, VicunaV1(), generate=True)).eval()
+
+
+def samples_for(shapes_root, questions, images=(0, 1)):
+    return [{"id": str(i), "image": str(shapes_root / "eval_images" / f"eval_{img:05d}.png"),
+             "conversations": [{"from": "human", "value": "<image>\n" + q}]}
+            for i, (img, q) in enumerate(zip(images, questions))]
+
+
+@pytest.mark.parametrize("answers, reference", [
+    (("symbolic", "global"), SinksOnly()),
+    (("real-world", "local"), DropSinks()),
+    (("symbolic", "local"), SinkFront()),
+])
+def test_with_copied_projectors_each_route_is_the_training_free_strategy(shapes_root, answers, reference):
+    """Copies of the model's projector: sinks only == sinks_only, non-sinks only == drop_sinks, both == sink_front."""
+    module, plain = wrap(CotRoute()), wrap(reference)
+    batch = Collator(module.processor, VicunaV1(), generate=True)(samples_for(shapes_root, QUESTIONS))
+    asked = []
+
+    def ask(questions, routed, max_new_tokens):
+        asked.append(questions)
+        return [answers[len(asked) - 1]] * len(questions)
+
+    with torch.no_grad():
+        visual = module.visual(batch)
+        sinks = module.family.token_sinks(module.detector, visual)
+        routed = module.strategy(visual, sinks, partial(module.family.project, module.hf), ask=ask)
+        expected = plain.strategy(visual, sinks, partial(plain.family.project, plain.hf))
+    assert asked == [[IMAGE_PROMPT] * 2, [QUESTION_PROMPT.replace("{question}", q) for q in QUESTIONS]]
+    assert [d["route"] for d in routed.decisions] == [decide(*answers)["route"]] * 2
+    assert all(torch.equal(a, b) for a, b in zip(routed.sources, expected.sources))
+    assert all(torch.equal(a, b) for a, b in zip(routed.tokens, expected.tokens))
+
+
+def test_the_routing_pass_answers_as_if_the_routing_question_were_asked(shapes_root):
+    """`ask` equals generating from a batch collated with the routing question, through the full Dual-MLP input."""
+    module, front = wrap(CotRoute()), wrap(SinkFront())
+    collate = Collator(module.processor, VicunaV1(), generate=True)
+    batch = collate(samples_for(shapes_root, QUESTIONS))
+    with torch.no_grad():
+        visual = module.visual(batch)
+        sinks = module.family.token_sinks(module.detector, visual)
+        both = front.strategy(visual, sinks, partial(front.family.project, front.hf))
+        answers = module.ask(batch, visual, [IMAGE_PROMPT] * 2, both, 6)
+        front.generation.max_new_tokens = 6
+        expected = [a.strip() for a in front.generate(collate(samples_for(shapes_root, [IMAGE_PROMPT] * 2)))]
+    assert answers == expected
+
+
+def test_decisions_are_recorded_per_prediction_and_training_sees_both_blocks(shapes_root):
+    module = wrap(CotRoute())
+    samples = samples_for(shapes_root, QUESTIONS)
+    samples.insert(1, {"id": "text", "image": None, "conversations": [{"from": "human", "value": "Hello?"}]})
+    for s in samples:
+        s["meta"] = {"benchmark": "open", "question": "q", "answer": "a"}
+    batch = Collator(module.processor, VicunaV1(), generate=True)(samples)
+    records, seen = module._answer(batch)
+    decisions = seen["routed"].decisions
+    assert [r.get("routing") for r in records] == [decisions[0], None, decisions[1]]
+    assert seen["routed"].decision_seconds > 0
+    module.train()
+    _, seen = module.pathway(batch)
+    assert seen["routed"].decisions is None and [len(t) for t in seen["routed"].tokens] == [16, 16]
+
+
+def test_projectors_stay_frozen_unless_asked_and_bad_prompts_are_named():
+    assert not any(p.requires_grad for p in wrap(CotRoute()).strategy.parameters())
+    assert all(p.requires_grad for p in wrap(CotRoute(train_projectors=True)).strategy.parameters())
+    with pytest.raises(ValueError, match=r"question_prompt must contain '\{question\}'"):
+        CotRoute(question_prompt="Global or local?")
