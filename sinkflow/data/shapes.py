@@ -17,6 +17,8 @@ from PIL import Image, ImageDraw
 from sinkflow.data.benchmarks.common import SHORT_ANSWER, short_answer_prompt
 from sinkflow.data.benchmarks.mme import YES_NO_SUFFIX
 from sinkflow.data.benchmarks.mmstar import LETTER_ANSWER, LETTERS, letter_prompt
+from sinkflow.data.collate import first_question
+from sinkflow.sinks.strategies.cot_route import IMAGE_PROMPT, QUESTION_PROMPT
 
 SHAPE_COLORS = {
     "red": (220, 40, 40),
@@ -397,6 +399,19 @@ def _train_record(index: int, scene: Scene, rng: random.Random, turns: int, yes:
     return {"id": f"shapes_train_{index:05d}", "image": f"images/train_{index:05d}.png", "conversations": conversations}
 
 
+def _routing_record(record: dict) -> dict:
+    """A routing question about a training image (alternately its type and its first question's scope), asked
+    as cot_route asks it."""
+    index = int(record["id"].rsplit("_", 1)[1])
+    if index % 2:
+        prompt, answer = IMAGE_PROMPT, "symbolic"
+    else:
+        question = first_question(record["conversations"])
+        prompt, answer = QUESTION_PROMPT.replace("{question}", question), question_scope(question_kind(question))
+    return {"id": f"{record['id']}_routing", "image": record["image"],
+            "conversations": [{"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": answer}]}
+
+
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
@@ -419,9 +434,15 @@ def generate_shapes(
     n_eval: int = 60,
     image_size: int = 64,
     turns_per_image: int = 2,
+    routing_questions: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Write the shapes dataset under root (reusing it when manifest.json has the same parameters) and return root."""
+    """Write the shapes dataset under root (reusing it when manifest.json has the same parameters) and return root.
+
+    `routing_questions` adds one single-turn record per training image asking cot_route's routing questions
+    (image type, every shapes image being 'symbolic'; or the scope of the image's first question), so that the
+    tiny model learns to judge, as a real LVLM would zero-shot.
+    """
     for name, value, low in (("n_train", n_train, 1), ("n_eval", n_eval, 1), ("image_size", image_size, 24)):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -431,6 +452,8 @@ def generate_shapes(
     root = Path(root)
     params = {"version": VERSION, "seed": seed, "n_train": n_train, "n_eval": n_eval,
               "image_size": image_size, "turns_per_image": turns_per_image}
+    if routing_questions:  # absent when off, so that existing datasets stay valid
+        params["routing_questions"] = True
     manifest = root / "manifest.json"
     if not overwrite and manifest.is_file() and json.loads(manifest.read_text("utf-8")).get("params") == params:
         return root
@@ -454,6 +477,8 @@ def generate_shapes(
     turns_rng = stream("train_turns")
     yes = _balanced_yes(turns_rng)
     records = [_train_record(i, scene, turns_rng, turns_per_image, yes) for i, scene in enumerate(train_scenes)]
+    if routing_questions:
+        records += [_routing_record(record) for record in records]
     _write_json(root / "train.json", records)
     _write_json(root / "scenes.json", {
         **{f"images/train_{i:05d}.png": s.to_json() for i, s in enumerate(train_scenes)},
