@@ -42,7 +42,8 @@ def build_module(model_cfg: DictConfig, strategy_cfg: DictConfig, *, train: bool
                                        trust_remote_code=model_cfg.trust_remote_code)
     lora = OmegaConf.to_container(model_cfg.lora) if train and model_cfg.lora is not None else None
     model = prepare_for_training(model, family, freeze_vision=model_cfg.freeze_vision,
-                                 train_projector=train and model_cfg.train_projector, lora=lora)
+                                 train_projector=train and model_cfg.train_projector, lora=lora,
+                                 train_language_model=train and model_cfg.train_language_model)
     strategy = instantiate(strategy_cfg.strategy)
     detector = instantiate(strategy_cfg.detector) if strategy_cfg.get("detector") else None
     simulated = model_cfg.get("simulated_sinks")
@@ -93,7 +94,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Generate on the evaluation sets with a trained checkpoint or a pretrained model; score and print."""
-    model_cfg, strategy_cfg, state = cfg.model, cfg.sink_strategy, None
+    model_cfg, strategy_cfg, state, trained_with = cfg.model, cfg.sink_strategy, None, None
     if cfg.ckpt_path:
         checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)
         if "sinkflow" not in checkpoint:
@@ -103,6 +104,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if cfg.use_checkpoint_strategy:
             strategy_cfg = saved.sink_strategy
         state = checkpoint["state_dict"]
+        trained_with = saved.sink_strategy.strategy._target_.rsplit(".", 1)[-1]
     # Replace (not merge) the groups: the checkpoint's model may have keys the default model config lacks.
     with open_dict(cfg):
         cfg.model, cfg.sink_strategy = model_cfg, strategy_cfg
@@ -110,7 +112,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg.model, cfg.sink_strategy, train=state is not None)
     if state is not None:
-        load_trainable(module, state, cfg.ckpt_path)
+        replaced = type(module.strategy).__name__ != trained_with
+        load_trainable(module, state, cfg.ckpt_path, hint=(
+            f" (it was trained with strategy {trained_with}; routing it with {type(module.strategy).__name__} needs "
+            "a checkpoint trained with a training-free strategy, e.g. `make train ARGS=sink_strategy=none`)"
+        ) if replaced else "")
     predictions = Path(cfg.paths.output_dir) / "predictions.jsonl"
     scorer = PredictionsCallback(str(predictions), resume=cfg.resume_predictions, parser=cfg.parser)
     datamodule = build_datamodule(cfg, module, predictions if cfg.resume_predictions else None)
@@ -183,14 +189,19 @@ def save_final_last(trainer: L.Trainer) -> None:
             trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}.ckpt")
 
 
-def load_trainable(module: SinkflowModule, state: dict, origin: str) -> None:
-    """Load a trainable-only state dict; every trainable parameter must be covered and nothing left over."""
+def load_trainable(module: SinkflowModule, state: dict, origin: str, hint: str = "") -> None:
+    """Load a trainable-only state dict; every trainable parameter must be covered and nothing left over.
+
+    A checkpoint without strategy weights (trained with a training-free strategy) is routed by a strategy whose
+    parts copy the model's (e.g. cot_route's projectors): they are copied again from the loaded weights."""
     missing = set(module.trainable_state_dict()) - set(state)
     unexpected = set(state) - set(module.state_dict())
     if missing or unexpected:
         raise ValueError(f"{origin}: checkpoint does not fit the model: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+                         f"unexpected {sorted(unexpected)[:5]}{hint}")
     module.load_state_dict(state, strict=False)
+    if not any(key.startswith("strategy.") for key in state):
+        module.strategy.setup(module.hf, module.family)  # parts copied from the model follow its loaded weights
 
 
 def log_parameter_counts(trainer: L.Trainer, module: SinkflowModule, cfg: DictConfig) -> None:

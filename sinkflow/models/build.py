@@ -60,14 +60,20 @@ def load_pretrained(source: str | Path, *, family: VisualFamily | None = None, d
 
 
 def prepare_for_training(model: nn.Module, family: VisualFamily, *, freeze_vision: bool = True,
-                         train_projector: bool = True, lora: LoraSpec | dict | None = None) -> nn.Module:
+                         train_projector: bool = True, lora: LoraSpec | dict | None = None,
+                         train_language_model: bool = False) -> nn.Module:
     """Freeze the ViT, keep the projector trainable, put LoRA on the language model only.
+
+    `train_language_model` is full fine-tuning instead of LoRA (TinyLLaVA-Factory's recipe): every weight of the
+    language model and its LM head trains.
 
     Returns the model to train, in train mode (from_pretrained leaves it in eval mode, which would silence LoRA
     dropout): a `PeftModel` when LoRA is on (the HF model is modified in place either way).
     """
     if isinstance(lora, dict):
         lora = LoraSpec(**lora)
+    if lora is not None and train_language_model:
+        raise ValueError("model.train_language_model=true fine-tunes the whole LLM: set model.lora=null with it")
     model.requires_grad_(False)
     if lora is not None:
         config = LoraConfig(
@@ -82,6 +88,12 @@ def prepare_for_training(model: nn.Module, family: VisualFamily, *, freeze_visio
     # Tower first: a family's projector may sit inside its vision tower (Qwen's patch merger).
     family.vision_tower(base).requires_grad_(not freeze_vision)
     family.projector(base).requires_grad_(train_projector)
+    if train_language_model:
+        prefix = re.compile(family.language_model_prefix())
+        for name, parameter in base.named_parameters():
+            if prefix.match(name):
+                parameter.requires_grad_(True)
+        base.get_output_embeddings().requires_grad_(True)
     model.train()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())

@@ -115,3 +115,26 @@ def test_projectors_stay_frozen_unless_asked_and_bad_prompts_are_named():
     assert all(p.requires_grad for p in wrap(CotRoute(train_projectors=True)).strategy.parameters())
     with pytest.raises(ValueError, match=r"question_prompt must contain '\{question\}'"):
         CotRoute(question_prompt="Global or local?")
+
+
+def test_copied_projectors_follow_a_checkpoint_trained_without_strategy_weights():
+    """Routing a `none`-trained checkpoint: the copies are taken from its trained projector, not the base one."""
+    from sinkflow.models.build import prepare_for_training
+    from sinkflow.run import load_trainable
+    from sinkflow.sinks.strategies.none import NoneStrategy
+
+    def frozen_but_projector(strategy):
+        model, processor = build_tiny_llava(TinyLlavaSpec(seed=4))
+        model = prepare_for_training(model, LlavaFamily(), lora=None, train_projector=True)
+        return SinkflowModule(model, processor, LlavaFamily(), strategy, SinkDetector(tau=100.0))
+
+    trained = frozen_but_projector(NoneStrategy())
+    with torch.no_grad():
+        for p in LlavaFamily().projector(trained.hf).parameters():
+            p.add_(0.25)
+    routed = frozen_but_projector(CotRoute())
+    load_trainable(routed, trained.trainable_state_dict(), "none.ckpt")
+    expected = LlavaFamily().projector(trained.hf).state_dict()
+    for copy in (routed.strategy.sink_projector, routed.strategy.other_projector):
+        assert all(torch.equal(v, expected[k]) for k, v in copy.state_dict().items())
+    assert not any(p.requires_grad for p in routed.parameters())

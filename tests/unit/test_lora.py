@@ -54,3 +54,31 @@ def test_parameter_groups_use_their_own_learning_rates(module):
     assert {id(p) for p in groups["projector"]["params"]} == projector_ids
     n_trainable = sum(1 for p in module.parameters() if p.requires_grad)
     assert sum(len(g["params"]) for g in groups.values()) == n_trainable
+
+
+def test_full_fine_tuning_trains_the_language_model_and_exports_it(tmp_path):
+    """`train_language_model`: every LLM weight and the LM head train (no LoRA); the export reloads them."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from sinkflow.models.export import export_trainable, load_export
+
+    model, processor = build_tiny_llava(SPEC)
+    family = LlavaFamily()
+    with pytest.raises(ValueError, match="set model.lora=null"):
+        prepare_for_training(model, family, lora=LoraSpec(r=4, alpha=8), train_language_model=True)
+    model = prepare_for_training(model, family, lora=None, train_language_model=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    expected = {n for n, _ in model.named_parameters()
+                if n.startswith(("model.language_model.", "model.multi_modal_projector.", "lm_head."))}
+    assert trainable == expected and any(n.startswith("lm_head.") for n in trainable)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("model.language_model.layers.0."):
+                p.add_(0.01)
+    module = SinkflowModule(model, processor, family, NoneStrategy())
+    out = export_trainable(module, tmp_path / "export")
+    fresh, _ = build_tiny_llava(SPEC)
+    reloaded = load_export(fresh, out)
+    ids = torch.tensor([[1, 5, 9, 12]])
+    torch.testing.assert_close(reloaded.eval()(input_ids=ids).logits, model.eval()(input_ids=ids).logits)

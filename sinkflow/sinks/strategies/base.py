@@ -67,7 +67,8 @@ class SinkStrategy(nn.Module):
         self.position_ids = position_ids
 
     def setup(self, model: nn.Module, family) -> None:
-        """Called once by the module with the HF model and family: build parts shaped like the model's (no-op)."""
+        """Build parts shaped like (or copied from) the model's (no-op). The module calls it on construction, and
+        `evaluate.py` again once a checkpoint without strategy weights has loaded the model's trained weights."""
 
     def select(self, visual: VisualFeatures, sink_mask: torch.Tensor | None) -> list[torch.Tensor]:
         """Per image, the LLM-token indices to send to the LLM, in order."""

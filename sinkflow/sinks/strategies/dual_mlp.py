@@ -46,8 +46,6 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
     def setup(self, model: nn.Module, family) -> None:
         base = family.projector(model)
         base.requires_grad_(False)  # replaced by the two copies below
-        if self.sink_projector is not None:
-            return
         self.sink_projector, self.other_projector = copy.deepcopy(base), copy.deepcopy(base)
         for projector in (self.sink_projector, self.other_projector):
             projector.requires_grad_(True)
