@@ -46,7 +46,8 @@ class LVLMDataModule(L.LightningDataModule):
                  obtain: dict[str, str] | None = None):
         super().__init__()
         self.train_json, self.image_root = train_json, image_root
-        self.eval_sets = dict(eval_sets or {})
+        # A set configured as null (`dataset.eval_sets.pope=null`) is left out.
+        self.eval_sets = {name: loader for name, loader in (eval_sets or {}).items() if loader is not None}
         self.prepare, self.annotate = prepare, annotate
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.val_fraction, self.max_length = val_fraction, max_length

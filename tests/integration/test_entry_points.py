@@ -40,17 +40,22 @@ def test_train_debug_from_a_temp_dir(tmp_path, env):
     assert all(0.0 <= v <= 1.0 for v in fractions.values()) and any(k.endswith("/accuracy") for k in metrics)
     export = out / "checkpoints" / "export"
     assert (export / "adapter" / "adapter_config.json").exists() and (export / "projector.safetensors").exists()
+    # The default trains DIYSink's Dual-MLP with LoRA: its two projectors are exported with the adapter.
+    assert json.loads((export / "export.json").read_text())["strategy"] == "DualMLP"
+    assert (export / "strategy.safetensors").exists()
     assert (tmp_path / "data").is_dir(), "data is generated under the project root, not the package"
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, hermetic_env):
-    """A short real training run with W&B offline, its checkpoint and its test predictions."""
+    """A short real training run with W&B offline, its checkpoint and its test predictions.
+
+    Trained with `none`, so that the training-free strategies and cot_route can route its model."""
     tmp = tmp_path_factory.mktemp("trained")
     env = {**os.environ, **hermetic_env, "SINKFLOW_ROOT": str(tmp), "HYDRA_FULL_ERROR": "1"}
     out = tmp / "run"
-    run("train.py", ["logger=wandb", "trainer.max_steps=6", "trainer.val_check_interval=3", *SMALL_DATA,
-                     "dataset.limit_eval=16", f"hydra.run.dir={out}"], tmp, env)
+    run("train.py", ["logger=wandb", "sink_strategy=none", "trainer.max_steps=6", "trainer.val_check_interval=3",
+                     *SMALL_DATA, "dataset.limit_eval=16", f"hydra.run.dir={out}"], tmp, env)
     return tmp, env, out
 
 
@@ -114,6 +119,23 @@ def test_training_free_sweep_tabulates_every_strategy(trained_run):
     none = rows["none"].strip("| ").split(" | ")
     assert none[1:3] == [f"{trained['open/global/accuracy']:.3f}", f"{trained['open/local/accuracy']:.3f}"]
     assert (sweep / "table.md").read_text() in proc.stdout
+
+
+def test_cot_route_records_each_decision_and_logs_the_routing_time(trained_run):
+    import csv
+
+    tmp, env, out = trained_run
+    routed = tmp / "cot_route"
+    run("evaluate.py", ["sink_strategy=cot_route", "use_checkpoint_strategy=false", "logger=csv", *SMALL_DATA,
+                        f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "dataset.limit_eval=4",
+                        f"hydra.run.dir={routed}"], tmp, env)
+    records = read_predictions(routed / "predictions.jsonl")
+    assert len(records) == 16 and all(r["routing"]["route"] in ("sinks_only", "others_only", "both") for r in records)
+    assert all({"image", "question", "image_answer", "question_answer"} <= set(r["routing"]) for r in records)
+    (logged,) = list(csv.DictReader(next(routed.glob("csv/**/metrics.csv")).open()))[-1:]
+    assert float(logged["test/routing_seconds_per_image"]) > 0
+    shares = [float(logged[f"test/routing/{route}"]) for route in ("sinks_only", "others_only", "both")]
+    assert sum(shares) == pytest.approx(1.0)
 
 
 def test_calibrate_writes_summary_and_plots(tmp_path, env):
@@ -198,3 +220,10 @@ def test_diysink_two_stage_training_runs_end_to_end(tmp_path, env):
     stage2 = load_file(out / "checkpoints" / "export" / "strategy.safetensors")
     assert (out / "checkpoints" / "export" / "adapter" / "adapter_config.json").exists()  # LoRA in stage 2
     assert set(stage2) == set(load_file(exported["sinks"]))  # both projectors, same layout
+    # Routing it with a strategy that needs the model's own projector fails, naming why.
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "sink_strategy=sink_front",
+                           "use_checkpoint_strategy=false", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+                           *SMALL_DATA, f"hydra.run.dir={tmp_path / 'routed'}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "it was trained with strategy DualMLP; routing it with SinkFront needs a checkpoint trained" in proc.stderr
