@@ -144,3 +144,31 @@ def test_the_parser_choice_reaches_every_scorer(tmp_path):
     assert PredictionsCallback(str(tmp_path / "p.jsonl"), parser=cfg.parser).parser == "lmms_eval"
     with pytest.raises(ValueError, match="unknown parser 'llava'"):
         PredictionsCallback(str(tmp_path / "p.jsonl"), parser="llava")
+
+
+def test_the_global_local_study_trains_every_arm_on_routing_aware_shapes(tmp_path):
+    from hydra.utils import instantiate
+
+    from sinkflow.sinks.strategies import STRATEGIES
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra_cfg = compose(config_name="train", overrides=["experiment=global_local_study"],
+                            return_hydra_config=True).hydra
+    arms = hydra_cfg.sweeper.params["+global_local_arm"].split(",")
+    assert str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    assert arms == ["none", "sinks_only", "drop_sinks", "dual_mlp", "reweight", "cot_route"]
+    assert sorted(arms) == options("global_local_arm")
+    for arm in arms:
+        cfg = compose_cfg("train", ["experiment=global_local_study", f"+global_local_arm={arm}"], tmp_path)
+        validate(cfg)
+        strategy = instantiate(cfg.sink_strategy.strategy)
+        assert type(strategy) is STRATEGIES[arm]
+        assert getattr(strategy, "trains_projectors", True)  # no frozen random projectors in the simulation
+        assert cfg.dataset.prepare.routing_questions and set(cfg.dataset.eval_sets) - {"open"} == {
+            k for k, v in cfg.dataset.eval_sets.items() if v is None}
+
+
+def test_the_default_training_is_dual_mlp_with_lora(tmp_path):
+    cfg = compose_cfg("train", [], tmp_path)
+    assert cfg.sink_strategy.strategy._target_.endswith("DualMLP") and cfg.model.lora is not None
