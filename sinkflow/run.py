@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import track
 
 from sinkflow.analysis.calibration_plots import plot_norm_histogram, plot_sorted_norms
+from sinkflow.analysis.tasks import ANALYSES, analysis_context
 from sinkflow.config import validate
 from sinkflow.data.collate import Collator, load_image
 from sinkflow.eval.callback import PredictionsCallback
@@ -59,11 +60,16 @@ def build_module(model_cfg: DictConfig, strategy_cfg: DictConfig, *, train: bool
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list) -> L.Trainer:
     """Trainer with the configured loggers and callbacks (LR monitor dropped when there is no logger)."""
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    loggers = build_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return instantiate(cfg.trainer, callbacks=callbacks + extra_callbacks, logger=loggers or False)
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """The Lightning loggers of `cfg.logger` (none when the group is `none`)."""
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values()]
 
 
 def build_datamodule(cfg: DictConfig, module: SinkflowModule, predictions: Path | None):
@@ -128,10 +134,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 def analyze(cfg: DictConfig) -> dict:
     """`analyze.py task=<name>`: run one analysis task and return its summary."""
-    tasks = {"calibrate": calibrate}
+    tasks = {"calibrate": calibrate, **dict.fromkeys(ANALYSES, run_analysis)}
     if cfg.task not in tasks:
         raise ValueError(f"unknown analysis task={cfg.task!r}; available: {sorted(tasks)}")
     return tasks[cfg.task](cfg)
+
+
+def run_analysis(cfg: DictConfig) -> dict:
+    """A `sinkflow.analysis` task (propagation, massive_dims, ...) on the pretrained model, without gradients."""
+    validate(cfg, groups=("model", "sink_strategy", "dataset"))
+    L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg.model, cfg.sink_strategy, train=False).eval()
+    ctx = analysis_context(cfg, module, build_datamodule(cfg, module, None), build_loggers(cfg))
+    with torch.no_grad():
+        return ANALYSES[cfg.task](ctx)
 
 
 def calibrate(cfg: DictConfig) -> dict:

@@ -23,11 +23,6 @@ def run(script, args, cwd, env):
     return proc
 
 
-@pytest.fixture()
-def env(tmp_path, hermetic_env):
-    return {**os.environ, **hermetic_env, "SINKFLOW_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "1"}
-
-
 def test_train_debug_from_a_temp_dir(tmp_path, env):
     out = tmp_path / "run"
     run("train.py", ["trainer=debug", "logger=none", *SMALL_DATA, f"hydra.run.dir={out}"], tmp_path, env)

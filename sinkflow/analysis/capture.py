@@ -1,0 +1,130 @@
+"""Hooks that capture only what an analysis needs from the LLM: a few attention rows, visual-token states.
+
+Never all layers' [heads, T, T] maps: `AttentionRows` recomputes the post-softmax attention of the chosen query
+rows from each layer's post-RoPE queries and keys (what `output_attentions` would give for those rows, at
+O(Q x T) per layer instead of O(T x T) for every layer), and `visual_layer_inputs` hands each decoder layer's
+input at the visual columns to a callback that reduces it on the spot.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+RECORDING = "sinkflow_recording"  # the attention implementation of a module being recorded
+# recorder(query [B, H, T, d], key [B, H_kv, T, d], attention_mask, scaling), called before the module's SDPA.
+Recorder = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, float | None], None]
+_RECORDERS: dict[nn.Module, Recorder] = {}
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The LLM's decoder layers (LLaVA: Llama's, Qwen-VL: Qwen2's)."""
+    return model.get_decoder().layers
+
+
+def layer_range(n_layers: int, layers, setting: str) -> range:
+    """LLM layers to use: null = all, or [start, end) with Python slice semantics (negative from the end)."""
+    if layers is None:
+        return range(n_layers)
+    if len(layers) != 2:
+        raise ValueError(f"{setting} must be null or [start, end) with start < end, got {list(layers)}")
+    chosen = range(n_layers)[slice(*layers)]
+    if len(chosen) == 0:
+        raise ValueError(f"{setting}={list(layers)} selects none of the LLM's {n_layers} layers")
+    return chosen
+
+
+def _recording_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """The module's recorder sees its queries and keys; its output is SDPA's, as without recording."""
+    _RECORDERS[module](query.detach(), key.detach(), attention_mask, kwargs.get("scaling"))
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(RECORDING, _recording_attention)
+
+
+@contextmanager
+def recording_attention(modules: Iterable[nn.Module], recorder: Recorder) -> Iterator[None]:
+    """While inside, every call of these attention modules is recorded (the model's SDPA masks are unchanged).
+
+    Each module gets its own copy of the config naming the recording implementation: configs are shared by
+    every layer (and the model's mask builder), which keep theirs.
+    """
+    saved = {}
+    for module in modules:
+        saved[module] = module.config
+        patched = copy.copy(module.config)
+        patched._attn_implementation_internal = RECORDING
+        module.config, _RECORDERS[module] = patched, recorder
+    try:
+        yield
+    finally:
+        for module, config in saved.items():
+            module.config = config
+            del _RECORDERS[module]
+
+
+class AttentionRows:
+    """Sum over the chosen layers of the head-averaged attention that query rows give to every key.
+
+    Use as a context manager around one full-sequence forward (no KV cache) of `attention_mask` [B, T] inputs;
+    `queries` [B, Q] are the query columns (entries where `query_valid` is false are ignored by callers).
+    The probabilities are softmax(q k^T * scaling) over the causal, unpadded keys in float32 — exactly the rows
+    eager attention returns with `output_attentions=True`. While capturing, the chosen layers run SDPA.
+    """
+
+    def __init__(self, model: nn.Module, layers: range, queries: torch.Tensor, attention_mask: torch.Tensor):
+        self.model, self.layers = model, layers
+        self.queries = queries
+        keys = torch.arange(attention_mask.shape[1], device=queries.device)
+        self.allowed = (keys <= queries[..., None]) & attention_mask[:, None, :].bool()  # [B, Q, T]
+        self.total = torch.zeros(self.allowed.shape, dtype=torch.float32, device=queries.device)
+
+    def __enter__(self) -> AttentionRows:
+        attentions = [decoder_layers(self.model)[i].self_attn for i in self.layers]
+        self._recording = recording_attention(attentions, self.record)
+        self._recording.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._recording.__exit__(*exc)
+
+    def record(self, query: torch.Tensor, key: torch.Tensor, attention_mask, scaling: float | None) -> None:
+        """Add one layer: query [B, H, T, d] and key [B, H_kv, T, d], both after RoPE."""
+        batch, heads, _, dim = query.shape
+        groups, n_queries = heads // key.shape[1], self.queries.shape[1]
+        rows = query.gather(2, self.queries[:, None, :, None].expand(batch, heads, n_queries, dim)).float()
+        # Head h reads key head h // groups (repeat_kv): group the query heads instead of copying the keys.
+        rows = rows.view(batch, key.shape[1], groups * n_queries, dim)
+        scores = rows @ key.float().transpose(-1, -2) * (dim**-0.5 if scaling is None else scaling)
+        scores = scores.view(batch, heads, n_queries, -1).masked_fill(~self.allowed[:, None], -torch.inf)
+        self.total += scores.softmax(dim=-1).mean(dim=1)
+
+
+@contextmanager
+def visual_layer_inputs(model: nn.Module, rows: torch.Tensor, columns: torch.Tensor,
+                        reduce: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+    """During forwards inside, call `reduce(layer, states)` with each decoder layer's input at the visual tokens.
+
+    `states` [n_images, S, D] float32 are the layer inputs at `rows[i]`, `columns[i, s]` — what
+    `output_hidden_states=True` returns as `hidden_states[layer]` there, without keeping every layer's [B, T, D].
+    """
+    def hook(layer: int):
+        def capture(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            reduce(layer, hidden[rows[:, None], columns].float())
+        return capture
+
+    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True)
+               for i, layer in enumerate(decoder_layers(model))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

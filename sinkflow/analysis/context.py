@@ -1,0 +1,141 @@
+"""What every `analyze.py` task gets: the model, batches over the dataset, its settings, and where to write.
+
+A task is a function `run(ctx: AnalysisContext) -> dict` (registered in `sinkflow.analysis.tasks`); it reads
+`ctx.batches()`, computes its statistics, and hands its summary and figures to `ctx.write`, which saves
+`<task>.json` and `<figure>.png` into the run directory and logs them to W&B when that logger is on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from sinkflow.models.families.base import VisualFeatures  # noqa: E402
+from sinkflow.module import SinkflowModule  # noqa: E402
+from sinkflow.sinks.detect import token_norms  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AnalysisContext:
+    """One analysis run: the model (eval mode), a batch source, the task's settings, the output directory."""
+
+    module: SinkflowModule  # eval mode; module.hf, module.family, module.detector, module.processor
+    batches: Callable[[], Iterator[dict]]  # a fresh iterator of collated generation batches (left-padded prompts)
+    settings: DictConfig  # cfg[task]: the task's own section of conf/analyze.yaml
+    output_dir: Path  # exists
+    loggers: list = field(default_factory=list)  # Lightning loggers built from cfg.logger (may be empty)
+    task: str = "analysis"  # names the JSON file and prefixes the logged keys
+
+    def write(self, summary: dict, figures: dict[str, plt.Figure]) -> dict:
+        """Save `<task>.json` and `<name>.png` for each figure, log them, close the figures; return `summary`."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / f"{self.task}.json").write_text(json.dumps(summary, indent=2))
+        paths = {}
+        for name, figure in figures.items():
+            paths[name] = self.output_dir / f"{name}.png"
+            figure.savefig(paths[name], dpi=120)
+            plt.close(figure)
+        scalars = {f"{self.task}/{k}": v for k, v in flatten(summary).items()}
+        for logger in self.loggers:
+            logger.log_metrics(scalars)
+            if hasattr(logger, "log_image"):  # W&B; other loggers keep the PNG files only
+                for name, path in paths.items():
+                    logger.log_image(key=f"{self.task}/{name}", images=[str(path)])
+            logger.save()
+        log.info("%s written to %s (%s)", self.task, self.output_dir,
+                 ", ".join([f"{self.task}.json", *(p.name for p in paths.values())]))
+        return summary
+
+
+def flatten(summary: dict, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a nested summary as flat `/`-joined keys (what scalar loggers accept)."""
+    flat: dict[str, float] = {}
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:  # no NaN
+            flat[name] = float(value)
+    return flat
+
+
+@dataclass
+class VisualTokens:
+    """A batch's visual tokens as the LLM sees them (strategy `none`: every token, raster order, in place).
+
+    Token-level tensors are [n_images, S] with S = N // group (the LLM tokens of the longest image); `valid`
+    marks real tokens. `rows[i]` is image i's batch row and `columns[i, s]` the sequence column of its token s
+    in `inputs` (0 where not valid).
+    """
+
+    inputs: dict  # the LLM inputs: inputs_embeds, attention_mask (+ position_ids for M-RoPE families), no labels
+    visual: VisualFeatures  # projector-input features (with the simulated sinks when planted)
+    sinks: torch.Tensor  # [n_images, S] bool: ViT sinks by the configured detector
+    norms: torch.Tensor  # [n_images, S] float32: each token's ViT norm (see `token_vit_norms`)
+    valid: torch.Tensor  # [n_images, S] bool
+    rows: torch.Tensor  # [n_images] long
+    columns: torch.Tensor  # [n_images, S] long
+
+    @property
+    def planted(self) -> torch.Tensor | None:
+        """[n_images, S] bool: the simulated sinks (ground truth), when planted."""
+        return self.visual.to_tokens(self.visual.planted) if self.visual.planted is not None else None
+
+
+def visual_tokens(module: SinkflowModule, batch: dict) -> VisualTokens:
+    """Run the pathway on a generation batch and locate every image's tokens in the merged sequence.
+
+    With strategy `none` the family scatters each image's tokens into its placeholders in row-major order
+    (exactly what transformers does), so image i's tokens sit at the i-th run of `slots[i]` placeholders.
+    """
+    if module.strategy.name != "none":
+        raise ValueError(f"analyses read the vanilla pathway: use sink_strategy=none, got {module.strategy.name!r}")
+    if module.detector is None:
+        raise ValueError("analyses need a ViT sink detector: set sink_strategy.detector (sink_strategy/detector=...)")
+    inputs, seen = module.pathway(batch, padding_side="left")
+    if seen is None:
+        raise ValueError("the batch has no images (dataset.without_images=true?): analyses need images")
+    inputs.pop("labels", None)  # generation batches supervise nothing; a loss would only cost memory
+    visual: VisualFeatures = seen["visual"]
+    placeholders = (batch["input_ids"] == module.family.image_token_id(module.hf)).nonzero()  # row-major
+    slots, width = visual.slots, visual.features.shape[1] // visual.group
+    rows = torch.zeros(len(slots), dtype=torch.long)
+    columns = torch.zeros(len(slots), width, dtype=torch.long)
+    start = 0
+    for i, n in enumerate(slots):
+        rows[i] = placeholders[start, 0]
+        columns[i, :n] = placeholders[start:start + n, 1].cpu()
+        start += n
+    device = visual.features.device
+    return VisualTokens(inputs=inputs, visual=visual, sinks=seen["sinks"], norms=token_vit_norms(module, visual),
+                        valid=visual.valid()[:, ::visual.group], rows=rows.to(device), columns=columns.to(device))
+
+
+def token_vit_norms(module: SinkflowModule, visual: VisualFeatures) -> torch.Tensor:
+    """[n_images, S] ViT norm of each LLM token: the patch norm itself when one patch makes one token.
+
+    When patches merge (Qwen's 2x2), it follows how the family turns patch sinks into token sinks: the norm of
+    the patches side by side (`own_norm`), else the largest patch norm (`any_patch`: a token is a sink if any of
+    its patches is, i.e. if its largest patch norm is above the threshold).
+    """
+    if module.family.sink_tokens == "own_norm":
+        return token_norms(visual.token_features())
+    norms = token_norms(visual.features)
+    return norms.view(norms.shape[0], -1, visual.group).amax(dim=-1)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on `device` (metadata lists stay as they are)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -1,0 +1,328 @@
+"""Relevance maps (paper §3.1): the ViT self-attention every patch pays TO one chosen token, on the patch grid.
+
+Non-sinks gather from their neighbourhood; sinks gather from broad foreground or background regions. Only the
+chosen layer's queries and keys are kept (`capture.recording_attention`: after rotary embeddings, as the model
+uses them; the output is computed as usual); the column softmax(q k^T * scale)[:, t] is formed afterwards for the
+chosen token t only. No other layer's attention is touched or stored.
+
+Supported towers: CLIP-style (LLaVA: the CLS token is dropped from the grid, feature index f is sequence index
+f + 1 with `vision_feature_select_strategy: default`) and Qwen-VL (patches in merge-window order, mapped back to
+the image grid through `image_grid_thw`; Qwen2.5-VL's window permutation is undone with the family's own
+`merge_window_order`, so windowed layers show attention inside the target's window only).
+
+Targets are chosen on the raw ViT features (what the chosen layers actually see): `sink` is the highest-norm
+token the detector marks, falling back to the highest-norm token when an image has none (always the case for the
+tiny model, whose SIMULATED sinks are planted after the ViT and are invisible to its attention); `nonsink` is the
+non-sink of median norm (a typical token); an int is a feature index.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from torch import nn  # noqa: E402
+
+from sinkflow.analysis.capture import recording_attention  # noqa: E402
+from sinkflow.analysis.context import to_device  # noqa: E402
+from sinkflow.analysis.decode import image_names  # noqa: E402
+from sinkflow.models.families.base import VisualFeatures  # noqa: E402
+from sinkflow.sinks.detect import token_norms  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+def softmax_column(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
+                   target: int) -> torch.Tensor:
+    """[heads, n]: the attention every query of one sequence ([heads, n, d]) pays to key `target`."""
+    key = key.repeat_interleave(query.shape[0] // key.shape[0], 0)
+    scores = (query.float() @ key.float().transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -torch.inf) if mask.dtype == torch.bool else scores + mask.float()
+    return scores.softmax(dim=-1)[..., target]
+
+
+@dataclass
+class Captured:
+    """One forward pass of the ViT: its projector-input features and the recorded layer's q / k.
+
+    q / k are laid end to end over all images as one "global" sequence (per image for CLIP; in the order the
+    tower ran its attention chunks for Qwen), `chunks` giving the [start, end) of each attention chunk.
+    """
+
+    visual: VisualFeatures
+    query: torch.Tensor  # [heads, T, d]
+    key: torch.Tensor
+    chunks: list[tuple[int, int]]
+    masks: list[torch.Tensor | None]
+    scaling: float | None
+    grids: list[torch.Tensor]  # per image [rows, cols]: global index of the patch in each grid cell
+    feature_index: list[torch.Tensor]  # per image [n_features]: global index of each feature row
+
+    def column(self, image: int, feature: int) -> torch.Tensor:
+        """[heads, rows, cols]: attention paid by each patch of `image` to its feature `feature`."""
+        target = int(self.feature_index[image][feature])
+        full = self.query.new_zeros(self.query.shape[0], self.query.shape[1], dtype=torch.float32)
+        for (start, end), mask in zip(self.chunks, self.masks):
+            if start <= target < end:  # only queries in the target's chunk (image or window) can attend to it
+                full[:, start:end] = softmax_column(self.query[:, start:end], self.key[:, start:end], mask,
+                                                    self.scaling, target - start)
+        return full[:, self.grids[image]]
+
+    def cell(self, image: int, feature: int) -> tuple[int, int] | None:
+        """(row, col) of a feature's patch on the grid; None for a token that is not a patch (CLS)."""
+        hit = (self.grids[image] == self.feature_index[image][feature]).nonzero()
+        return (int(hit[0, 0]), int(hit[0, 1])) if len(hit) else None
+
+
+def _clip_encoder(tower: nn.Module) -> nn.Module | None:
+    """A CLIP-style tower's encoder (transformers 5 keeps it on the tower, older ones under `vision_model`)."""
+    inner = getattr(tower, "vision_model", tower)
+    return getattr(inner, "encoder", None)
+
+
+def _clip_like(tower: nn.Module) -> bool:
+    return _clip_encoder(tower) is not None
+
+
+def vision_blocks(tower: nn.Module) -> tuple[list[nn.Module], str]:
+    """The tower's transformer blocks and the name of their attention submodule."""
+    if _clip_like(tower):
+        return list(_clip_encoder(tower).layers), "self_attn"
+    if hasattr(tower, "blocks"):
+        return list(tower.blocks), "attn"
+    raise ValueError(f"relevance maps support CLIP-style (LLaVA) and Qwen-VL vision towers, not "
+                     f"{type(tower).__name__}")
+
+
+def feature_block(model: nn.Module, family, tower: nn.Module) -> int:
+    """Index of the block whose output is the projector-input features (the last of several for LLaVA)."""
+    blocks, _ = vision_blocks(tower)
+    if not _clip_like(tower):
+        return len(blocks) - 1  # Qwen: the last block, before the merger
+    chosen = getattr(family, "vision_feature_layer", None)
+    layer = model.config.vision_feature_layer if chosen is None else chosen
+    hidden = max(i % (len(blocks) + 1) for i in ([layer] if isinstance(layer, int) else layer))
+    if hidden == 0:
+        raise ValueError("the projector reads the ViT embeddings (vision_feature_layer 0): no attention layer")
+    return hidden - 1  # hidden_states[0] is the embeddings, hidden_states[i] the output of block i - 1
+
+
+def capture(model: nn.Module, family, batch: dict, layer: int | None) -> Captured:
+    """Run the family's ViT on the batch recording block `layer`'s attention (None: the feature block)."""
+    tower = family.vision_tower(model)
+    blocks, attribute = vision_blocks(tower)
+    index = feature_block(model, family, tower) if layer is None else layer
+    if not -len(blocks) <= index < len(blocks):
+        raise ValueError(f"relevance.layer={layer} is outside the ViT's {len(blocks)} blocks")
+    calls = []
+    with torch.no_grad(), recording_attention([getattr(blocks[index], attribute)],
+                                              lambda *call: calls.append(call)):
+        visual = family.encode(model, batch)
+    if _clip_like(tower):
+        return _clip_capture(visual, calls, batch, tower.config.patch_size)
+    return _qwen_capture(model, family, visual, calls, batch, tower.spatial_merge_size)
+
+
+def _clip_capture(visual: VisualFeatures, calls: list, batch: dict, patch_size: int) -> Captured:
+    """CLIP: one batched call; image i's sequence is [CLS, patches in raster order]."""
+    (query, key, mask, scaling), = calls
+    n_images, heads, length, dim = query.shape
+    height, width = batch["pixel_values"].shape[-2:]
+    rows, cols = height // patch_size, width // patch_size
+    first_patch, first_feature = length - rows * cols, length - visual.features.shape[1]
+    starts = [i * length for i in range(n_images)]
+    return Captured(
+        visual=visual, query=query.transpose(0, 1).reshape(heads, -1, dim),
+        key=key.transpose(0, 1).reshape(key.shape[1], -1, dim), chunks=[(s, s + length) for s in starts],
+        masks=[None if mask is None else mask[i, 0] for i in range(n_images)], scaling=scaling,
+        grids=[s + first_patch + torch.arange(rows * cols, device=query.device).view(rows, cols) for s in starts],
+        feature_index=[s + first_feature + torch.arange(visual.features.shape[1], device=query.device)
+                       for s in starts])
+
+
+def _qwen_capture(model, family, visual: VisualFeatures, calls: list, batch: dict, merge: int) -> Captured:
+    """Qwen-VL: one call per attention chunk (image, or window for Qwen2.5-VL); patches in merge-window order."""
+    grid = batch["image_grid_thw"]
+    if (grid[:, 0] != 1).any():
+        raise ValueError("relevance maps are drawn for still images (image_grid_thw with t = 1)")
+    query = torch.cat([q[0] for q, _, _, _ in calls], dim=1)
+    key = torch.cat([k[0] for _, k, _, _ in calls], dim=1)
+    bounds = np.cumsum([0] + [q.shape[2] for q, _, _, _ in calls]).tolist()
+    # Where each patch (in the processor's order) sits in the attention sequence: the family's own reordering
+    # of the last block's states, applied to their positions.
+    order = torch.arange(query.shape[1], device=query.device, dtype=torch.float64)[:, None]
+    position = family.merge_window_order(model, order, grid)[:, 0].long()
+    grids, feature_index, start = [], [], 0
+    for _, height, width in grid.tolist():
+        grids.append(position[start + merge_window_cells(height, width, merge).to(query.device)])
+        feature_index.append(position[start:start + height * width])
+        start += height * width
+    return Captured(visual=visual, query=query, key=key, chunks=list(zip(bounds[:-1], bounds[1:])),
+                    masks=[None if m is None else m[0, 0] for _, _, m, _ in calls], scaling=calls[0][3],
+                    grids=grids, feature_index=feature_index)
+
+
+def merge_window_cells(height: int, width: int, merge: int) -> torch.Tensor:
+    """[height, width]: the index, in Qwen's processor order, of the patch in each grid cell.
+
+    The processor orders patches (h / m, w / m, m, m): merge window by window, each window row by row.
+    """
+    patches = torch.arange(height * width)
+    window, inner = patches // (merge * merge), patches % (merge * merge)
+    rows = (window // (width // merge)) * merge + inner // merge
+    cols = (window % (width // merge)) * merge + inner % merge
+    cells = torch.empty(height, width, dtype=torch.long)
+    cells[rows, cols] = patches
+    return cells
+
+
+def parse_token(token) -> str | int:
+    """`relevance.token`: 'sink', 'nonsink' or a feature index."""
+    if token in ("sink", "nonsink") or (isinstance(token, int) and not isinstance(token, bool)):
+        return token
+    raise ValueError(f"relevance.token must be sink|nonsink|<int>, got {token!r}")
+
+
+def choose_targets(features: torch.Tensor, lengths: list[int], sinks: torch.Tensor | None,
+                   token: str | int) -> tuple[list[int], list[bool]]:
+    """Per image the feature index to map, and whether `sink` fell back to the highest norm (no sink found)."""
+    norms = token_norms(features)
+    targets, fallbacks = [], []
+    for i, n in enumerate(lengths):
+        row = norms[i, :n]
+        marked = sinks[i, :n] if sinks is not None else torch.zeros(n, dtype=torch.bool, device=row.device)
+        fallback = False
+        if isinstance(token, int):
+            if not 0 <= token < n:
+                raise ValueError(f"relevance.token={token} is outside image {i}'s {n} tokens")
+            index = token
+        elif token == "sink":
+            fallback = not marked.any()
+            index = int(row.masked_fill(~marked, -torch.inf).argmax()) if not fallback else int(row.argmax())
+        else:
+            candidates = (~marked).nonzero().squeeze(1) if not marked.all() else torch.arange(n, device=row.device)
+            ranked = candidates[row[candidates].argsort(stable=True)]
+            index = int(ranked[(len(ranked) - 1) // 2])  # the (lower) median norm: a typical token
+        targets.append(index)
+        fallbacks.append(fallback)
+    return targets, fallbacks
+
+
+def spread(relevance: torch.Tensor, cell: tuple[int, int] | None) -> tuple[float, float]:
+    """(normalised entropy in [0, 1], attention-weighted mean distance in patches to `cell`) of a [rows, cols] map.
+
+    Broad (sink-like) maps have high entropy and distance; local (non-sink) maps low ones.
+    """
+    weights = relevance.flatten().double()
+    weights = weights / weights.sum().clamp_min(1e-12)
+    entropy = float(-(weights * weights.clamp_min(1e-12).log()).sum() / np.log(max(len(weights), 2)))
+    if cell is None:
+        return entropy, float("nan")
+    rows, cols = torch.meshgrid(torch.arange(relevance.shape[0]), torch.arange(relevance.shape[1]), indexing="ij")
+    distance = ((rows - cell[0]) ** 2 + (cols - cell[1]) ** 2).double().sqrt().flatten().to(weights.device)
+    return entropy, float((weights * distance).sum())
+
+
+def batch_images(batch: dict, processor, merge: int | None) -> list[np.ndarray]:
+    """Each image as the ViT saw it, [H, W, 3] in [0, 1] (un-normalised; Qwen's patches put back on the grid)."""
+    image_processor = processor.image_processor
+    mean = torch.tensor(image_processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(image_processor.image_std).view(3, 1, 1)
+    pixels = batch["pixel_values"].float().cpu()
+    if merge is None:  # CLIP: [n_images, 3, H, W]
+        images = list(pixels)
+    else:  # Qwen: flattened patches [sum(t h w), 3 * temporal * p * p] in the processor's order
+        images, start, side = [], 0, image_processor.patch_size
+        for _, height, width in batch["image_grid_thw"].tolist():
+            patches = pixels[start:start + height * width].view(height * width, 3, -1, side, side)[:, :, 0]
+            placed = patches[merge_window_cells(height, width, merge).flatten()]  # raster order, first frame
+            images.append(placed.view(height, width, 3, side, side).permute(2, 0, 3, 1, 4)
+                          .reshape(3, height * side, width * side))
+            start += height * width
+    return [(image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() for image in images]
+
+
+def plot_relevance(panels: list[dict], heads: str, title: str) -> plt.Figure:
+    """One row per image: the image, then the relevance map(s) laid over it, the target patch outlined."""
+    n_maps = panels[0]["maps"].shape[0] if heads == "all" else 1
+    fig, axes = plt.subplots(len(panels), n_maps + 1, figsize=(2.2 * (n_maps + 1), 2.2 * len(panels)),
+                             squeeze=False)
+    for ax_row, panel in zip(axes, panels):
+        image, maps, cell = panel["image"], panel["maps"], panel["cell"]
+        shown = maps if heads == "all" else maps.mean(dim=0, keepdim=True)
+        height, width = image.shape[:2]
+        ax_row[0].imshow(image)
+        ax_row[0].set_title(panel["label"], fontsize=7)
+        for h, (ax, relevance) in enumerate(zip(ax_row[1:], shown)):
+            ax.imshow(image)
+            ax.imshow(relevance.cpu().numpy(), cmap="inferno", alpha=0.6, extent=(0, width, height, 0),
+                      interpolation="nearest")
+            if cell is not None:
+                step_y, step_x = height / relevance.shape[0], width / relevance.shape[1]
+                ax.add_patch(Rectangle((cell[1] * step_x, cell[0] * step_y), step_x, step_y, fill=False,
+                                       edgecolor="cyan", linewidth=1.5))
+            ax.set_title(f"head {h}" if heads == "all" else "mean over heads", fontsize=7)
+        for ax in ax_row:
+            ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def run(ctx) -> dict:
+    """`analyze.py task=relevance`: ViT attention paid to a sink / non-sink token, drawn over the images."""
+    settings, module = ctx.settings, ctx.module
+    token = parse_token(settings.token)
+    if settings.heads not in ("mean", "all"):
+        raise ValueError(f"relevance.heads must be mean|all, got {settings.heads!r}")
+    layer = settings.get("layer")
+    if layer is not None and not isinstance(layer, int):
+        raise ValueError(f"relevance.layer must be null (the feature layer) or a block index, got {layer!r}")
+    hf = module.hf
+    tower = module.family.vision_tower(hf)
+    merge = None if _clip_like(tower) else tower.spatial_merge_size
+    seen: set[str] = set()
+    panels, stats, fallbacks = [], [], 0
+    for batch in ctx.batches():
+        if len(seen) >= settings.max_images:
+            break
+        batch = to_device(batch, module.device)
+        captured = capture(hf, module.family, batch, layer)
+        visual = captured.visual
+        sinks = module.detector(visual.features, visual.patch_lengths) if module.detector is not None else None
+        targets, fell_back = choose_targets(visual.features, visual.patch_lengths, sinks, token)
+        images = batch_images(batch, module.processor, merge)
+        norms = token_norms(visual.features)
+        for i, name in enumerate(image_names(batch)):
+            if name in seen or len(seen) >= settings.max_images:
+                continue
+            seen.add(name)
+            maps, cell = captured.column(i, targets[i]), captured.cell(i, targets[i])
+            fallbacks += fell_back[i]
+            is_sink = bool(sinks[i, targets[i]]) if sinks is not None else False
+            stats.append([spread(m, cell) for m in maps])
+            kind = "sink" if is_sink else "highest-norm (no sink)" if fell_back[i] else "non-sink"
+            panels.append({"image": images[i], "maps": maps, "cell": cell,
+                           "label": f"{name}\n{kind} #{targets[i]}, norm {float(norms[i, targets[i]]):.1f}"})
+    if not panels:
+        raise ValueError("relevance: the dataset gave no images")
+    if fallbacks:
+        log.warning("relevance: %d of %d images have no ViT sink by the detector; their highest-norm token is "
+                    "mapped instead (simulated sinks are planted after the ViT and never seen by its attention)",
+                    fallbacks, len(panels))
+    per_head = torch.tensor(stats).nanmean(dim=0)  # [heads, 2]: (entropy, distance) averaged over images
+    summary = {"model": module.source, "token": token, "images": len(panels), "sink_fallbacks": fallbacks,
+               "layer": feature_block(hf, module.family, tower) if layer is None
+               else layer % len(vision_blocks(tower)[0]),
+               "entropy": float(per_head[:, 0].mean()), "distance": float(per_head[:, 1].mean()),
+               "per_head": {f"head_{h}": {"entropy": float(e), "distance": float(d)}
+                            for h, (e, d) in enumerate(per_head.tolist())}}
+    title = f"ViT block {summary['layer']}: attention paid to the {token} token (cyan)"
+    return ctx.write(summary, {f"relevance_{token}": plot_relevance(panels, settings.heads, title)})

@@ -1,0 +1,36 @@
+"""`analyze.py task=<name>` as a user runs it, on the tiny LLaVA and the tiny Qwen2-VL: each task writes its JSON
+summary and PNG figure, and reports the simulated sinks as the ViT sinks."""
+
+import json
+
+import pytest
+
+from sinkflow.analysis.tasks import ANALYSES
+
+from test_entry_points import SMALL_DATA, run
+
+MODELS = ["tiny_llava", "tiny_qwen2_vl"]
+# The tiny LLMs have 2 layers: judge massive activations from layer 1 (the default, VAR's 2, would judge none).
+TASK_ARGS = {"propagation": ["propagation.max_new_tokens=4", "massive_dims.min_layer=1"],
+             "massive_dims": ["massive_dims.min_layer=1"]}
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("task", sorted(ANALYSES))
+def test_task_writes_summary_and_figure(task, model, tmp_path, env):
+    out = tmp_path / task
+    run("analyze.py", [f"task={task}", f"model={model}", *SMALL_DATA, *TASK_ARGS.get(task, []),
+                       f"hydra.run.dir={out}"], tmp_path, env)
+    summary = json.loads((out / f"{task}.json").read_text())
+    figures = list(out.glob("*.png"))
+    assert figures and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+    if task == "propagation":
+        types = summary["mean_attention_percent"]
+        assert summary["tokens"] == 6 * 16 == sum(t["tokens"] for t in types.values())  # 6 images, 16 tokens each
+        assert summary["vit_sinks_equal_planted"] is True and types["vit_sink"]["tokens"] > 0
+        assert sum(b["tokens"] for b in summary["bins"]) == summary["tokens"]
+    if task == "massive_dims":
+        assert summary["visual_tokens"] == 6 * 16 and summary["vit_sinks"] > 0
+        assert summary["vit_sinks_equal_planted"] is True
+        assert [entry["layer"] for entry in summary["per_layer"]] == [0, 1]
+        assert all(len(entry["non_sinks"]) == 5 for entry in summary["per_layer"])
