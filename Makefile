@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/train_step.py
 	$(PY) bench/overhead.py
 	$(PY) bench/eval_throughput.py
+	$(PY) bench/analysis_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache logs outputs
