@@ -59,7 +59,6 @@ def test_parameter_groups_use_their_own_learning_rates(module):
 def test_full_fine_tuning_trains_the_language_model_and_exports_it(tmp_path):
     """`train_language_model`: every LLM weight and the LM head train (no LoRA); the export reloads them."""
     import torch
-    from transformers import LlavaForConditionalGeneration
 
     from sinkflow.models.export import export_trainable, load_export
 
