@@ -56,10 +56,11 @@ def test_strategy_trains_a_step_and_generates(family_name, strategy_name, images
     model, processor = build()
     family = family_cls()
     model = prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4, dropout=0.0))
-    strategy = (STRATEGIES[strategy_name](encoder=tiny_encoder) if strategy_name == "reweight"
-                else STRATEGIES[strategy_name]())
+    options = {"reweight": {"encoder": tiny_encoder}, "cot_route": {"train_projectors": True}}
+    strategy = STRATEGIES[strategy_name](**options.get(strategy_name, {}))
     module = SinkflowModule(model, processor, family, strategy, SinkDetector(tau=100.0),
-                            simulated_sinks=SimulatedSinks(k=2, norm=150.0))
+                            simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+                            prompter=Collator(processor, template_cls(), generate=True))  # cot_route asks
     module.train()
     optimizer = torch.optim.AdamW(module.parameter_groups(), lr=1e-2)
     loss = module(Collator(processor, template_cls())(samples(images, answer=True))).loss
