@@ -93,3 +93,20 @@ def tiny_encoder(tmp_path_factory) -> str:
                         num_attention_heads=2, intermediate_size=64)
     BertModel(config).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture()
+def image_question_batches(shapes_root):
+    """make(processor, n_samples, question) -> a loader of generation batches asking `question` of the shapes
+    evaluation images, two samples per image (as the evaluation sets ask several questions about one image)."""
+    from torch.utils.data import DataLoader
+
+    from sinkflow.data.collate import Collator
+    from sinkflow.data.templates import VicunaV1
+
+    def make(processor, n_samples: int, question: str) -> DataLoader:
+        samples = [{"id": f"q{i}", "image": str(shapes_root / "eval_images" / f"eval_{i // 2:05d}.png"),
+                    "conversations": [{"from": "human", "value": f"<image>\n{question}"}],
+                    "meta": {"image": f"eval_{i // 2:05d}.png"}} for i in range(n_samples)]
+        return DataLoader(samples, batch_size=4, collate_fn=Collator(processor, VicunaV1(), generate=True))
+    return make

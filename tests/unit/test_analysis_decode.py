@@ -5,12 +5,9 @@ import json
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader
 
 from sinkflow.analysis import decode
 from sinkflow.analysis.context import AnalysisContext
-from sinkflow.data.collate import Collator
-from sinkflow.data.templates import VicunaV1
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
@@ -68,15 +65,13 @@ def test_candidate_words_must_start_with_different_tokens(tiny_llava):
         decode.first_token_ids(processor.tokenizer, ("circle", "circles"), "decode.label")
 
 
-def test_run_decodes_each_image_once_and_ranks_the_main_object(tiny_llava, shapes_root, tmp_path):
+def test_run_decodes_each_image_once_and_ranks_the_main_object(tiny_llava, shapes_root, tmp_path,
+                                                               image_question_batches):
     model, processor = tiny_llava
     module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), SinkDetector(tau=100.0),
                             simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
     # Two questions per image, as in the evaluation sets: each image is decoded once.
-    samples = [{"id": f"q{i}", "image": str(shapes_root / "eval_images" / f"eval_{i // 2:05d}.png"),
-                "conversations": [{"from": "human", "value": "<image>\nHow many shapes are there?"}],
-                "meta": {"image": f"eval_{i // 2:05d}.png"}} for i in range(10)]
-    loader = DataLoader(samples, batch_size=4, collate_fn=Collator(processor, VicunaV1(), generate=True))
+    loader = image_question_batches(processor, 10, "How many shapes are there?")
     settings = OmegaConf.create({"max_images": 4, "top_k": 3, "bos": True, "label": "largest_shape",
                                  "scenes": str(shapes_root / "scenes.json")})
     summary = decode.run(AnalysisContext(module, lambda: iter(loader), settings, tmp_path, task="decode"))

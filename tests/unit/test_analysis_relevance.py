@@ -7,14 +7,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from torch.utils.data import DataLoader
 from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
 
 from sinkflow.analysis import relevance
 from sinkflow.analysis.context import AnalysisContext
-from sinkflow.data.collate import Collator
-from sinkflow.data.templates import VicunaV1
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.families.qwen2_5_vl import Qwen25VLFamily
 from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
@@ -131,14 +128,11 @@ def test_spread_of_a_point_and_a_flat_map():
     assert entropy == pytest.approx(1.0) and distance > 2
 
 
-def test_run_writes_summary_and_figure(shapes_root, tmp_path):
+def test_run_writes_summary_and_figure(tmp_path, image_question_batches):
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=2))
     module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), SinkDetector(tau=100.0),
                             simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
-    samples = [{"id": f"q{i}", "image": str(shapes_root / "eval_images" / f"eval_{i // 2:05d}.png"),
-                "conversations": [{"from": "human", "value": "<image>\nWhat is the background color?"}],
-                "meta": {"image": f"eval_{i // 2:05d}.png"}} for i in range(6)]
-    loader = DataLoader(samples, batch_size=4, collate_fn=Collator(processor, VicunaV1(), generate=True))
+    loader = image_question_batches(processor, 6, "What is the background color?")
     settings = OmegaConf.create({"token": "sink", "heads": "all", "max_images": 2, "layer": None})
     ctx = AnalysisContext(module, lambda: iter(loader), settings, tmp_path, task="relevance")
     summary = relevance.run(ctx)

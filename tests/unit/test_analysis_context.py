@@ -1,0 +1,35 @@
+"""What every analysis writes: its JSON summary and PNGs, and (with logger=wandb) the same to W&B."""
+
+import json
+
+import matplotlib.pyplot as plt
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import OmegaConf
+
+from sinkflow.analysis.context import AnalysisContext, flatten
+
+
+def test_summaries_flatten_to_numeric_scalars():
+    summary = {"model": "tiny", "tokens": 96, "types": {"vit_sink": {"mean": 0.5, "ok": True}}, "nan": float("nan")}
+    assert flatten(summary) == {"tokens": 96.0, "types/vit_sink/mean": 0.5}
+
+
+def test_write_saves_files_and_logs_scalars_and_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb = WandbLogger(save_dir=str(tmp_path / "wb"), offline=True, project="sinkflow-test")
+    csv = CSVLogger(str(tmp_path / "csv"))
+    ctx = AnalysisContext(module=None, batches=lambda: iter(()), settings=OmegaConf.create({}),
+                          output_dir=tmp_path / "out", loggers=[wandb, csv], task="probe")
+    figure, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    summary = {"accuracy": {"sink_mean": 0.9}, "images": 12}
+    assert ctx.write(summary, {"probe": figure}) == summary
+    assert json.loads((tmp_path / "out" / "probe.json").read_text()) == summary
+    assert (tmp_path / "out" / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header, values = (tmp_path / "csv" / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    logged = dict(zip(header.split(","), values.split(",")))
+    assert float(logged["probe/accuracy/sink_mean"]) == 0.9 and float(logged["probe/images"]) == 12
+    run_dir = next((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    wandb.experiment.finish()
+    assert list(run_dir.glob("files/media/images/probe/probe_*.png"))  # the figure went to W&B
