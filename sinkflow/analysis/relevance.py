@@ -184,10 +184,10 @@ def merge_window_cells(height: int, width: int, merge: int) -> torch.Tensor:
 
 
 def parse_token(token) -> str | int:
-    """`relevance.token`: 'sink', 'nonsink' or a feature index."""
+    """An entry of `relevance.tokens`: 'sink', 'nonsink' or a feature index."""
     if token in ("sink", "nonsink") or (isinstance(token, int) and not isinstance(token, bool)):
         return token
-    raise ValueError(f"relevance.token must be sink|nonsink|<int>, got {token!r}")
+    raise ValueError(f"relevance.tokens entries must be sink|nonsink|<int>, got {token!r}")
 
 
 def choose_targets(features: torch.Tensor, lengths: list[int], sinks: torch.Tensor | None,
@@ -201,7 +201,7 @@ def choose_targets(features: torch.Tensor, lengths: list[int], sinks: torch.Tens
         fallback = False
         if isinstance(token, int):
             if not 0 <= token < n:
-                raise ValueError(f"relevance.token={token} is outside image {i}'s {n} tokens")
+                raise ValueError(f"relevance.tokens: {token} is outside image {i}'s {n} tokens")
             index = token
         elif token == "sink":
             fallback = not marked.any()
@@ -277,9 +277,11 @@ def plot_relevance(panels: list[dict], heads: str, title: str) -> plt.Figure:
 
 
 def run(ctx) -> dict:
-    """`analyze.py task=relevance`: ViT attention paid to a sink / non-sink token, drawn over the images."""
+    """`analyze.py task=relevance`: ViT attention paid to sink and non-sink tokens, drawn over the images."""
     settings, module = ctx.settings, ctx.module
-    token = parse_token(settings.token)
+    tokens = [parse_token(t) for t in settings.tokens]
+    if not tokens:
+        raise ValueError("relevance.tokens must name at least one token: sink, nonsink or a feature index")
     if settings.heads not in ("mean", "all"):
         raise ValueError(f"relevance.heads must be mean|all, got {settings.heads!r}")
     layer = settings.get("layer")
@@ -289,7 +291,9 @@ def run(ctx) -> dict:
     tower = module.family.vision_tower(hf)
     merge = None if _clip_like(tower) else tower.spatial_merge_size
     seen: set[str] = set()
-    panels, stats, fallbacks = [], [], 0
+    panels = {token: [] for token in tokens}
+    stats = {token: [] for token in tokens}
+    fallbacks = 0
     for batch in ctx.batches():
         if len(seen) >= settings.max_images:
             break
@@ -297,32 +301,38 @@ def run(ctx) -> dict:
         captured = capture(hf, module.family, batch, layer)
         visual = captured.visual
         sinks = module.detector(visual.features, visual.patch_lengths) if module.detector is not None else None
-        targets, fell_back = choose_targets(visual.features, visual.patch_lengths, sinks, token)
+        chosen = {token: choose_targets(visual.features, visual.patch_lengths, sinks, token) for token in tokens}
         images = batch_images(batch, module.processor, merge)
         norms = token_norms(visual.features)
         for i, name in enumerate(image_names(batch)):
             if name in seen or len(seen) >= settings.max_images:
                 continue
             seen.add(name)
-            maps, cell = captured.column(i, targets[i]), captured.cell(i, targets[i])
-            fallbacks += fell_back[i]
-            is_sink = bool(sinks[i, targets[i]]) if sinks is not None else False
-            stats.append([spread(m, cell) for m in maps])
-            kind = "sink" if is_sink else "highest-norm (no sink)" if fell_back[i] else "non-sink"
-            panels.append({"image": images[i], "maps": maps, "cell": cell,
-                           "label": f"{name}\n{kind} #{targets[i]}, norm {float(norms[i, targets[i]]):.1f}"})
-    if not panels:
+            fallbacks += "sink" in chosen and chosen["sink"][1][i]
+            for token, (targets, fell_back) in chosen.items():
+                target = targets[i]
+                maps, cell = captured.column(i, target), captured.cell(i, target)
+                stats[token].append([spread(m, cell) for m in maps])
+                is_sink = bool(sinks[i, target]) if sinks is not None else False
+                kind = "sink" if is_sink else "highest-norm (no sink)" if fell_back[i] else "non-sink"
+                panels[token].append({"image": images[i], "maps": maps, "cell": cell,
+                                      "label": f"{name}\n{kind} #{target}, norm {float(norms[i, target]):.1f}"})
+    if not seen:
         raise ValueError("relevance: the dataset gave no images")
     if fallbacks:
         log.warning("relevance: %d of %d images have no ViT sink by the detector; their highest-norm token is "
                     "mapped instead (simulated sinks are planted after the ViT and never seen by its attention)",
-                    fallbacks, len(panels))
-    per_head = torch.tensor(stats).nanmean(dim=0)  # [heads, 2]: (entropy, distance) averaged over images
-    summary = {"model": module.source, "token": token, "images": len(panels), "sink_fallbacks": fallbacks,
-               "layer": feature_block(hf, module.family, tower) if layer is None
-               else layer % len(vision_blocks(tower)[0]),
-               "entropy": float(per_head[:, 0].mean()), "distance": float(per_head[:, 1].mean()),
-               "per_head": {f"head_{h}": {"entropy": float(e), "distance": float(d)}
-                            for h, (e, d) in enumerate(per_head.tolist())}}
-    title = f"ViT block {summary['layer']}: attention paid to the {token} token (cyan)"
-    return ctx.write(summary, {f"relevance_{token}": plot_relevance(panels, settings.heads, title)})
+                    fallbacks, len(seen))
+    block = feature_block(hf, module.family, tower) if layer is None else layer % len(vision_blocks(tower)[0])
+    summary = {"model": module.source, "images": len(seen), "sink_fallbacks": fallbacks, "layer": block,
+               "tokens": {}}
+    figures = {}
+    for token in tokens:
+        per_head = torch.tensor(stats[token]).nanmean(dim=0)  # [heads, 2]: (entropy, distance) over images
+        summary["tokens"][str(token)] = {
+            "entropy": float(per_head[:, 0].mean()), "distance": float(per_head[:, 1].mean()),
+            "per_head": {f"head_{h}": {"entropy": float(e), "distance": float(d)}
+                         for h, (e, d) in enumerate(per_head.tolist())}}
+        title = f"ViT block {block}: attention paid to the {token} token (cyan)"
+        figures[f"relevance_{token}"] = plot_relevance(panels[token], settings.heads, title)
+    return ctx.write(summary, figures)

@@ -116,7 +116,7 @@ def test_targets_sink_nonsink_index_and_errors():
     assert relevance.choose_targets(features, [5, 4], sinks, 1)[0] == [1, 1]
     with pytest.raises(ValueError, match="outside image 1's 4 tokens"):
         relevance.choose_targets(features, [5, 4], sinks, 4)
-    with pytest.raises(ValueError, match="relevance.token must be sink|nonsink|<int>, got 'cls'"):
+    with pytest.raises(ValueError, match=r"relevance.tokens entries must be sink\|nonsink\|<int>, got 'cls'"):
         relevance.parse_token("cls")
 
 
@@ -133,14 +133,16 @@ def test_run_writes_summary_and_figure(tmp_path, image_question_batches):
     module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), SinkDetector(tau=100.0),
                             simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
     loader = image_question_batches(processor, 6, "What is the background color?")
-    settings = OmegaConf.create({"token": "sink", "heads": "all", "max_images": 2, "layer": None})
+    settings = OmegaConf.create({"tokens": ["sink", "nonsink"], "heads": "all", "max_images": 2, "layer": None})
     ctx = AnalysisContext(module, lambda: iter(loader), settings, tmp_path, task="relevance")
     summary = relevance.run(ctx)
     assert summary["images"] == 2 and summary["sink_fallbacks"] == 2  # planted sinks are invisible to the ViT
-    assert summary["layer"] == 1 and set(summary["per_head"]) == {f"head_{h}" for h in range(4)}
-    assert 0 < summary["entropy"] <= 1
+    assert summary["layer"] == 1 and set(summary["tokens"]) == {"sink", "nonsink"}
+    for token in ("sink", "nonsink"):
+        assert set(summary["tokens"][token]["per_head"]) == {f"head_{h}" for h in range(4)}
+        assert 0 < summary["tokens"][token]["entropy"] <= 1
+        assert (tmp_path / f"relevance_{token}.png").stat().st_size > 0
     assert json.loads((tmp_path / "relevance.json").read_text())["images"] == 2
-    assert (tmp_path / "relevance_sink.png").stat().st_size > 0
-    with pytest.raises(ValueError, match="relevance.heads must be mean|all, got 'max'"):
+    with pytest.raises(ValueError, match=r"relevance.heads must be mean\|all, got 'max'"):
         relevance.run(AnalysisContext(module, lambda: iter(loader), OmegaConf.merge(settings, {"heads": "max"}),
                                       tmp_path))
