@@ -5,10 +5,10 @@ chosen layer's queries and keys are kept (`capture.recording_attention`: after r
 uses them; the output is computed as usual); the column softmax(q k^T * scale)[:, t] is formed afterwards for the
 chosen token t only. No other layer's attention is touched or stored.
 
-Supported towers: CLIP-style (LLaVA: the CLS token is dropped from the grid, feature index f is sequence index
-f + 1 with `vision_feature_select_strategy: default`) and Qwen-VL (patches in merge-window order, mapped back to
-the image grid through `image_grid_thw`; Qwen2.5-VL's window permutation is undone with the family's own
-`merge_window_order`, so windowed layers show attention inside the target's window only).
+The family says which attention modules the ViT has, which block feeds the projector, where each feature and
+patch sits in the sequences its blocks attend within (`VisualFamily.attention_positions`: LLaVA's CLS is left off
+the grid; Qwen's merge-window order, and Qwen2.5-VL's window permutation, are undone, so windowed layers show
+attention inside the target's window only) and how to redraw its images.
 
 Targets are chosen on the raw ViT features (what the chosen layers actually see): `sink` is the highest-norm
 token the detector marks, falling back to the highest-norm token when an image has none (always the case for the
@@ -81,106 +81,26 @@ class Captured:
         return (int(hit[0, 0]), int(hit[0, 1])) if len(hit) else None
 
 
-def _clip_encoder(tower: nn.Module) -> nn.Module | None:
-    """A CLIP-style tower's encoder (transformers 5 keeps it on the tower, older ones under `vision_model`)."""
-    inner = getattr(tower, "vision_model", tower)
-    return getattr(inner, "encoder", None)
-
-
-def _clip_like(tower: nn.Module) -> bool:
-    return _clip_encoder(tower) is not None
-
-
-def vision_blocks(tower: nn.Module) -> tuple[list[nn.Module], str]:
-    """The tower's transformer blocks and the name of their attention submodule."""
-    if _clip_like(tower):
-        return list(_clip_encoder(tower).layers), "self_attn"
-    if hasattr(tower, "blocks"):
-        return list(tower.blocks), "attn"
-    raise ValueError(f"relevance maps support CLIP-style (LLaVA) and Qwen-VL vision towers, not "
-                     f"{type(tower).__name__}")
-
-
-def feature_block(model: nn.Module, family, tower: nn.Module) -> int:
-    """Index of the block whose output is the projector-input features (the last of several for LLaVA)."""
-    blocks, _ = vision_blocks(tower)
-    if not _clip_like(tower):
-        return len(blocks) - 1  # Qwen: the last block, before the merger
-    chosen = getattr(family, "vision_feature_layer", None)
-    layer = model.config.vision_feature_layer if chosen is None else chosen
-    hidden = max(i % (len(blocks) + 1) for i in ([layer] if isinstance(layer, int) else layer))
-    if hidden == 0:
-        raise ValueError("the projector reads the ViT embeddings (vision_feature_layer 0): no attention layer")
-    return hidden - 1  # hidden_states[0] is the embeddings, hidden_states[i] the output of block i - 1
-
-
 def capture(model: nn.Module, family, batch: dict, layer: int | None) -> Captured:
     """Run the family's ViT on the batch recording block `layer`'s attention (None: the feature block)."""
-    tower = family.vision_tower(model)
-    blocks, attribute = vision_blocks(tower)
-    index = feature_block(model, family, tower) if layer is None else layer
-    if not -len(blocks) <= index < len(blocks):
-        raise ValueError(f"relevance.layer={layer} is outside the ViT's {len(blocks)} blocks")
+    attentions = family.vision_attentions(model)
+    index = family.feature_block(model) if layer is None else layer
+    if not -len(attentions) <= index < len(attentions):
+        raise ValueError(f"relevance.layer={layer} is outside the ViT's {len(attentions)} blocks")
     calls = []
-    with torch.no_grad(), recording_attention([getattr(blocks[index], attribute)],
-                                              lambda *call: calls.append(call)):
+    with torch.no_grad(), recording_attention([attentions[index]], lambda *call: calls.append(call)):
         visual = family.encode(model, batch)
-    if _clip_like(tower):
-        return _clip_capture(visual, calls, batch, tower.config.patch_size)
-    return _qwen_capture(model, family, visual, calls, batch, tower.spatial_merge_size)
-
-
-def _clip_capture(visual: VisualFeatures, calls: list, batch: dict, patch_size: int) -> Captured:
-    """CLIP: one batched call; image i's sequence is [CLS, patches in raster order]."""
-    (query, key, mask, scaling), = calls
-    n_images, heads, length, dim = query.shape
-    height, width = batch["pixel_values"].shape[-2:]
-    rows, cols = height // patch_size, width // patch_size
-    first_patch, first_feature = length - rows * cols, length - visual.features.shape[1]
-    starts = [i * length for i in range(n_images)]
-    return Captured(
-        visual=visual, query=query.transpose(0, 1).reshape(heads, -1, dim),
-        key=key.transpose(0, 1).reshape(key.shape[1], -1, dim), chunks=[(s, s + length) for s in starts],
-        masks=[None if mask is None else mask[i, 0] for i in range(n_images)], scaling=scaling,
-        grids=[s + first_patch + torch.arange(rows * cols, device=query.device).view(rows, cols) for s in starts],
-        feature_index=[s + first_feature + torch.arange(visual.features.shape[1], device=query.device)
-                       for s in starts])
-
-
-def _qwen_capture(model, family, visual: VisualFeatures, calls: list, batch: dict, merge: int) -> Captured:
-    """Qwen-VL: one call per attention chunk (image, or window for Qwen2.5-VL); patches in merge-window order."""
-    grid = batch["image_grid_thw"]
-    if (grid[:, 0] != 1).any():
-        raise ValueError("relevance maps are drawn for still images (image_grid_thw with t = 1)")
-    query = torch.cat([q[0] for q, _, _, _ in calls], dim=1)
-    key = torch.cat([k[0] for _, k, _, _ in calls], dim=1)
-    bounds = np.cumsum([0] + [q.shape[2] for q, _, _, _ in calls]).tolist()
-    # Where each patch (in the processor's order) sits in the attention sequence: the family's own reordering
-    # of the last block's states, applied to their positions.
-    order = torch.arange(query.shape[1], device=query.device, dtype=torch.float64)[:, None]
-    position = family.merge_window_order(model, order, grid)[:, 0].long()
-    grids, feature_index, start = [], [], 0
-    for _, height, width in grid.tolist():
-        grids.append(position[start + merge_window_cells(height, width, merge).to(query.device)])
-        feature_index.append(position[start:start + height * width])
-        start += height * width
-    return Captured(visual=visual, query=query, key=key, chunks=list(zip(bounds[:-1], bounds[1:])),
-                    masks=[None if m is None else m[0, 0] for _, _, m, _ in calls], scaling=calls[0][3],
-                    grids=grids, feature_index=feature_index)
-
-
-def merge_window_cells(height: int, width: int, merge: int) -> torch.Tensor:
-    """[height, width]: the index, in Qwen's processor order, of the patch in each grid cell.
-
-    The processor orders patches (h / m, w / m, m, m): merge window by window, each window row by row.
-    """
-    patches = torch.arange(height * width)
-    window, inner = patches // (merge * merge), patches % (merge * merge)
-    rows = (window // (width // merge)) * merge + inner // merge
-    cols = (window % (width // merge)) * merge + inner % merge
-    cells = torch.empty(height, width, dtype=torch.long)
-    cells[rows, cols] = patches
-    return cells
+    # Every call's batch entries end to end: one call of all images (CLIP), or one per image / window (Qwen).
+    queries = [q for query, _, _, _ in calls for q in query]
+    keys = [k for _, key, _, _ in calls for k in key]
+    masks = [None if mask is None else mask[b if mask.shape[0] > 1 else 0, 0]
+             for query, _, mask, _ in calls for b in range(len(query))]
+    lengths = [q.shape[1] for q in queries]
+    bounds = np.cumsum([0, *lengths]).tolist()
+    feature_index, grids = family.attention_positions(model, batch, visual, lengths)
+    return Captured(visual=visual, query=torch.cat(queries, dim=1), key=torch.cat(keys, dim=1),
+                    chunks=list(zip(bounds[:-1], bounds[1:])), masks=masks, scaling=calls[0][3], grids=grids,
+                    feature_index=feature_index)
 
 
 def parse_token(token) -> str | int:
@@ -230,25 +150,6 @@ def spread(relevance: torch.Tensor, cell: tuple[int, int] | None) -> tuple[float
     return entropy, float((weights * distance).sum())
 
 
-def batch_images(batch: dict, processor, merge: int | None) -> list[np.ndarray]:
-    """Each image as the ViT saw it, [H, W, 3] in [0, 1] (un-normalised; Qwen's patches put back on the grid)."""
-    image_processor = processor.image_processor
-    mean = torch.tensor(image_processor.image_mean).view(3, 1, 1)
-    std = torch.tensor(image_processor.image_std).view(3, 1, 1)
-    pixels = batch["pixel_values"].float().cpu()
-    if merge is None:  # CLIP: [n_images, 3, H, W]
-        images = list(pixels)
-    else:  # Qwen: flattened patches [sum(t h w), 3 * temporal * p * p] in the processor's order
-        images, start, side = [], 0, image_processor.patch_size
-        for _, height, width in batch["image_grid_thw"].tolist():
-            patches = pixels[start:start + height * width].view(height * width, 3, -1, side, side)[:, :, 0]
-            placed = patches[merge_window_cells(height, width, merge).flatten()]  # raster order, first frame
-            images.append(placed.view(height, width, 3, side, side).permute(2, 0, 3, 1, 4)
-                          .reshape(3, height * side, width * side))
-            start += height * width
-    return [(image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() for image in images]
-
-
 def plot_relevance(panels: list[dict], heads: str, title: str) -> plt.Figure:
     """One row per image: the image, then the relevance map(s) laid over it, the target patch outlined."""
     n_maps = panels[0]["maps"].shape[0] if heads == "all" else 1
@@ -287,9 +188,7 @@ def run(ctx) -> dict:
     layer = settings.get("layer")
     if layer is not None and not isinstance(layer, int):
         raise ValueError(f"relevance.layer must be null (the feature layer) or a block index, got {layer!r}")
-    hf = module.hf
-    tower = module.family.vision_tower(hf)
-    merge = None if _clip_like(tower) else tower.spatial_merge_size
+    hf, family = module.hf, module.family
     seen: set[str] = set()
     panels = {token: [] for token in tokens}
     stats = {token: [] for token in tokens}
@@ -298,11 +197,11 @@ def run(ctx) -> dict:
         if len(seen) >= settings.max_images:
             break
         batch = to_device(batch, module.device)
-        captured = capture(hf, module.family, batch, layer)
+        captured = capture(hf, family, batch, layer)
         visual = captured.visual
         sinks = module.detector(visual.features, visual.patch_lengths) if module.detector is not None else None
         chosen = {token: choose_targets(visual.features, visual.patch_lengths, sinks, token) for token in tokens}
-        images = batch_images(batch, module.processor, merge)
+        images = [image.numpy() for image in family.seen_images(batch, module.processor)]
         norms = token_norms(visual.features)
         for i, name in enumerate(image_names(batch)):
             if name in seen or len(seen) >= settings.max_images:
@@ -323,7 +222,7 @@ def run(ctx) -> dict:
         log.warning("relevance: %d of %d images have no ViT sink by the detector; their highest-norm token is "
                     "mapped instead (simulated sinks are planted after the ViT and never seen by its attention)",
                     fallbacks, len(seen))
-    block = feature_block(hf, module.family, tower) if layer is None else layer % len(vision_blocks(tower)[0])
+    block = family.feature_block(hf) if layer is None else layer % len(family.vision_attentions(hf))
     summary = {"model": module.source, "images": len(seen), "sink_fallbacks": fallbacks, "layer": block,
                "tokens": {}}
     figures = {}

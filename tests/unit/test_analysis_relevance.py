@@ -97,13 +97,18 @@ def test_qwen_column_equals_brute_force_on_the_image_grid(shapes_root, variant, 
         assert (captured.column(0, 0)[:, 4:, :] == 0).all() and (captured.column(0, 0)[:, :, 4:] == 0).all()
 
 
-def test_qwen_images_are_put_back_on_the_grid(shapes_root):
-    model, processor = build_tiny_qwen(TinyQwenSpec(seed=2))
-    image = images(shapes_root, 1)[0]
+@pytest.mark.parametrize("family_name", ["llava", "qwen2_vl"])
+def test_images_are_redrawn_as_the_vit_saw_them(shapes_root, family_name):
+    """CLIP's pixels un-normalised; Qwen's flattened merge-window patches put back on the grid."""
+    if family_name == "llava":
+        (_, processor), family = build_tiny_llava(TinyLlavaSpec(seed=2)), LlavaFamily()
+    else:
+        (_, processor), family = build_tiny_qwen(TinyQwenSpec(seed=2)), Qwen2VLFamily()
+    image = images(shapes_root, 1)[0]  # 64 px: neither processor resizes it
     batch = dict(processor.image_processor([image], return_tensors="pt"))
-    drawn = relevance.batch_images(batch, processor, merge=2)[0]
+    drawn = family.seen_images(batch, processor)[0]
     assert drawn.shape == (64, 64, 3)
-    np.testing.assert_allclose(drawn, np.asarray(image, dtype=np.float64) / 255, atol=0.02)
+    np.testing.assert_allclose(drawn.numpy(), np.asarray(image, dtype=np.float64) / 255, atol=0.02)
 
 
 def test_targets_sink_nonsink_index_and_errors():

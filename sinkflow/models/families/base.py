@@ -109,6 +109,30 @@ class VisualFamily(ABC):
             return detector(visual.token_features(), visual.slots)
         return visual.to_tokens(detector(visual.features, visual.patch_lengths))
 
+    # Inside the ViT, for analyses that look at its attention (relevance maps). A family without these still
+    # trains, routes and evaluates.
+    def vision_attentions(self, model: nn.Module) -> list[nn.Module]:
+        """The attention module of each ViT block, in order."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its ViT attention modules")
+
+    def feature_block(self, model: nn.Module) -> int:
+        """Index (into `vision_attentions`) of the block whose output the projector reads."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which ViT block feeds its projector")
+
+    def attention_positions(self, model: nn.Module, batch: dict, visual: VisualFeatures,
+                            chunks: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Where features and patches sit in the ViT's attention sequences laid end to end.
+
+        `chunks` are the lengths of the sequences one block attends within (an image, or a window), in the order
+        it ran them. Per image: the position of each feature row [n_features], and the position of the patch in
+        each cell of the image's patch grid [rows, cols].
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not map its ViT sequence to the patch grid")
+
+    def seen_images(self, batch: dict, processor) -> list[torch.Tensor]:
+        """Each image as the ViT saw it: [H, W, 3] in [0, 1] (the processor's normalisation undone)."""
+        raise NotImplementedError(f"{type(self).__name__} does not rebuild its images from pixel_values")
+
     def position_ids(self, model: nn.Module, batch: dict) -> torch.Tensor | None:
         """Position ids of the unrouted batch, [P, B, L], when the family cannot leave them to transformers.
 
@@ -149,6 +173,13 @@ class VisualFamily(ABC):
             inputs["inputs_embeds"] = inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), torch.cat(tokens))
             return inputs
         return _rebuild(inputs, placeholders, slots, tokens, routed, padding_side)
+
+
+def unnormalise(images: list[torch.Tensor], image_processor) -> list[torch.Tensor]:
+    """[3, H, W] normalised pixels -> [H, W, 3] in [0, 1], with the image processor's mean and std."""
+    mean = torch.tensor(image_processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(image_processor.image_std).view(3, 1, 1)
+    return [(image.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0) for image in images]
 
 
 def _rebuild(inputs: dict, placeholders: torch.Tensor, slots: list[int], tokens: list[torch.Tensor],

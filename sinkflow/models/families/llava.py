@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from sinkflow.models.families.base import VisualFamily, VisualFeatures
+from sinkflow.models.families.base import VisualFamily, VisualFeatures, unnormalise
 
 
 class LlavaFamily(VisualFamily):
@@ -70,3 +70,33 @@ class LlavaFamily(VisualFamily):
                              "patch grid (a CLS token kept? use vision_feature_select_strategy 'default')")
         patches = pixels.reshape(n_images, channels, side, height // side, side, width // side)
         return patches.permute(0, 2, 4, 1, 3, 5).reshape(n_images, side * side, -1)
+
+    def vision_attentions(self, model: nn.Module) -> list[nn.Module]:
+        tower = self.vision_tower(model)
+        encoder = getattr(tower, "vision_model", tower).encoder  # CLIP / SigLIP vision models
+        return [layer.self_attn for layer in encoder.layers]
+
+    def feature_block(self, model: nn.Module) -> int:
+        """`hidden_states[i]` is block i - 1's output (0: the embeddings); with several layers, the deepest."""
+        layer, n_blocks = self._layer(model), len(self.vision_attentions(model))
+        hidden = max(i % (n_blocks + 1) for i in ([layer] if isinstance(layer, int) else layer))
+        if hidden == 0:
+            raise ValueError("the projector reads the ViT embeddings (vision_feature_layer 0): no attention block")
+        return hidden - 1
+
+    def attention_positions(self, model: nn.Module, batch: dict, visual: VisualFeatures,
+                            chunks: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One sequence per image: [CLS (when the tower has one), patches in raster order]."""
+        patch = self.vision_tower(model).config.patch_size
+        height, width = batch["pixel_values"].shape[-2:]
+        rows, cols = height // patch, width // patch
+        n_features, device = visual.features.shape[1], visual.features.device
+        features, grids, start = [], [], 0
+        for length in chunks:
+            features.append(start + length - n_features + torch.arange(n_features, device=device))
+            grids.append(start + length - rows * cols + torch.arange(rows * cols, device=device).view(rows, cols))
+            start += length
+        return features, grids
+
+    def seen_images(self, batch: dict, processor) -> list[torch.Tensor]:
+        return unnormalise(list(batch["pixel_values"]), processor.image_processor)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from sinkflow.models.families.base import VisualFamily, VisualFeatures
+from sinkflow.models.families.base import VisualFamily, VisualFeatures, unnormalise
 from sinkflow.models.processor import ImageTextProcessor
 
 SINK_TOKENS = ("any_patch", "own_norm")
@@ -66,6 +66,43 @@ class Qwen2VLFamily(VisualFamily):
         """The processor's flattened patches (3 x temporal x p x p values each), split per image and padded."""
         return pad_sequence(list(batch["pixel_values"].split(visual.patch_lengths)), batch_first=True)
 
+    def vision_attentions(self, model: nn.Module) -> list[nn.Module]:
+        return [block.attn for block in self.vision_tower(model).blocks]
+
+    def feature_block(self, model: nn.Module) -> int:
+        return len(self.vision_attentions(model)) - 1  # the last block, before the merger
+
+    def attention_positions(self, model: nn.Module, batch: dict, visual: VisualFeatures,
+                            chunks: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The blocks see every image's patches in merge-window order (Qwen2.5-VL: windows permuted too)."""
+        grid = batch["image_grid_thw"]
+        if (grid[:, 0] != 1).any():
+            raise ValueError("ViT attention maps are drawn for still images (image_grid_thw with t = 1)")
+        merge = self.vision_tower(model).spatial_merge_size
+        device = visual.features.device
+        # The family's own reordering of the last block's states, applied to their sequence positions.
+        order = torch.arange(sum(chunks), device=device, dtype=torch.float64)[:, None]
+        position = self.merge_window_order(model, order, grid)[:, 0].long()
+        features, grids, start = [], [], 0
+        for _, height, width in grid.tolist():
+            features.append(position[start:start + height * width])
+            grids.append(position[start + merge_window_cells(height, width, merge).to(device)])
+            start += height * width
+        return features, grids
+
+    def seen_images(self, batch: dict, processor) -> list[torch.Tensor]:
+        """The processor's flattened patches put back on each image's grid (first temporal frame)."""
+        image_processor = processor.image_processor
+        merge = image_processor.merge_size
+        side, pixels, images, start = image_processor.patch_size, batch["pixel_values"].float().cpu(), [], 0
+        for _, height, width in batch["image_grid_thw"].tolist():
+            patches = pixels[start:start + height * width].view(height * width, 3, -1, side, side)[:, :, 0]
+            placed = patches[merge_window_cells(height, width, merge).flatten()]  # raster order
+            images.append(placed.view(height, width, 3, side, side).permute(2, 0, 3, 1, 4)
+                          .reshape(3, height * side, width * side))
+            start += height * width
+        return unnormalise(images, image_processor)
+
     def position_ids(self, model: nn.Module, batch: dict) -> torch.Tensor:
         """[4, B, L]: text positions (what generate numbers) then the (t, h, w) M-RoPE ids of `get_rope_index`.
 
@@ -80,3 +117,17 @@ class Qwen2VLFamily(VisualFamily):
         rope, _ = model.model.get_rope_index(input_ids, mm_token_type_ids, image_grid_thw=batch["image_grid_thw"],
                                              attention_mask=mask)
         return torch.cat([text[None], rope.to(text.device)])
+
+
+def merge_window_cells(height: int, width: int, merge: int) -> torch.Tensor:
+    """[height, width]: the index, in Qwen's processor order, of the patch in each grid cell.
+
+    The processor orders patches (h / m, w / m, m, m): merge window by window, each window row by row.
+    """
+    patches = torch.arange(height * width)
+    window, inner = patches // (merge * merge), patches % (merge * merge)
+    rows = (window // (width // merge)) * merge + inner // merge
+    cols = (window % (width // merge)) * merge + inner % merge
+    cells = torch.empty(height, width, dtype=torch.long)
+    cells[rows, cols] = patches
+    return cells

@@ -6,8 +6,9 @@ understanding) and the answers pick the visual input of the Dual-MLP:
 
 The routing pass sees the full Dual-MLP input ([sinks; others]). Its two projectors come from a Dual-MLP run
 (`projectors`) and stay frozen: routing is a hard choice, nothing here trains (`train_projectors: true` trains
-them as Dual-MLP, for a model with no trained Dual-MLP; training always sees both blocks, routing is for inference). Without `projectors` both are copies
-of the model's own projector, so the three routes are exactly `sinks_only`, `drop_sinks` and `sink_front`.
+them as Dual-MLP, for a model with no trained Dual-MLP; training always sees both blocks, routing is for
+inference). Without `projectors` both are copies of the model's own projector, so the three routes are exactly
+`sinks_only`, `drop_sinks` and `sink_front`.
 Answers are parsed by keyword (first match wins, a negated keyword is skipped); every decision and both raw answers
 go to the predictions file, and the routing time to the logs.
 """
