@@ -172,3 +172,11 @@ def test_the_global_local_study_trains_every_arm_on_routing_aware_shapes(tmp_pat
 def test_the_default_training_is_dual_mlp_with_lora(tmp_path):
     cfg = compose_cfg("train", [], tmp_path)
     assert cfg.sink_strategy.strategy._target_.endswith("DualMLP") and cfg.model.lora is not None
+
+
+def test_the_rew_experiment_trains_only_the_router_with_the_papers_recipe(tmp_path):
+    cfg = compose_cfg("train", ["experiment=diysink_rew", "sink_strategy.strategy.projectors=p.safetensors"],
+                      tmp_path)
+    assert cfg.sink_strategy.strategy._target_.endswith("Reweight") and cfg.sink_strategy.strategy.projectors
+    assert cfg.model.lora is None and cfg.model.train_projector is False
+    assert (cfg.model.optim.strategy_lr, cfg.trainer.max_epochs, cfg.dataset.batch_size) == (1e-2, 10, 20)
