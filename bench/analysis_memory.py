@@ -24,14 +24,14 @@ from collections.abc import Callable
 
 import torch
 
-from common import batch_to, device_label
+from common import device_label
 
 from sinkflow.analysis.capture import AttentionRows, decoder_layers, visual_layer_inputs
 from sinkflow.analysis.context import visual_tokens
 from sinkflow.analysis.massive_dims import MassiveActivations, MassiveCriterion
 from sinkflow.analysis.propagation import query_inputs
 from sinkflow.data.benchmarks.open_qa import load_open_qa
-from sinkflow.data.collate import Collator
+from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.datamodule import eval_sample
 from sinkflow.data.shapes import generate_shapes
 from sinkflow.data.templates import VicunaV1

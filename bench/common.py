@@ -1,4 +1,4 @@
-"""Helpers shared by the bench scripts: device label, timing that waits for the GPU, batches to a device."""
+"""Helpers shared by the bench scripts: device label, timing that waits for the GPU."""
 
 from __future__ import annotations
 
@@ -24,7 +24,3 @@ def timed(function: Callable, device: torch.device):
     result = function()
     synchronize(device)
     return result, time.perf_counter() - start
-
-
-def batch_to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

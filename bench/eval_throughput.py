@@ -13,10 +13,10 @@ import tempfile
 
 import torch
 
-from common import batch_to, device_label, timed
+from common import device_label, timed
 
 from sinkflow.data.benchmarks.pope import load_pope
-from sinkflow.data.collate import Collator
+from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.datamodule import eval_sample
 from sinkflow.data.shapes import generate_shapes
 from sinkflow.data.templates import VicunaV1

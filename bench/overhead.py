@@ -24,9 +24,9 @@ import tempfile
 
 import torch
 
-from common import batch_to, device_label, timed
+from common import device_label, timed
 
-from sinkflow.data.collate import Collator
+from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.instruct import load_instruct
 from sinkflow.data.shapes import generate_shapes
 from sinkflow.data.templates import ProcessorChatTemplate, VicunaV1

@@ -18,9 +18,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from common import batch_to, device_label, synchronize
+from common import device_label, synchronize
 
-from sinkflow.data.collate import Collator
+from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.shapes import generate_shapes
 from sinkflow.data.instruct import load_instruct
 from sinkflow.data.templates import VicunaV1

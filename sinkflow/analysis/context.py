@@ -32,7 +32,7 @@ class AnalysisContext:
     """One analysis run: the model (eval mode), a batch source, the task's settings, the output directory."""
 
     module: SinkflowModule  # eval mode; module.hf, module.family, module.detector, module.processor
-    batches: Callable[[], Iterator[dict]]  # a fresh iterator of collated generation batches (left-padded prompts)
+    batches: Callable[[], Iterator[dict]]  # a fresh iterator of generation batches (left-padded), on device
     settings: DictConfig  # cfg[task]: the task's own section of conf/analyze.yaml
     output_dir: Path  # exists
     loggers: list = field(default_factory=list)  # Lightning loggers built from cfg.logger (may be empty)
@@ -136,6 +136,9 @@ def token_vit_norms(module: SinkflowModule, visual: VisualFeatures) -> torch.Ten
     return norms.view(norms.shape[0], -1, visual.group).amax(dim=-1)
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    """The batch's tensors on `device` (metadata lists stay as they are)."""
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+def image_names(batch: dict) -> list[str]:
+    """One name per image: the evaluation item's image file when it carries one, else its sample id (the
+    evaluation sets ask several questions about one image; tasks that look at each image once key on this)."""
+    if len(batch["image_keys"]) != len(batch["meta"]):
+        raise ValueError("this analysis needs exactly one image per sample (dataset.without_images must be false)")
+    return [str(meta.get("image", key)) for meta, key in zip(batch["meta"], batch["image_keys"])]

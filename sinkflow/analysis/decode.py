@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sinkflow.analysis.context import to_device, visual_tokens  # noqa: E402
+from sinkflow.analysis.context import image_names, visual_tokens  # noqa: E402
 from sinkflow.analysis.scene_labels import by_file_name, check_target, read_scenes  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -84,13 +84,6 @@ def rank1_rate(hits: list[torch.Tensor]) -> float:
     return float(flat.double().mean()) if flat.numel() else float("nan")
 
 
-def image_names(batch: dict) -> list[str]:
-    """One name per image: the evaluation item's image file when it carries one, else its sample id."""
-    if len(batch["image_keys"]) != len(batch["meta"]):
-        raise ValueError("decode needs exactly one image per sample (dataset.without_images must be false)")
-    return [str(meta.get("image", key)) for meta, key in zip(batch["meta"], batch["image_keys"])]
-
-
 def run(ctx) -> dict:
     """`analyze.py task=decode`: top-k words and main-object rank of isolated sink and non-sink tokens."""
     settings, module = ctx.settings, ctx.module
@@ -116,7 +109,6 @@ def run(ctx) -> dict:
         for batch in ctx.batches():
             if len(seen) >= settings.max_images:
                 break
-            batch = to_device(batch, module.device)
             names = image_names(batch)
             new = []  # images not decoded yet (evaluation sets ask several questions about each image)
             for i, name in enumerate(names):

@@ -31,8 +31,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sinkflow.analysis.capture import recording_attention  # noqa: E402
-from sinkflow.analysis.context import to_device  # noqa: E402
-from sinkflow.analysis.decode import image_names  # noqa: E402
+from sinkflow.analysis.context import image_names  # noqa: E402
 from sinkflow.models.families.base import VisualFeatures  # noqa: E402
 from sinkflow.sinks.detect import token_norms  # noqa: E402
 
@@ -196,7 +195,6 @@ def run(ctx) -> dict:
     for batch in ctx.batches():
         if len(seen) >= settings.max_images:
             break
-        batch = to_device(batch, module.device)
         captured = capture(hf, family, batch, layer)
         visual = captured.visual
         sinks = module.detector(visual.features, visual.patch_lengths) if module.detector is not None else None

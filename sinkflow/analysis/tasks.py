@@ -12,7 +12,8 @@ from omegaconf import DictConfig
 from rich.progress import track
 
 from sinkflow.analysis import decode, massive_dims, probe, propagation, relevance
-from sinkflow.analysis.context import AnalysisContext, to_device
+from sinkflow.analysis.context import AnalysisContext
+from sinkflow.data.collate import batch_to
 from sinkflow.data.datamodule import LVLMDataModule
 from sinkflow.module import SinkflowModule
 
@@ -45,7 +46,7 @@ def analysis_context(cfg: DictConfig, module: SinkflowModule, datamodule: LVLMDa
     def batches() -> Iterator[dict]:
         chunks = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
         for chunk in track(chunks, description=f"{cfg.task}: {len(samples)} samples"):
-            yield to_device(collate(chunk), module.device)
+            yield batch_to(collate(chunk), module.device)
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

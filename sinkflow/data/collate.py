@@ -17,6 +17,11 @@ TEXT_KEYS = ("input_ids", "attention_mask", "labels")
 BOOKKEEPING_KEYS = ("meta", "image_keys", "image_questions", "n_truncated")
 
 
+def batch_to(batch: dict, device: torch.device | str) -> dict:
+    """The batch with its tensors on `device` (metadata lists stay as they are)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def load_image(path: str) -> Image.Image:
     """Open an image as RGB, with an error naming the file."""
     try:

@@ -1,4 +1,7 @@
-"""Benchmark scores at validation end: a fixed subset per benchmark, scored exactly as at test time."""
+"""Benchmark scores at validation end: a fixed subset per benchmark, scored exactly as at test time; which sets
+the evaluation loads."""
+
+from functools import partial
 
 import lightning as L
 import pytest
@@ -16,7 +19,6 @@ from sinkflow.sinks.strategies.none import NoneStrategy
 
 
 def test_validation_end_logs_official_scores_of_the_first_questions(shapes_root):
-    from functools import partial
 
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=5))
     module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), generation={"max_new_tokens": 3})
@@ -38,3 +40,13 @@ def test_validation_end_logs_official_scores_of_the_first_questions(shapes_root)
     assert "pope/f1_mean" in logged and "mmstar/overall" in logged
     with pytest.raises(ValueError, match="every_n_epochs must be >= 1"):
         BenchmarkValidation(every_n_epochs=0)
+
+
+def test_an_evaluation_set_configured_as_null_is_left_out(shapes_root):
+    datamodule = LVLMDataModule(
+        train_json=None, image_root=str(shapes_root),
+        eval_sets={"pope": None, "mmstar": partial(load_mmstar, shapes_root / "mmstar" / "mmstar.jsonl",
+                                                   shapes_root / "eval_images")})
+    datamodule.setup("test")
+    assert list(datamodule.eval_sets) == ["mmstar"]
+    assert datamodule.test_set and {s["meta"]["benchmark"] for s in datamodule.test_set} == {"mmstar"}

@@ -138,3 +138,16 @@ def test_copied_projectors_follow_a_checkpoint_trained_without_strategy_weights(
     for copy in (routed.strategy.sink_projector, routed.strategy.other_projector):
         assert all(torch.equal(v, expected[k]) for k, v in copy.state_dict().items())
     assert not any(p.requires_grad for p in routed.parameters())
+
+
+def test_asking_needs_a_generation_prompter_and_one_question_per_image(shapes_root):
+    model, processor = build_tiny_llava(TinyLlavaSpec(seed=4))
+    batch = Collator(processor, VicunaV1(), generate=True)(samples_for(shapes_root, QUESTIONS))
+    with pytest.raises(ValueError, match="create the collator with generate=True"):
+        Collator(processor, VicunaV1()).ask(batch, QUESTIONS)
+    with pytest.raises(ValueError, match="1 questions for the batch's 2 images"):
+        Collator(processor, VicunaV1(), generate=True).ask(batch, QUESTIONS[:1])
+    module = SinkflowModule(model, processor, LlavaFamily(), CotRoute(), SinkDetector(tau=100.0)).eval()
+    with pytest.raises(ValueError, match="strategy 'cot_route' asks the model questions: give SinkflowModule a "
+                                         "prompter"):
+        module.generate(batch)
