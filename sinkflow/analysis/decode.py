@@ -1,4 +1,4 @@
-"""Word-distribution decoding of isolated visual tokens (paper §3.2).
+"""Word-distribution decoding of isolated visual tokens (docs/paper.md#what-sinks-encode).
 
 Every projected visual token is run through the LLM alone, blocked from every other token: the sequence is that
 single token (after the BOS embedding when `decode.bos` is on and the tokenizer has one), and the LM head reads

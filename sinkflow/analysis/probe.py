@@ -1,4 +1,5 @@
-"""Linear probes (paper §3.3): how well image-level labels read out linearly from sink vs non-sink ViT tokens.
+"""Linear probes (docs/paper.md#what-sinks-encode): how well image-level labels read out linearly from sink vs
+non-sink ViT tokens.
 
 The paper probes CLIP sinks for the object class (0.865) against non-sinks (0.512). Here every image gives three
 feature vectors from its projector-input ViT features (`module.visual`, simulated sinks included when planted):

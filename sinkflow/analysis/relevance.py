@@ -1,4 +1,5 @@
-"""Relevance maps (paper §3.1): the ViT self-attention every patch pays TO one chosen token, on the patch grid.
+"""Relevance maps (docs/paper.md#what-sinks-encode): the ViT self-attention every patch pays TO one chosen token,
+on the patch grid.
 
 Non-sinks gather from their neighbourhood; sinks gather from broad foreground or background regions. Only the
 chosen layer's queries and keys are kept (`capture.recording_attention`: after rotary embeddings, as the model

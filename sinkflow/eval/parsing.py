@@ -1,4 +1,4 @@
-"""Answer parsing rules of the three reference toolkits, per benchmark (benchmarks.md §1.3, §2.4, §3.3).
+"""Answer parsing rules of the three reference toolkits, per benchmark (docs/benchmarks.md: POPE, MME, MMStar parsing).
 
 `official` reproduces the benchmark authors' scripts (POPE `evaluate.py` = LLaVA `eval_pope.py`, MME
 `calculation.py`, MMStar `evaluate/mmstar.py`), `lmms_eval` and `vlmevalkit` the two toolkits. The same raw
@@ -93,7 +93,7 @@ def mmstar_official_correct(text: str, answer: str) -> bool:
 
 _PHRASES = re.compile(r"(?:the answer is|answer is|the correct answer is|i choose|i select|i pick)\s*\(?([A-D])\b",
                       re.IGNORECASE)
-# (pattern, priority): lmms-eval's tiers as documented in benchmarks.md §3.3; letters are case-sensitive.
+# (pattern, priority): lmms-eval's tiers as documented in docs/benchmarks.md#mmstar-parsing; letters are case-sensitive.
 _TIERS = (
     (re.compile(r"^([A-D])\b"), 10),
     (re.compile(r"\b([A-D])$"), 9),

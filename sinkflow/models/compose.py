@@ -1,6 +1,6 @@
 """Compose a LLaVA-architecture model from a pretrained ViT and a pretrained causal LM, TinyLLaVA-Factory style.
 
-TinyLLaVA (e.g. SigLIP-so400m + Qwen2-0.5B, the paper's small DIYSink model, paper.md §5.2) has no HF
+TinyLLaVA (e.g. SigLIP-so400m + Qwen2-0.5B, the paper's small DIYSink model, docs/models.md#tinyllava) has no HF
 checkpoint of its own here: it is the pretrained ViT and LLM joined by a freshly initialised 2-layer GELU
 connector. That is an HF `LlavaForConditionalGeneration` + `LlavaProcessor`, built and saved once in HF format so
 that it loads through the same `from_pretrained` path as any checkpoint.

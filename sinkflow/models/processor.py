@@ -1,9 +1,9 @@
 """A processor made of a tokenizer and an image processor, for checkpoints whose HF processor cannot load here.
 
 transformers' `Qwen2VLProcessor` / `Qwen2_5_VLProcessor` also build a video processor, which needs torchvision;
-the CPU stack pinned here has none (recipes.md §9). sinkflow only needs the tokenizer, the image processor, the
-chat template and the placeholder expansion, so the Qwen families load those pieces directly from the same
-checkpoint files.
+the CPU stack pinned here has none (docs/models.md#qwen-processors). sinkflow only needs the tokenizer, the image
+processor, the chat template and the placeholder expansion, so the Qwen families load those pieces directly from
+the same checkpoint files.
 """
 
 from __future__ import annotations

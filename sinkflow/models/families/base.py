@@ -1,4 +1,4 @@
-"""The family interface: everything specific to one HF model family's visual pathway (DESIGN.md §1).
+"""The family interface: what one HF model family owns in the visual pathway (docs/contracts.md#the-visual-pathway).
 
 pixels --encode--> ViT features [B, N, D_vit] --(detector, strategy)--> per-image token lists --merge--> LLM inputs.
 A family never decides which tokens reach the LLM (that is the strategy's job); it only knows where features live

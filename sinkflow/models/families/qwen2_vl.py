@@ -1,6 +1,6 @@
 """Qwen2-VL family (`Qwen/Qwen2-VL-*`): dynamic-resolution ViT -> 2x2 patch merger -> Qwen2 with M-RoPE.
 
-What differs from LLaVA (recipes.md §3):
+What differs from LLaVA (docs/models.md#qwen2-vl-and-qwen25-vl):
 - Features are the per-patch states of the last vision block, before the merger; images have different patch
   counts (`image_grid_thw`), and every 4 consecutive patches (one 2x2 window) become one LLM token.
 - The projector is the patch merger, which lives inside the vision tower.

@@ -1,4 +1,5 @@
-"""`drop_sinks`: the sinks never reach the LLM; the other patches keep raster order (paper §2 ablation)."""
+"""`drop_sinks`: the sinks never reach the LLM; the other patches keep raster order (an ablation of
+docs/paper.md#training-free-routing)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`sink_end`: the other patches in raster order, then the sinks last in the visual block (paper §2)."""
+"""`sink_end`: the other patches in raster order, then the sinks last in the visual block
+(docs/paper.md#training-free-routing)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`sink_front`: sinks first in the visual block, then the other patches in raster order (paper §2)."""
+"""`sink_front`: sinks first in the visual block, then the other patches in raster order
+(docs/paper.md#training-free-routing)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`sinks_only`: only the sinks reach the LLM (an image without sinks sends no visual token) (paper §2)."""
+"""`sinks_only`: only the sinks reach the LLM (an image without sinks sends no visual token)
+(docs/paper.md#training-free-routing)."""
 
 from __future__ import annotations
 
