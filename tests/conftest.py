@@ -110,3 +110,33 @@ def image_question_batches(shapes_root):
                     "meta": {"image": f"eval_{i // 2:05d}.png"}} for i in range(n_samples)]
         return DataLoader(samples, batch_size=4, collate_fn=Collator(processor, VicunaV1(), generate=True))
     return make
+
+
+_REPO = Path(__file__).resolve().parents[1]
+_MME_FIXTURES = ("mme_eval_tool", "mme_lavin_results", "mme_lavin_results/expected_official.json")
+
+
+@pytest.fixture(scope="session")
+def pope_coco() -> Path:
+    """The three original POPE question files, kept in the repository (tests/fixtures/README.md)."""
+    return _REPO / "tests" / "fixtures" / "pope_coco"
+
+
+@pytest.fixture(scope="session")
+def mme_fixtures() -> Path:
+    """The folder holding the MME tool files we may not redistribute (tests/fixtures/README.md):
+    `$SINKFLOW_FIXTURES`, else the fixtures folder that CI keeps beside the checkout; the test skips without."""
+    if os.environ.get("SINKFLOW_FIXTURES"):
+        folder = Path(os.environ["SINKFLOW_FIXTURES"])
+        missing = [name for name in _MME_FIXTURES if not (folder / name).exists()]
+        if missing:
+            pytest.fail(f"SINKFLOW_FIXTURES={folder} lacks {', '.join(missing)} (tests/fixtures/README.md)")
+        return folder
+    folder = _REPO.parent / "shared" / "fixtures"
+    if all((folder / name).exists() for name in _MME_FIXTURES):
+        return folder
+    pytest.skip("MME fixtures not found: set SINKFLOW_FIXTURES to a folder with mme_eval_tool/ (Your_Results/ of "
+                "the official MME eval_tool, tools/eval_tool.zip in BradyFU/Awesome-Multimodal-Large-Language-Models), "
+                "mme_lavin_results/ (its LaVIN/ folder) and mme_lavin_results/expected_official.json (the flat "
+                "mme/<subtask>/{acc,acc_plus,score}, mme/perception and mme/cognition that its calculation.py "
+                "prints for LaVIN/); see tests/fixtures/README.md")

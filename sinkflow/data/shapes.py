@@ -499,8 +499,9 @@ def generate_shapes(
             pair = _mme_pair(subtask, scene, rng)
             if pair:
                 rows += [f"eval_{i:05d}.png\t{q}{YES_NO_SUFFIX}\t{a}\n" for q, a in zip(pair, ("Yes", "No"))]
-        (root / "mme" / f"{subtask}.txt").write_text("".join(rows), encoding="utf-8")
-        counts["mme"][subtask] = len(rows)
+        if rows:  # a few images may ask no question of a subtask; an empty file would be a loading error
+            (root / "mme" / f"{subtask}.txt").write_text("".join(rows), encoding="utf-8")
+            counts["mme"][subtask] = len(rows)
     (root / "mmstar").mkdir()
     mmstar = _mmstar_lines(eval_scenes, stream("mmstar"))
     _write_jsonl(root / "mmstar" / "mmstar.jsonl", mmstar)

@@ -1,19 +1,19 @@
-"""Benchmark scores exactly as the official tools compute them (benchmarks.md), as torchmetrics metrics.
+"""Benchmark scores exactly as the official tools compute them (docs/benchmarks.md), as torchmetrics metrics.
 
 Each metric keeps one encoded row per answered question (a stable hash of `benchmark/id` first), so states
 synchronise across processes by concatenation and `compute` counts every id once: the duplicates that a
-`DistributedSampler` pads in never count twice. Keys follow DESIGN.md §3:
+`DistributedSampler` pads in never count twice. Keys follow docs/contracts.md#metric-keys:
 `pope/<category>/{accuracy,precision,recall,f1,yes_ratio}`, `pope/f1_mean` (fractions);
 `mme/<subtask>/{acc,acc_plus,score}`, `mme/perception`, `mme/cognition` (official points);
 `mmstar/<core>/accuracy`, `mmstar/<core>/<l2>/accuracy`, `mmstar/overall` (fractions).
-Other benchmarks (and the shapes `scope` of any record) get exact-match accuracy on the first word.
+`open` (and the shapes `scope` of any record) gets exact-match accuracy on the first word.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import torch
 from torchmetrics import Metric
@@ -162,6 +162,21 @@ class MMStarMetric(RecordMetric):
 
 
 OFFICIAL_METRICS = {"pope": POPEMetric, "mme": MMEMetric, "mmstar": MMStarMetric}
+# The benchmarks the scorer knows: the official three and the exact-match open questions (`load_open_qa`).
+KNOWN_BENCHMARKS = (*OFFICIAL_METRICS, "open")
+
+
+def benchmark_problem(name: str, allow_unknown: bool = False) -> str | None:
+    """What is wrong with a record's benchmark name, or None. With `allow_unknown`, any name that can prefix its
+    own metric keys is accepted ("all" and names with "/" would write into other keys)."""
+    if name in KNOWN_BENCHMARKS:
+        return None
+    if not allow_unknown:
+        return f"unknown benchmark {name!r}; expected one of {KNOWN_BENCHMARKS}"
+    if not name or "/" in name or name == "all":
+        return (f"an unknown benchmark's name prefixes its metric keys, so it must not be empty, 'all' or contain "
+                f"'/', got {name!r}")
+    return None
 
 
 def normalise(text: str) -> str:
@@ -181,11 +196,18 @@ def is_correct(record: dict, rule: str = "official") -> bool:
     return normalise(record["prediction"]) == normalise(str(record["answer"]))
 
 
-def score_records(records: list[dict], rule: str = "official") -> dict[str, float]:
-    """Every metric of a predictions file: the official benchmark metrics, plus exact-match accuracy for other
-    benchmarks and per `scope` (`<benchmark>/<scope>/accuracy`, `all/<scope>/accuracy`) where records have one."""
+def score_records(records: list[dict], rule: str = "official", allow_unknown: bool = False) -> dict[str, float]:
+    """Every metric of a predictions file: the official benchmark metrics, plus exact-match accuracy for `open`
+    and per `scope` (`<benchmark>/<scope>/accuracy`, `all/<scope>/accuracy`) where records have one.
+
+    A benchmark outside KNOWN_BENCHMARKS is an error (a misspelt `popee` would otherwise be scored by exact match
+    and mixed into `all/*`); with `allow_unknown` it is scored by exact match under its own name only."""
     by_benchmark: dict[str, list[dict]] = defaultdict(list)
     for record in records:
+        problem = benchmark_problem(record["benchmark"], allow_unknown)
+        if problem:
+            hint = "" if allow_unknown else "; allow_unknown scores it by first-word exact match, outside all/*"
+            raise ValueError(f"record {record['id']!r}: benchmark: {problem}{hint}")
         by_benchmark[record["benchmark"]].append(record)
     out: dict[str, float] = {}
     hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -204,12 +226,29 @@ def score_records(records: list[dict], rule: str = "official") -> dict[str, floa
             keys = [] if benchmark in OFFICIAL_METRICS else [f"{benchmark}/accuracy"] + (
                 [f"{benchmark}/{record['category']}/accuracy"] if record.get("category") else [])
             if record.get("scope"):
-                keys += [f"{benchmark}/{record['scope']}/accuracy", f"all/{record['scope']}/accuracy"]
+                keys.append(f"{benchmark}/{record['scope']}/accuracy")
+                if benchmark in KNOWN_BENCHMARKS:
+                    keys.append(f"all/{record['scope']}/accuracy")
             for key in keys:
                 hits[key][0] += ok
                 hits[key][1] += 1
     out.update({key: correct / total for key, (correct, total) in hits.items()})
+    out.update(routing_metrics(records))
     return dict(sorted(out.items()))
+
+
+def routing_metrics(records: list[dict]) -> dict[str, float]:
+    """A deciding strategy's choices (cot_route's `routing` field): the share of questions sent down each route,
+    `routing/<route>`, and the mean time spent deciding, `routing/seconds_per_image` (each question has one image)."""
+    decisions = {(r["benchmark"], str(r["id"])): r["routing"] for r in records if r.get("routing")}
+    if not decisions:
+        return {}
+    routes = Counter(d["route"] for d in decisions.values())
+    out = {f"routing/{route}": n / len(decisions) for route, n in routes.items()}
+    seconds = [d["seconds"] for d in decisions.values() if "seconds" in d]
+    if seconds:
+        out["routing/seconds_per_image"] = sum(seconds) / len(seconds)
+    return out
 
 
 def multimodal_gain(with_image: dict[str, float], without_image: dict[str, float],

@@ -1,9 +1,12 @@
 """Score a predictions file without a model: `python -m sinkflow.eval.score PREDICTIONS [--parser R] [--out F]`.
 
-PREDICTIONS is a sinkflow predictions file (JSON lines, DESIGN.md §3; ours or converted from another toolkit) or
-an MME eval_tool results folder (the 14 `<subtask>.txt` files with the model's responses as a 4th column).
-`--parser official` (the default) reproduces each benchmark's official tool; `lmms_eval` and `vlmevalkit` apply
-those toolkits' answer rules (and, for MMStar under lmms_eval, its macro averages).
+PREDICTIONS is a sinkflow predictions file (JSON lines, the README's contract; ours or converted from another
+toolkit) or an MME eval_tool results folder (the 14 `<subtask>.txt` files with the model's responses as a 4th
+column). `--parser official` (the default) reproduces each benchmark's official tool; `lmms_eval` and `vlmevalkit`
+apply those toolkits' answer rules (and, for MMStar under lmms_eval, its macro averages).
+
+Records of a benchmark the scorer does not know (a misspelt name) are an error; `--allow-unknown` scores them by
+first-word exact match under `<name>/accuracy`, outside the `all/*` aggregates.
 
 MMStar's multi-modal gain and leakage: score the with-image file and pass the same model's answers without images
 (`evaluate.py dataset.without_images=true`) as `--without-image`, and the base LLM's as `--text-only`.
@@ -19,18 +22,28 @@ from rich.console import Console
 from rich.table import Table
 
 from sinkflow.data.benchmarks.mme import load_mme_results
-from sinkflow.eval.metrics import multimodal_gain, score_records
+from sinkflow.data.errors import DataFormatError
+from sinkflow.eval.metrics import KNOWN_BENCHMARKS, benchmark_problem, multimodal_gain, score_records
 from sinkflow.eval.parsing import RULES
-from sinkflow.eval.predictions import read_predictions
+from sinkflow.eval.predictions import read_numbered_predictions
 
 
-def load_records(path: Path) -> list[dict]:
-    """Prediction records of a predictions file or an MME results folder."""
+def load_records(path: Path, allow_unknown: bool = False) -> list[dict]:
+    """Prediction records of a predictions file or an MME results folder (which `load_mme` checks: an empty
+    subtask file is an error there); a file without records or with an unknown benchmark is an error."""
     if path.is_dir():
         return load_mme_results(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: neither a predictions file (JSON lines) nor an MME results folder")
-    return read_predictions(path)
+    numbered = read_numbered_predictions(path)
+    if not numbered:
+        raise DataFormatError(path, None, "<file>", "no prediction records: the file holds none")
+    for line_no, record in numbered:
+        problem = benchmark_problem(record["benchmark"], allow_unknown)
+        if problem:
+            hint = "" if allow_unknown else " (--allow-unknown scores it by first-word exact match, outside all/*)"
+            raise DataFormatError(path, line_no, "benchmark", problem + hint)
+    return [record for _, record in numbered]
 
 
 def print_table(metrics: dict[str, float], title: str) -> None:
@@ -49,12 +62,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", type=Path, help="write the metrics as flat JSON here")
     parser.add_argument("--without-image", type=Path, help="the same model's MMStar answers without images (MG)")
     parser.add_argument("--text-only", type=Path, help="the base LLM's MMStar answers without images (ML)")
+    parser.add_argument("--allow-unknown", action="store_true",
+                        help=f"score benchmarks other than {', '.join(KNOWN_BENCHMARKS)} by first-word exact "
+                             "match, outside all/*")
     args = parser.parse_args(argv)
-    metrics = score_records(load_records(args.predictions), args.parser)
+
+    def score(path: Path) -> dict[str, float]:
+        return score_records(load_records(path, args.allow_unknown), args.parser, args.allow_unknown)
+
+    metrics = score(args.predictions)
     if args.without_image:
-        text_only = score_records(load_records(args.text_only), args.parser) if args.text_only else None
-        metrics.update(multimodal_gain(metrics, score_records(load_records(args.without_image), args.parser),
-                                       text_only))
+        metrics.update(multimodal_gain(metrics, score(args.without_image),
+                                       score(args.text_only) if args.text_only else None))
     elif args.text_only:
         parser.error("--text-only needs --without-image (leakage compares the two)")
     print_table(metrics, f"{args.predictions} ({args.parser} parser)")

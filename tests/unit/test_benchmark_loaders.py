@@ -1,20 +1,19 @@
-"""POPE, MME and MMStar loaders on the real fixture files, and their errors on planted format faults."""
+"""POPE, MME and MMStar loaders on the real fixture files (tests/fixtures/README.md), and their errors on planted
+format faults."""
 import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from sinkflow.data.benchmarks.mme import SUBTASKS, load_mme, load_mme_results
+from sinkflow.data.benchmarks.mme import SUBTASKS, load_mme, load_mme_release, load_mme_results
 from sinkflow.data.benchmarks.mmstar import load_mmstar
 from sinkflow.data.benchmarks.open_qa import load_open_qa
 from sinkflow.data.benchmarks.pope import load_pope
 from sinkflow.data.errors import DataFormatError
 
-# The shared fixtures live beside the checkout (../shared), as in CI.
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 SHORT = "\nAnswer the question using a single word or phrase."
-# benchmarks.md §2.1: questions per subtask.
+# docs/benchmarks.md#mme-subtasks: questions per subtask.
 MME_QUESTIONS = {
     "existence": 60, "count": 60, "position": 60, "color": 60, "posters": 294, "celebrity": 340, "scene": 400,
     "landmark": 400, "artwork": 400, "OCR": 40, "commonsense_reasoning": 140, "numerical_calculation": 40,
@@ -31,8 +30,8 @@ def _raises(loader, *args, where: str, field: str, **kwargs) -> str:
     return message
 
 
-def test_real_pope_files_load_as_items(tmp_path):
-    items = load_pope(FIXTURES / "pope_coco", tmp_path)
+def test_real_pope_files_load_as_items(tmp_path, pope_coco):
+    items = load_pope(pope_coco, tmp_path)
     counts = Counter((i["category"], i["answer"]) for i in items)
     assert counts == {(c, a): 1500 for c in ("random", "popular", "adversarial") for a in ("yes", "no")}
     assert len({i["id"] for i in items}) == 9000
@@ -44,12 +43,12 @@ def test_real_pope_files_load_as_items(tmp_path):
         "image_path": str(tmp_path.resolve() / "COCO_val2014_000000310196.jpg"),
         "prompt": "Is there a snowboard in the image?" + SHORT,
     }
-    one = load_pope([FIXTURES / "pope_coco" / "coco_pope_popular.json"], tmp_path)
+    one = load_pope([pope_coco / "coco_pope_popular.json"], tmp_path)
     assert len(one) == 3000 and {i["category"] for i in one} == {"popular"}
 
 
-def test_real_mme_templates_and_results_load_with_the_official_counts(tmp_path):
-    items = load_mme(FIXTURES / "mme_eval_tool", tmp_path)
+def test_real_mme_templates_and_results_load_with_the_official_counts(tmp_path, mme_fixtures):
+    items = load_mme(mme_fixtures / "mme_eval_tool", tmp_path)
     assert Counter(i["category"] for i in items) == MME_QUESTIONS
     assert len({i["id"] for i in items}) == 2374
     assert Counter(i["answer"] for i in items) == {"Yes": 1187, "No": 1187}
@@ -57,12 +56,12 @@ def test_real_mme_templates_and_results_load_with_the_official_counts(tmp_path):
     assert first["category"] == "existence" and first["answer"] == "Yes"
     assert first["prompt"] == first["question"].removesuffix(" Please answer yes or no.") + SHORT
     # The LaVIN results carry a 4th response column: the same items, each with its response as `prediction`.
-    results = load_mme(FIXTURES / "mme_lavin_results", tmp_path)
+    results = load_mme(mme_fixtures / "mme_lavin_results", tmp_path)
     assert [{k: v for k, v in r.items() if k != "prediction"} for r in results] == items
     assert all(isinstance(r["prediction"], str) for r in results) and "prediction" not in items[0]
-    assert load_mme_results(FIXTURES / "mme_lavin_results")[0]["prediction"].startswith("yes")
+    assert load_mme_results(mme_fixtures / "mme_lavin_results")[0]["prediction"].startswith("yes")
     with pytest.raises(DataFormatError, match="no 4th \\(model response\\) column"):
-        load_mme_results(FIXTURES / "mme_eval_tool")
+        load_mme_results(mme_fixtures / "mme_eval_tool")
 
 
 def test_mme_images_resolve_in_the_release_layout(tmp_path):
@@ -194,8 +193,6 @@ def test_open_question_errors_name_file_line_and_field(tmp_path, second, field):
 
 
 def test_mme_release_folders_load_like_the_eval_tool_layout(tmp_path):
-    from sinkflow.data.benchmarks.mme import load_mme_release
-
     release = tmp_path / "MME_Benchmark_release_version"
     pairs = {"artwork": {"10002": ("Is this artwork by Vermeer?", "Is this artwork by Monet?")},
              "count": {"000000006040": ("Is there a train?", "Are there two trains?")}}
@@ -222,3 +219,44 @@ def test_mme_release_folders_load_like_the_eval_tool_layout(tmp_path):
     (release / "count" / "000000006040.jpg").unlink()
     with pytest.raises(DataFormatError, match="000000006040.txt: image: expected 000000006040.jpg or .png"):
         load_mme_release(release)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# loader name -> (the question file left empty, the load); each folder also holds a valid file where the layout
+# has several, so that the empty one cannot hide behind the others' questions.
+EMPTY_CASES = {
+    "pope": ("x_pope_popular.json", lambda d: load_pope(d, d)),
+    "mme": ("color.txt", lambda d: load_mme(d, d)),
+    "mme_release": ("color/0002.txt", lambda d: load_mme_release(d)),
+    "mmstar": ("mmstar.jsonl", lambda d: load_mmstar(d / "mmstar.jsonl", d)),
+    "open": ("open.jsonl", lambda d: load_open_qa(d / "open.jsonl", d)),
+}
+
+
+@pytest.mark.parametrize("content", ["", "\n \n\t\n"], ids=["empty", "blank"])
+@pytest.mark.parametrize("loader", EMPTY_CASES)
+def test_a_question_file_without_questions_is_an_error(tmp_path, loader, content):
+    _jsonl(tmp_path / "x_pope_random.json", [POPE_LINE])
+    _write(tmp_path / "count.txt", "a.jpg\tQ?\tYes\na.jpg\tQ?\tNo\n")
+    _write(tmp_path / "color" / "0001.txt", "Q?\tYes\nQ?\tNo\n")
+    for image in ("0001.jpg", "0002.jpg"):
+        _write(tmp_path / "color" / image, "jpg")
+    name, load = EMPTY_CASES[loader]
+    empty = _write(tmp_path / name, content)
+    with pytest.raises(DataFormatError) as error:
+        load(tmp_path)
+    assert str(error.value) == f"{empty}: <file>: no questions: the file holds none"
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_its_line_and_a_bom_is_dropped(tmp_path):
+    path = tmp_path / "open.jsonl"
+    path.write_bytes(json.dumps(OPEN_LINE).encode() + b"\n" + json.dumps(OPEN_LINE).encode()[:-2] + b"\xe9}\n")
+    message = _raises(load_open_qa, path, tmp_path, where=f"{path}:2", field="<encoding>")
+    assert message.endswith("expected UTF-8 text, got byte 0xe9 at column 125")
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(OPEN_LINE).encode() + b"\n")
+    assert [i["id"] for i in load_open_qa(path, tmp_path)] == ["0"]

@@ -1,7 +1,6 @@
-"""The worked examples of benchmarks.md, each parser, and the official MME tool's own results on real answers."""
+"""The worked examples of docs/benchmarks.md, each parser, and the official MME tool's own results on real answers."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -9,7 +8,6 @@ from sinkflow.eval.metrics import MMEMetric, MMStarMetric, POPEMetric, score_rec
 from sinkflow.eval.parsing import mmstar_lmms_eval_letter, mmstar_official_correct, parse_mme, parse_pope
 from sinkflow.eval.score import main as score_main
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 POPE_LABELS = ["yes", "yes", "yes", "no", "no", "no", "yes", "no"]
 POPE_RAW = ["Yes, there is a dog in the image.", "Yes", "No, there is no cat.", "No", "Yes.",
             "There is not a car in the image.", "I think so.", "no"]
@@ -132,7 +130,8 @@ def test_g_mms_2_micro_and_macro_aggregation():
 
 
 def test_padded_duplicates_count_once():
-    """benchmarks.md §5: N = 5, world 2 -> the sampler repeats item 0; accuracy stays 3/5, not 4/6."""
+    """N = 5, world 2 -> the sampler repeats item 0; accuracy stays 3/5, not 4/6
+    (docs/benchmarks.md#evaluation-under-ddp)."""
     records = pope(["yes", "no", "yes", "no", "yes"], ["yes", "yes", "yes", "no", "no"])
     metric = POPEMetric()
     metric.update(records[0::2])  # rank 0
@@ -140,10 +139,10 @@ def test_padded_duplicates_count_once():
     assert metric.compute()["pope/random/accuracy"] == 0.6
 
 
-def test_the_official_mme_tool_results_are_reproduced_exactly(tmp_path):
-    expected = json.loads((FIXTURES / "mme_lavin_results" / "expected_official.json").read_text())
+def test_the_official_mme_tool_results_are_reproduced_exactly(tmp_path, mme_fixtures):
+    expected = json.loads((mme_fixtures / "mme_lavin_results" / "expected_official.json").read_text())
     out = tmp_path / "metrics.json"
-    score_main([str(FIXTURES / "mme_lavin_results"), "--out", str(out)])
+    score_main([str(mme_fixtures / "mme_lavin_results"), "--out", str(out)])
     got = json.loads(out.read_text())
     assert {k: got[k] for k in expected} == expected  # equality to the last bit, not approx
 

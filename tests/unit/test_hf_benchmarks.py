@@ -80,3 +80,16 @@ def test_mmstar_parquet_and_errors(tmp_path):
         load_mmstar_hf(tmp_path / "e.parquet")
     with pytest.raises(FileNotFoundError, match="hf download"):
         load_pope_hf(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(("load", "columns"), [
+    (load_pope_hf, ("question_id", "question", "answer", "image_source", "image", "category")),
+    (load_mme_hf, ("question_id", "image", "question", "answer", "category")),
+    (load_mmstar_hf, ("index", "question", "image", "answer", "category", "l2_category")),
+])
+def test_a_table_without_rows_is_an_error(tmp_path, load, columns):
+    """Every column present, no row: an evaluation would otherwise run on nothing and succeed."""
+    pq.write_table(pa.table({c: pa.array([], pa.string()) for c in columns}), tmp_path / "test.parquet")
+    with pytest.raises(DataFormatError) as error:
+        load(tmp_path)
+    assert str(error.value) == f"{tmp_path / 'test.parquet'}: <file>: no questions: the file holds none"

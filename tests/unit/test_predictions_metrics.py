@@ -15,20 +15,24 @@ def record(benchmark, id_, answer, prediction, **extra):
 def test_writer_dedupes_and_resumes(tmp_path):
     path = tmp_path / "predictions.jsonl"
     writer = PredictionsWriter(path)
-    assert writer.append([record("pope", "random/1", "yes", "Yes"), record("pope", "random/1", "yes", "No")]) == 1
-    assert writer.append([record("mme", "random/1", "Yes", "No")]) == 1  # same id, other benchmark
+    pope = {"category": "random"}
+    assert writer.append([record("pope", "random/1", "yes", "Yes", **pope),
+                          record("pope", "random/1", "yes", "No", **pope)]) == 1
+    mme = {"category": "count", "image": "a.jpg"}
+    assert writer.append([record("mme", "random/1", "Yes", "No", **mme)]) == 1  # same id, other benchmark
     resumed = PredictionsWriter(path)
     assert resumed.done == {("pope", "random/1"), ("mme", "random/1")}
-    assert resumed.append([record("pope", "random/1", "yes", "No"), record("pope", "random/2", "no", "No")]) == 1
+    assert resumed.append([record("pope", "random/1", "yes", "No", **pope),
+                           record("pope", "random/2", "no", "No", **pope)]) == 1
     assert [r["prediction"] for r in read_predictions(path)] == ["Yes", "No", "No"]
     fresh = PredictionsWriter(path, resume=False)
-    assert fresh.done == set() and not path.exists()
+    assert fresh.done == set() and path.read_text() == ""  # started over
 
 
 def test_read_errors_name_file_line_and_field(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"benchmark": "pope", "id": "1", "question": "q", "answer": "yes", "prediction": "y", '
-                    '"prompt": "p"}\n{"benchmark": "pope", "id": "2"}\n')
+                    '"prompt": "p", "category": "random"}\n{"benchmark": "pope", "id": "2"}\n')
     with pytest.raises(DataFormatError, match=r"bad.jsonl:2: question, answer, prediction, prompt: missing"):
         read_predictions(path)
     path.write_text("not json\n")
@@ -90,3 +94,32 @@ def test_wandb_gets_a_table_of_predictions_from_every_benchmark(tmp_path, hermet
 def test_a_pope_answer_that_is_not_yes_or_no_is_named():
     with pytest.raises(ValueError, match="POPE record 'random/1': answer must be yes or no, got 'maybe'"):
         score_records([record("pope", "random/1", "maybe", "yes", category="random")])
+
+
+UNKNOWN = [record("pope", "random/1", "yes", "No", category="random", scope="local"),
+           record("popee", "random/2", "no", "no.", category="random", scope="local")]
+
+
+def test_an_unknown_benchmark_is_refused_not_scored():
+    """A misspelt benchmark used to be scored by exact match and mixed into all/*."""
+    with pytest.raises(ValueError) as error:
+        score_records(UNKNOWN)
+    assert str(error.value) == ("record 'random/2': benchmark: unknown benchmark 'popee'; expected one of ('pope', "
+                                "'mme', 'mmstar', 'open'); allow_unknown scores it by first-word exact match, "
+                                "outside all/*")
+
+
+def test_allowed_unknown_benchmarks_are_scored_outside_the_aggregates():
+    scores = score_records(UNKNOWN, allow_unknown=True)
+    assert {k: v for k, v in scores.items() if k.startswith(("popee/", "all/"))} == {
+        "popee/accuracy": 1.0, "popee/random/accuracy": 1.0, "popee/local/accuracy": 1.0,
+        "all/local/accuracy": 0.0,  # the POPE record alone
+    }
+
+
+@pytest.mark.parametrize("name", ["all", "pope/random", ""])
+def test_an_unknown_name_that_would_write_into_other_keys_is_refused(name):
+    with pytest.raises(ValueError) as error:
+        score_records([record(name, "1", "yes", "yes")], allow_unknown=True)
+    assert str(error.value) == (f"record '1': benchmark: an unknown benchmark's name prefixes its metric keys, so it "
+                                f"must not be empty, 'all' or contain '/', got {name!r}")

@@ -316,3 +316,16 @@ def test_open_lines_answer_from_the_scene(root, scenes):
             assert r["answer"] == {0: "left", 2: "right"}[col]
     items = load_open_qa(root / "open" / "open.jsonl", root / "eval_images", check_images=True)
     assert len(items) == len(rows) and all(i["prompt"].endswith(SHORT_ANSWER) for i in items)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_one_image_evaluation_set_writes_no_empty_question_file(tmp_path, seed):
+    """A subtask the single image asks nothing of gets no file (an empty one is a loading error)."""
+    root = generate_shapes(tmp_path, seed=seed, n_train=2, n_eval=1)
+    counts = json.loads((root / "manifest.json").read_text())["counts"]
+    assert sorted(p.stem for p in (root / "mme").iterdir()) == sorted(counts["mme"]) and 0 < len(counts["mme"]) < 14
+    images = root / "eval_images"
+    assert len(load_mme(root / "mme", images)) == sum(counts["mme"].values())
+    assert len(load_pope(root / "pope", images)) == sum(counts["pope"].values())
+    assert len(load_mmstar(root / "mmstar" / "mmstar.jsonl", images)) == counts["mmstar"]
+    assert len(load_open_qa(root / "open" / "open.jsonl", images)) == counts["open"]

@@ -1,4 +1,4 @@
-"""POPE, MME and MMStar from their Hugging Face dataset layouts saved locally (benchmarks.md §1.1, §2.2, §3.1).
+"""POPE, MME and MMStar from their Hugging Face layouts saved locally (the data sections of docs/benchmarks.md).
 
 `path` is a parquet file, a folder of them (a hub snapshot such as `lmms-lab/POPE`), or a `save_to_disk` folder
 (`*.arrow`). Embedded images are written once to `image_dir` (default: `<path>_images` beside the data) so that
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from sinkflow.data.benchmarks.common import SHORT_ANSWER
+from sinkflow.data.benchmarks.common import SHORT_ANSWER, question_rows
 from sinkflow.data.benchmarks.mme import SUBTASKS, mme_items
 from sinkflow.data.benchmarks.mmstar import LETTER_ANSWER, mmstar_item
 from sinkflow.data.benchmarks.pope import pope_item
@@ -37,7 +37,8 @@ def data_files(path: Path) -> list[Path]:
 
 
 def read_rows(path: str | Path, columns: tuple[str, ...]) -> list[tuple[Path, int, dict]]:
-    """(file, 1-based row, row) for every row of the dataset, checking that `columns` exist."""
+    """(file, 1-based row, row) for every row of the dataset, checking that `columns` exist and that no file is
+    empty."""
     rows = []
     for file in data_files(Path(path)):
         if file.suffix == ".parquet":
@@ -48,7 +49,7 @@ def read_rows(path: str | Path, columns: tuple[str, ...]) -> list[tuple[Path, in
         missing = [c for c in columns if c not in table.column_names]
         if missing:
             raise DataFormatError(file, None, ", ".join(missing), f"missing column(s); has {table.column_names}")
-        rows += [(file, i + 1, row) for i, row in enumerate(table.to_pylist())]
+        rows += question_rows(file, ((file, i + 1, row) for i, row in enumerate(table.to_pylist())))
     return rows
 
 

@@ -12,9 +12,8 @@ from sinkflow.data.benchmarks.common import field, image_path, read_jsonl, short
 from sinkflow.data.errors import DataFormatError
 
 
-def load_open_qa(path: str | Path, image_root: str | Path, benchmark: str = "open",
-                 check_images: bool = False) -> list[dict]:
-    """Load open questions as evaluation items named `benchmark`."""
+def load_open_qa(path: str | Path, image_root: str | Path, check_images: bool = False) -> list[dict]:
+    """Load open questions as evaluation items of the benchmark `open` (the name the scorer knows)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"open questions not found: {path} (JSON lines of question_id, image, question, "
@@ -33,7 +32,7 @@ def load_open_qa(path: str | Path, image_root: str | Path, benchmark: str = "ope
         if not answer.strip():
             raise DataFormatError(path, line_no, "answer", "empty answer")
         items.append({
-            "benchmark": benchmark,
+            "benchmark": "open",
             "id": str(question_id),
             "question_id": question_id,
             "category": field(obj, "category", str, path, line_no),
