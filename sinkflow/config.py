@@ -6,12 +6,19 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
+from sinkflow.checks import number
+
 REQUIRED = {
     "model": ("family", "checkpoint", "template", "dtype", "optim"),
     "sink_strategy": ("strategy",),
     "dataset": ("_target_",),
     "trainer": ("_target_",),
 }
+# Bounds of the numeric `model.lora` / `model.optim` options (`LoraSpec` checks the LoRA ones again when built).
+LORA_NUMBERS = {"r": {"integer": True, "at_least": 1}, "alpha": {"above": 0}, "dropout": {"at_least": 0, "below": 1}}
+OPTIM_NUMBERS = {"lr": {"above": 0}, "projector_lr": {"above": 0}, "strategy_lr": {"above": 0, "optional": True},
+                 "weight_decay": {"at_least": 0}, "warmup_ratio": {"at_least": 0, "at_most": 1},
+                 "min_lr_ratio": {"at_least": 0, "at_most": 1}}
 
 
 def wandb_offline() -> bool:
@@ -33,12 +40,25 @@ def validate(cfg: DictConfig, groups: tuple[str, ...] = tuple(REQUIRED)) -> None
                 raise ValueError(f"config key `{group}.{key}` is missing (see conf/{group}/)")
     lora = cfg.model.get("lora")
     if lora is not None:
-        for key in ("r", "alpha"):
-            if not isinstance(lora.get(key), int) or lora[key] <= 0:
-                raise ValueError(f"`model.lora.{key}` must be a positive integer, got {lora.get(key)!r}")
+        check_numbers("model.lora", lora, LORA_NUMBERS, required=("r", "alpha"))
         if not lora.get("target_modules"):
             raise ValueError("`model.lora.target_modules` is empty: list LLM linear names or set model.lora=null")
-    optim = cfg.model.optim
-    for key in ("lr", "projector_lr"):
-        if not isinstance(optim.get(key), (int, float)) or optim[key] <= 0:
-            raise ValueError(f"`model.optim.{key}` must be a positive number, got {optim.get(key)!r}")
+    check_optim(cfg.model.optim)
+
+
+def check_optim(optim) -> None:
+    """The numeric `model.optim` options (a config node or a dict); `OptimSpec` checks itself with this too."""
+    check_numbers("model.optim", optim, OPTIM_NUMBERS, required=("lr", "projector_lr"))
+    betas = optim.get("betas")
+    if betas is not None:
+        if not (isinstance(betas, (list, tuple)) or OmegaConf.is_list(betas)) or len(betas) != 2:
+            raise ValueError(f"`model.optim.betas` must be two numbers (beta1, beta2), got {betas!r}")
+        for i, beta in enumerate(betas):
+            number(f"model.optim.betas[{i}]", beta, at_least=0, below=1)
+
+
+def check_numbers(prefix: str, options, bounds: dict[str, dict], required: tuple[str, ...]) -> None:
+    """`number` on the options that `options` sets and on the `required` ones (a missing one reads as None)."""
+    for name, bound in bounds.items():
+        if name in required or name in options:
+            number(f"{prefix}.{name}", options.get(name), **bound)

@@ -22,17 +22,22 @@ def batch_to(batch: dict, device: torch.device | str) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def load_image(path: str) -> Image.Image:
-    """Open an image as RGB, with an error naming the file."""
+def load_image(path: str, sample_id=None) -> Image.Image:
+    """Open an image as RGB, with an error naming the file (and the sample whose image it is, given its id)."""
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
     except (OSError, ValueError) as err:
-        raise OSError(f"cannot read image {path}: {err}") from err
+        raise OSError(f"cannot read image {path}{_question_suffix(sample_id)}: {err}") from err
+
+
+def _question_suffix(sample_id) -> str:
+    """` (question 'id')` for error messages, or nothing without an id."""
+    return "" if sample_id is None else f" (question {str(sample_id)!r})"
 
 
 class Collator:
-    """Turns samples `{"id", "image", "conversations", "meta"}` into the batch contract of DESIGN.md §3.
+    """Turns samples `{"id", "image", "conversations", "meta"}` into the batch contract of docs/contracts.md#batch.
 
     The batch also carries `n_truncated`: rows cut to `max_length` (their tail answers lose supervision), which
     the module logs as `train/truncated_rows`.
@@ -66,12 +71,12 @@ class Collator:
                     f"{'one image' if sample.get('image') else 'no image'}; expected exactly one per image"
                 )
             if sample.get("image") is not None:
-                images.append(load_image(sample["image"]))
+                images.append(load_image(sample["image"], sample["id"]))
             texts.append(rendered.text)
             spans.append(rendered.supervised)
 
         prompts = list(texts)
-        image_inputs = self.processor.image_processor(images, return_tensors="pt") if images else {}
+        image_inputs = self._process_images(images, [s for s in samples if s.get("image") is not None])
         batch = self._encode(texts, spans, image_inputs)
         batch.update(image_inputs)
         batch["n_truncated"] = 0
@@ -79,11 +84,29 @@ class Collator:
             self._truncate(batch)
         # The prompt is recorded as rendered, before placeholder expansion.
         batch["meta"] = [dict(s.get("meta", {}), id=s["id"], prompt=p) for s, p in zip(samples, prompts)]
-        # One stable key per image (its sample id): per-image random choices (random_control) are seeded by it.
-        batch["image_keys"] = [str(s["id"]) for s in samples if s.get("image") is not None]
+        # One stable key per image: per-image random choices (random_control) are seeded by it, sink statistics count
+        # each image once by it, and routing decisions find their record by it.
+        batch["image_keys"] = [sample_key(dict(s.get("meta", {}), id=s["id"])) for s in samples
+                               if s.get("image") is not None]
         # The question asked about each image (its first user turn), for question-conditioned routers.
         batch["image_questions"] = [first_question(s["conversations"]) for s in samples if s.get("image") is not None]
         return batch
+
+    def _process_images(self, images: list[Image.Image], samples: list[dict]) -> dict:
+        """The image processor's tensors for the batch; an image it rejects is named with its sample id."""
+        if not images:
+            return {}
+        try:
+            return self.processor.image_processor(images, return_tensors="pt")
+        except Exception:
+            # Only now, one image at a time, to find the culprit: the happy path stays one call.
+            for image, sample in zip(images, samples):
+                try:
+                    self.processor.image_processor([image], return_tensors="pt")
+                except Exception as err:
+                    raise ValueError(f"cannot process image {sample['image']}{_question_suffix(sample['id'])}: "
+                                     f"{err}") from err
+            raise  # no single image fails: the batch as a whole does
 
     def ask(self, batch: dict, questions: list[str]) -> dict:
         """A generation batch asking `questions[i]` about the batch's i-th image, its image tensors reused.
@@ -146,6 +169,12 @@ class Collator:
         batch["n_truncated"] = int(batch["attention_mask"][:, self.max_length:].any(dim=1).sum())
         for key in ("input_ids", "attention_mask", "labels"):
             batch[key] = batch[key][:, : self.max_length]
+
+
+def sample_key(meta: dict) -> str:
+    """A sample's key, unique across evaluation sets: `benchmark/id` (ids are unique within a benchmark only; an
+    MMStar index and an open-set question id can be equal), or the id of a training sample."""
+    return f"{meta['benchmark']}/{meta['id']}" if meta.get("benchmark") else str(meta["id"])
 
 
 def first_question(conversations: list[dict]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from sinkflow.checks import number
+from sinkflow.config import LORA_NUMBERS
 from sinkflow.models.families.base import VisualFamily
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,10 @@ class LoraSpec:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    def __post_init__(self):
+        for name, bounds in LORA_NUMBERS.items():
+            number(f"model.lora.{name}", getattr(self, name), **bounds)
 
 
 def lora_target_regex(family: VisualFamily, names) -> str:
@@ -44,14 +51,18 @@ def load_pretrained(source: str | Path, *, family: VisualFamily | None = None, d
     """Load an image-text-to-text model and its processor (the family's way) from a hub id or a local directory."""
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    local = local_directory(str(source))
+    source = local or str(source)
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        processor = (family.load_processor(str(source), trust_remote_code) if family is not None
-                     else AutoProcessor.from_pretrained(str(source), trust_remote_code=trust_remote_code))
-        model = AutoModelForImageTextToText.from_pretrained(str(source), **kwargs)
+        processor = (family.load_processor(source, trust_remote_code) if family is not None
+                     else AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code))
+        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     except OSError as err:
+        if local:
+            raise OSError(f"could not load model.checkpoint={source}: {err}") from err
         raise OSError(
             f"could not load model.checkpoint={source!r}: not a local HF directory and not in the hub cache "
             f"(offline runs need the weights downloaded beforehand, e.g. `hf download {source}`)\n{err}"
@@ -59,13 +70,33 @@ def load_pretrained(source: str | Path, *, family: VisualFamily | None = None, d
     return model, processor
 
 
+def local_directory(source: str) -> str | None:
+    """`source` as a local HF model directory (`~` expanded), or None for a hub id; a path that is not one fails
+    here, before anything tries to load it (a hub id is `name` or `org/name`: no leading `.`, `~` or `/`)."""
+    path = Path(source).expanduser()
+    text = source.replace(os.sep, "/")
+    looks_like_path = path.is_absolute() or text.startswith((".", "~")) or text.endswith("/") or text.count("/") > 1
+    if not path.exists():
+        if looks_like_path:
+            raise FileNotFoundError(f"model.checkpoint={source}: no such directory")
+        return None
+    if not path.is_dir():
+        raise NotADirectoryError(f"model.checkpoint={source}: not a directory (expected a Hugging Face model "
+                                 "directory, as save_pretrained writes it)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model.checkpoint={source}: the directory has no config.json (expected a Hugging "
+                                "Face model directory, as save_pretrained writes it)")
+    return str(path)
+
+
 def prepare_for_training(model: nn.Module, family: VisualFamily, *, freeze_vision: bool = True,
                          train_projector: bool = True, lora: LoraSpec | dict | None = None,
-                         train_language_model: bool = False) -> nn.Module:
+                         train_language_model: bool = False, adapter: str | Path | None = None) -> nn.Module:
     """Freeze the ViT, keep the projector trainable, put LoRA on the language model only.
 
     `train_language_model` is full fine-tuning instead of LoRA (TinyLLaVA-Factory's recipe): every weight of the
-    language model and its LM head trains.
+    language model and its LM head trains. `adapter` is an earlier run's peft adapter to start from: it keeps
+    training when `lora` is given (and must match it), else it is applied frozen.
 
     Returns the model to train, in train mode (from_pretrained leaves it in eval mode, which would silence LoRA
     dropout): a `PeftModel` when LoRA is on (the HF model is modified in place either way).
@@ -75,7 +106,11 @@ def prepare_for_training(model: nn.Module, family: VisualFamily, *, freeze_visio
     if lora is not None and train_language_model:
         raise ValueError("model.train_language_model=true fine-tunes the whole LLM: set model.lora=null with it")
     model.requires_grad_(False)
-    if lora is not None:
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=lora is not None)
+        if lora is not None:
+            check_adapter(model.peft_config["default"], lora, family, adapter)
+    elif lora is not None:
         config = LoraConfig(
             r=lora.r,
             lora_alpha=lora.alpha,
@@ -99,6 +134,16 @@ def prepare_for_training(model: nn.Module, family: VisualFamily, *, freeze_visio
     n_all = sum(p.numel() for p in model.parameters())
     log.info("trainable parameters: %d / %d (%.2f%%)", n_train, n_all, 100 * n_train / max(n_all, 1))
     return model
+
+
+def check_adapter(config: LoraConfig, lora: LoraSpec, family: VisualFamily, adapter: str | Path) -> None:
+    """An adapter that keeps training must be the one `model.lora` describes."""
+    expected = {"r": lora.r, "lora_alpha": lora.alpha, "target_modules": lora_target_regex(family, lora.target_modules)}
+    differ = {key: (getattr(config, key), value) for key, value in expected.items() if getattr(config, key) != value}
+    if differ:
+        raise ValueError(f"init_from adapter {adapter} does not match model.lora: " + ", ".join(
+            f"{key} is {have!r} there, {want!r} here" for key, (have, want) in differ.items())
+            + " (set model.lora to match, or model.lora=null to apply it frozen)")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

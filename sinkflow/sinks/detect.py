@@ -1,4 +1,5 @@
-"""ViT sink detection on projector-input features: pure tensor code, no model knowledge (DESIGN.md §1).
+"""ViT sink detection on projector-input features: pure tensor code, no model knowledge
+(docs/contracts.md#the-visual-pathway).
 
 Norms are L2 over the channel dimension, computed in float32 even for bf16/fp16 features (bf16 resolves values
 near tau = 100 only to +-0.25). Every mode returns a boolean mask [n_images, N]; images may have
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from sinkflow.checks import number
 
 MODES = ("norm_threshold", "topk", "adaptive_drop")
 
@@ -33,12 +36,11 @@ class SinkDetector(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"sink_strategy.detector.mode must be one of {MODES}, got {mode!r}")
-        if mode == "topk" and k < 0:
-            raise ValueError(f"sink_strategy.detector.k must be >= 0, got {k}")
-        if mode == "adaptive_drop" and min_ratio <= 1:
-            raise ValueError(f"sink_strategy.detector.min_ratio must be > 1, got {min_ratio}")
-        if max_sinks is not None and max_sinks < 0:
-            raise ValueError(f"sink_strategy.detector.max_sinks must be >= 0 or null, got {max_sinks}")
+        # Every option, whatever the mode: a bad value is a mistake even where this mode ignores it.
+        number("sink_strategy.detector.tau", tau, above=0)
+        number("sink_strategy.detector.k", k, integer=True, at_least=1)  # k = 0 would silently find no sink
+        number("sink_strategy.detector.min_ratio", min_ratio, above=1)
+        number("sink_strategy.detector.max_sinks", max_sinks, integer=True, at_least=0, optional=True)
         self.mode, self.tau, self.k, self.min_ratio, self.max_sinks = mode, tau, k, min_ratio, max_sinks
 
     def forward(self, features: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""SIMULATED sinks for the tiny model (DESIGN.md §4) — a documented stand-in, never used with real checkpoints.
+"""SIMULATED sinks for the tiny model (docs/contracts.md#simulated-sinks) — a documented stand-in, never used with
+real checkpoints.
 
 Sinks emerge only in large, long-trained ViTs; a randomly initialised tiny ViT has none. This module plants them
 where the paper finds them: it writes a global summary of each image (the mean of its patch features, rescaled
@@ -13,6 +14,8 @@ import logging
 import torch
 from torch import nn
 
+from sinkflow.checks import number
+
 log = logging.getLogger(__name__)
 
 
@@ -21,10 +24,8 @@ class SimulatedSinks(nn.Module):
 
     def __init__(self, k: int = 2, norm: float = 150.0):
         super().__init__()
-        if k < 1:
-            raise ValueError(f"model.simulated_sinks.k must be >= 1, got {k}")
-        if norm <= 0:
-            raise ValueError(f"model.simulated_sinks.norm must be > 0, got {norm}")
+        number("model.simulated_sinks.k", k, integer=True, at_least=1)
+        number("model.simulated_sinks.norm", norm, above=0)
         self.k, self.norm = k, norm
         log.warning("SIMULATION: planting %d simulated sink tokens of norm %.0f per image (model.simulated_sinks); "
                     "set it to null for a real checkpoint", k, norm)

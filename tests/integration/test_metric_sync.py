@@ -40,7 +40,13 @@ def _worker(rank: int, port: int, queue) -> None:
     else:
         stats.add_nothing()  # what SinkflowModule does on a rank without images
     per_image = stats.compute()[0]["sinks/per_image"]
-    queue.put((rank, pope.compute()["pope/random/accuracy"], mme.compute()["mme/count/acc_plus"], per_image))
+    # Image "a" padded onto rank 1 again: counted once (1 sink over 2 images, not 2 over 3).
+    padded = SinkStats()
+    norms = torch.tensor([[1.0, 200.0], [1.0, 2.0]])[: 2 - rank]
+    padded.update(norms, norms >= 100, keys=["a", "b"][: 2 - rank])
+    deduplicated = padded.compute()[0]["sinks/per_image"]
+    queue.put((rank, pope.compute()["pope/random/accuracy"], mme.compute()["mme/count/acc_plus"], per_image,
+               deduplicated))
     dist.destroy_process_group()
 
 
@@ -52,3 +58,4 @@ def test_two_processes_give_the_single_process_scores():
     assert [r[1] for r in results] == [0.6, 0.6]  # 3/5, not the 4/6 a naive sum over padded shards gives
     assert [r[2] for r in results] == [50.0, 50.0]  # a.jpg both right, b.jpg not: pairs rebuilt across ranks
     assert [r[3] for r in results] == [1.0, 1.0]
+    assert [r[4] for r in results] == [0.5, 0.5]

@@ -1,7 +1,10 @@
 """Templates, placeholder expansion and label masking: only assistant answers (+ </s>) are supervised."""
 
+import re
+
 import pytest
 import torch
+from PIL import Image
 
 from sinkflow.data.collate import IGNORE_INDEX, Collator
 from sinkflow.data.templates import VICUNA_V1_SYSTEM, ProcessorChatTemplate, VicunaV1
@@ -120,3 +123,70 @@ def test_chat_template_path_needs_a_template(processor):
 
     with pytest.raises(ValueError, match="NoTemplate has no chat_template; use template=vicuna_v1"):
         ProcessorChatTemplate().render(NoTemplate(), [("user", "hi")], add_generation_prompt=True)
+
+
+def test_an_unreadable_image_names_the_file_and_the_question(processor, tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_text("not an image")
+    sample = dict(conversation(str(corrupt)), id="random/3")
+    with pytest.raises(OSError, match=re.escape(f"cannot read image {corrupt} (question 'random/3'): cannot identify "
+                                                "image file")) as caught:
+        Collator(processor, VicunaV1())([sample])
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+@pytest.fixture(scope="module")
+def qwen_processor():
+    from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
+
+    return build_tiny_qwen(TinyQwenSpec())[1]
+
+
+def test_an_image_the_processor_rejects_names_the_file_and_the_question(qwen_processor, image_path, tmp_path):
+    # Qwen2-VL's processor refuses an aspect ratio above 200 (here 300), from inside transformers.
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (1, 300)).save(thin)
+    samples = [dict(conversation(image_path), id="shapes/1"), dict(conversation(str(thin)), id="random/3")]
+    rejected = "absolute aspect ratio must be smaller than 200, got 300.0"
+    message = f"cannot process image {thin} (question 'random/3'): {rejected}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$") as caught:
+        Collator(qwen_processor, ProcessorChatTemplate())(samples)
+    assert isinstance(caught.value.__cause__, ValueError) and str(caught.value.__cause__) == rejected
+
+
+def count_calls(monkeypatch, processor, fail_batches: bool = False) -> list[int]:
+    """The number of images of each image-processor call (a batch of several fails with `fail_batches`)."""
+    calls = []
+    image_processor = type(processor.image_processor)
+    original = image_processor.__call__
+
+    def call(self, images, **kwargs):
+        calls.append(len(images))
+        if fail_batches and len(images) > 1:
+            raise RuntimeError("no batches today")
+        return original(self, images, **kwargs)
+
+    monkeypatch.setattr(image_processor, "__call__", call)
+    return calls
+
+
+def test_a_batch_the_processor_takes_is_processed_in_one_call(processor, image_path, monkeypatch):
+    calls = count_calls(monkeypatch, processor)
+    batch = Collator(processor, VicunaV1())([conversation(image_path), conversation(image_path)])
+    assert calls == [2] and batch["pixel_values"].shape[0] == 2
+
+
+def test_a_batch_failure_no_single_image_explains_is_raised_as_it_was(processor, image_path, monkeypatch):
+    calls = count_calls(monkeypatch, processor, fail_batches=True)
+    with pytest.raises(RuntimeError, match="^no batches today$"):
+        Collator(processor, VicunaV1())([conversation(image_path), conversation(image_path)])
+    assert calls == [2, 1, 1]
+
+
+def test_image_keys_are_unique_across_evaluation_sets(processor, image_path):
+    """An MMStar index and an open-set question id can be equal: the key says which set (sink statistics count an
+    image once by it, routing decisions find their record by it)."""
+    samples = [{"id": "3", "image": image_path, "conversations": [{"from": "human", "value": "<image>\nQ?"}],
+                "meta": {"benchmark": benchmark}} for benchmark in ("mmstar", "open")]
+    samples.append({"id": "t0", "image": image_path, "conversations": [{"from": "human", "value": "<image>\nQ?"}]})
+    assert Collator(processor, VicunaV1(), generate=True)(samples)["image_keys"] == ["mmstar/3", "open/3", "t0"]

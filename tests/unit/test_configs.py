@@ -1,5 +1,6 @@
 """Every config in every group composes, instantiates what it names, and validation names bad keys."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -108,15 +109,51 @@ def test_real_checkpoints_point_at_llava_hf(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("model.lora.r=0", "`model.lora.r` must be a positive integer"),
-    ("model.lora.target_modules=[]", "`model.lora.target_modules` is empty"),
-    ("model.optim.lr=-1", "`model.optim.lr` must be a positive number"),
-    ("~model.family", "config key `model.family` is missing"),
+    ("model.lora.r=0", "`model.lora.r` must be an integer >= 1, got 0"),
+    ("model.lora.r=2.5", "`model.lora.r` must be an integer >= 1, got 2.5"),
+    ("~model.lora.r", "`model.lora.r` must be an integer >= 1, got None"),
+    ("model.lora.alpha=0", "`model.lora.alpha` must be a number > 0, got 0"),
+    ("model.lora.dropout=1.0", "`model.lora.dropout` must be a number >= 0 and < 1, got 1.0"),
+    ("model.lora.target_modules=[]",
+     "`model.lora.target_modules` is empty: list LLM linear names or set model.lora=null"),
+    ("model.optim.lr=-1", "`model.optim.lr` must be a number > 0, got -1"),
+    ("model.optim.projector_lr=abc", "`model.optim.projector_lr` must be a number > 0, got 'abc'"),
+    ("++model.optim.strategy_lr=0", "`model.optim.strategy_lr` must be a number > 0 or null, got 0"),
+    ("model.optim.weight_decay=-0.1", "`model.optim.weight_decay` must be a number >= 0, got -0.1"),
+    ("model.optim.warmup_ratio=1.5", "`model.optim.warmup_ratio` must be a number >= 0 and <= 1, got 1.5"),
+    ("++model.optim.min_lr_ratio=-1", "`model.optim.min_lr_ratio` must be a number >= 0 and <= 1, got -1"),
+    ("++model.optim.betas=[0.9,1.0]", "`model.optim.betas[1]` must be a number >= 0 and < 1, got 1.0"),
+    ("++model.optim.betas=0.9", "`model.optim.betas` must be two numbers (beta1, beta2), got 0.9"),
+    ("~model.family", "config key `model.family` is missing (see conf/model/)"),
 ])
 def test_validation_names_the_key(override, message, tmp_path):
     cfg = compose_cfg("train", [override], tmp_path)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         validate(cfg)
+
+
+def test_validation_accepts_a_null_strategy_lr_and_boundary_values(tmp_path):
+    validate(compose_cfg("train", ["++model.optim.strategy_lr=null", "model.lora.dropout=0.0",
+                                   "model.optim.warmup_ratio=1.0", "++model.optim.betas=[0.0,0.999]"], tmp_path))
+
+
+@pytest.mark.parametrize("override,node,message", [
+    ("sink_strategy.detector.tau=-1", "sink_strategy.detector", "`sink_strategy.detector.tau` must be a number > 0, "
+                                                                "got -1"),
+    ("model.simulated_sinks.k=0", "model.simulated_sinks", "`model.simulated_sinks.k` must be an integer >= 1, got 0"),
+    ("sink_strategy.strategy.seed=-3", "sink_strategy.strategy", "`sink_strategy.strategy.seed` must be an integer "
+                                                                 ">= 0, got -3"),
+])
+def test_a_bad_number_in_the_real_configs_fails_at_instantiation_naming_the_key(override, node, message, tmp_path):
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    overrides = ["sink_strategy=random_control", override] if "strategy.seed" in override else [override]
+    cfg = compose_cfg("train", overrides, tmp_path)
+    validate(cfg)  # validation of the composed config does not see constructor options
+    with pytest.raises(InstantiationException, match=re.escape(message)) as caught:
+        instantiate(OmegaConf.select(cfg, node))
+    assert isinstance(caught.value.__cause__, ValueError) and str(caught.value.__cause__) == message
 
 
 @pytest.mark.parametrize("option,checkpoint,family", [

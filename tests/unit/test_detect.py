@@ -1,5 +1,7 @@
 """The sink detector on hand-made tensors with known answers."""
 
+import re
+
 import pytest
 import torch
 
@@ -29,7 +31,6 @@ def test_topk_breaks_ties_by_token_order_and_clips_k():
     features = with_norms([[5, 7, 7, 7], [9, 1, 2, 3]])
     assert torch.equal(SinkDetector("topk", k=2)(features), mask([[0, 1, 1, 0], [1, 0, 0, 1]]))
     assert SinkDetector("topk", k=10)(features).all()
-    assert not SinkDetector("topk", k=0)(features).any()
 
 
 def test_adaptive_drop_cuts_at_the_largest_relative_drop():
@@ -58,14 +59,28 @@ def test_norms_are_float32_even_for_bf16_features():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"mode": "magic"}, "detector.mode must be one of"),
-    ({"mode": "topk", "k": -1}, "detector.k must be >= 0"),
-    ({"mode": "adaptive_drop", "min_ratio": 1.0}, "detector.min_ratio must be > 1"),
-    ({"max_sinks": -2}, "detector.max_sinks must be >= 0 or null"),
+    ({"mode": "magic"}, "sink_strategy.detector.mode must be one of ('norm_threshold', 'topk', 'adaptive_drop'), "
+                        "got 'magic'"),
+    # Before, tau <= 0 made every token a sink and k = 0 found none, silently.
+    ({"tau": -1}, "`sink_strategy.detector.tau` must be a number > 0, got -1"),
+    ({"tau": 0}, "`sink_strategy.detector.tau` must be a number > 0, got 0"),
+    ({"tau": "100"}, "`sink_strategy.detector.tau` must be a number > 0, got '100'"),
+    ({"tau": float("nan")}, "`sink_strategy.detector.tau` must be a number > 0, got nan"),
+    ({"mode": "topk", "k": 0}, "`sink_strategy.detector.k` must be an integer >= 1, got 0"),
+    ({"mode": "topk", "k": 2.5}, "`sink_strategy.detector.k` must be an integer >= 1, got 2.5"),
+    ({"mode": "adaptive_drop", "min_ratio": 1.0}, "`sink_strategy.detector.min_ratio` must be a number > 1, got 1.0"),
+    ({"max_sinks": -2}, "`sink_strategy.detector.max_sinks` must be an integer >= 0 or null, got -2"),
+    # A value the mode ignores is still checked (norm_threshold reads no k).
+    ({"mode": "norm_threshold", "k": -1}, "`sink_strategy.detector.k` must be an integer >= 1, got -1"),
 ])
 def test_bad_settings_name_the_key(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         SinkDetector(**kwargs)
+
+
+def test_boundary_settings_are_accepted():
+    detector = SinkDetector("topk", tau=1e-6, k=1, min_ratio=1.001, max_sinks=0)
+    assert (detector.tau, detector.k, detector.min_ratio, detector.max_sinks) == (1e-6, 1, 1.001, 0)
 
 
 def test_ragged_rows_never_mark_padding_and_rank_within_each_image():

@@ -36,6 +36,21 @@ def test_stats_on_hand_made_tensors():
     assert scalars["sinks/per_image"] == 0.0 and "sinks/precision" not in scalars  # nothing planted: no score
 
 
+def test_an_image_seen_twice_counts_once():
+    """The sampler's padding repeats a sample (on another rank, in another batch): its image counts once."""
+    norms = torch.tensor([[1.0, 2.0, 200.0, 3.0], [4.0, 150.0, 120.0, 5.0]])
+    once = SinkStats()
+    once.update(norms, norms >= 100, keys=["a", "b"])
+    twice = SinkStats()
+    twice.update(norms, norms >= 100, keys=["a", "b"])
+    twice.update(norms[1:], norms[1:] >= 100, keys=["b"])
+    assert twice.compute()[0] == once.compute()[0]
+    assert twice.compute()[0]["sinks/per_image"] == 1.5 and twice.compute()[1]["norms"].numel() == 8
+    padded = torch.tensor([[7.0, 300.0, 0.0]])  # a third image with one padding position
+    once.update(padded, padded >= 100, keys=["c"], valid=torch.tensor([[True, True, False]]))
+    assert once.compute()[1]["norms"].tolist() == sorted([*norms.flatten().tolist(), 7.0, 300.0])
+
+
 def test_every_validation_epoch_logs_sink_stats(shapes_root, tmp_path):
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=2))
     module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), SinkDetector(tau=100.0),

@@ -1,6 +1,6 @@
-"""`cot_route` (DIYSink CoT routing, paper §5.4): before answering, the model itself is asked two short questions
-about each image (is it symbolic/simple or real-world/complex; does the question need global or local
-understanding) and the answers pick the visual input of the Dual-MLP:
+"""`cot_route` (DIYSink CoT routing, docs/paper.md#cot-routing): before answering, the model itself is asked two
+short questions about each image (is it symbolic/simple or real-world/complex; does the question need global or
+local understanding) and the answers pick the visual input of the Dual-MLP:
 
     symbolic + global -> sinks only;  real-world + local -> non-sinks only;  anything else -> both.
 
@@ -18,10 +18,11 @@ from __future__ import annotations
 import re
 import time
 
+from sinkflow.checks import number
 from sinkflow.sinks.strategies.base import Routed
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
 
-# paper.md §5.4 (P1, P2): the paper's exact prompts are not public.
+# docs/paper.md#cot-routing (P1, P2): the paper's exact prompts are not public.
 IMAGE_PROMPT = ("Is this image a simple/symbolic diagram (e.g., geometry, chart, synthetic) or a complex real-world "
                 "photo? Answer 'symbolic' or 'real-world'.")
 QUESTION_PROMPT = ("Does answering the question '{question}' require holistic understanding/reasoning about the whole "
@@ -72,8 +73,7 @@ class CotRoute(DualMLP, name="cot_route"):
         if "{question}" not in question_prompt:
             raise ValueError("sink_strategy.strategy.question_prompt must contain '{question}' (the user's question), "
                              f"got {question_prompt!r}")
-        if max_new_tokens < 1:
-            raise ValueError(f"sink_strategy.strategy.max_new_tokens must be >= 1, got {max_new_tokens}")
+        number("sink_strategy.strategy.max_new_tokens", max_new_tokens, integer=True, at_least=1)
         self.image_prompt, self.question_prompt, self.max_new_tokens = image_prompt, question_prompt, max_new_tokens
 
     def forward(self, visual, sink_mask, project, ask=None) -> Routed:

@@ -1,13 +1,14 @@
-"""`dual_mlp` (DIYSink, paper §3): sink tokens and the other tokens through two projectors of the family's own
-architecture, the sink block first, each block scaled by a weight (1 here; the `reweight` router learns them).
+"""`dual_mlp` (DIYSink, docs/paper.md#dual-mlp): sink tokens and the other tokens through two projectors of the
+family's own architecture, the sink block first, each block scaled by a weight (1 here; the `reweight` router
+learns them).
 
 `init: copy` starts both projectors from the model's trained one (so, before any training, the LLM sees exactly
 what `sink_front` gives it); `init: random` re-initialises them. The family's own projector is then unused and
 frozen: only the two copies train (with the strategy's learning rate, and saved with the run).
 
-Two-stage training (paper §5.2): `stage: sinks` / `stage: others` trains one projector alone on its own token
-type (the other is frozen and unused); `stage: both` (stage 2) fine-tunes on the concatenation, starting from the
-stage-1 projectors given by `sink_projector_from` / `other_projector_from` (a run's
+Two-stage training (docs/paper.md#two-stage-recipe): `stage: sinks` / `stage: others` trains one projector alone
+on its own token type (the other is frozen and unused); `stage: both` (stage 2) fine-tunes on the concatenation,
+starting from the stage-1 projectors given by `sink_projector_from` / `other_projector_from` (a run's
 `checkpoints/export/strategy.safetensors`).
 """
 

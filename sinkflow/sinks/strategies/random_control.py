@@ -13,6 +13,7 @@ import zlib
 
 import torch
 
+from sinkflow.checks import number
 from sinkflow.sinks.strategies.base import SinkStrategy, split_sinks
 
 ACTIONS = ("drop", "keep")
@@ -25,6 +26,7 @@ class RandomControl(SinkStrategy, name="random_control"):
         super().__init__(position_ids)
         if action not in ACTIONS:
             raise ValueError(f"sink_strategy.strategy.action must be one of {ACTIONS}, got {action!r}")
+        number("sink_strategy.strategy.seed", seed, integer=True, at_least=0)
         self.action, self.seed = action, seed
 
     def picked(self, visual, sink_mask) -> list[torch.Tensor]:

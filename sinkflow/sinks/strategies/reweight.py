@@ -1,4 +1,4 @@
-"""`reweight` (DIYSink ReW, paper §3): Dual-MLP whose two blocks are scaled by weights that a small router
+"""`reweight` (DIYSink ReW, docs/paper.md#rew): Dual-MLP whose two blocks are scaled by weights that a small router
 predicts from the question alone (a frozen sentence encoder, then an MLP). Only the router trains; the two
 projectors come from Dual-MLP training (`projectors` path) and stay frozen (`train_projectors: true` trains them
 with the router, for a model that has no trained Dual-MLP, e.g. the tiny simulation). The router's last layer starts at
@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from sinkflow.checks import number
 from sinkflow.models.encoders import SentenceEncoder
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
 
@@ -34,6 +35,7 @@ class Reweight(DualMLP, name="reweight"):
         if activation not in ACTIVATIONS:
             raise ValueError(f"sink_strategy.strategy.activation must be one of {tuple(ACTIVATIONS)}, "
                              f"got {activation!r}")
+        number("sink_strategy.strategy.hidden", hidden, integer=True, at_least=1)  # before the encoder loads
         self.activation = activation
         self.encoder = SentenceEncoder(encoder, cache_size=cache_size)
         self.router = nn.Sequential(nn.Linear(self.encoder.dim, hidden), nn.GELU(), nn.Linear(hidden, 2))
