@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
+from sinkflow.checks import number
 from sinkflow.data.collate import Collator
 from sinkflow.data.instruct import load_instruct
-from sinkflow.eval.predictions import read_predictions, record_key
+from sinkflow.data.resumable import ResumableLoader
+from sinkflow.eval.predictions import load_for_resume, record_key
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +51,20 @@ class LVLMDataModule(L.LightningDataModule):
         # A set configured as null (`dataset.eval_sets.pope=null`) is left out.
         self.eval_sets = {name: loader for name, loader in (eval_sets or {}).items() if loader is not None}
         self.prepare, self.annotate = prepare, annotate
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.val_fraction, self.max_length = val_fraction, max_length
-        self.limit_train, self.limit_eval, self.seed = limit_train, limit_eval, seed
+        self.batch_size = number("dataset.batch_size", batch_size, integer=True, at_least=1)
+        self.eval_batch_size = number("dataset.eval_batch_size", eval_batch_size, integer=True, at_least=1)
+        self.num_workers = number("dataset.num_workers", num_workers, integer=True, at_least=0)
+        self.val_fraction = number("dataset.val_fraction", val_fraction, at_least=0, below=1)
+        self.max_length = number("dataset.max_length", max_length, integer=True, at_least=1, optional=True)
+        self.limit_train = number("dataset.limit_train", limit_train, integer=True, at_least=1, optional=True)
+        self.limit_eval = number("dataset.limit_eval", limit_eval, integer=True, at_least=1, optional=True)
+        self.seed = seed
         self.skip_predicted = skip_predicted
         self.without_images = without_images  # evaluation questions asked without their image
         self.obtain = dict(obtain or {})  # per evaluation set: how to get the data, added to a missing-file error
         self.processor = self.template = None
+        self.train_loader: ResumableLoader | None = None
+        self._resume: dict[str, int] | None = None  # the training loader's position in the checkpoint resumed from
         self.train_set: list[dict] = []
         self.val_set: list[dict] = []
         self.test_set: list[dict] = []
@@ -83,6 +92,9 @@ class LVLMDataModule(L.LightningDataModule):
             self.test_set = self._load_eval()
 
     def _load_eval(self) -> list[dict]:
+        if not self.eval_sets:
+            raise ValueError("dataset.eval_sets names no evaluation set: there is nothing to evaluate (train.py "
+                             "test=false skips the test phase)")
         items = []
         for name, loader in self.eval_sets.items():
             try:
@@ -98,8 +110,7 @@ class LVLMDataModule(L.LightningDataModule):
             items = [dict(item, **self.annotate(item)) for item in items]
         samples = [eval_sample(item, with_image=not self.without_images) for item in items]
         if self.skip_predicted:
-            path = Path(self.skip_predicted)
-            done = {record_key(r) for r in read_predictions(path)} if path.exists() else set()
+            done = {record_key(r) for r in load_for_resume(self.skip_predicted)}
             kept = [s for s in samples if record_key(s["meta"]) not in done]
             log.info("resuming: %d of %d questions already predicted in %s", len(samples) - len(kept),
                      len(samples), self.skip_predicted)
@@ -115,18 +126,38 @@ class LVLMDataModule(L.LightningDataModule):
             raise RuntimeError("LVLMDataModule.bind(processor, template) must be called before building loaders")
         return Collator(self.processor, self.template, generate=generate, max_length=self.max_length)
 
-    def _loader(self, data, batch_size, shuffle, generate):
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=self._collator(generate), persistent_workers=self.num_workers > 0)
+    def _loader(self, data, batch_size, generate):
+        # Its own generator: creating an iterator draws the workers' base seed from it, not from the global RNG that
+        # training draws from, so validating (or resuming, which may set a validation up) shifts no training draw.
+        return DataLoader(data, batch_size=batch_size, num_workers=self.num_workers,
+                          collate_fn=self._collator(generate), persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self):
-        return self._loader(self.train_set, self.batch_size, True, False)
+        # Under DDP, this process's share (as Lightning's DistributedSampler would give it).
+        sharding = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
+        self.train_loader = ResumableLoader(self.train_set, batch_size=self.batch_size, seed=self.seed,
+                                            num_workers=self.num_workers, collate_fn=self._collator(False),
+                                            persistent_workers=self.num_workers > 0, **sharding)
+        if self._resume is not None:
+            self.train_loader.load_state_dict(self._resume)
+            self._resume = None
+        return self.train_loader
+
+    # The training loader's position travels with the data module's state, which Lightning restores before the
+    # loader is built. Lightning saves it with its loops too, but gives it back only to a loader built after the
+    # checkpoint is read, and `configure_optimizers` builds it earlier (`trainer.estimated_stepping_batches`).
+    def state_dict(self) -> dict:
+        return {"train_loader": self.train_loader.state_dict()} if self.train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = state_dict.get("train_loader")
 
     def val_dataloader(self):
-        return self._loader(self.val_set, self.batch_size, False, False)
+        return self._loader(self.val_set, self.batch_size, False)
 
     def test_dataloader(self):
-        return self._loader(self.test_set, self.eval_batch_size, False, True)
+        return self._loader(self.test_set, self.eval_batch_size, True)
 
     def predict_dataloader(self):
         return self.test_dataloader()
