@@ -1,4 +1,4 @@
-"""`analyze.py task=massive_dims`: the LLM hidden dimensions where visual sink tokens spike (paper.md §2.2).
+"""`analyze.py task=massive_dims`: the LLM dimensions where visual sink tokens spike (docs/paper.md#massive-dimensions).
 
 Each visual token's hidden state entering LLM layer l (`output_hidden_states[l]`, l = 0 is the embedding) is
 RMS-normalised, h / rms(h), so a value reads as "times the token's typical magnitude". Per layer the summary
@@ -44,6 +44,12 @@ class MassiveCriterion:
         if self.min_layer < 0:
             raise ValueError(f"massive_dims.min_layer must be >= 0, got {self.min_layer}")
         self.dims = list(self.dims) if self.dims is not None else None
+
+    def check_depth(self, n_layers: int, key: str) -> None:
+        """Refuse a `min_layer` that leaves none of the LLM's `n_layers` layers to judge."""
+        if self.min_layer >= n_layers:
+            raise ValueError(f"{key}.min_layer={self.min_layer} leaves none of the LLM's {n_layers} layers (layers "
+                             f"0-{n_layers - 1}; VAR's 2 is for 32-layer LLMs)")
 
     def spikes(self, layer: int, normalised: torch.Tensor) -> torch.Tensor:
         """[...] bool: which tokens of one layer's normalised states [..., D] are massive."""
@@ -100,13 +106,18 @@ def top_dims(values: torch.Tensor, k: int) -> list[dict]:
     return [{"dim": int(d), "value": float(v)} for v, d in zip(best.values, best.indices)]
 
 
+def preflight(settings, n_layers: int) -> None:
+    """The settings checks that need only the LLM's depth, run before the model and data load."""
+    MassiveCriterion(tau=settings.tau, min_layer=settings.min_layer, dims=settings.dims).check_depth(
+        n_layers, "massive_dims")
+
+
 def run(ctx: AnalysisContext) -> dict:
     """Rank massive dimensions per layer (ViT sinks vs others) and per sink group (propagated vs LLM-emerged)."""
     settings = ctx.settings
     criterion = MassiveCriterion(tau=settings.tau, min_layer=settings.min_layer, dims=settings.dims)
     n_layers = len(decoder_layers(ctx.module.hf))
-    if criterion.min_layer >= n_layers:
-        raise ValueError(f"massive_dims.min_layer={criterion.min_layer} leaves none of the LLM's {n_layers} layers")
+    criterion.check_depth(n_layers, "massive_dims")
     layer_sums, counts = None, torch.zeros(2)
     group_sums, group_counts = None, {"propagated": 0, "emerged": 0}
     tokens_seen = sinks_seen = 0

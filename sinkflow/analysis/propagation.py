@@ -1,8 +1,8 @@
 """`analyze.py task=propagation`: how much LLM attention each visual token receives, against its ViT norm.
 
-Paper.md §2.1 (Fig. 3A): bin visual tokens by ViT norm (bin width 5) and average the attention each bin receives
-from the LLM's queries; compare token types. The reported table on LLaVA-1.5-7B is 0.1532 % (non-sink visual),
-1.13 % (ViT sink), 1.27 % (LLM-emerged sink).
+The paper's Fig. 3A (docs/paper.md#propagation-into-the-llm): bin visual tokens by ViT norm (bin width 5) and
+average the attention each bin receives from the LLM's queries; compare token types. The reported table on
+LLaVA-1.5-7B is 0.1532 % (non-sink visual), 1.13 % (ViT sink), 1.27 % (LLM-emerged sink).
 
 - Queries: `generated` (default) greedily generates `max_new_tokens` per prompt, then runs one forward of
   prompt + answer and takes the rows of the answer tokens (up to and including the first end-of-sequence);
@@ -137,6 +137,16 @@ def summarise(norms: torch.Tensor, attention: torch.Tensor, vit_sink: torch.Tens
                         "spearman": correlation(average_ranks(norms_np), average_ranks(attention_np))},
         "bins": bins,
     }
+
+
+def preflight(settings, n_layers: int) -> None:
+    """The settings checks that need only the LLM's depth, run before the model and data load."""
+    if settings.queries not in QUERIES:
+        raise ValueError(f"propagation.queries must be one of {QUERIES}, got {settings.queries!r}")
+    emerged = settings.emerged
+    MassiveCriterion(tau=emerged.tau, min_layer=emerged.min_layer, dims=emerged.dims).check_depth(
+        n_layers, "propagation.emerged")
+    layer_range(n_layers, settings.layers, "propagation.layers")
 
 
 def run(ctx: AnalysisContext) -> dict:

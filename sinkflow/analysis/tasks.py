@@ -25,6 +25,12 @@ ANALYSES: dict[str, Callable[[AnalysisContext], dict]] = {
     "probe": probe.run,
 }
 
+# Checks of a task's settings against the LLM's depth, run before anything loads.
+PREFLIGHTS: dict[str, Callable[[DictConfig, int], None]] = {
+    "propagation": propagation.preflight,
+    "massive_dims": massive_dims.preflight,
+}
+
 
 def analysis_context(cfg: DictConfig, module: SinkflowModule, datamodule: LVLMDataModule,
                      loggers: list) -> AnalysisContext:

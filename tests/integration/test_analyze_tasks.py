@@ -2,17 +2,18 @@
 summary and PNG figure, and reports the simulated sinks as the ViT sinks."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from sinkflow.analysis.tasks import ANALYSES
 
-from test_entry_points import SMALL_DATA, run
+from test_entry_points import ROOT, SMALL_DATA, run
 
 MODELS = ["tiny_llava", "tiny_qwen2_vl"]
-# The tiny LLMs have 2 layers: judge massive activations from layer 1 (the default, VAR's 2, would judge none).
-TASK_ARGS = {"propagation": ["propagation.max_new_tokens=4", "massive_dims.min_layer=1"],
-             "massive_dims": ["massive_dims.min_layer=1"]}
+# Every task runs on its defaults (the tiny models set massive_min_layer: 1 for their 2-layer LLMs).
+TASK_ARGS = {"propagation": ["propagation.max_new_tokens=4"]}
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -31,6 +32,18 @@ def test_task_writes_summary_and_figure(task, model, tmp_path, env):
         assert sum(b["tokens"] for b in summary["bins"]) == summary["tokens"]
     if task == "massive_dims":
         assert summary["visual_tokens"] == 6 * 16 and summary["vit_sinks"] > 0
-        assert summary["vit_sinks_equal_planted"] is True
+        assert summary["vit_sinks_equal_planted"] is True and summary["criterion"]["min_layer"] == 1
         assert [entry["layer"] for entry in summary["per_layer"]] == [0, 1]
         assert all(len(entry["non_sinks"]) == 5 for entry in summary["per_layer"])
+
+
+@pytest.mark.parametrize("task,setting,message", [
+    ("massive_dims", "massive_dims.min_layer=2", "massive_dims.min_layer=2 leaves none of the LLM's 2 layers"),
+    ("propagation", "propagation.layers=[5,6]", "propagation.layers=[5, 6] selects none of the LLM's 2 layers"),
+])
+def test_a_setting_the_model_cannot_take_fails_before_anything_loads(task, setting, message, tmp_path, env):
+    proc = subprocess.run([sys.executable, str(ROOT / "analyze.py"), f"task={task}", setting,
+                           f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not (tmp_path / "data").exists(), "the dataset must not be generated for a run that cannot start"
