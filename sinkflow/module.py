@@ -7,20 +7,27 @@ the strategy says which tokens reach the LLM. Checkpoints keep only the trainabl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 from torch import nn
 
-from sinkflow.data.collate import Collator
+from sinkflow.checks import number
+from sinkflow.config import check_optim
+from sinkflow.data.collate import Collator, sample_key
+from sinkflow.divergence import require_finite
 from sinkflow.models.build import unwrap
 from sinkflow.models.families.base import VisualFamily, VisualFeatures
 from sinkflow.sinks.detect import token_norms
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.stats import SinkStats, log_histograms
 from sinkflow.sinks.strategies.base import Routed, SinkStrategy
+
+if TYPE_CHECKING:
+    from sinkflow.models.export import Export
 
 
 @dataclass
@@ -35,12 +42,18 @@ class OptimSpec:
     warmup_ratio: float = 0.03
     min_lr_ratio: float = 0.0
 
+    def __post_init__(self):
+        check_optim(asdict(self))
+
 
 @dataclass
 class GenerationSpec:
     """Greedy decoding settings for evaluation."""
 
     max_new_tokens: int = 16
+
+    def __post_init__(self):
+        number("model.generation.max_new_tokens", self.max_new_tokens, integer=True, at_least=1)
 
 
 class SinkflowModule(L.LightningModule):
@@ -50,7 +63,7 @@ class SinkflowModule(L.LightningModule):
                  detector: nn.Module | None = None, optim: OptimSpec | dict | None = None,
                  generation: GenerationSpec | dict | None = None, source: str | None = None,
                  run_config: dict | None = None, simulated_sinks: SimulatedSinks | None = None,
-                 prompter: Collator | None = None):
+                 prompter: Collator | None = None, init_from: Export | None = None):
         super().__init__()
         self.source = source  # the base checkpoint (hub id or directory) the trainable weights apply to
         self.run_config = run_config  # model + strategy config, stored in checkpoints so evaluate.py can rebuild
@@ -61,6 +74,7 @@ class SinkflowModule(L.LightningModule):
         self.detector = detector
         self.simulated_sinks = simulated_sinks  # tiny model only: planted sinks with known positions
         self.prompter = prompter  # renders the questions a deciding strategy (cot_route) asks about the images
+        self.init_from = init_from  # the export this run started from (its weights go into this run's export too)
         if strategy.needs_sinks and detector is None:
             raise ValueError(f"sink strategy {strategy.name!r} needs a detector: set sink_strategy.detector")
         strategy.setup(unwrap(model), family)
@@ -154,7 +168,8 @@ class SinkflowModule(L.LightningModule):
         if seen is not None and seen["sinks"] is not None:
             visual: VisualFeatures = seen["visual"]
             planted = visual.to_tokens(visual.planted) if visual.planted is not None else None
-            self.stats[stage].update(token_norms(visual.features)[visual.valid()], seen["sinks"], planted)
+            self.stats[stage].update(token_norms(visual.features), seen["sinks"], planted, keys=visual.keys or None,
+                                     valid=visual.valid())
 
     def _log_stats(self, stage: str) -> None:
         stats = self.stats[stage]
@@ -179,9 +194,6 @@ class SinkflowModule(L.LightningModule):
     def test_step(self, batch, batch_idx):
         records, seen = self._answer(batch)
         self._observe("test", seen)
-        routed = seen["routed"] if seen is not None else None
-        if routed is not None and routed.decisions is not None:
-            self._log_routing(routed)
         return records
 
     @torch.no_grad()
@@ -189,25 +201,19 @@ class SinkflowModule(L.LightningModule):
         return self._answer(batch)[0]
 
     def _answer(self, batch: dict) -> tuple[list[dict], dict | None]:
-        """Prediction records of a batch (with each image's routing decision, when the strategy decided)."""
+        """Prediction records of a batch (with each image's routing decision and its share of the deciding time, when
+        the strategy decided)."""
         inputs, seen = self.pathway(batch, padding_side="left")
         records = [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], self._greedy(inputs))]
         routed = seen["routed"] if seen is not None else None
         if routed is not None and routed.decisions is not None:
-            decisions = dict(zip(batch["image_keys"], routed.decisions))
+            seconds = routed.decision_seconds / max(len(routed.decisions), 1)
+            decisions = {key: dict(decision, seconds=seconds) for key, decision in zip(batch["image_keys"],
+                                                                                       routed.decisions)}
             for record in records:
-                if str(record["id"]) in decisions:
-                    record["routing"] = decisions[str(record["id"])]
+                if sample_key(record) in decisions:
+                    record["routing"] = decisions[sample_key(record)]
         return records, seen
-
-    def _log_routing(self, routed: Routed) -> None:
-        """Decision time per image and the share of each route."""
-        n_images = max(len(routed.decisions), 1)
-        self.log("test/routing_seconds_per_image", routed.decision_seconds / n_images, batch_size=n_images,
-                 sync_dist=True)
-        for route in self.strategy.routes:
-            share = sum(d["route"] == route for d in routed.decisions) / n_images
-            self.log(f"test/routing/{route}", share, batch_size=n_images, sync_dist=True)
 
     def parameter_groups(self) -> list[dict]:
         """Trainable parameters split into LoRA / projector / strategy / other groups, each with its own LR."""
@@ -239,9 +245,32 @@ class SinkflowModule(L.LightningModule):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in self.state_dict().items() if k in names}
 
+    def load_trainable(self, state: dict, origin: str, hint: str = "") -> None:
+        """Load a trainable-only state dict; every trainable parameter must be covered and nothing left over.
+
+        A checkpoint without strategy weights (trained with a training-free strategy) is routed by a strategy whose
+        parts copy the model's (e.g. cot_route's projectors): they are copied again from the loaded weights."""
+        self.check_fit(state, origin, hint)
+        self.load_state_dict(state, strict=False)
+        if not any(key.startswith("strategy.") for key in state):
+            self.strategy.setup(self.hf, self.family)  # parts copied from the model follow its loaded weights
+
+    def check_fit(self, state: dict, origin: str, hint: str = "") -> None:
+        """Raise unless `state` holds exactly the trainable parameters (`strict_loading` is off: checkpoints hold
+        only those, so Lightning alone would load a foreign checkpoint's nothing without a word)."""
+        missing = set(self.trainable_state_dict()) - set(state)
+        unexpected = set(state) - set(self.state_dict())
+        if missing or unexpected:
+            raise ValueError(f"{origin}: checkpoint does not fit the model: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}{hint}")
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict()
+        require_finite(checkpoint["state_dict"], f"a checkpoint at step {self.global_step}")
         checkpoint["sinkflow"] = {"source": self.source, "config": self.run_config}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.check_fit(checkpoint["state_dict"], str(self.trainer.ckpt_path) if self._trainer else "checkpoint")
 
 
 def cosine_with_warmup(step: int, *, total: int, warmup: int, min_ratio: float = 0.0) -> float:

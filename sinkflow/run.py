@@ -13,14 +13,18 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.progress import track
+from transformers import AutoConfig
 
 from sinkflow.analysis.calibration_plots import plot_norm_histogram, plot_sorted_norms
-from sinkflow.analysis.tasks import ANALYSES, analysis_context
+from sinkflow.analysis.tasks import ANALYSES, PREFLIGHTS, analysis_context
 from sinkflow.config import validate
 from sinkflow.data.collate import Collator, load_image
+from sinkflow.divergence import DivergenceGuard
 from sinkflow.eval.callback import PredictionsCallback
 from sinkflow.eval.score import print_table
 from sinkflow.models.build import load_pretrained, prepare_for_training
+from sinkflow.models.checkpoint import read_checkpoint, read_trained
+from sinkflow.models.export import Export
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.calibrate import summarise
 from sinkflow.sinks.detect import SinkDetector, token_norms
@@ -34,28 +38,42 @@ def resolve_checkpoint(model_cfg: DictConfig) -> str:
     return str(instantiate(source)) if isinstance(source, DictConfig) else str(source)
 
 
-def build_module(model_cfg: DictConfig, strategy_cfg: DictConfig, *, train: bool) -> SinkflowModule:
-    """Load the model, freeze / LoRA it (when training), and wrap it with family, detector and strategy."""
+def build_module(model_cfg: DictConfig, strategy_cfg: DictConfig, *, train: bool, init_from: str | None = None,
+                 hint: str = "") -> SinkflowModule:
+    """Load the model, start it from an earlier run's export (`init_from`), freeze / LoRA it (when training), and wrap
+    it with family, detector and strategy. `hint` ends the error of a strategy the export's weights do not fit."""
     source = resolve_checkpoint(model_cfg)
     family = instantiate(model_cfg.family)
+    start = Export.read(init_from, what="init_from") if init_from else None
     model, processor = load_pretrained(source, family=family, dtype=model_cfg.dtype,
                                        attn_implementation=model_cfg.attn_implementation,
                                        trust_remote_code=model_cfg.trust_remote_code)
+    if start is not None:
+        if start.info["base_checkpoint"] != source:
+            log.warning("init_from=%s was trained on %s, but model.checkpoint is %s", start.path,
+                        start.info["base_checkpoint"], source)
+        start.apply_base(model)  # before the strategy copies the projector
     lora = OmegaConf.to_container(model_cfg.lora) if train and model_cfg.lora is not None else None
     model = prepare_for_training(model, family, freeze_vision=model_cfg.freeze_vision,
                                  train_projector=train and model_cfg.train_projector, lora=lora,
-                                 train_language_model=train and model_cfg.train_language_model)
+                                 train_language_model=train and model_cfg.train_language_model,
+                                 adapter=start.adapter if start is not None else None)
     strategy = instantiate(strategy_cfg.strategy)
     detector = instantiate(strategy_cfg.detector) if strategy_cfg.get("detector") else None
     simulated = model_cfg.get("simulated_sinks")
     prompter = Collator(processor, instantiate(model_cfg.template), generate=True)
     run_config = {"model": OmegaConf.to_container(model_cfg, resolve=True),
-                  "sink_strategy": OmegaConf.to_container(strategy_cfg, resolve=True)}
-    return SinkflowModule(model, processor, family, strategy, detector,
-                          optim=OmegaConf.to_container(model_cfg.optim),
-                          generation=OmegaConf.to_container(model_cfg.generation),
-                          source=source, run_config=run_config,
-                          simulated_sinks=instantiate(simulated) if simulated else None, prompter=prompter)
+                  "sink_strategy": OmegaConf.to_container(strategy_cfg, resolve=True),
+                  **({"init_from": str(start.path.resolve())} if start is not None else {})}
+    module = SinkflowModule(model, processor, family, strategy, detector,
+                            optim=OmegaConf.to_container(model_cfg.optim),
+                            generation=OmegaConf.to_container(model_cfg.generation),
+                            source=source, run_config=run_config,
+                            simulated_sinks=instantiate(simulated) if simulated else None, prompter=prompter,
+                            init_from=start)
+    if start is not None:
+        start.apply_strategy(module.strategy, hint)
+    return module
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list) -> L.Trainer:
@@ -81,55 +99,64 @@ def build_datamodule(cfg: DictConfig, module: SinkflowModule, predictions: Path 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, export the trainable weights, then test on the evaluation sets; returns the test metrics."""
     validate(cfg)
+    if cfg.ckpt_path:
+        read_checkpoint(cfg.ckpt_path)  # a one-line error for anything that is not a sinkflow checkpoint
     L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-    module = build_module(cfg.model, cfg.sink_strategy, train=True)
-    predictions = output_dir / "predictions.jsonl"
-    scorer = PredictionsCallback(str(predictions), resume=cfg.resume_predictions, parser=cfg.parser)
-    datamodule = build_datamodule(cfg, module, predictions if cfg.resume_predictions else None)
-    trainer = build_trainer(cfg, [scorer])
+    module = build_module(cfg.model, cfg.sink_strategy, train=True, init_from=cfg.init_from)
+    trainer, datamodule, scorer = build_evaluation(cfg, module, [DivergenceGuard(**cfg.divergence)])
     log_parameter_counts(trainer, module, cfg)
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         save_final_last(trainer)
-    if cfg.test:
-        trainer.test(module, datamodule=datamodule)
-        print_metrics(scorer.metrics, predictions)
-    return scorer.metrics
+    return test_and_report(trainer, module, datamodule, scorer) if cfg.test else {}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Generate on the evaluation sets with a trained checkpoint or a pretrained model; score and print."""
-    model_cfg, strategy_cfg, state, trained_with = cfg.model, cfg.sink_strategy, None, None
+    """Generate on the evaluation sets with a trained run (checkpoint or export) or a pretrained model; score and
+    print."""
+    model_cfg, strategy_cfg, trained, hint = cfg.model, cfg.sink_strategy, None, ""
     if cfg.ckpt_path:
-        checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)
-        if "sinkflow" not in checkpoint:
-            raise ValueError(f"{cfg.ckpt_path}: not a sinkflow checkpoint (no 'sinkflow' entry)")
-        saved = OmegaConf.create(checkpoint["sinkflow"]["config"])
+        trained = read_trained(cfg.ckpt_path)
+        saved = OmegaConf.create(trained.config)
         model_cfg = saved.model
         if cfg.use_checkpoint_strategy:
             strategy_cfg = saved.sink_strategy
-        state = checkpoint["state_dict"]
         trained_with = saved.sink_strategy.strategy._target_.rsplit(".", 1)[-1]
+        routed_with = strategy_cfg.strategy._target_.rsplit(".", 1)[-1]
+        if routed_with != trained_with:
+            hint = (f" (it was trained with strategy {trained_with}; routing it with {routed_with} needs a checkpoint "
+                    "trained with a training-free strategy, e.g. `make train ARGS=sink_strategy=none`)")
     # Replace (not merge) the groups: the checkpoint's model may have keys the default model config lacks.
     with open_dict(cfg):
         cfg.model, cfg.sink_strategy = model_cfg, strategy_cfg
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    module = build_module(cfg.model, cfg.sink_strategy, train=state is not None)
-    if state is not None:
-        replaced = type(module.strategy).__name__ != trained_with
-        load_trainable(module, state, cfg.ckpt_path, hint=(
-            f" (it was trained with strategy {trained_with}; routing it with {type(module.strategy).__name__} needs "
-            "a checkpoint trained with a training-free strategy, e.g. `make train ARGS=sink_strategy=none`)"
-        ) if replaced else "")
+    module = build_module(cfg.model, cfg.sink_strategy, train=trained is not None and trained.state is not None,
+                          init_from=trained.init_from if trained is not None else None, hint=hint)
+    if trained is not None and trained.state is not None:
+        module.load_trainable(trained.state, trained.path, hint)
+    trainer, datamodule, scorer = build_evaluation(cfg, module, [])
+    return test_and_report(trainer, module, datamodule, scorer)
+
+
+def build_evaluation(cfg: DictConfig, module: SinkflowModule, callbacks: list):
+    """The trainer (with the predictions scorer and `callbacks`), the data module and the scorer of a run."""
     predictions = Path(cfg.paths.output_dir) / "predictions.jsonl"
     scorer = PredictionsCallback(str(predictions), resume=cfg.resume_predictions, parser=cfg.parser)
     datamodule = build_datamodule(cfg, module, predictions if cfg.resume_predictions else None)
-    trainer = build_trainer(cfg, [scorer])
+    return build_trainer(cfg, [scorer, *callbacks]), datamodule, scorer
+
+
+def test_and_report(trainer: L.Trainer, module: SinkflowModule, datamodule, scorer: PredictionsCallback
+                    ) -> dict[str, float]:
+    """Answer the questions not yet in predictions.jsonl, score the whole file into metrics.json, print the table."""
     trainer.test(module, datamodule=datamodule)
-    print_metrics(scorer.metrics, predictions)
-    return scorer.metrics
+    if scorer.metrics is None:  # Lightning skips a test loop with no batch: every question was already answered
+        log.info("every question is already in %s: scoring it again", scorer.path)
+        scorer.rescore(trainer)
+    if scorer.metrics:
+        print_table(scorer.metrics, f"metrics ({scorer.path})")
+    return scorer.metrics or {}
 
 
 def analyze(cfg: DictConfig) -> dict:
@@ -143,11 +170,19 @@ def analyze(cfg: DictConfig) -> dict:
 def run_analysis(cfg: DictConfig) -> dict:
     """A `sinkflow.analysis` task (propagation, massive_dims, ...) on the pretrained model, without gradients."""
     validate(cfg, groups=("model", "sink_strategy", "dataset"))
+    if cfg.task in PREFLIGHTS:
+        PREFLIGHTS[cfg.task](cfg[cfg.task], llm_depth(cfg.model))
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg.model, cfg.sink_strategy, train=False).eval()
     ctx = analysis_context(cfg, module, build_datamodule(cfg, module, None), build_loggers(cfg))
     with torch.no_grad():
         return ANALYSES[cfg.task](ctx)
+
+
+def llm_depth(model_cfg: DictConfig) -> int:
+    """The number of layers of the model's LLM, read from its config alone (no weights load)."""
+    config = AutoConfig.from_pretrained(resolve_checkpoint(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
+    return config.get_text_config().num_hidden_layers
 
 
 def calibrate(cfg: DictConfig) -> dict:
@@ -193,31 +228,13 @@ def calibrate(cfg: DictConfig) -> dict:
 
 
 def save_final_last(trainer: L.Trainer) -> None:
-    """Rewrite `last.ckpt` with the final weights.
-
-    Lightning writes `last` only when validation ends, so a run stopped by `max_steps` mid-epoch would leave a
-    stale `last.ckpt` behind the exported weights and the test predictions.
-    """
+    """Rewrite `last.ckpt` with the final weights: its periodic writes (`callbacks.last_checkpoint`) may be steps
+    behind the exported weights and the test predictions."""
     if trainer.fast_dev_run:
         return
     for callback in trainer.checkpoint_callbacks:
         if callback.save_last and callback.dirpath:
             trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}.ckpt")
-
-
-def load_trainable(module: SinkflowModule, state: dict, origin: str, hint: str = "") -> None:
-    """Load a trainable-only state dict; every trainable parameter must be covered and nothing left over.
-
-    A checkpoint without strategy weights (trained with a training-free strategy) is routed by a strategy whose
-    parts copy the model's (e.g. cot_route's projectors): they are copied again from the loaded weights."""
-    missing = set(module.trainable_state_dict()) - set(state)
-    unexpected = set(state) - set(module.state_dict())
-    if missing or unexpected:
-        raise ValueError(f"{origin}: checkpoint does not fit the model: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}{hint}")
-    module.load_state_dict(state, strict=False)
-    if not any(key.startswith("strategy.") for key in state):
-        module.strategy.setup(module.hf, module.family)  # parts copied from the model follow its loaded weights
 
 
 def log_parameter_counts(trainer: L.Trainer, module: SinkflowModule, cfg: DictConfig) -> None:
@@ -228,9 +245,3 @@ def log_parameter_counts(trainer: L.Trainer, module: SinkflowModule, cfg: DictCo
     for logger in trainer.loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **params})
     log.info("parameters: %d trainable of %d (%.3f%%)", trainable, total, 100 * trainable / max(total, 1))
-
-
-def print_metrics(metrics: dict[str, float], predictions: Path) -> None:
-    """A rich table of the test metrics (rank 0 holds them; other ranks print nothing)."""
-    if metrics:
-        print_table(metrics, f"metrics ({predictions})")

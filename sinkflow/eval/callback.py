@@ -1,12 +1,17 @@
-"""Lightning callback: stream test predictions to the predictions file and score them at the end.
+"""Lightning callback: stream test predictions to the predictions file, score the whole file at the end.
 
 Under DDP every rank's records are gathered on rank 0 and deduplicated by (benchmark, id), so the sampler's
 padding duplicates never count twice and the scores equal a single-process evaluation.
+
+`metrics.json` holds everything the evaluation measured: the scores of every record in the predictions file
+(including those answered before a resume) and what the module logged under `test/` (sink statistics), which
+cover the questions answered by this process.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +20,8 @@ import torch.distributed as dist
 from sinkflow.eval.metrics import score_records
 from sinkflow.eval.parsing import check_rule
 from sinkflow.eval.predictions import PredictionsWriter, read_predictions
+
+log = logging.getLogger(__name__)
 
 
 def gather_objects(items: list) -> list:
@@ -27,7 +34,8 @@ def gather_objects(items: list) -> list:
 
 
 class PredictionsCallback(L.Callback):
-    """Writes `predictions.jsonl` as batches finish and `metrics.json` when the test epoch ends.
+    """Writes `predictions.jsonl` as batches finish and `metrics.json` when the test ends (`metrics` holds it then;
+    None until something was scored).
 
     W&B loggers also get `test/predictions`, a table of `table_size` predictions spread evenly over the file.
     """
@@ -38,11 +46,13 @@ class PredictionsCallback(L.Callback):
         self.parser = check_rule(parser)
         self.table_size = table_size
         self.writer: PredictionsWriter | None = None
-        self.metrics: dict[str, float] = {}
+        self.answered_before = 0
+        self.metrics: dict[str, float] | None = None
 
     def on_test_epoch_start(self, trainer, pl_module):
         if trainer.is_global_zero:
             self.writer = PredictionsWriter(self.path, resume=self.resume)
+            self.answered_before = len(self.writer.done)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         records = gather_objects(outputs)
@@ -50,13 +60,40 @@ class PredictionsCallback(L.Callback):
             self.writer.append(records)
 
     def on_test_epoch_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            self.writer.close()
+
+    def on_test_end(self, trainer, pl_module):
+        # The module's epoch-end logs (sink statistics) have reached callback_metrics by now.
+        measured = {key.removeprefix("test/"): float(value) for key, value in trainer.callback_metrics.items()
+                    if key.startswith("test/")}
+        if measured and self.answered_before:
+            log.warning("resumed: %s cover the questions answered now, not the %d already in %s",
+                        ", ".join(sorted({k.split("/")[0] + "/*" for k in measured})), self.answered_before, self.path)
+        self.report(trainer, measured)
+
+    def rescore(self, trainer) -> None:
+        """Score a predictions file whose every question was answered before; measurements that need the model
+        (sink statistics) are kept from the earlier metrics.json, with a warning."""
+        self.report(trainer, {}, keep_previous=True)
+
+    def report(self, trainer, measured: dict[str, float], keep_previous: bool = False) -> None:
+        """Score the whole predictions file, write metrics.json (scores + `measured`) and log the scores."""
+        self.metrics = {}
         if not trainer.is_global_zero:
             return
-        records = read_predictions(self.path) if self.path.exists() else []
-        self.metrics = score_records(records, self.parser)
-        self.path.with_name("metrics.json").write_text(json.dumps(self.metrics, indent=2))
+        records = read_predictions(self.path)
+        scores = score_records(records, self.parser)
+        metrics_path = self.path.with_name("metrics.json")
+        if keep_previous and metrics_path.is_file():
+            measured = {k: v for k, v in json.loads(metrics_path.read_text()).items() if k not in scores}
+            if measured:
+                log.warning("kept %s from %s: measured when its questions were answered",
+                            ", ".join(sorted({k.split("/")[0] + "/*" for k in measured})), metrics_path)
+        self.metrics = dict(sorted({**measured, **scores}.items()))
+        metrics_path.write_text(json.dumps(self.metrics, indent=2))
         for logger in trainer.loggers:
-            logger.log_metrics({f"test/{k}": v for k, v in self.metrics.items()}, step=trainer.global_step)
+            logger.log_metrics({f"test/{k}": v for k, v in scores.items()}, step=trainer.global_step)
         log_prediction_table(trainer.loggers, records, self.table_size)
 
 

@@ -1,16 +1,23 @@
-"""Export the trainable weights in formats plain transformers + peft load (LLaVA's adapter + projector split).
+"""Exports: a run's trained weights as safetensors, in the formats plain transformers + peft load (LLaVA's adapter +
+projector split), plus sinkflow's strategy parts and the run's config.
 
     model = AutoModelForImageTextToText.from_pretrained(base)
     <projector module>.load_state_dict(safetensors.torch.load_file(export / "projector.safetensors"))
     model = PeftModel.from_pretrained(model, export / "adapter")      # when LoRA was trained
     model.load_state_dict(load_file(export / "language_model.safetensors"), strict=False)  # full fine-tuning
 
-`load_export` does exactly that; `export.json` records the base checkpoint and the projector's module path.
+`load_export` does exactly that, and refuses an export whose strategy has weights (`strategy.safetensors`: a
+Dual-MLP's two projectors route tokens by sink, which only sinkflow's pathway applies). `Export` reads an export
+back for sinkflow itself: `evaluate.py ckpt_path=<export>` and `train.py init_from=<export>` start from it.
+Nothing here unpickles: every file is safetensors or JSON.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -18,53 +25,156 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sinkflow.divergence import require_finite
 from sinkflow.models.build import unwrap
+
+log = logging.getLogger(__name__)
+
+INFO = "export.json"
 
 
 def export_trainable(module, out_dir: str | Path) -> Path:
     """Write `adapter/` (peft), `projector.safetensors`, `strategy.safetensors` (if it has weights),
-    `language_model.safetensors` (the trained LLM weights of full fine-tuning) and `export.json`."""
+    `language_model.safetensors` (LLM weights that differ from the base: full fine-tuning, or inherited from the
+    export the run started from) and `export.json` (base checkpoint, projector path, the run's config)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     hf = unwrap(module.model)
     projector = module.family.projector(hf)
+    projector_ids = {id(p) for p in projector.parameters()}
+    inherited = module.init_from.language_model_keys() if module.init_from is not None else set()
+    # LoRA renames the layers it wraps (`q_proj.base_layer.weight`); plain transformers knows `q_proj.weight`.
+    tuned = {name.replace(".base_layer.", "."): p for name, p in hf.named_parameters()
+             if id(p) not in projector_ids and "lora_" not in name
+             and (p.requires_grad or name.replace(".base_layer.", ".") in inherited)}
+    files = {"projector.safetensors": projector.state_dict(), "strategy.safetensors": module.strategy.state_dict(),
+             "language_model.safetensors": tuned}
+    files = {name: {k: v.detach().cpu().contiguous() for k, v in state.items()}
+             for name, state in files.items() if state}
+    for name, state in files.items():
+        require_finite(state, f"{out / name}")
+    if isinstance(module.model, PeftModel):
+        require_finite({n: p for n, p in module.model.named_parameters() if "lora_" in n}, f"{out / 'adapter'}")
+    out.mkdir(parents=True, exist_ok=True)
     if isinstance(module.model, PeftModel):
         module.model.save_pretrained(out / "adapter")
-    save_file({k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()},
-              out / "projector.safetensors")
-    projector_ids = {id(p) for p in projector.parameters()}
-    tuned = {name: p for name, p in hf.named_parameters()
-             if p.requires_grad and id(p) not in projector_ids and "lora_" not in name}
-    if tuned and not isinstance(module.model, PeftModel):
-        save_file({k: v.detach().cpu().contiguous() for k, v in tuned.items()}, out / "language_model.safetensors")
-    strategy_state = module.strategy.state_dict()
-    if strategy_state:
-        save_file({k: v.detach().cpu().contiguous() for k, v in strategy_state.items()}, out / "strategy.safetensors")
+    for name, state in files.items():
+        save_file(state, out / name)
     info = {
         "base_checkpoint": module.source,
         "projector_module": _module_path(hf, projector),
         "lora": isinstance(module.model, PeftModel),
-        "language_model": bool(tuned) and not isinstance(module.model, PeftModel),
+        "language_model": "language_model.safetensors" in files,
         "strategy": type(module.strategy).__name__,
+        "config": module.run_config,
     }
-    (out / "export.json").write_text(json.dumps(info, indent=2))
+    (out / INFO).write_text(json.dumps(info, indent=2))
     return out
 
 
-def load_export(model: nn.Module, export_dir: str | Path) -> nn.Module:
-    """Apply an export to a plain HF model: load the projector, then wrap with the peft adapter if there is one."""
-    export_dir = Path(export_dir)
-    info = json.loads((export_dir / "export.json").read_text())
-    model.get_submodule(info["projector_module"]).load_state_dict(load_file(export_dir / "projector.safetensors"))
-    if info.get("language_model"):
-        tuned = load_file(export_dir / "language_model.safetensors")
-        missing = set(tuned) - set(model.state_dict())
+@dataclass
+class Export:
+    """An export directory read back (`Export.read` accepts the export or the run directory holding it)."""
+
+    path: Path
+    info: dict
+
+    @classmethod
+    def read(cls, path: str | Path, what: str = "export") -> Export:
+        """The export at `path` (or at `path/checkpoints/export`); `what` names the setting in errors."""
+        path = Path(path)
+        found = next((p for p in (path, path / "checkpoints" / "export") if (p / INFO).is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{what}={path}: expected an export directory (with {INFO}) or a run directory "
+                                    f"(with checkpoints/export/{INFO})")
+        try:
+            info = json.loads((found / INFO).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{found / INFO}: expected a JSON object ({err.msg})") from None
+        missing = [k for k in ("base_checkpoint", "projector_module", "lora", "strategy") if k not in info]
         if missing:
-            raise ValueError(f"{export_dir}: language_model.safetensors names weights the model lacks: "
-                             f"{sorted(missing)[:5]}")
-        model.load_state_dict(tuned, strict=False)
-    if info["lora"]:
-        model = PeftModel.from_pretrained(model, export_dir / "adapter")
+            raise ValueError(f"{found / INFO}: {', '.join(missing)}: missing (not a sinkflow export)")
+        export = cls(found, info)
+        for name in ("projector.safetensors",) + (("adapter/adapter_config.json",) if info["lora"] else ()) + (
+                ("language_model.safetensors",) if info.get("language_model") else ()):
+            if not (found / name).is_file():
+                raise FileNotFoundError(f"{found}: {name} is missing ({INFO} lists it)")
+        return export
+
+    @property
+    def config(self) -> dict:
+        """The run's config (model + sink_strategy [+ init_from]), as `evaluate.py` rebuilds it."""
+        if not self.info.get("config"):
+            raise ValueError(f"{self.path / INFO}: no run config (an export from an older sinkflow): evaluate the "
+                             "run's checkpoints/last.ckpt instead")
+        return self.info["config"]
+
+    @property
+    def adapter(self) -> Path | None:
+        """The peft adapter directory, when LoRA was trained."""
+        return self.path / "adapter" if self.info["lora"] else None
+
+    @property
+    def strategy_file(self) -> Path | None:
+        path = self.path / "strategy.safetensors"
+        return path if path.is_file() else None
+
+    def language_model_keys(self) -> set[str]:
+        return set(load_file(self.path / "language_model.safetensors")) if self.info.get("language_model") else set()
+
+    def apply_base(self, model: nn.Module) -> None:
+        """Load the projector (and the fine-tuned language model) into a plain HF model, in place."""
+        _load(model.get_submodule(self.info["projector_module"]), self.path / "projector.safetensors", strict=True)
+        if self.info.get("language_model"):
+            _load(model, self.path / "language_model.safetensors", strict=False)
+
+    def apply_strategy(self, strategy: nn.Module, hint: str = "") -> None:
+        """Load `strategy.safetensors` into `strategy`: every weight in the file must have a place; parts the file
+        lacks (ReW's router over a Dual-MLP export) keep their own initialisation, and are named in the log."""
+        if self.strategy_file is None:
+            return
+        state = load_file(self.strategy_file)
+        own = strategy.state_dict()
+        homeless = sorted(set(state) - set(own))
+        if homeless:
+            raise ValueError(f"{self.strategy_file}: weights that strategy {type(strategy).__name__} has no place for "
+                             f"({homeless[:3]}; trained with {self.info['strategy']}){hint}")
+        _load(strategy, self.strategy_file, strict=False, state=state)
+        fresh = sorted({k.split(".")[0] for k in set(own) - set(state)})
+        if fresh:
+            log.info("%s: strategy parts not in the export keep their own initialisation: %s", self.path, fresh)
+
+
+def _load(module: nn.Module, path: Path, strict: bool, state: dict | None = None) -> None:
+    """`module.load_state_dict` from a safetensors file, with errors naming the file."""
+    state = load_file(path) if state is None else state
+    unknown = set(state) - set(module.state_dict())
+    if unknown:
+        raise ValueError(f"{path}: names weights the model lacks: {sorted(unknown)[:5]}")
+    try:
+        module.load_state_dict(state, strict=strict)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: does not fit the model: {err}") from None
+
+
+def load_export(model: nn.Module, export_dir: str | Path) -> nn.Module:
+    """Apply an export to a plain HF model: load the projector, then wrap with the peft adapter if there is one.
+
+    Refused when the export's strategy has weights (they route tokens by sink: only sinkflow applies them);
+    a loud warning when the run trained under a training-free routing that plain transformers does not repeat."""
+    export = Export.read(export_dir)
+    strategy = export.info["strategy"]
+    if export.strategy_file is not None:
+        raise ValueError(
+            f"{export.path}: trained with strategy {strategy}, whose weights (strategy.safetensors) route tokens by "
+            "sink; plain transformers cannot apply them, and projector.safetensors is the model's own, untrained "
+            f"projector. Evaluate it with sinkflow: `python evaluate.py ckpt_path={export.path}`")
+    if strategy != "NoneStrategy":
+        warnings.warn(f"{export.path}: trained with sink routing {strategy}; plain transformers feeds the visual "
+                      "tokens in their original order, so its answers will differ from sinkflow's "
+                      f"(`python evaluate.py ckpt_path={export.path}`)", stacklevel=2)
+    export.apply_base(model)
+    if export.adapter is not None:
+        model = PeftModel.from_pretrained(model, export.adapter)
     return model
 
 

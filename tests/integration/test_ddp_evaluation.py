@@ -45,7 +45,7 @@ def test_ddp_training_runs_on_two_processes_and_tests_every_question_once(tmp_pa
          f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr
-    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 4
     assert (out / "checkpoints" / "export" / "projector.safetensors").exists()
     records = read_predictions(out / "predictions.jsonl")

@@ -31,7 +31,8 @@ def test_train_debug_from_a_temp_dir(tmp_path, env):
     assert {r["benchmark"] for r in records} <= {"pope", "mme", "mmstar"}
     assert all(r["prompt"].endswith("ASSISTANT:") and "<image>" in r["prompt"] for r in records)
     metrics = json.loads((out / "metrics.json").read_text())
-    fractions = {k: v for k, v in metrics.items() if not k.startswith("mme/")}  # MME scores in official points
+    # MME scores are in official points; sink statistics are counts and norms
+    fractions = {k: v for k, v in metrics.items() if not k.startswith(("mme/", "sinks/"))}
     assert all(0.0 <= v <= 1.0 for v in fractions.values()) and any(k.endswith("/accuracy") for k in metrics)
     export = out / "checkpoints" / "export"
     assert (export / "adapter" / "adapter_config.json").exists() and (export / "projector.safetensors").exists()
@@ -80,11 +81,30 @@ def test_evaluate_checkpoint_reproduces_train_predictions_and_resumes(trained_ru
     # Interrupt: keep the first 10 lines; a rerun completes the file without duplicates.
     lines = (eval_out / "predictions.jsonl").read_text().splitlines(keepends=True)
     (eval_out / "predictions.jsonl").write_text("".join(lines[:10]))
+    first = json.loads((eval_out / "metrics.json").read_text())
+    assert first == json.loads((out / "metrics.json").read_text())
+    assert first["sinks/precision"] == 1.0 and first["sinks/per_image"] == 2.0  # measurements too, not only scores
     proc = run("evaluate.py", args, tmp, env)
     assert "resuming: 10 of 64 questions already predicted" in proc.stdout + proc.stderr
+    assert "sinks/* cover the questions answered now, not the 10 already in" in proc.stdout + proc.stderr
     assert by_key(eval_out / "predictions.jsonl") == trained
     assert len(read_predictions(eval_out / "predictions.jsonl")) == 64
-    assert json.loads((eval_out / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((eval_out / "metrics.json").read_text())
+    scores = {k: v for k, v in metrics.items() if not k.startswith("sinks/")}
+    assert scores == {k: v for k, v in first.items() if not k.startswith("sinks/")}  # every question scored
+
+    # A finished evaluation run again: nothing left to answer, the file is scored again and the table printed.
+    proc = run("evaluate.py", args, tmp, env)
+    assert "every question is already in" in proc.stdout + proc.stderr and "pope/f1_mean" in proc.stdout
+    assert json.loads((eval_out / "metrics.json").read_text()) == metrics
+
+
+def test_evaluate_from_the_export_equals_evaluate_from_the_checkpoint(trained_run):
+    tmp, env, out = trained_run
+    exported = tmp / "from_export"
+    run("evaluate.py", [f"ckpt_path={out / 'checkpoints' / 'export'}", *SMALL_DATA, "dataset.limit_eval=16",
+                        f"hydra.run.dir={exported}"], tmp, env)
+    assert read_predictions(exported / "predictions.jsonl") == read_predictions(out / "predictions.jsonl")
 
 
 def test_multirun_sweep_writes_one_run_per_job_under_the_working_dir(tmp_path, env):
@@ -128,9 +148,14 @@ def test_cot_route_records_each_decision_and_logs_the_routing_time(trained_run):
     assert len(records) == 16 and all(r["routing"]["route"] in ("sinks_only", "others_only", "both") for r in records)
     assert all({"image", "question", "image_answer", "question_answer"} <= set(r["routing"]) for r in records)
     (logged,) = list(csv.DictReader(next(routed.glob("csv/**/metrics.csv")).open()))[-1:]
-    assert float(logged["test/routing_seconds_per_image"]) > 0
-    shares = [float(logged[f"test/routing/{route}"]) for route in ("sinks_only", "others_only", "both")]
-    assert sum(shares) == pytest.approx(1.0)
+    metrics = json.loads((routed / "metrics.json").read_text())
+    assert metrics["routing/seconds_per_image"] > 0
+    assert float(logged["test/routing/seconds_per_image"]) == pytest.approx(metrics["routing/seconds_per_image"])
+    shares = {key: value for key, value in metrics.items() if key.startswith("routing/") and "seconds" not in key}
+    assert set(shares) <= {f"routing/{route}" for route in ("sinks_only", "others_only", "both")}
+    assert sum(shares.values()) == pytest.approx(1.0)
+    for key, share in shares.items():
+        assert share == sum(r["routing"]["route"] == key.split("/")[1] for r in records) / len(records)
 
 
 def test_calibrate_writes_summary_and_plots(tmp_path, env):
@@ -166,11 +191,11 @@ def test_tiny_qwen_runs_the_default_pipeline_and_its_checkpoint_evaluates_the_sa
     assert {(r["benchmark"], r["id"]): r["prediction"] for r in reproduced} == trained
 
 
-def test_evaluate_on_the_real_pope_files_with_stand_in_images(tmp_path, env):
+def test_evaluate_on_the_real_pope_files_with_stand_in_images(tmp_path, env, pope_coco):
     """`dataset=benchmarks` reads the original POPE question files; COCO images are replaced by generated ones."""
     from PIL import Image
 
-    fixtures = ROOT.parent / "shared" / "fixtures" / "pope_coco"
+    fixtures = pope_coco
     images = tmp_path / "coco"
     images.mkdir()
     needed = {json.loads(line)["image"] for f in fixtures.glob("coco_pope_*.json")
@@ -184,8 +209,8 @@ def test_evaluate_on_the_real_pope_files_with_stand_in_images(tmp_path, env):
     records = read_predictions(out / "predictions.jsonl")
     assert len(records) == 5 and {r["category"] for r in records} == {"random"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {f"pope/random/{m}" for m in ("accuracy", "precision", "recall", "f1", "yes_ratio")} | {
-        "pope/f1_mean"}
+    assert {k for k in metrics if not k.startswith("sinks/")} == {
+        f"pope/random/{m}" for m in ("accuracy", "precision", "recall", "f1", "yes_ratio")} | {"pope/f1_mean"}
 
 
 def test_a_missing_benchmark_says_what_to_download(tmp_path, env):
@@ -197,8 +222,10 @@ def test_a_missing_benchmark_says_what_to_download(tmp_path, env):
     assert "To obtain pope: coco_pope_{random,popular,adversarial}.json from github.com/RUCAIBox/POPE" in proc.stderr
 
 
-def test_diysink_two_stage_training_runs_end_to_end(tmp_path, env):
-    """Stage 1 (sinks, others) then stage 2 from their exported projectors, as the experiment configs describe."""
+def test_diysink_two_stages_then_rew_run_end_to_end(tmp_path, env):
+    """Stage 1 (sinks, others), stage 2 from their exported projectors, then ReW from stage 2, as the experiment
+    configs describe."""
+    import torch
     from safetensors.torch import load_file
 
     short = ["logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2", *SMALL_DATA, "dataset.limit_eval=4"]
@@ -215,6 +242,12 @@ def test_diysink_two_stage_training_runs_end_to_end(tmp_path, env):
     stage2 = load_file(out / "checkpoints" / "export" / "strategy.safetensors")
     assert (out / "checkpoints" / "export" / "adapter" / "adapter_config.json").exists()  # LoRA in stage 2
     assert set(stage2) == set(load_file(exported["sinks"]))  # both projectors, same layout
+    # ReW on top of the whole stage-2 model (its adapter included), as the README chain runs it.
+    rew = tmp_path / "rew"
+    run("train.py", ["experiment=diysink_rew", f"init_from={out}", *short, f"hydra.run.dir={rew}"], tmp_path, env)
+    assert json.loads((rew / "checkpoints" / "export" / "export.json").read_text())["lora"] is True
+    trained = torch.load(rew / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert trained and all(key.startswith("strategy.router.") for key in trained)  # the router alone trained
     # Routing it with a strategy that needs the model's own projector fails, naming why.
     proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "sink_strategy=sink_front",
                            "use_checkpoint_strategy=false", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",

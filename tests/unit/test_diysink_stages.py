@@ -11,7 +11,6 @@ from sinkflow.models.build import LoraSpec, prepare_for_training
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
-from sinkflow.run import load_trainable
 from sinkflow.sinks.detect import SinkDetector
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
@@ -84,6 +83,6 @@ def test_a_stage_checkpoint_reloads_to_the_same_logits(batch, tmp_path, stage):
                 p.add_(0.1 * torch.randn_like(p))
     torch.save(trained.trainable_state_dict(), tmp_path / "state.pt")
     fresh = wrap(DualMLP(init="random", stage=stage), lora=lora)
-    load_trainable(fresh, torch.load(tmp_path / "state.pt"), "state.pt")
+    fresh.load_trainable(torch.load(tmp_path / "state.pt", weights_only=True), "state.pt")
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(batch).logits, trained.eval()(batch).logits, atol=0, rtol=0)

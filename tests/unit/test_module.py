@@ -10,7 +10,6 @@ from sinkflow.models.families.base import VisualFeatures
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule, cosine_with_warmup
-from sinkflow.run import load_trainable
 from sinkflow.sinks.strategies.base import Routed
 from sinkflow.sinks.strategies.none import NoneStrategy
 
@@ -49,13 +48,13 @@ def test_merge_checks_the_placeholders_against_the_images(module):
 
 def test_load_trainable_requires_an_exact_fit(module):
     state = {k: torch.zeros_like(v) for k, v in module.trainable_state_dict().items()}
-    load_trainable(module, state, "ok.ckpt")
+    module.load_trainable(state, "ok.ckpt")
     assert all((p == 0).all() for n, p in module.named_parameters() if p.requires_grad)
     missing = dict(list(state.items())[1:])
     with pytest.raises(ValueError, match=r"bad.ckpt: checkpoint does not fit the model: missing \['"):
-        load_trainable(module, missing, "bad.ckpt")
+        module.load_trainable(missing, "bad.ckpt")
     with pytest.raises(ValueError, match=r"unexpected \['strategy.router.weight'\]"):
-        load_trainable(module, {**state, "strategy.router.weight": torch.zeros(1)}, "bad.ckpt")
+        module.load_trainable({**state, "strategy.router.weight": torch.zeros(1)}, "bad.ckpt")
 
 
 def test_llava_family_rejects_unknown_select_strategy():
