@@ -44,6 +44,15 @@ def validate(cfg: DictConfig, groups: tuple[str, ...] = tuple(REQUIRED)) -> None
         if not lora.get("target_modules"):
             raise ValueError("`model.lora.target_modules` is empty: list LLM linear names or set model.lora=null")
     check_optim(cfg.model.optim)
+    check_required(cfg)
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Every key an experiment lists under `required` is set (experiments cannot mark a key `???`: merged over the
+    default of the primary config, a `???` leaves that default in place)."""
+    for key, what in (cfg.get("required") or {}).items():
+        if OmegaConf.select(cfg, key, default=None, throw_on_missing=False) in (None, "???"):
+            raise ValueError(f"`{key}` must be set for this experiment: {what}")
 
 
 def check_optim(optim) -> None:
