@@ -270,7 +270,11 @@ class SinkflowModule(L.LightningModule):
         checkpoint["sinkflow"] = {"source": self.source, "config": self.run_config}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.check_fit(checkpoint["state_dict"], str(self.trainer.ckpt_path) if self._trainer else "checkpoint")
+        saved = checkpoint.get("sinkflow", {}).get("config") or {}
+        trained_with = saved.get("sink_strategy", {}).get("strategy", {}).get("_target_", "?").rsplit(".", 1)[-1]
+        hint = (f" (it was trained with strategy {trained_with}, this run uses {type(self.strategy).__name__}: resume "
+                "with the arguments of the run that wrote it)" if trained_with != type(self.strategy).__name__ else "")
+        self.check_fit(checkpoint["state_dict"], str(self.trainer.ckpt_path) if self._trainer else "checkpoint", hint)
 
 
 def cosine_with_warmup(step: int, *, total: int, warmup: int, min_ratio: float = 0.0) -> float:

@@ -35,7 +35,8 @@ def read_checkpoint(path: str | Path) -> dict:
             raise CheckpointError(f"{path}: refused: loading it would call {named.group(1)}, and sinkflow never runs "
                                   f"code from a checkpoint; {EXPECTED}") from None
         detail = text.split("WeightsUnpickler error:", 1)[-1].strip() if "WeightsUnpickler error:" in text else text
-        reason = f"{type(err).__name__}: {(detail.strip().splitlines() or [''])[0][:200]}"
+        first = (detail.strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")  # torch's advice trimmed off
+        reason = f"{type(err).__name__}: {first[:200]}"
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); {EXPECTED}") from None
     if not isinstance(checkpoint, dict) or "sinkflow" not in checkpoint or "state_dict" not in checkpoint:
         keys = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__

@@ -72,3 +72,21 @@ def test_evaluate_rejects_a_checkpoint_sinkflow_did_not_write(tmp_path):
     cfg = OmegaConf.create({"ckpt_path": str(path), "model": {}, "sink_strategy": {}})
     with pytest.raises(ValueError, match=r"other.ckpt: not a sinkflow checkpoint"):
         evaluate(cfg)
+
+
+def test_resuming_from_a_checkpoint_of_another_strategy_says_so(module):
+    """Lightning loads checkpoints with strict=False here (they hold trainable weights only): the fit is checked."""
+    from sinkflow.sinks.detect import SinkDetector
+    from sinkflow.sinks.strategies.dual_mlp import DualMLP
+
+    model, processor = build_tiny_llava(TinyLlavaSpec())
+    family = LlavaFamily()
+    dual = SinkflowModule(prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4)), processor, family,
+                          DualMLP(), SinkDetector(), run_config={"sink_strategy": {"strategy": {"_target_": "x.DualMLP"}}})
+    checkpoint = {"state_dict": module.trainable_state_dict(),
+                  "sinkflow": {"config": {"sink_strategy": {"strategy": {"_target_": "x.NoneStrategy"}}}}}
+    with pytest.raises(ValueError, match=r"checkpoint: checkpoint does not fit the model: missing \['strategy\..*"
+                                         r"\(it was trained with strategy NoneStrategy, this run uses DualMLP: "
+                                         r"resume with the arguments of the run that wrote it\)"):
+        dual.on_load_checkpoint(checkpoint)
+    module.on_load_checkpoint(checkpoint)  # its own checkpoint fits
