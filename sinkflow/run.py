@@ -103,7 +103,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         read_checkpoint(cfg.ckpt_path)  # a one-line error for anything that is not a sinkflow checkpoint
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg.model, cfg.sink_strategy, train=True, init_from=cfg.init_from)
-    trainer, datamodule, scorer = build_evaluation(cfg, module, [DivergenceGuard(**cfg.divergence)])
+    trainer, datamodule, scorer = build_run(cfg, module, [DivergenceGuard(**cfg.divergence)])
     log_parameter_counts(trainer, module, cfg)
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
@@ -135,11 +135,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                           init_from=trained.init_from if trained is not None else None, hint=hint)
     if trained is not None and trained.state is not None:
         module.load_trainable(trained.state, trained.path, hint)
-    trainer, datamodule, scorer = build_evaluation(cfg, module, [])
+    trainer, datamodule, scorer = build_run(cfg, module, [])
     return test_and_report(trainer, module, datamodule, scorer)
 
 
-def build_evaluation(cfg: DictConfig, module: SinkflowModule, callbacks: list):
+def build_run(cfg: DictConfig, module: SinkflowModule, callbacks: list):
     """The trainer (with the predictions scorer and `callbacks`), the data module and the scorer of a run."""
     predictions = Path(cfg.paths.output_dir) / "predictions.jsonl"
     scorer = PredictionsCallback(str(predictions), resume=cfg.resume_predictions, parser=cfg.parser)
