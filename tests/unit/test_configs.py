@@ -139,8 +139,13 @@ def test_validation_names_the_key(override, message, tmp_path):
 
 
 def test_validation_accepts_a_null_strategy_lr_and_boundary_values(tmp_path):
-    validate(compose_cfg("train", ["++model.optim.strategy_lr=null", "model.lora.dropout=0.0",
-                                   "model.optim.warmup_ratio=1.0", "++model.optim.betas=[0.0,0.999]"], tmp_path))
+    from sinkflow.module import OptimSpec
+
+    cfg = compose_cfg("train", ["++model.optim.strategy_lr=null", "model.lora.dropout=0.0",
+                                "model.optim.warmup_ratio=1.0", "++model.optim.betas=[0.0,0.999]"], tmp_path)
+    validate(cfg)  # raises on a value out of range
+    spec = OptimSpec(**OmegaConf.to_container(cfg.model.optim))  # and so would the module's own check
+    assert (spec.strategy_lr, spec.warmup_ratio, list(spec.betas)) == (None, 1.0, [0.0, 0.999])
 
 
 @pytest.mark.parametrize("override,node,message", [
