@@ -49,7 +49,6 @@ class SinkStrategy(nn.Module):
     name: ClassVar[str]
     needs_sinks: ClassVar[bool] = True
     training_free: ClassVar[bool] = True  # False: the strategy has parts that must be trained first
-    routes: ClassVar[tuple[str, ...]] = ()  # a deciding strategy's choices (`Routed.decisions[i]["route"]`)
 
     def __init_subclass__(cls, name: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -63,8 +63,6 @@ def decide(image_answer: str, question_answer: str) -> dict:
 class CotRoute(DualMLP, name="cot_route"):
     """The model's own answers route each image to sinks only, non-sinks only, or both."""
 
-    routes = ("sinks_only", "others_only", "both")
-
     def __init__(self, image_prompt: str = IMAGE_PROMPT, question_prompt: str = QUESTION_PROMPT,
                  max_new_tokens: int = 8, projectors: str | None = None, init: str = "copy", order: str = "raster",
                  position_ids: str = "contiguous", train_projectors: bool = False):
