@@ -22,6 +22,7 @@ from pathlib import Path
 
 import lightning as L
 from peft import PeftModel
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -119,7 +120,11 @@ class Export:
         return path if path.is_file() else None
 
     def language_model_keys(self) -> set[str]:
-        return set(load_file(self.path / "language_model.safetensors")) if self.info.get("language_model") else set()
+        """The names in `language_model.safetensors` (read from its header: a full LLM is many gigabytes)."""
+        if not self.info.get("language_model"):
+            return set()
+        with safe_open(self.path / "language_model.safetensors", framework="pt") as weights:
+            return set(weights.keys())
 
     def apply_base(self, model: nn.Module) -> None:
         """Load the projector (and the fine-tuned language model) into a plain HF model, in place."""

@@ -121,3 +121,16 @@ def test_plain_transformers_refuses_an_export_it_cannot_apply(tmp_path, stage2, 
         load_export(LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint),
                     export_trainable(none, tmp_path / "none"))
     assert not [w for w in caught if "sink routing" in str(w.message)]
+
+
+def test_fully_fine_tuned_weights_inherited_from_init_from_travel_with_the_next_export(tmp_path):
+    from safetensors.torch import load_file
+
+    full = build(tmp_path, ["sink_strategy=none", "model.lora=null", "model.train_language_model=true"])
+    perturb(full, seed=4)
+    first = export_trainable(full, tmp_path / "full" / "checkpoints" / "export")
+    after = build(tmp_path, ["sink_strategy=none", "model.lora=null", f"init_from={tmp_path / 'full'}"])
+    assert not any(p.requires_grad for n, p in after.named_parameters() if "language_model" in n)
+    second = export_trainable(after, tmp_path / "after")
+    inherited, again = load_file(first / "language_model.safetensors"), load_file(second / "language_model.safetensors")
+    assert set(again) == set(inherited) and all(torch.equal(again[k], inherited[k]) for k in inherited)
