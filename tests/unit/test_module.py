@@ -82,7 +82,7 @@ def test_resuming_from_a_checkpoint_of_another_strategy_says_so(module):
     model, processor = build_tiny_llava(TinyLlavaSpec())
     family = LlavaFamily()
     dual = SinkflowModule(prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4)), processor, family,
-                          DualMLP(), SinkDetector(), run_config={"sink_strategy": {"strategy": {"_target_": "x.DualMLP"}}})
+                          DualMLP(), SinkDetector())
     checkpoint = {"state_dict": module.trainable_state_dict(),
                   "sinkflow": {"config": {"sink_strategy": {"strategy": {"_target_": "x.NoneStrategy"}}}}}
     with pytest.raises(ValueError, match=r"checkpoint: checkpoint does not fit the model: missing \['strategy\..*"
