@@ -6,6 +6,8 @@ placeholders and padding get label -100. Training pads on the right, generation 
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from PIL import Image
 
@@ -175,6 +177,11 @@ def sample_key(meta: dict) -> str:
     """A sample's key, unique across evaluation sets: `benchmark/id` (ids are unique within a benchmark only; an
     MMStar index and an open-set question id can be equal), or the id of a training sample."""
     return f"{meta['benchmark']}/{meta['id']}" if meta.get("benchmark") else str(meta["id"])
+
+
+def key_hash(key: str) -> int:
+    """A stable 63-bit id of a key (the same in every process and run), for keys kept in tensors."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
 
 
 def first_question(conversations: list[dict]) -> str:

@@ -11,7 +11,6 @@ synchronise across processes by concatenation and `compute` counts every id once
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter, defaultdict
 
@@ -22,6 +21,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 from sinkflow.data.benchmarks.mme import COGNITION, PERCEPTION, SUBTASKS
 from sinkflow.data.benchmarks.mmstar import CATEGORIES as MMSTAR_CATEGORIES
 from sinkflow.data.benchmarks.pope import CATEGORIES as POPE_CATEGORIES
+from sinkflow.data.collate import key_hash
 from sinkflow.eval.parsing import check_rule, mmstar_correct, parse_mme, parse_pope
 
 MMSTAR_CORES = tuple(MMSTAR_CATEGORIES)
@@ -31,8 +31,7 @@ _YES_NO = {"yes": 1, "no": 0, None: -1}
 
 def record_hash(record: dict, field: str = "id") -> int:
     """A stable 63-bit key of `benchmark/<field>` (the same in every process and run)."""
-    digest = hashlib.blake2b(f"{record['benchmark']}/{record[field]}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+    return key_hash(f"{record['benchmark']}/{record[field]}")
 
 
 def _index(values: tuple[str, ...], value: str, what: str) -> int:

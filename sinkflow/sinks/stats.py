@@ -7,12 +7,12 @@ norms.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.distributed as dist
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
+
+from sinkflow.data.collate import key_hash
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -82,11 +82,6 @@ class SinkStats(Metric):
             out["sinks/precision"] = tp / (tp + fp) if tp + fp else 0.0
             out["sinks/recall"] = tp / (tp + fn) if tp + fn else 1.0
         return out, {"counts": counts, "norms": norms}
-
-
-def key_hash(key: str) -> int:
-    """A stable 63-bit id of an image key (the same in every process)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
 
 
 def log_histograms(loggers, samples: dict[str, torch.Tensor], step: int, stage: str) -> None:
