@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from torch.nn.utils import get_total_norm
 
 from sinkflow.checks import number
 
@@ -43,17 +44,21 @@ class DivergenceGuard(L.Callback):
     def __init__(self, max_bad_steps: int = 0):
         self.max_bad_steps = number("divergence.max_bad_steps", max_bad_steps, integer=True, at_least=0)
         self.skipped = 0
-        self.losses: list[float] = []  # this rank's losses since the last optimizer step (micro-batches)
+        self.losses: list[torch.Tensor] = []  # this rank's losses since the last optimizer step (micro-batches)
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        self.losses.append(loss.detach().float().mean().item())
+        self.losses.append(loss.detach().float().mean())
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         losses, self.losses = self.losses, []
-        bad_loss = not all(math.isfinite(x) for x in losses)
         # A gradient scaler (fp16) skips its own overflowing steps: only the loss is judged then.
         scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
-        groups = [] if scaled else broken_groups(optimizer)
+        named = [] if scaled else named_grads(optimizer)
+        # One read from the device per step: the losses, then each group's largest |gradient| (NaN stays NaN).
+        values = torch.stack([*losses, *(get_total_norm(grads, norm_type=math.inf) for _, grads in named)]).tolist()
+        losses, norms = values[:len(losses)], values[len(losses):]
+        bad_loss = not all(math.isfinite(x) for x in losses)
+        groups = [name for (name, _), norm in zip(named, norms) if not math.isfinite(norm)]
         # Every rank takes the same decision (a loss is per rank; DDP gradients are already reduced).
         if not trainer.strategy.reduce_boolean_decision(bad_loss or bool(groups), all=False):
             return
@@ -75,14 +80,11 @@ class DivergenceGuard(L.Callback):
             "or let training skip a few bad steps with divergence.max_bad_steps=N.")
 
 
-def broken_groups(optimizer: torch.optim.Optimizer) -> list[str]:
-    """Names of the parameter groups with a non-finite gradient."""
-    names = []
-    for i, group in enumerate(optimizer.param_groups):
-        grads = [p.grad for p in group["params"] if p.grad is not None]
-        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all().item():
-            names.append(group.get("name", f"#{i}"))
-    return names
+def named_grads(optimizer: torch.optim.Optimizer) -> list[tuple[str, list[torch.Tensor]]]:
+    """(name, gradients) of each parameter group that has gradients."""
+    named = [(group.get("name", f"#{i}"), [p.grad for p in group["params"] if p.grad is not None])
+             for i, group in enumerate(optimizer.param_groups)]
+    return [(name, grads) for name, grads in named if grads]
 
 
 def last_checkpoint(trainer) -> str:
