@@ -1,7 +1,8 @@
-"""Lightning training-step overhead: median step time of `SinkflowModule` under `Trainer.fit` vs a bare loop.
+"""Lightning training-step overhead: median step time of `SinkflowModule` under `Trainer.fit` vs a bare loop, and
+of `Trainer.fit` with `train.py`'s divergence guard vs without.
 
 Both loops train the same model (tiny-LLaVA architecture, configurable size), LoRA, AdamW groups, schedule and
-batch, in one process. Prints one JSON line; the goal is `ratio <= 1.10`.
+batch, in one process. Prints one JSON line; the goals are `ratio <= 1.10` and `guard_ratio <= 1.03`.
 
     python bench/train_step.py [--steps 40] [--text-hidden 256] [--text-layers 4] [--batch 8] [--accelerator cuda]
 """
@@ -24,6 +25,7 @@ from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.shapes import generate_shapes
 from sinkflow.data.instruct import load_instruct
 from sinkflow.data.templates import VicunaV1
+from sinkflow.divergence import DivergenceGuard
 from sinkflow.models.build import LoraSpec, prepare_for_training
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
@@ -79,13 +81,15 @@ def bare_loop(module: SinkflowModule, batch: dict, steps: int, device: torch.dev
     return times
 
 
-def lightning_loop(module: SinkflowModule, batch: dict, steps: int, accelerator: str, precision: str) -> list[float]:
-    """`Trainer.fit` over a loader that yields the same batch (default callbacks, progress bar off)."""
+def lightning_loop(module: SinkflowModule, batch: dict, steps: int, accelerator: str, precision: str,
+                   callbacks: tuple = ()) -> list[float]:
+    """`Trainer.fit` over a loader that yields the same batch (default callbacks + `callbacks`, progress bar off)."""
     loader = DataLoader([batch] * steps, batch_size=None, collate_fn=lambda b: b)
     timer = StepTimer()
     trainer = L.Trainer(max_steps=steps, accelerator=accelerator, devices=1, precision=precision, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
-                        callbacks=[timer], limit_val_batches=0, default_root_dir=tempfile.mkdtemp())
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        gradient_clip_val=1.0,
+                        callbacks=[timer, *callbacks], limit_val_batches=0, default_root_dir=tempfile.mkdtemp())
     trainer.fit(module, train_dataloaders=loader)
     return [b - a for a, b in zip(timer.starts, timer.starts[1:])]
 
@@ -108,18 +112,22 @@ def main():
     accelerator, precision = ("gpu" if args.accelerator == "cuda" else "cpu"), "32-true"
     torch.manual_seed(0)
     module, batch = build(args)
-    bare, lightning = [], []
-    # Alternate the two loops so that drift in machine load affects both alike.
+    bare, lightning, guarded = [], [], []
+    # Alternate the loops so that drift in machine load affects them alike.
     for _ in range(args.rounds):
         bare += bare_loop(module, batch, args.steps, device)[args.warmup:]
         lightning += lightning_loop(module, batch, args.steps, accelerator, precision)[args.warmup:]
-    bare_s, lightning_s = statistics.median(bare), statistics.median(lightning)
+        guarded += lightning_loop(module, batch, args.steps, accelerator, precision, (DivergenceGuard(),))[args.warmup:]
+    bare_s, lightning_s, guarded_s = statistics.median(bare), statistics.median(lightning), statistics.median(guarded)
     print(json.dumps({
         "bench": "train_step",
         "bare_median_s": round(bare_s, 5),
         "lightning_median_s": round(lightning_s, 5),
         "ratio": round(lightning_s / bare_s, 4),
         "target_ratio": 1.10,
+        "guarded_median_s": round(guarded_s, 5),
+        "guard_ratio": round(guarded_s / lightning_s, 4),
+        "target_guard_ratio": 1.03,
         "steps_measured_each": len(bare),
         "batch": args.batch,
         "seq_len": int(batch["input_ids"].shape[1]),
