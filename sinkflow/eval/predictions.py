@@ -140,8 +140,7 @@ class PredictionsWriter:
         if not resume and self.path.exists():
             self.path.unlink()
         self.done = {record_key(r) for r in load_for_resume(self.path)}
-        # Created now, so that an evaluation without questions still leaves an (empty) file to score.
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "a", encoding="utf-8")  # open for the whole test epoch; `close` syncs it
 
     def append(self, records: list[dict]) -> int:
         """Write the records not seen yet; returns how many were written."""

@@ -9,8 +9,11 @@ import re
 import pytest
 import torch
 
+from sinkflow.data.datamodule import LVLMDataModule
+from sinkflow.divergence import DivergenceGuard
 from sinkflow.models.build import LoraSpec
 from sinkflow.models.encoders import SentenceEncoder
+from sinkflow.module import GenerationSpec, OptimSpec
 from sinkflow.sinks.calibrate import summarise
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.cot_route import CotRoute
@@ -18,6 +21,10 @@ from sinkflow.sinks.strategies.random_control import RandomControl
 from sinkflow.sinks.strategies.reweight import Reweight
 
 NORMS = torch.tensor([[1.0, 2.0, 300.0]])
+
+
+def data(**options) -> LVLMDataModule:
+    return LVLMDataModule(train_json=None, image_root=None, **options)
 
 # (what is built, its arguments, the exact message). Every check runs before anything loads: the reweight and
 # encoder rows fail before looking for an encoder.
@@ -38,6 +45,17 @@ CASES = [
     (LoraSpec, {"dropout": 1.0}, "`model.lora.dropout` must be a number >= 0 and < 1, got 1.0"),
     (LoraSpec, {"dropout": -0.1}, "`model.lora.dropout` must be a number >= 0 and < 1, got -0.1"),
     (lambda **kw: summarise(NORMS, **kw), {"min_ratio": 1}, "`calibrate.min_ratio` must be a number > 1, got 1"),
+    (OptimSpec, {"lr": 0}, "`model.optim.lr` must be a number > 0, got 0"),
+    (OptimSpec, {"betas": (0.9, 1.0)}, "`model.optim.betas[1]` must be a number >= 0 and < 1, got 1.0"),
+    (GenerationSpec, {"max_new_tokens": 0}, "`model.generation.max_new_tokens` must be an integer >= 1, got 0"),
+    (DivergenceGuard, {"max_bad_steps": -1}, "`divergence.max_bad_steps` must be an integer >= 0, got -1"),
+    (data, {"batch_size": 0}, "`dataset.batch_size` must be an integer >= 1, got 0"),
+    (data, {"eval_batch_size": 2.5}, "`dataset.eval_batch_size` must be an integer >= 1, got 2.5"),
+    (data, {"num_workers": -1}, "`dataset.num_workers` must be an integer >= 0, got -1"),
+    (data, {"val_fraction": 1.0}, "`dataset.val_fraction` must be a number >= 0 and < 1, got 1.0"),
+    (data, {"max_length": 0}, "`dataset.max_length` must be an integer >= 1 or null, got 0"),
+    (data, {"limit_train": 0}, "`dataset.limit_train` must be an integer >= 1 or null, got 0"),
+    (data, {"limit_eval": 0}, "`dataset.limit_eval` must be an integer >= 1 or null, got 0"),
 ]
 
 
@@ -58,3 +76,9 @@ def test_the_boundaries_themselves_are_accepted():
 
 def test_reweight_with_a_zero_cache_still_builds(tiny_encoder):
     assert Reweight(encoder=tiny_encoder, hidden=1, cache_size=0).encoder.cache_size == 0
+
+
+def test_an_evaluation_with_no_set_is_an_error():
+    """Every set configured away (`dataset.eval_sets.<name>=null`): nothing to evaluate is not a success."""
+    with pytest.raises(ValueError, match=r"^dataset.eval_sets names no evaluation set: there is nothing to evaluate"):
+        data(eval_sets={"pope": None}).setup("test")

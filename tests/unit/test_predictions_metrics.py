@@ -123,3 +123,20 @@ def test_an_unknown_name_that_would_write_into_other_keys_is_refused(name):
         score_records([record(name, "1", "yes", "yes")], allow_unknown=True)
     assert str(error.value) == (f"record '1': benchmark: an unknown benchmark's name prefixes its metric keys, so it "
                                 f"must not be empty, 'all' or contain '/', got {name!r}")
+
+
+def test_routing_shares_and_time_come_from_the_records_each_question_once():
+    """cot_route's decisions: each route's share of the routed questions and the mean deciding time; a question
+    written twice (a resumed file) counts once; records without a decision are not routed questions."""
+    from sinkflow.eval.metrics import routing_metrics
+
+    def routed(i, route, seconds):
+        return {"benchmark": "open", "id": str(i), "routing": {"route": route, "seconds": seconds}}
+
+    records = [routed(0, "sinks_only", 0.1), routed(1, "both", 0.3), routed(2, "both", 0.2), routed(2, "both", 0.2),
+               {"benchmark": "open", "id": "3"}]
+    metrics = routing_metrics(records)
+    assert metrics.keys() == {"routing/sinks_only", "routing/both", "routing/seconds_per_image"}
+    assert metrics["routing/sinks_only"] == pytest.approx(1 / 3) and metrics["routing/both"] == pytest.approx(2 / 3)
+    assert metrics["routing/seconds_per_image"] == pytest.approx(0.2)
+    assert routing_metrics([{"benchmark": "open", "id": "0"}]) == {}
