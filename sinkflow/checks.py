@@ -1,7 +1,8 @@
-"""Range checks of numeric options, run where an object is constructed; each error names the config key.
+"""Checks of numeric and choice options, run where an object is constructed; each error names the config key.
 
     tau = number("sink_strategy.detector.tau", tau, above=0)
     k = number("sink_strategy.detector.k", k, integer=True, at_least=1)
+    order = choice("sink_strategy.strategy.order", order, SinkOrder)  # SinkOrder = Literal["raster", "norm"]
 
 A bad value (wrong type, NaN, infinity, out of range) raises `ValueError`; `None` passes only with `optional`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
+from typing import Literal, get_args, get_origin
 
 
 def number(key: str, value, *, integer: bool = False, above: float | None = None, at_least: float | None = None,
@@ -28,4 +30,13 @@ def number(key: str, value, *, integer: bool = False, above: float | None = None
               and (below is None or value < below) and (at_most is None or value <= at_most))
     if not ok:
         raise ValueError(f"`{key}` must be {wanted}, got {value!r}")
+    return value
+
+
+def choice(key: str, value, options):
+    """`value` if it is one of `options` (a `typing.Literal` type or a collection of values), else a ValueError
+    that reads "`key` must be one of (...), got <value>"."""
+    allowed = tuple(get_args(options)) if get_origin(options) is Literal else tuple(options)
+    if value not in allowed:
+        raise ValueError(f"`{key}` must be one of {allowed}, got {value!r}")
     return value
