@@ -38,7 +38,7 @@ from sinkflow.data.templates import VicunaV1
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy
 
@@ -69,7 +69,7 @@ def measure(args, device: torch.device) -> dict:
     torch.manual_seed(0)
     model, processor = build_tiny_llava(TinyLlavaSpec(image_size=args.image_size, patch_size=args.patch_size,
                                                       **SIZES))
-    module = SinkflowModule(model.to(device).eval(), processor, LlavaFamily(), NoneStrategy(), SinkDetector(),
+    module = SinkflowModule(model.to(device).eval(), processor, LlavaFamily(), NoneStrategy(), NormThreshold(),
                             simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
     root = generate_shapes(tempfile.mkdtemp(), n_train=1, n_eval=args.batch, image_size=64)
     items = load_open_qa(root / "open" / "open.jsonl", root / "eval_images")[: args.batch]

@@ -36,9 +36,9 @@ from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
-from sinkflow.sinks.strategies import STRATEGIES
+from sinkflow.sinks.strategies.base import STRATEGIES
 
 
 def timed_forward(module: SinkflowModule, batch: dict, device: torch.device) -> float:
@@ -85,8 +85,8 @@ def measure(family: str, args, device: torch.device) -> dict:
     strategies["reweight_uncached"] = STRATEGIES["reweight"](cache_size=0)  # the question encoder on every call
     prompter = Collator(processor, template, generate=True)
     modules = {name: SinkflowModule(model, processor, family_obj, strategy,
-                                    None if name == "none" else SinkDetector(), simulated_sinks=simulated,
-                                    prompter=prompter).eval()
+                                    None if name == "none" else NormThreshold(), simulated_sinks=simulated,
+                                    question_collator=prompter).eval()
                for name, strategy in strategies.items()}
     for module in modules.values():
         module.generation.max_new_tokens = args.new_tokens

@@ -6,28 +6,31 @@ the strategy says which tokens reach the LLM. Checkpoints keep only the trainabl
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sinkflow.checks import number
 from sinkflow.config import check_optim
 from sinkflow.data.collate import Collator, sample_key
 from sinkflow.divergence import require_finite
-from sinkflow.models.build import unwrap
-from sinkflow.models.families.base import VisualFamily, VisualFeatures
-from sinkflow.sinks.detect import token_norms
+from sinkflow.models.build import load_pretrained, prepare_for_training, resolve_checkpoint, unwrap
+from sinkflow.models.export import Export
+from sinkflow.models.families.base import VisualFamily
+from sinkflow.pathway import PaddingSide, PathwayResult, Routed, VisualFeatures
+from sinkflow.sinks.detectors.base import SinkDetector, token_norms
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.stats import SinkStats, log_histograms
-from sinkflow.sinks.strategies.base import Routed, SinkStrategy
+from sinkflow.sinks.strategies.base import SinkStrategy, strategy_name
 
-if TYPE_CHECKING:
-    from sinkflow.models.export import Export
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,10 +63,10 @@ class SinkflowModule(L.LightningModule):
     """Wraps an LVLM with sink-aware token routing; training loss, and greedy batched generation for evaluation."""
 
     def __init__(self, model: nn.Module, processor, family: VisualFamily, strategy: SinkStrategy,
-                 detector: nn.Module | None = None, optim: OptimSpec | dict | None = None,
+                 detector: SinkDetector | None = None, optim: OptimSpec | dict | None = None,
                  generation: GenerationSpec | dict | None = None, source: str | None = None,
                  run_config: dict | None = None, simulated_sinks: SimulatedSinks | None = None,
-                 prompter: Collator | None = None, init_from: Export | None = None):
+                 question_collator: Collator | None = None, init_from: Export | None = None):
         super().__init__()
         self.source = source  # the base checkpoint (hub id or directory) the trainable weights apply to
         self.run_config = run_config  # model + strategy config, stored in checkpoints so evaluate.py can rebuild
@@ -73,7 +76,8 @@ class SinkflowModule(L.LightningModule):
         self.strategy = strategy
         self.detector = detector
         self.simulated_sinks = simulated_sinks  # tiny model only: planted sinks with known positions
-        self.prompter = prompter  # renders the questions a deciding strategy (cot_route) asks about the images
+        # renders the questions a deciding strategy (cot_route) asks about the images into generation prompts
+        self.question_collator = question_collator
         self.init_from = init_from  # the export this run started from (its weights go into this run's export too)
         if strategy.needs_sinks and detector is None:
             raise ValueError(f"sink strategy {strategy.name!r} needs a detector: set sink_strategy.detector")
@@ -85,35 +89,73 @@ class SinkflowModule(L.LightningModule):
         # Checkpoints hold trainable weights only; the frozen base reloads from the checkpoint it came from.
         self.strict_loading = False
 
+    @classmethod
+    def from_config(cls, model_cfg: DictConfig, strategy_cfg: DictConfig, *, train: bool,
+                    init_from: str | None = None, hint: str = "") -> SinkflowModule:
+        """Load the model, start it from an earlier run's export (`init_from`), freeze / LoRA it (when training),
+        and wrap it with family, detector and strategy. `hint` ends the error of a strategy the export's weights do
+        not fit."""
+        source = resolve_checkpoint(model_cfg)
+        family = instantiate(model_cfg.family)
+        start = Export.read(init_from, what="init_from") if init_from else None
+        model, processor = load_pretrained(source, family=family, dtype=model_cfg.dtype,
+                                           attn_implementation=model_cfg.attn_implementation,
+                                           trust_remote_code=model_cfg.trust_remote_code)
+        if start is not None:
+            if start.info["base_checkpoint"] != source:
+                log.warning("init_from=%s was trained on %s, but model.checkpoint is %s", start.path,
+                            start.info["base_checkpoint"], source)
+            start.apply_base(model)  # before the strategy copies the projector
+        lora = OmegaConf.to_container(model_cfg.lora) if train and model_cfg.lora is not None else None
+        model = prepare_for_training(model, family, freeze_vision=model_cfg.freeze_vision,
+                                     train_projector=train and model_cfg.train_projector, lora=lora,
+                                     train_language_model=train and model_cfg.train_language_model,
+                                     adapter=start.adapter if start is not None else None)
+        simulated = model_cfg.get("simulated_sinks")
+        run_config = {"model": OmegaConf.to_container(model_cfg, resolve=True),
+                      "sink_strategy": OmegaConf.to_container(strategy_cfg, resolve=True),
+                      **({"init_from": str(start.path.resolve())} if start is not None else {})}
+        module = cls(model, processor, family, instantiate(strategy_cfg.strategy),
+                     instantiate(strategy_cfg.detector) if strategy_cfg.get("detector") else None,
+                     optim=OmegaConf.to_container(model_cfg.optim),
+                     generation=OmegaConf.to_container(model_cfg.generation),
+                     source=source, run_config=run_config,
+                     simulated_sinks=instantiate(simulated) if simulated else None,
+                     question_collator=Collator(processor, instantiate(model_cfg.template), generate=True),
+                     init_from=start)
+        if start is not None:
+            start.apply_strategy(module.strategy, hint)
+        return module
+
     @property
     def hf(self) -> nn.Module:
         """The HF model (LoRA layers injected in place when LoRA is on)."""
         return unwrap(self.model)
 
-    def pathway(self, batch: dict, padding_side: str = "right") -> tuple[dict, dict | None]:
-        """encode -> detect -> route -> merge: (the LLM inputs, what was seen: features, sinks, planted).
+    def pathway(self, batch: dict, padding_side: PaddingSide = "right") -> PathwayResult:
+        """encode -> detect -> route -> merge: the LLM inputs and what was seen on the way.
 
         The detector runs when the strategy needs sinks, and outside training so that sink statistics are logged
         for every strategy.
         """
         hf = self.hf
         if batch.get("pixel_values") is None:
-            return self.family.merge(hf, batch, None, None, padding_side), None
+            return PathwayResult(self.family.merge(hf, batch, None, None, padding_side))
         visual = self.visual(batch)
         detect = self.detector is not None and (self.strategy.needs_sinks or not self.training)
         sinks = self.family.token_sinks(self.detector, visual) if detect else None
         routed = self.strategy(visual, sinks, partial(self.family.project, hf), ask=partial(self.ask, batch, visual))
-        return self.family.merge(hf, batch, visual, routed, padding_side), {"visual": visual, "sinks": sinks,
-                                                                            "routed": routed}
+        return PathwayResult(self.family.merge(hf, batch, visual, routed, padding_side), visual, sinks, routed)
 
     @torch.no_grad()
     def ask(self, batch: dict, visual: VisualFeatures, questions: list[str], routed: Routed,
             max_new_tokens: int) -> list[str]:
         """The model's greedy answers to `questions[i]` about the batch's i-th image, entering the LLM as `routed`."""
-        if self.prompter is None:
+        if self.question_collator is None:
             raise ValueError(f"strategy {self.strategy.name!r} asks the model questions: give SinkflowModule a "
-                             "prompter (a generation Collator with the model's template)")
-        inputs = self.family.merge(self.hf, self.prompter.ask(batch, questions), visual, routed, padding_side="left")
+                             "question_collator (a generation Collator with the model's template)")
+        inputs = self.family.merge(self.hf, self.question_collator.ask(batch, questions), visual, routed,
+                                   padding_side="left")
         return [answer.strip() for answer in self._greedy(inputs, max_new_tokens)]
 
     def visual(self, batch: dict) -> VisualFeatures:
@@ -130,7 +172,7 @@ class SinkflowModule(L.LightningModule):
 
     def forward(self, batch: dict):
         """Forward with labels: HF output with `.loss` (mean over supervised tokens) and `.logits`."""
-        return self.hf(**self.pathway(batch)[0])
+        return self.hf(**self.pathway(batch).inputs)
 
     def training_step(self, batch, batch_idx):
         loss = self(batch).loss
@@ -140,8 +182,8 @@ class SinkflowModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        inputs, seen = self.pathway(batch)
-        loss = self.hf(**inputs).loss
+        seen = self.pathway(batch)
+        loss = self.hf(**seen.inputs).loss
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["meta"]))
         self._observe("val", seen)
         return loss
@@ -149,7 +191,7 @@ class SinkflowModule(L.LightningModule):
     @torch.no_grad()
     def generate(self, batch: dict) -> list[str]:
         """Greedy batched generation (left-padded prompts) -> decoded answers."""
-        return self._greedy(self.pathway(batch, padding_side="left")[0])
+        return self._greedy(self.pathway(batch, padding_side="left").inputs)
 
     def _greedy(self, inputs: dict, max_new_tokens: int | None = None) -> list[str]:
         inputs.pop("labels", None)
@@ -163,12 +205,12 @@ class SinkflowModule(L.LightningModule):
         )
         return tokenizer.batch_decode(out, skip_special_tokens=True)
 
-    def _observe(self, stage: str, seen: dict | None) -> None:
+    def _observe(self, stage: str, seen: PathwayResult) -> None:
         """Accumulate sink statistics of one batch (when the detector ran)."""
-        if seen is not None and seen["sinks"] is not None:
-            visual: VisualFeatures = seen["visual"]
+        visual = seen.visual
+        if visual is not None and seen.sinks is not None:
             planted = visual.to_tokens(visual.planted) if visual.planted is not None else None
-            self.stats[stage].update(token_norms(visual.features), seen["sinks"], planted, keys=visual.keys or None,
+            self.stats[stage].update(token_norms(visual.features), seen.sinks, planted, keys=visual.keys or None,
                                      valid=visual.valid())
 
     def _log_stats(self, stage: str) -> None:
@@ -200,12 +242,12 @@ class SinkflowModule(L.LightningModule):
     def predict_step(self, batch, batch_idx):
         return self._answer(batch)[0]
 
-    def _answer(self, batch: dict) -> tuple[list[dict], dict | None]:
+    def _answer(self, batch: dict) -> tuple[list[dict], PathwayResult]:
         """Prediction records of a batch (with each image's routing decision and its share of the deciding time, when
         the strategy decided)."""
-        inputs, seen = self.pathway(batch, padding_side="left")
-        records = [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], self._greedy(inputs))]
-        routed = seen["routed"] if seen is not None else None
+        seen = self.pathway(batch, padding_side="left")
+        records = [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], self._greedy(seen.inputs))]
+        routed = seen.routed
         if routed is not None and routed.decisions is not None:
             seconds = routed.decision_seconds / max(len(routed.decisions), 1)
             decisions = {key: dict(decision, seconds=seconds) for key, decision in zip(batch["image_keys"],
@@ -271,9 +313,9 @@ class SinkflowModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("sinkflow", {}).get("config") or {}
-        trained_with = saved.get("sink_strategy", {}).get("strategy", {}).get("_target_", "?").rsplit(".", 1)[-1]
-        hint = (f" (it was trained with strategy {trained_with}, this run uses {type(self.strategy).__name__}: resume "
-                "with the arguments of the run that wrote it)" if trained_with != type(self.strategy).__name__ else "")
+        trained_with = strategy_name(saved.get("sink_strategy"))
+        hint = (f" (it was trained with strategy {trained_with}, this run uses {self.strategy.name}: resume with the "
+                "arguments of the run that wrote it)" if trained_with != self.strategy.name else "")
         self.check_fit(checkpoint["state_dict"], str(self.trainer.ckpt_path) if self._trainer else "checkpoint", hint)
 
 

@@ -18,62 +18,19 @@ from transformers import AutoConfig
 from sinkflow.analysis.calibration_plots import plot_norm_histogram, plot_sorted_norms
 from sinkflow.analysis.tasks import ANALYSES, PREFLIGHTS, analysis_context
 from sinkflow.config import validate
-from sinkflow.data.collate import Collator, load_image
+from sinkflow.data.collate import load_image
 from sinkflow.divergence import DivergenceGuard
 from sinkflow.eval.callback import PredictionsCallback
 from sinkflow.eval.score import print_table
-from sinkflow.models.build import load_pretrained, prepare_for_training
+from sinkflow.models.build import resolve_checkpoint
 from sinkflow.models.checkpoint import read_checkpoint, read_trained
-from sinkflow.models.export import Export
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.calibrate import summarise
-from sinkflow.sinks.detect import SinkDetector, token_norms
+from sinkflow.sinks.detectors.base import token_norms
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
+from sinkflow.sinks.strategies.base import strategy_name
 
 log = logging.getLogger(__name__)
-
-
-def resolve_checkpoint(model_cfg: DictConfig) -> str:
-    """The model's source: a hub id / directory, or the path a builder (e.g. the tiny model) returns."""
-    source = model_cfg.checkpoint
-    return str(instantiate(source)) if isinstance(source, DictConfig) else str(source)
-
-
-def build_module(model_cfg: DictConfig, strategy_cfg: DictConfig, *, train: bool, init_from: str | None = None,
-                 hint: str = "") -> SinkflowModule:
-    """Load the model, start it from an earlier run's export (`init_from`), freeze / LoRA it (when training), and wrap
-    it with family, detector and strategy. `hint` ends the error of a strategy the export's weights do not fit."""
-    source = resolve_checkpoint(model_cfg)
-    family = instantiate(model_cfg.family)
-    start = Export.read(init_from, what="init_from") if init_from else None
-    model, processor = load_pretrained(source, family=family, dtype=model_cfg.dtype,
-                                       attn_implementation=model_cfg.attn_implementation,
-                                       trust_remote_code=model_cfg.trust_remote_code)
-    if start is not None:
-        if start.info["base_checkpoint"] != source:
-            log.warning("init_from=%s was trained on %s, but model.checkpoint is %s", start.path,
-                        start.info["base_checkpoint"], source)
-        start.apply_base(model)  # before the strategy copies the projector
-    lora = OmegaConf.to_container(model_cfg.lora) if train and model_cfg.lora is not None else None
-    model = prepare_for_training(model, family, freeze_vision=model_cfg.freeze_vision,
-                                 train_projector=train and model_cfg.train_projector, lora=lora,
-                                 train_language_model=train and model_cfg.train_language_model,
-                                 adapter=start.adapter if start is not None else None)
-    strategy = instantiate(strategy_cfg.strategy)
-    detector = instantiate(strategy_cfg.detector) if strategy_cfg.get("detector") else None
-    simulated = model_cfg.get("simulated_sinks")
-    prompter = Collator(processor, instantiate(model_cfg.template), generate=True)
-    run_config = {"model": OmegaConf.to_container(model_cfg, resolve=True),
-                  "sink_strategy": OmegaConf.to_container(strategy_cfg, resolve=True),
-                  **({"init_from": str(start.path.resolve())} if start is not None else {})}
-    module = SinkflowModule(model, processor, family, strategy, detector,
-                            optim=OmegaConf.to_container(model_cfg.optim),
-                            generation=OmegaConf.to_container(model_cfg.generation),
-                            source=source, run_config=run_config,
-                            simulated_sinks=instantiate(simulated) if simulated else None, prompter=prompter,
-                            init_from=start)
-    if start is not None:
-        start.apply_strategy(module.strategy, hint)
-    return module
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list) -> L.Trainer:
@@ -102,54 +59,58 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.ckpt_path:
         read_checkpoint(cfg.ckpt_path)  # a one-line error for anything that is not a sinkflow checkpoint
     L.seed_everything(cfg.seed, workers=True)
-    module = build_module(cfg.model, cfg.sink_strategy, train=True, init_from=cfg.init_from)
-    trainer, datamodule, scorer = build_run(cfg, module, [DivergenceGuard(**cfg.divergence)])
-    log_parameter_counts(trainer, module, cfg)
-    if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-        save_final_last(trainer)
-    return test_and_report(trainer, module, datamodule, scorer) if cfg.test else {}
+    module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=True, init_from=cfg.init_from)
+    return fit_and_test(cfg, module, fit=cfg.train, test=cfg.test, callbacks=[DivergenceGuard(**cfg.divergence)])
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Generate on the evaluation sets with a trained run (checkpoint or export) or a pretrained model; score and
     print."""
-    model_cfg, strategy_cfg, trained, hint = cfg.model, cfg.sink_strategy, None, ""
     if cfg.ckpt_path:
-        trained = read_trained(cfg.ckpt_path)
-        saved = OmegaConf.create(trained.config)
-        model_cfg = saved.model
-        if cfg.use_checkpoint_strategy:
-            strategy_cfg = saved.sink_strategy
-        trained_with = saved.sink_strategy.strategy._target_.rsplit(".", 1)[-1]
-        routed_with = strategy_cfg.strategy._target_.rsplit(".", 1)[-1]
-        if routed_with != trained_with:
-            hint = (f" (it was trained with strategy {trained_with}; routing it with {routed_with} needs a checkpoint "
-                    "trained with a training-free strategy, e.g. `make train ARGS=sink_strategy=none`)")
+        module = load_trained(cfg)
+    else:
+        validate(cfg)
+        L.seed_everything(cfg.seed, workers=True)
+        module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=False)
+    return fit_and_test(cfg, module, fit=False, test=True)
+
+
+def load_trained(cfg: DictConfig) -> SinkflowModule:
+    """The module of the run at `cfg.ckpt_path` (checkpoint or export), with its model config and, unless
+    `use_checkpoint_strategy=false`, its strategy; `cfg` takes both groups so that the run reports what it used."""
+    trained = read_trained(cfg.ckpt_path)
+    saved = OmegaConf.create(trained.config)
+    strategy_cfg = saved.sink_strategy if cfg.use_checkpoint_strategy else cfg.sink_strategy
+    trained_with, routed_with = strategy_name(saved.sink_strategy), strategy_name(strategy_cfg)
+    hint = "" if routed_with == trained_with else (
+        f" (it was trained with strategy {trained_with}; routing it with {routed_with} needs a checkpoint trained "
+        "with a training-free strategy, e.g. `make train ARGS=sink_strategy=none`)")
     # Replace (not merge) the groups: the checkpoint's model may have keys the default model config lacks.
     with open_dict(cfg):
-        cfg.model, cfg.sink_strategy = model_cfg, strategy_cfg
+        cfg.model, cfg.sink_strategy = saved.model, strategy_cfg
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    module = build_module(cfg.model, cfg.sink_strategy, train=trained is not None and trained.state is not None,
-                          init_from=trained.init_from if trained is not None else None, hint=hint)
-    if trained is not None and trained.state is not None:
+    module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=trained.state is not None,
+                                        init_from=trained.init_from, hint=hint)
+    if trained.state is not None:
         module.load_trainable(trained.state, trained.path, hint)
-    trainer, datamodule, scorer = build_run(cfg, module, [])
-    return test_and_report(trainer, module, datamodule, scorer)
+    return module
 
 
-def build_run(cfg: DictConfig, module: SinkflowModule, callbacks: list):
-    """The trainer (with the predictions scorer and `callbacks`), the data module and the scorer of a run."""
+def fit_and_test(cfg: DictConfig, module: SinkflowModule, *, fit: bool, test: bool,
+                 callbacks: list | None = None) -> dict[str, float]:
+    """What train.py and evaluate.py share: one trainer with the predictions scorer, fit (when asked), then answer
+    the questions not yet in predictions.jsonl, score the whole file into metrics.json and print the table."""
     predictions = Path(cfg.paths.output_dir) / "predictions.jsonl"
     scorer = PredictionsCallback(str(predictions), resume=cfg.resume_predictions, parser=cfg.parser)
     datamodule = build_datamodule(cfg, module, predictions if cfg.resume_predictions else None)
-    return build_trainer(cfg, [scorer, *callbacks]), datamodule, scorer
-
-
-def test_and_report(trainer: L.Trainer, module: SinkflowModule, datamodule, scorer: PredictionsCallback
-                    ) -> dict[str, float]:
-    """Answer the questions not yet in predictions.jsonl, score the whole file into metrics.json, print the table."""
+    trainer = build_trainer(cfg, [scorer, *(callbacks or [])])
+    log_parameter_counts(trainer, module, cfg)
+    if fit:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        save_final_last(trainer)
+    if not test:
+        return {}
     trainer.test(module, datamodule=datamodule)
     if scorer.metrics is None:  # Lightning skips a test loop with no batch: every question was already answered
         log.info("every question is already in %s: scoring it again", scorer.path)
@@ -173,7 +134,7 @@ def run_analysis(cfg: DictConfig) -> dict:
     if cfg.task in PREFLIGHTS:
         PREFLIGHTS[cfg.task](cfg[cfg.task], llm_depth(cfg.model))
     L.seed_everything(cfg.seed, workers=True)
-    module = build_module(cfg.model, cfg.sink_strategy, train=False).eval()
+    module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=False).eval()
     ctx = analysis_context(cfg, module, build_datamodule(cfg, module, None), build_loggers(cfg))
     with torch.no_grad():
         return ANALYSES[cfg.task](ctx)
@@ -189,7 +150,7 @@ def calibrate(cfg: DictConfig) -> dict:
     """Token norms of the model's ViT over a dataset's images -> histogram, sorted-norm curves, suggested tau."""
     validate(cfg, groups=("model", "sink_strategy", "dataset"))
     settings = cfg.calibrate
-    module = build_module(cfg.model, cfg.sink_strategy, train=False).eval()
+    module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=False).eval()
     datamodule = build_datamodule(cfg, module, None)
     datamodule.prepare_data()
     datamodule.setup("fit" if settings.split == "train" else "test")
@@ -204,13 +165,13 @@ def calibrate(cfg: DictConfig) -> dict:
             inputs = module.processor.image_processor([load_image(p) for p in chunk], return_tensors="pt")
             visual = module.visual({k: v.to(module.device) for k, v in inputs.items()})
             norms = token_norms(visual.features).cpu()
-            for i, n in enumerate(visual.patch_lengths):
+            for i, n in enumerate(visual.lengths):
                 rows.append(norms[i, :n])
                 lengths.append(n)
                 if visual.planted is not None:
                     planted.append(visual.planted[i, :n].cpu())
     norms_all = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-    detector = module.detector if isinstance(module.detector, SinkDetector) else None
+    detector = module.detector
     summary = summarise(norms_all, lengths=lengths, configured=detector, min_ratio=settings.min_ratio,
                         planted=torch.nn.utils.rnn.pad_sequence(planted, batch_first=True) if planted else None)
     summary = {"model": module.source, "split": settings.split, **summary}
@@ -218,7 +179,7 @@ def calibrate(cfg: DictConfig) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     (output / "calibration.json").write_text(json.dumps(summary, indent=2))
     lines = {"suggested tau": summary["suggested_tau"],
-             "configured tau": detector.tau if detector is not None and detector.mode == "norm_threshold" else None}
+             "configured tau": detector.tau if isinstance(detector, NormThreshold) else None}
     title = f"{Path(module.source).name}: {len(paths)} images"
     plot_norm_histogram(torch.cat(rows), output / "norm_histogram.png", lines, title)
     plot_sorted_norms(rows, output / "sorted_norms.png", lines, title)

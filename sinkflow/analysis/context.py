@@ -20,9 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from sinkflow.models.families.base import VisualFeatures  # noqa: E402
+from sinkflow.pathway import VisualFeatures  # noqa: E402
 from sinkflow.module import SinkflowModule  # noqa: E402
-from sinkflow.sinks.detect import token_norms  # noqa: E402
+from sinkflow.sinks.detectors.base import token_norms  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,12 @@ def visual_tokens(module: SinkflowModule, batch: dict) -> VisualTokens:
         raise ValueError(f"analyses read the vanilla pathway: use sink_strategy=none, got {module.strategy.name!r}")
     if module.detector is None:
         raise ValueError("analyses need a ViT sink detector: set sink_strategy.detector (sink_strategy/detector=...)")
-    inputs, seen = module.pathway(batch, padding_side="left")
-    if seen is None:
+    seen = module.pathway(batch, padding_side="left")
+    if seen.visual is None:
         raise ValueError("the batch has no images (dataset.without_images=true?): analyses need images")
+    inputs = seen.inputs
     inputs.pop("labels", None)  # generation batches supervise nothing; a loss would only cost memory
-    visual: VisualFeatures = seen["visual"]
+    visual = seen.visual
     placeholders = (batch["input_ids"] == module.family.image_token_id(module.hf)).nonzero()  # row-major
     slots, width = visual.slots, visual.features.shape[1] // visual.group
     rows = torch.zeros(len(slots), dtype=torch.long)
@@ -119,7 +120,7 @@ def visual_tokens(module: SinkflowModule, batch: dict) -> VisualTokens:
         columns[i, :n] = placeholders[start:start + n, 1].cpu()
         start += n
     device = visual.features.device
-    return VisualTokens(inputs=inputs, visual=visual, sinks=seen["sinks"], norms=token_vit_norms(module, visual),
+    return VisualTokens(inputs=inputs, visual=visual, sinks=seen.sinks, norms=token_vit_norms(module, visual),
                         valid=visual.valid()[:, ::visual.group], rows=rows.to(device), columns=columns.to(device))
 
 

@@ -33,8 +33,8 @@ from torch import nn  # noqa: E402
 
 from sinkflow.analysis.capture import recording_attention  # noqa: E402
 from sinkflow.analysis.context import image_names  # noqa: E402
-from sinkflow.models.families.base import VisualFeatures  # noqa: E402
-from sinkflow.sinks.detect import token_norms  # noqa: E402
+from sinkflow.pathway import VisualFeatures  # noqa: E402
+from sinkflow.sinks.detectors.base import token_norms  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,8 @@ def run(ctx) -> dict:
             break
         captured = capture(hf, family, batch, layer)
         visual = captured.visual
-        sinks = module.detector(visual.features, visual.patch_lengths) if module.detector is not None else None
-        chosen = {token: choose_targets(visual.features, visual.patch_lengths, sinks, token) for token in tokens}
+        sinks = module.detector(visual.features, visual.lengths) if module.detector is not None else None
+        chosen = {token: choose_targets(visual.features, visual.lengths, sinks, token) for token in tokens}
         images = [image.numpy() for image in family.seen_images(batch, module.processor)]
         norms = token_norms(visual.features)
         for i, name in enumerate(image_names(batch)):

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from sinkflow.data.templates import IMAGE_TOKEN, to_turns
+from sinkflow.pathway import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 TEXT_KEYS = ("input_ids", "attention_mask", "labels")
 # Batch entries that describe the samples rather than feed the model.
 BOOKKEEPING_KEYS = ("meta", "image_keys", "image_questions", "n_truncated")

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from sinkflow.checks import number
+from sinkflow.checks import choice, number
 from sinkflow.config import LORA_NUMBERS
 from sinkflow.models.families.base import VisualFamily
 
@@ -46,11 +48,16 @@ def lora_target_regex(family: VisualFamily, names) -> str:
     return rf"{family.language_model_prefix()}(.*\.)?({leaves})"
 
 
+def resolve_checkpoint(model_cfg: DictConfig) -> str:
+    """The model's source: a hub id / directory, or the path a builder (e.g. the tiny model) returns."""
+    source = model_cfg.checkpoint
+    return str(instantiate(source)) if isinstance(source, DictConfig) else str(source)
+
+
 def load_pretrained(source: str | Path, *, family: VisualFamily | None = None, dtype: str = "float32",
                     attn_implementation: str | None = None, trust_remote_code: bool = False):
     """Load an image-text-to-text model and its processor (the family's way) from a hub id or a local directory."""
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    choice("model.dtype", dtype, DTYPES)
     local = local_directory(str(source))
     source = local or str(source)
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}

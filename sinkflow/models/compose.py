@@ -26,6 +26,8 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.utils import cached_file
 
+from sinkflow.checks import choice
+from sinkflow.models.families.llava import FeatureSelect
 from sinkflow.models.tiny import VICUNA_CHAT_TEMPLATE, TinyLlavaSpec, save_once
 
 # model_type of a vision checkpoint (the whole contrastive model or its vision half) -> the vision model class.
@@ -45,7 +47,7 @@ class ComposedLlavaSpec:
     language: str
     projector: str = "mlp2x_gelu"
     vision_feature_layer: int | tuple[int, ...] = -2
-    vision_feature_select_strategy: str = "default"
+    vision_feature_select_strategy: FeatureSelect = "default"
     image_token: str = "<image>"
     chat_template: str = VICUNA_CHAT_TEMPLATE
     seed: int = 0
@@ -72,12 +74,9 @@ def compose_llava(cache_dir: str | Path, vision: str, language: str, projector: 
 
 def build_composed_llava(spec: ComposedLlavaSpec) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """The LLaVA in memory: pretrained ViT and LM weights, a projector freshly initialised (seeded by `spec.seed`)."""
-    if spec.projector not in PROJECTORS:
-        raise ValueError(f"projector must be one of {sorted(PROJECTORS)} (HF LlavaMultiModalProjector is "
-                         f"Linear-act-Linear), got {spec.projector!r}")
-    if spec.vision_feature_select_strategy not in ("default", "full"):
-        raise ValueError(f"vision_feature_select_strategy must be 'default' or 'full', "
-                         f"got {spec.vision_feature_select_strategy!r}")
+    # HF's LlavaMultiModalProjector is Linear-act-Linear: only two-layer MLPs map onto it.
+    choice("model.checkpoint.projector", spec.projector, PROJECTORS)
+    choice("model.checkpoint.vision_feature_select_strategy", spec.vision_feature_select_strategy, FeatureSelect)
     vision_type = _config(spec.vision, "vision").model_type
     if vision_type not in VISION_MODELS:
         raise ValueError(f"vision checkpoint {spec.vision!r} is a {vision_type!r} model; compose_llava takes a "

@@ -19,6 +19,7 @@ from transformers import (
     Qwen2VLImageProcessor,
 )
 
+from sinkflow.checks import choice
 from sinkflow.models.processor import ImageTextProcessor
 from sinkflow.models.tiny import TinyLlavaSpec, build_tokenizer, save_once
 
@@ -51,8 +52,7 @@ class TinyQwenSpec(TinyLlavaSpec):
 
 def build_tiny_qwen(spec: TinyQwenSpec):
     """Build the tiny model and its processor in memory (random weights seeded by `spec.seed`)."""
-    if spec.variant not in VARIANTS:
-        raise ValueError(f"tiny Qwen variant must be one of {sorted(VARIANTS)}, got {spec.variant!r}")
+    choice("model.checkpoint.variant", spec.variant, VARIANTS)
     tokenizer = build_tokenizer(
         spec.vocab_size, specials=QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None,
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},

@@ -13,7 +13,8 @@ from collections import Counter
 import torch
 
 from sinkflow.checks import number
-from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.detectors.adaptive_drop import AdaptiveDrop
+from sinkflow.sinks.detectors.base import SinkDetector
 
 BINS = 120
 SMOOTHING = 5  # bins in the moving average applied before looking for modes
@@ -77,7 +78,7 @@ def summarise(norms: torch.Tensor, *, lengths: list[int] | None = None, configur
         "norm_quantiles": {f"q{q * 100:g}": flat[min(int(q * len(flat)), len(flat) - 1)].item() for q in QUANTILES},
         "norm_max": flat[-1].item(),
     }
-    adaptive = SinkDetector("adaptive_drop", min_ratio=min_ratio).mask(norms, lengths)
+    adaptive = AdaptiveDrop(min_ratio=min_ratio).mask(norms, lengths)
     summary["adaptive_drop"] = {"min_ratio": min_ratio, **count_summary(adaptive.sum(dim=1))}
     tau = valley_tau(flat)
     summary["suggested_tau"] = tau
@@ -90,7 +91,7 @@ def summarise(norms: torch.Tensor, *, lengths: list[int] | None = None, configur
     summary["sinks_per_image_at_suggestion"] = count_summary(suggested.sum(dim=1))
     if configured is not None:
         found = configured.mask(norms, lengths)
-        summary["configured_detector"] = {"mode": configured.mode, "tau": configured.tau,
+        summary["configured_detector"] = {"mode": configured.name, **configured.options(),
                                           **count_summary(found.sum(dim=1))}
     if planted is not None:
         tp = (suggested & planted).sum().item()

@@ -40,7 +40,7 @@ class SimulatedSinks(nn.Module):
 
     def forward(self, visual, patch_pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features with the sinks planted, planted patch mask [n_images, N] bool) for `VisualFeatures`."""
-        features, lengths = visual.features, visual.patch_lengths
+        features, lengths = visual.features, visual.lengths
         if patch_pixels.shape[:2] != features.shape[:2]:
             raise ValueError(f"simulated sinks need the pixels of every patch: {tuple(patch_pixels.shape[:2])} "
                              f"patches of pixels for {tuple(features.shape[:2])} features")

@@ -118,7 +118,7 @@ def test_multirun_sweep_writes_one_run_per_job_under_the_working_dir(tmp_path, e
 
 
 def test_training_free_sweep_tabulates_every_strategy(trained_run):
-    from sinkflow.sinks.strategies import STRATEGIES
+    from sinkflow.sinks.strategies.base import STRATEGIES
 
     training_free = {name for name, cls in STRATEGIES.items() if cls.training_free}
     tmp, env, out = trained_run
@@ -254,4 +254,4 @@ def test_diysink_two_stages_then_rew_run_end_to_end(tmp_path, env):
                            *SMALL_DATA, f"hydra.run.dir={tmp_path / 'routed'}"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
-    assert "it was trained with strategy DualMLP; routing it with SinkFront needs a checkpoint trained" in proc.stderr
+    assert "it was trained with strategy dual_mlp; routing it with sink_front needs a checkpoint trained" in proc.stderr

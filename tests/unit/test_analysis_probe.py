@@ -13,7 +13,7 @@ from sinkflow.data.shapes import generate_shapes
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy
 
@@ -83,7 +83,7 @@ def test_sinks_beat_an_ordinary_token_on_background_colour(tmp_path):
     reported but not compared."""
     root = generate_shapes(tmp_path / "shapes", seed=0, n_train=200, n_eval=1)
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=2))
-    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), SinkDetector(tau=100.0),
+    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), NormThreshold(tau=100.0),
                             simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
     settings = OmegaConf.create({"targets": ["background"], "test_fraction": 0.3, "max_images": 200, "seed": 0,
                                  "scenes": str(root / "scenes.json"), "batch_size": 100, "l2": 1e-2})

@@ -22,7 +22,7 @@ from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
 from sinkflow.models.tiny_qwen import ensure_tiny_qwen
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy
 
@@ -39,7 +39,7 @@ def family_case(request, tiny_checkpoint, shapes_root, tmp_path_factory):
         path = ensure_tiny_qwen(tmp_path_factory.mktemp("qwen"), seed=3)
         family, template = Qwen2VLFamily(), ProcessorChatTemplate()
     model, processor = load_pretrained(path, family=family)
-    module = SinkflowModule(model.eval(), processor, family, NoneStrategy(), SinkDetector(tau=100.0),
+    module = SinkflowModule(model.eval(), processor, family, NoneStrategy(), NormThreshold(tau=100.0),
                             generation={"max_new_tokens": 6}, simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
     samples = [{"id": str(i), "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"),
                 "conversations": [{"from": "human", "value": "<image>\n" + q}]} for i, q in enumerate(QUESTIONS)]

@@ -18,7 +18,7 @@ from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy
 
@@ -135,7 +135,7 @@ def test_spread_of_a_point_and_a_flat_map():
 
 def test_run_writes_summary_and_figure(tmp_path, image_question_batches):
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=2))
-    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), SinkDetector(tau=100.0),
+    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), NormThreshold(tau=100.0),
                             simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
     loader = image_question_batches(processor, 6, "What is the background color?")
     settings = OmegaConf.create({"tokens": ["sink", "nonsink"], "heads": "all", "max_images": 2, "layer": None})

@@ -50,7 +50,7 @@ def test_a_home_relative_directory_loads(tiny_checkpoint, monkeypatch):
 
 
 def test_bad_dtype_names_the_key(tiny_checkpoint):
-    with pytest.raises(ValueError, match=r"model.dtype must be one of .*'float64'"):
+    with pytest.raises(ValueError, match=r"`model.dtype` must be one of .*'float64'"):
         load_pretrained(tiny_checkpoint, dtype="float64")
 
 

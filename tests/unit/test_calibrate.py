@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sinkflow.sinks.calibrate import summarise, valley_tau
-from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 
 
 def bimodal(n_images=200, n_tokens=64, sinks_per_image=3, seed=0):
@@ -34,7 +34,7 @@ def test_summary_counts_sinks_and_scores_planted_ones():
     norms = bimodal(n_images=50)
     planted = torch.zeros_like(norms, dtype=torch.bool)
     planted[:, :3] = True
-    summary = summarise(norms, configured=SinkDetector(tau=100.0), planted=planted)
+    summary = summarise(norms, configured=NormThreshold(tau=100.0), planted=planted)
     assert summary["images"] == 50 and summary["tokens_per_image"] == 64
     assert summary["rule"].startswith("valley")
     assert summary["sinks_per_image_at_suggestion"] == {"mean": 3.0, "histogram": {3: 50}}

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sinkflow.data.collate import IGNORE_INDEX, Collator
+from sinkflow.data.collate import Collator
+from sinkflow.pathway import IGNORE_INDEX
 from sinkflow.data.templates import VICUNA_V1_SYSTEM, ProcessorChatTemplate, VicunaV1
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 

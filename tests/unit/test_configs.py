@@ -65,8 +65,8 @@ def test_config_composes_and_resolves(name, group, option, tmp_path):
 def test_every_strategy_config_instantiates_its_registered_strategy_and_a_detector(option, tmp_path):
     from hydra.utils import instantiate
 
-    from sinkflow.sinks.detect import SinkDetector
-    from sinkflow.sinks.strategies import STRATEGIES
+    from sinkflow.sinks.detectors.norm_threshold import NormThreshold
+    from sinkflow.sinks.strategies.base import STRATEGIES
 
     cfg = compose_cfg("train", [f"sink_strategy={option}"], tmp_path)
     strategy = instantiate(cfg.sink_strategy.strategy)
@@ -84,7 +84,7 @@ def test_the_training_free_sweep_is_a_multirun_over_every_strategy(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         hydra_cfg = compose(config_name="evaluate", overrides=["experiment=training_free_sweep"],
                             return_hydra_config=True).hydra
-    from sinkflow.sinks.strategies import STRATEGIES
+    from sinkflow.sinks.strategies.base import STRATEGIES
 
     assert str(hydra_cfg.mode) == "RunMode.MULTIRUN"
     assert set(hydra_cfg.sweeper.params.sink_strategy.split(",")) == {
@@ -197,7 +197,7 @@ def test_the_parser_choice_reaches_every_scorer(tmp_path):
 def test_the_global_local_study_trains_every_arm_on_routing_aware_shapes(tmp_path):
     from hydra.utils import instantiate
 
-    from sinkflow.sinks.strategies import STRATEGIES
+    from sinkflow.sinks.strategies.base import STRATEGIES
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

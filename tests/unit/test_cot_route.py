@@ -10,7 +10,7 @@ from sinkflow.data.templates import VicunaV1
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.cot_route import IMAGE_PROMPT, QUESTION_PROMPT, CotRoute, decide
 from sinkflow.sinks.strategies.drop_sinks import DropSinks
@@ -42,9 +42,9 @@ def test_answers_parse_to_decisions(image_answer, question_answer, image, scope,
 
 def wrap(strategy, seed=4):
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=seed))
-    return SinkflowModule(model, processor, LlavaFamily(), strategy, SinkDetector(tau=100.0),
+    return SinkflowModule(model, processor, LlavaFamily(), strategy, NormThreshold(tau=100.0),
                           simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-                          prompter=Collator(processor, VicunaV1(), generate=True)).eval()
+                          question_collator=Collator(processor, VicunaV1(), generate=True)).eval()
 
 
 def samples_for(shapes_root, questions, images=(0, 1)):
@@ -102,14 +102,14 @@ def test_decisions_are_recorded_per_prediction_and_training_sees_both_blocks(sha
         s["meta"] = {"benchmark": "open", "question": "q", "answer": "a"}
     batch = Collator(module.processor, VicunaV1(), generate=True)(samples)
     records, seen = module._answer(batch)
-    decisions = seen["routed"].decisions
-    per_image = seen["routed"].decision_seconds / 2  # each decision carries its image's share of the deciding time
+    decisions = seen.routed.decisions
+    per_image = seen.routed.decision_seconds / 2  # each decision carries its image's share of the deciding time
     assert per_image > 0
     assert [r.get("routing") for r in records] == [dict(decisions[0], seconds=per_image), None,
                                                    dict(decisions[1], seconds=per_image)]
     module.train()
-    _, seen = module.pathway(batch)
-    assert seen["routed"].decisions is None and [len(t) for t in seen["routed"].tokens] == [16, 16]
+    seen = module.pathway(batch)
+    assert seen.routed.decisions is None and [len(t) for t in seen.routed.tokens] == [16, 16]
 
 
 def test_projectors_stay_frozen_unless_asked_and_bad_prompts_are_named():
@@ -127,7 +127,7 @@ def test_copied_projectors_follow_a_checkpoint_trained_without_strategy_weights(
     def frozen_but_projector(strategy):
         model, processor = build_tiny_llava(TinyLlavaSpec(seed=4))
         model = prepare_for_training(model, LlavaFamily(), lora=None, train_projector=True)
-        return SinkflowModule(model, processor, LlavaFamily(), strategy, SinkDetector(tau=100.0))
+        return SinkflowModule(model, processor, LlavaFamily(), strategy, NormThreshold(tau=100.0))
 
     trained = frozen_but_projector(NoneStrategy())
     with torch.no_grad():
@@ -148,7 +148,7 @@ def test_asking_needs_a_generation_prompter_and_one_question_per_image(shapes_ro
         Collator(processor, VicunaV1()).ask(batch, QUESTIONS)
     with pytest.raises(ValueError, match="1 questions for the batch's 2 images"):
         Collator(processor, VicunaV1(), generate=True).ask(batch, QUESTIONS[:1])
-    module = SinkflowModule(model, processor, LlavaFamily(), CotRoute(), SinkDetector(tau=100.0)).eval()
+    module = SinkflowModule(model, processor, LlavaFamily(), CotRoute(), NormThreshold(tau=100.0)).eval()
     with pytest.raises(ValueError, match="strategy 'cot_route' asks the model questions: give SinkflowModule a "
                                          "prompter"):
         module.generate(batch)

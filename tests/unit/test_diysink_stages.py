@@ -11,7 +11,7 @@ from sinkflow.models.build import LoraSpec, prepare_for_training
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
 
@@ -19,7 +19,7 @@ from sinkflow.sinks.strategies.dual_mlp import DualMLP
 def wrap(strategy, lora=None):
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=7))
     model = prepare_for_training(model, LlavaFamily(), lora=lora, train_projector=False)
-    return SinkflowModule(model, processor, LlavaFamily(), strategy, SinkDetector(tau=100.0),
+    return SinkflowModule(model, processor, LlavaFamily(), strategy, NormThreshold(tau=100.0),
                           simulated_sinks=SimulatedSinks(k=2, norm=150.0)).train()
 
 
@@ -43,7 +43,7 @@ def trained_names(module, batch):
 def test_stage_one_trains_one_projector_on_its_own_tokens(batch, stage, projector, n_visual):
     module = wrap(DualMLP(init="random", stage=stage))
     with torch.no_grad():
-        merged, _ = module.pathway(batch)
+        merged = module.pathway(batch).inputs
     real = batch["attention_mask"].sum(dim=1)
     assert (merged["attention_mask"].sum(dim=1) == real - 16 + n_visual).all()
     assert {n.split(".")[1] for n in trained_names(module, batch)} == {projector}

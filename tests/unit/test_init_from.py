@@ -12,13 +12,13 @@ from sinkflow.data.collate import Collator
 from sinkflow.data.templates import VicunaV1
 from sinkflow.models.checkpoint import read_trained
 from sinkflow.models.export import export_trainable, load_export
-from sinkflow.run import build_module
+from sinkflow.module import SinkflowModule
 from test_configs import compose_cfg  # pytest puts tests/unit on sys.path (no __init__.py)
 
 
 def build(tmp_path, overrides, **kwargs):
     cfg = compose_cfg("train", overrides, tmp_path)
-    return build_module(cfg.model, cfg.sink_strategy, train=True, init_from=cfg.get("init_from"), **kwargs)
+    return SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=True, init_from=cfg.get("init_from"), **kwargs)
 
 
 def perturb(module, seed: int) -> None:
@@ -82,7 +82,7 @@ def test_a_run_started_from_an_export_evaluates_from_its_checkpoint_and_from_its
     for path in (tmp_path / "rew.ckpt", export):
         trained = read_trained(path)
         saved = OmegaConf.create(trained.config)
-        module = build_module(saved.model, saved.sink_strategy, train=trained.state is not None,
+        module = SinkflowModule.from_config(saved.model, saved.sink_strategy, train=trained.state is not None,
                               init_from=trained.init_from)
         if trained.state is not None:
             module.load_trainable(trained.state, trained.path)

@@ -1,16 +1,17 @@
 """Module pieces that a run relies on: LR schedule, merge checks, trainable-state loading, family settings."""
 
 import math
+import re
 
 import pytest
 import torch
 
 from sinkflow.models.build import LoraSpec, prepare_for_training
-from sinkflow.models.families.base import VisualFeatures
+from sinkflow.pathway import VisualFeatures
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule, cosine_with_warmup
-from sinkflow.sinks.strategies.base import Routed
+from sinkflow.pathway import Routed
 from sinkflow.sinks.strategies.none import NoneStrategy
 
 
@@ -58,7 +59,7 @@ def test_load_trainable_requires_an_exact_fit(module):
 
 
 def test_llava_family_rejects_unknown_select_strategy():
-    with pytest.raises(ValueError, match="vision_feature_select_strategy must be 'default' or 'full'"):
+    with pytest.raises(ValueError, match=re.escape("`model.family.vision_feature_select_strategy` must be one of ('default', 'full')")):
         LlavaFamily(vision_feature_select_strategy="cls")
 
 
@@ -76,17 +77,18 @@ def test_evaluate_rejects_a_checkpoint_sinkflow_did_not_write(tmp_path):
 
 def test_resuming_from_a_checkpoint_of_another_strategy_says_so(module):
     """Lightning loads checkpoints with strict=False here (they hold trainable weights only): the fit is checked."""
-    from sinkflow.sinks.detect import SinkDetector
+    from sinkflow.sinks.detectors.norm_threshold import NormThreshold
     from sinkflow.sinks.strategies.dual_mlp import DualMLP
 
     model, processor = build_tiny_llava(TinyLlavaSpec())
     family = LlavaFamily()
     dual = SinkflowModule(prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4)), processor, family,
-                          DualMLP(), SinkDetector())
+                          DualMLP(), NormThreshold())
     checkpoint = {"state_dict": module.trainable_state_dict(),
-                  "sinkflow": {"config": {"sink_strategy": {"strategy": {"_target_": "x.NoneStrategy"}}}}}
+                  "sinkflow": {"config": {"sink_strategy": {"strategy": {
+                      "_target_": "sinkflow.sinks.strategies.none.NoneStrategy"}}}}}
     with pytest.raises(ValueError, match=r"checkpoint: checkpoint does not fit the model: missing \['strategy\..*"
-                                         r"\(it was trained with strategy NoneStrategy, this run uses DualMLP: "
+                                         r"\(it was trained with strategy none, this run uses dual_mlp: "
                                          r"resume with the arguments of the run that wrote it\)"):
         dual.on_load_checkpoint(checkpoint)
     module.on_load_checkpoint(checkpoint)  # its own checkpoint fits

@@ -13,6 +13,7 @@ from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
 from sinkflow.models.tiny_qwen import ensure_tiny_qwen
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.strategies.none import NoneStrategy
+from sinkflow.sinks.detectors.topk import TopK
 
 FAMILIES = {"qwen2_vl": Qwen2VLFamily, "qwen2_5_vl": Qwen25VLFamily}
 QUESTIONS = ["What is the background color?", "How many shapes are there in this picture? Count them."]
@@ -97,13 +98,13 @@ def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int 
 @pytest.mark.parametrize("place", ["front", "end"])
 def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_positions(pair, two_sizes, place,
                                                                                   position_mode):
-    from sinkflow.sinks.detect import SinkDetector
+    from sinkflow.sinks.detectors.norm_threshold import NormThreshold
     from sinkflow.sinks.strategies.sink_end import SinkEnd
     from sinkflow.sinks.strategies.sink_front import SinkFront
 
     module, reference = pair
     strategy = (SinkFront if place == "front" else SinkEnd)(position_ids=position_mode)
-    routed = SinkflowModule(module.model, module.processor, module.family, strategy, SinkDetector("topk", k=3)).eval()
+    routed = SinkflowModule(module.model, module.processor, module.family, strategy, TopK(k=3)).eval()
     batch = Collator(module.processor, ProcessorChatTemplate(), generate=True)(samples(two_sizes))
     with torch.no_grad():
         ours = routed(batch).logits
@@ -113,8 +114,8 @@ def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_position
 
 
 def test_patch_sinks_map_to_merged_tokens_any_patch_or_own_norm():
-    from sinkflow.models.families.base import VisualFeatures
-    from sinkflow.sinks.detect import SinkDetector
+    from sinkflow.pathway import VisualFeatures
+    from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 
     features = torch.zeros(2, 12, 4)
     features[:, :, 0] = 1.0
@@ -122,12 +123,12 @@ def test_patch_sinks_map_to_merged_tokens_any_patch_or_own_norm():
     features[0, 4:8, 0] = 60.0  # token 1 of image 0: no patch above tau, together above it (4 x 60^2 = 120^2)
     features[1, 9, 0] = 300.0  # image 1 has 8 patches: patch 9 is padding and must never count
     visual = VisualFeatures(features, lengths=[12, 8], group=4)
-    detector = SinkDetector(tau=100.0)
+    detector = NormThreshold(tau=100.0)
     assert Qwen2VLFamily().token_sinks(detector, visual).tolist() == [[True, False, False], [False, False, False]]
     assert Qwen2VLFamily(sink_tokens="own_norm").token_sinks(detector, visual).tolist() == [
         [True, True, False], [False, False, False]]
     assert visual.slots == [3, 2]
-    with pytest.raises(ValueError, match="sink_tokens must be one of"):
+    with pytest.raises(ValueError, match="`model.family.sink_tokens` must be one of"):
         Qwen2VLFamily(sink_tokens="mean")
 
 

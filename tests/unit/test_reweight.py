@@ -10,7 +10,7 @@ from sinkflow.models.build import prepare_for_training
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
 from sinkflow.sinks.strategies.reweight import Reweight
@@ -20,7 +20,7 @@ def wrap(strategy, seed=6):
     """ReW's training setting: the model frozen (no LoRA, projector not trained); the strategy decides the rest."""
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=seed))
     model = prepare_for_training(model, LlavaFamily(), lora=None, train_projector=False)
-    return SinkflowModule(model, processor, LlavaFamily(), strategy, SinkDetector(tau=100.0),
+    return SinkflowModule(model, processor, LlavaFamily(), strategy, NormThreshold(tau=100.0),
                           simulated_sinks=SimulatedSinks(k=2, norm=150.0))
 
 
@@ -36,11 +36,11 @@ def test_weights_start_at_one_so_rew_starts_as_dual_mlp(shapes_root, tiny_encode
     rew, dual = wrap(Reweight(encoder=tiny_encoder, activation=activation)), wrap(DualMLP())
     batch = batch_for(rew, shapes_root, ["What is the background color?", "How many shapes are there?"])
     with torch.no_grad():
-        ours, seen = rew.eval().pathway(batch)
-        theirs, _ = dual.eval().pathway(batch)
-        weights = rew.strategy.block_weights(seen["visual"], 2)
+        seen = rew.eval().pathway(batch)
+        theirs = dual.eval().pathway(batch).inputs
+        weights = rew.strategy.block_weights(seen.visual, 2)
     assert torch.equal(weights, torch.ones(2, 2))
-    torch.testing.assert_close(ours["inputs_embeds"], theirs["inputs_embeds"], atol=0, rtol=0)
+    torch.testing.assert_close(seen.inputs["inputs_embeds"], theirs["inputs_embeds"], atol=0, rtol=0)
 
 
 def test_router_reads_the_question_not_the_image(shapes_root, tiny_encoder):
@@ -48,11 +48,11 @@ def test_router_reads_the_question_not_the_image(shapes_root, tiny_encoder):
     torch.nn.init.normal_(module.strategy.router[-1].weight, std=1.0)  # a trained router, not the identity start
     same = ["What is the background color?"] * 2
     with torch.no_grad():
-        _, a = module.pathway(batch_for(module, shapes_root, same, images=(0, 1)))
-        _, b = module.pathway(batch_for(module, shapes_root, same, images=(2, 3)))
-        _, c = module.pathway(batch_for(module, shapes_root, ["What is the background color?",
+        a = module.pathway(batch_for(module, shapes_root, same, images=(0, 1)))
+        b = module.pathway(batch_for(module, shapes_root, same, images=(2, 3)))
+        c = module.pathway(batch_for(module, shapes_root, ["What is the background color?",
                                                                "Is there a red circle in the image?"]))
-        weights = [module.strategy.block_weights(seen["visual"], 2) for seen in (a, b, c)]
+        weights = [module.strategy.block_weights(seen.visual, 2) for seen in (a, b, c)]
     torch.testing.assert_close(weights[0], weights[1], atol=0, rtol=0)  # other images, same questions
     assert torch.equal(weights[0][0], weights[0][1]) and not torch.allclose(weights[2][0], weights[2][1])
 
@@ -72,7 +72,7 @@ def test_only_the_router_trains_and_projectors_load_from_a_dual_mlp_run(shapes_r
     with_grad = {n for n, p in module.named_parameters() if p.grad is not None}
     assert with_grad == {n for n, _ in module.named_parameters() if n.startswith("strategy.router.")}
     assert with_grad == {n for n, p in module.named_parameters() if p.requires_grad}
-    with pytest.raises(ValueError, match="activation must be one of"):
+    with pytest.raises(ValueError, match="`sink_strategy.strategy.activation` must be one of"):
         Reweight(encoder=tiny_encoder, activation="relu")
 
 

@@ -13,7 +13,7 @@ from sinkflow.data.templates import VicunaV1
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detect import SinkDetector
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.stats import SinkStats, log_histograms
 from sinkflow.sinks.strategies.none import NoneStrategy
@@ -53,7 +53,7 @@ def test_an_image_seen_twice_counts_once():
 
 def test_every_validation_epoch_logs_sink_stats(shapes_root, tmp_path):
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=2))
-    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), SinkDetector(tau=100.0),
+    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), NormThreshold(tau=100.0),
                             simulated_sinks=SimulatedSinks(k=2, norm=150.0))
     samples = [{"id": f"v{i}", "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"),
                 "conversations": [{"from": "human", "value": "<image>\nHow many shapes are there?"},

@@ -8,9 +8,12 @@ from sinkflow.data.templates import VicunaV1
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detect import SinkDetector, token_norms
+from sinkflow.sinks.detectors.base import token_norms
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
+from sinkflow.sinks.detectors.topk import TopK
+from sinkflow.sinks.detectors.adaptive_drop import AdaptiveDrop
 from sinkflow.sinks.simulated import SimulatedSinks
-from sinkflow.sinks.strategies import STRATEGIES
+from sinkflow.sinks.strategies.base import STRATEGIES
 from sinkflow.sinks.strategies.drop_sinks import DropSinks
 from sinkflow.sinks.strategies.random_control import RandomControl
 from sinkflow.sinks.strategies.sink_end import SinkEnd
@@ -55,25 +58,25 @@ def test_registry_names_every_strategy_config():
     assert set(STRATEGIES) <= configs
 
 
-@pytest.mark.parametrize("detector", [SinkDetector("norm_threshold", tau=100.0), SinkDetector("topk", k=2),
-                                      SinkDetector("adaptive_drop", min_ratio=2.0)], ids=lambda d: d.mode)
+@pytest.mark.parametrize("detector", [NormThreshold(tau=100.0), TopK(k=2),
+                                      AdaptiveDrop(min_ratio=2.0)], ids=lambda d: d.name)
 def test_detector_finds_exactly_the_simulated_sinks(tiny, shapes_root, detector):
     module = wrap(tiny, SinkFront(), detector, SimulatedSinks(k=2, norm=150.0))
     batch = Collator(tiny[1], VicunaV1())(samples(shapes_root, n=12))
     assert natural_norms(tiny, batch).max() < 100.0, "the tiny ViT must have no natural sink above tau"
     with torch.no_grad():
-        _, seen = module.pathway(batch)
-    planted, sinks = seen["visual"].planted, seen["sinks"]
+        seen = module.pathway(batch)
+    planted, sinks = seen.visual.planted, seen.sinks
     assert planted.sum(dim=1).tolist() == [2] * 12
     assert torch.equal(sinks, planted)
-    module.stats["val"].update(token_norms(seen["visual"].features), sinks, planted)
+    module.stats["val"].update(token_norms(seen.visual.features), sinks, planted)
     scalars, _ = module.stats["val"].compute()
     assert scalars["sinks/precision"] == 1.0 and scalars["sinks/recall"] == 1.0
     assert scalars["sinks/per_image"] == 2.0 and scalars["sinks/norm_max"] == pytest.approx(150.0)
 
 
 def test_simulated_sinks_are_a_global_summary_in_the_flattest_patches():
-    from sinkflow.models.families.base import VisualFeatures
+    from sinkflow.pathway import VisualFeatures
 
     pixels = torch.randn(2, 4, 12)
     pixels[:, 1] = 0.5  # patch 1 is flat in both images
@@ -127,7 +130,7 @@ def by_hand(place: str, sort_by_norm: bool, k: int = 3):
 @pytest.mark.parametrize("place, strategy_cls", [("front", SinkFront), ("end", SinkEnd)])
 def test_sink_front_and_end_equal_transformers_with_permuted_features(tiny, shapes_root, place, strategy_cls, order,
                                                                       position_mode):
-    module = wrap(tiny, strategy_cls(order=order, position_ids=position_mode), SinkDetector("topk", k=3))
+    module = wrap(tiny, strategy_cls(order=order, position_ids=position_mode), TopK(k=3))
     batch = Collator(tiny[1], VicunaV1())(samples(shapes_root))
     with torch.no_grad():
         ours = module(batch).logits
@@ -152,12 +155,13 @@ def expected_kept(strategy, visual, sinks):
                                       RandomControl(action="keep", seed=3)], ids=lambda s: f"{s.name}")
 def test_token_counts_labels_and_kept_tokens_are_exact(tiny, shapes_root, strategy):
     model, processor = tiny
-    module = wrap(tiny, strategy, SinkDetector("norm_threshold", tau=100.0), SimulatedSinks(k=2, norm=150.0))
+    module = wrap(tiny, strategy, NormThreshold(tau=100.0), SimulatedSinks(k=2, norm=150.0))
     batch = Collator(processor, VicunaV1())(samples(shapes_root))
     with torch.no_grad():
-        merged, seen = module.pathway(batch)
-        projected = torch.stack(LlavaFamily().project(model, seen["visual"]))
-    visual, sinks = seen["visual"], seen["sinks"]
+        seen = module.pathway(batch)
+        merged = seen.inputs
+        projected = torch.stack(LlavaFamily().project(model, seen.visual))
+    visual, sinks = seen.visual, seen.sinks
     kept = expected_kept(strategy, visual, sinks)
     n_tokens = visual.features.shape[1]
     embed = model.get_input_embeddings()
@@ -185,11 +189,11 @@ def test_token_counts_labels_and_kept_tokens_are_exact(tiny, shapes_root, strate
 
 
 def test_random_control_is_seeded_per_image(tiny, shapes_root):
-    module = wrap(tiny, RandomControl(), SinkDetector("topk", k=4))
+    module = wrap(tiny, RandomControl(), TopK(k=4))
     batch = Collator(tiny[1], VicunaV1())(samples(shapes_root, n=12))
     with torch.no_grad():
-        _, seen = module.pathway(batch)
-    visual, sinks = seen["visual"], seen["sinks"]
+        seen = module.pathway(batch)
+    visual, sinks = seen.visual, seen.sinks
     first = RandomControl(seed=0).picked(visual, sinks)
     assert all(torch.equal(a, b) for a, b in zip(first, RandomControl(seed=0).picked(visual, sinks)))
     assert any(not torch.equal(a, b) for a, b in zip(first, RandomControl(seed=1).picked(visual, sinks)))
@@ -216,7 +220,7 @@ def test_batched_generation_equals_one_at_a_time(tiny, shapes_root, strategy):
     items = samples(shapes_root, answer=False)
     batch = collate(items)
     tau = varied_threshold(natural_norms(tiny, batch))
-    module = wrap(tiny, strategy, SinkDetector("norm_threshold", tau=tau))
+    module = wrap(tiny, strategy, NormThreshold(tau=tau))
     module.generation.max_new_tokens = 6
     batched = module.generate(batch)
     alone = [module.generate(collate([item]))[0] for item in items]
@@ -236,7 +240,7 @@ def test_training_backpropagates_through_routed_tokens(shapes_root, strategy):
 
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=1))
     model = prepare_for_training(model, LlavaFamily(), lora=LoraSpec(r=2, alpha=4))
-    module = SinkflowModule(model, processor, LlavaFamily(), strategy, SinkDetector(tau=100.0),
+    module = SinkflowModule(model, processor, LlavaFamily(), strategy, NormThreshold(tau=100.0),
                             simulated_sinks=SimulatedSinks(k=2, norm=150.0)).train()
     loss = module(Collator(processor, VicunaV1())(samples(shapes_root))).loss
     loss.backward()

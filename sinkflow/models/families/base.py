@@ -8,53 +8,19 @@ in its HF model, how its projector maps them, and how routed tokens become `inpu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from sinkflow.data.collate import IGNORE_INDEX
-from sinkflow.sinks.strategies.base import Routed
+from sinkflow.checks import choice
+from sinkflow.pathway import PaddingSide, Routed, VisualFeatures, rebuild_rows
+from sinkflow.registry import Registry
 
-
-@dataclass
-class VisualFeatures:
-    """Per-patch projector-input features of the images in a batch, in the order the projector consumes them.
-
-    Images may have different patch counts (Qwen's dynamic resolution): rows are zero-padded to the longest and
-    `lengths` gives each image's patches. `group` consecutive patches form one LLM token (1 for LLaVA, the 2x2
-    merge window = 4 for Qwen); strategies route LLM tokens.
-    """
-
-    features: torch.Tensor  # [n_images, N, D], zero-padded after each image's `lengths[i]` patches
-    lengths: list[int] | None = None  # None: every image has N patches
-    group: int = 1
-    planted: torch.Tensor | None = None  # [n_images, N] bool: simulated sinks (ground truth), when planted
-    keys: list[str] = field(default_factory=list)  # one stable id per image (seeds per-image random choices)
-    questions: list[str] = field(default_factory=list)  # the question asked about each image (routers read it)
-
-    @property
-    def patch_lengths(self) -> list[int]:
-        return self.lengths or [self.features.shape[1]] * self.features.shape[0]
-
-    @property
-    def slots(self) -> list[int]:
-        """LLM tokens (image placeholder tokens) per image."""
-        return [n // self.group for n in self.patch_lengths]
-
-    def valid(self) -> torch.Tensor:
-        """[n_images, N] bool: real (not padding) patches."""
-        positions = torch.arange(self.features.shape[1], device=self.features.device)
-        return positions < torch.tensor(self.patch_lengths, device=self.features.device)[:, None]
-
-    def to_tokens(self, patch_mask: torch.Tensor) -> torch.Tensor:
-        """A patch mask [n_images, N] -> LLM-token mask [n_images, N // group]: a token is set if any patch is."""
-        return patch_mask.view(patch_mask.shape[0], -1, self.group).any(dim=-1)
-
-    def token_features(self) -> torch.Tensor:
-        """[n_images, N // group, group * D]: each LLM token's patches side by side."""
-        n_images, n_patches, dim = self.features.shape
-        return self.features.reshape(n_images, n_patches // self.group, self.group * dim)
+SinkTokens = Literal["any_patch", "own_norm"]
+# Detector(features [n_images, N, D], lengths) -> sink mask [n_images, N] (sinkflow.sinks.detectors.norm_threshold.NormThreshold).
+Detector = Callable[[torch.Tensor, list[int]], torch.Tensor]
 
 
 class VisualFamily(ABC):
@@ -65,7 +31,24 @@ class VisualFamily(ABC):
     patches together, by the norm of their concatenation). With one patch per token both are the same.
     """
 
-    sink_tokens: str = "any_patch"
+    name: ClassVar[str]
+    sink_tokens: SinkTokens = "any_patch"
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+            FAMILIES.register(name, cls)
+
+    @classmethod
+    def default_template(cls):
+        """The conversation template of the family's checkpoints (`model.template` in its configs)."""
+        raise NotImplementedError(f"{cls.__name__} names no default template")
+
+    @classmethod
+    def build_tiny(cls, seed: int = 0) -> tuple[nn.Module, object]:
+        """A tiny random model and processor of this family, built offline from a config (tests and benches)."""
+        raise NotImplementedError(f"{cls.__name__} has no tiny builder")
 
     def load_processor(self, source: str, trust_remote_code: bool = False):
         """The checkpoint's processor (tokenizer, image processor, chat template)."""
@@ -103,11 +86,11 @@ class VisualFamily(ABC):
     def patch_pixels(self, batch: dict, visual: VisualFeatures) -> torch.Tensor:
         """[n_images, N, P]: the pixels under each patch, aligned with `visual.features` (for simulated sinks)."""
 
-    def token_sinks(self, detector, visual: VisualFeatures) -> torch.Tensor:
+    def token_sinks(self, detector: Detector, visual: VisualFeatures) -> torch.Tensor:
         """The LLM-token sink mask [n_images, N // group] (see `sink_tokens`)."""
         if self.sink_tokens == "own_norm":
             return detector(visual.token_features(), visual.slots)
-        return visual.to_tokens(detector(visual.features, visual.patch_lengths))
+        return visual.to_tokens(detector(visual.features, visual.lengths))
 
     # Inside the ViT, for analyses that look at its attention (relevance maps). A family without these still
     # trains, routes and evaluates.
@@ -141,15 +124,16 @@ class VisualFamily(ABC):
         return None
 
     def merge(self, model: nn.Module, batch: dict, visual: VisualFeatures | None, routed: Routed | None,
-              padding_side: str = "right") -> dict:
+              padding_side: PaddingSide = "right") -> dict[str, torch.Tensor]:
         """LLM inputs: text embeddings with each image's placeholders replaced by its routed tokens, in order.
 
         When every image keeps its placeholder count and positions stay contiguous, the tokens are scattered in
-        place (exactly what transformers does). Otherwise each row is rebuilt: image blocks take the routed
-        length, labels stay aligned (-100 on visual tokens), and rows are re-padded on `padding_side`
+        place (exactly what transformers does). Otherwise each row is rebuilt (`sinkflow.pathway.rebuild_rows`):
+        image blocks take the routed length, labels stay aligned, and rows are re-padded on `padding_side`
         (left for generation). With `routed.position_ids == "original"` every token keeps the position it had
         in the unrouted sequence (a visual token: its block start + its source patch index).
         """
+        choice("padding_side", padding_side, PaddingSide)
         input_ids = batch["input_ids"]
         inputs_embeds = model.get_input_embeddings()(input_ids)
         placeholders = input_ids == self.image_token_id(model)
@@ -168,11 +152,11 @@ class VisualFamily(ABC):
         if n_slots != sum(slots):
             raise ValueError(f"the batch has {n_slots} image placeholder tokens but its {len(slots)} images need "
                              f"{sum(slots)}; the placeholders must be expanded by the processor")
-        tokens = [t.to(inputs_embeds.device, inputs_embeds.dtype) for t in routed.tokens]
-        if routed.position_ids == "contiguous" and [len(t) for t in tokens] == slots:
-            inputs["inputs_embeds"] = inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), torch.cat(tokens))
+        if routed.position_ids == "contiguous" and [len(t) for t in routed.tokens] == slots:
+            tokens = torch.cat(routed.tokens).to(inputs_embeds.device, inputs_embeds.dtype)
+            inputs["inputs_embeds"] = inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), tokens)
             return inputs
-        return _rebuild(inputs, placeholders, slots, tokens, routed, padding_side)
+        return rebuild_rows(inputs, placeholders, slots, routed, padding_side)
 
 
 def unnormalise(images: list[torch.Tensor], image_processor) -> list[torch.Tensor]:
@@ -182,66 +166,4 @@ def unnormalise(images: list[torch.Tensor], image_processor) -> list[torch.Tenso
     return [(image.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0) for image in images]
 
 
-def _rebuild(inputs: dict, placeholders: torch.Tensor, slots: list[int], tokens: list[torch.Tensor],
-             routed: Routed, padding_side: str) -> dict:
-    """Rows with each image block replaced by its routed tokens, re-padded to a common length.
-
-    A visual token's position is that of the block slot it came from (`original`) or of the block slot it now
-    fills (`contiguous`); text keeps its position. Positions are passed on when the family gives them (M-RoPE)
-    or `original` asks for them; otherwise transformers numbers the rebuilt rows consecutively.
-    """
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    embeds, mask, labels = inputs["inputs_embeds"], inputs["attention_mask"], inputs.get("labels")
-    given = inputs.get("position_ids")
-    # Positions of the unrouted sequence as [P, B, L]; 1-D ones count from each row's first real token.
-    positions = given if given is not None else (mask.long().cumsum(-1) - 1).clamp_min(0)[None]
-    rows: list[dict[str, torch.Tensor]] = []
-    image = 0
-    for r in range(embeds.shape[0]):
-        columns = placeholders[r].nonzero().squeeze(1).tolist()
-        parts: dict[str, list[torch.Tensor]] = {"embeds": [], "mask": [], "labels": [], "positions": []}
-        start, used = 0, 0
-        while used < len(columns):
-            first, n = columns[used], slots[image]
-            if columns[used + n - 1] != first + n - 1:
-                raise ValueError(f"row {r}: the placeholders of image {image} are not contiguous")
-            _take_text(parts, embeds[r], mask[r], labels, r, positions[:, r], start, first)
-            routed_tokens, sources = tokens[image], routed.sources[image].to(embeds.device)
-            taken = sources if routed.position_ids == "original" else torch.arange(len(sources), device=embeds.device)
-            parts["embeds"].append(routed_tokens)
-            parts["mask"].append(mask.new_ones(len(routed_tokens)))
-            parts["labels"].append(torch.full((len(routed_tokens),), IGNORE_INDEX, device=embeds.device))
-            parts["positions"].append(positions[:, r, first + taken])
-            start, used, image = first + n, used + n, image + 1
-        _take_text(parts, embeds[r], mask[r], labels, r, positions[:, r], start, embeds.shape[1])
-        rows.append({k: torch.cat(v, dim=-1 if k == "positions" else 0) for k, v in parts.items()})
-    length = max(len(row["mask"]) for row in rows)
-    out = {
-        "inputs_embeds": torch.stack([_pad(row["embeds"], length, 0.0, padding_side) for row in rows]),
-        "attention_mask": torch.stack([_pad(row["mask"], length, 0, padding_side) for row in rows]),
-    }
-    if labels is not None:
-        out["labels"] = torch.stack([_pad(row["labels"], length, IGNORE_INDEX, padding_side) for row in rows])
-    if given is not None or routed.position_ids == "original":
-        stacked = torch.stack([_pad(row["positions"].T, length, 0, padding_side).T for row in rows], dim=1)
-        out["position_ids"] = stacked if given is not None else stacked[0]
-    return out
-
-
-def _take_text(parts: dict, embeds, mask, labels, row: int, positions, start: int, end: int) -> None:
-    """Append the text columns [start, end) of one row."""
-    parts["embeds"].append(embeds[start:end])
-    parts["mask"].append(mask[start:end])
-    parts["labels"].append(labels[row, start:end] if labels is not None
-                           else torch.full((end - start,), IGNORE_INDEX, device=embeds.device))
-    parts["positions"].append(positions[:, start:end])
-
-
-def _pad(values: torch.Tensor, length: int, fill, side: str) -> torch.Tensor:
-    """Pad a row's first dimension to `length` with `fill` on `side`."""
-    extra = length - values.shape[0]
-    if extra == 0:
-        return values
-    pad = torch.full((extra, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
-    return torch.cat([pad, values] if side == "left" else [values, pad])
+FAMILIES: Registry[type[VisualFamily]] = Registry("family", "sinkflow.models.families")

@@ -3,28 +3,44 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 
-from sinkflow.models.families.base import VisualFamily, VisualFeatures, unnormalise
+from sinkflow.checks import choice
+from sinkflow.models.families.base import VisualFamily, unnormalise
+from sinkflow.pathway import VisualFeatures
 
 
-class LlavaFamily(VisualFamily):
+FeatureSelect = Literal["default", "full"]
+
+
+class LlavaFamily(VisualFamily, name="llava"):
     """Projector-input features are `hidden_states[vision_feature_layer]` of the ViT, CLS dropped unless `full`.
 
     `vision_feature_layer` / `vision_feature_select_strategy` default to the checkpoint's config; setting them here
     overrides the config for this run (e.g. to study another layer).
     """
 
-    def __init__(self, vision_feature_layer: int | None = None, vision_feature_select_strategy: str | None = None):
-        if vision_feature_select_strategy not in (None, "default", "full"):
-            raise ValueError(
-                f"model.family.vision_feature_select_strategy must be 'default' or 'full', "
-                f"got {vision_feature_select_strategy!r}"
-            )
+    def __init__(self, vision_feature_layer: int | None = None,
+                 vision_feature_select_strategy: FeatureSelect | None = None):
+        if vision_feature_select_strategy is not None:
+            choice("model.family.vision_feature_select_strategy", vision_feature_select_strategy, FeatureSelect)
         self.vision_feature_layer = vision_feature_layer
         self.vision_feature_select_strategy = vision_feature_select_strategy
+
+    @classmethod
+    def default_template(cls):
+        from sinkflow.data.templates import VicunaV1
+
+        return VicunaV1()
+
+    @classmethod
+    def build_tiny(cls, seed: int = 0):
+        from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
+
+        return build_tiny_llava(TinyLlavaSpec(seed=seed))
 
     def vision_tower(self, model: nn.Module) -> nn.Module:
         return model.model.vision_tower

@@ -14,8 +14,10 @@ from transformers.vision_utils import get_vision_window_index
 from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
 
 
-class Qwen25VLFamily(Qwen2VLFamily):
+class Qwen25VLFamily(Qwen2VLFamily, name="qwen2_5_vl"):
     """Qwen2.5-VL; everything else as Qwen2-VL."""
+
+    variant = "qwen2_5_vl"
 
     def merge_window_order(self, model: nn.Module, hidden: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         tower = self.vision_tower(model)

@@ -15,19 +15,30 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from sinkflow.models.families.base import VisualFamily, VisualFeatures, unnormalise
+from sinkflow.checks import choice
+from sinkflow.models.families.base import SinkTokens, VisualFamily, unnormalise
 from sinkflow.models.processor import ImageTextProcessor
+from sinkflow.pathway import VisualFeatures
 
-SINK_TOKENS = ("any_patch", "own_norm")
-
-
-class Qwen2VLFamily(VisualFamily):
+class Qwen2VLFamily(VisualFamily, name="qwen2_vl"):
     """Qwen2-VL; `sink_tokens` says how patch sinks map to merged tokens (see `VisualFamily`)."""
 
-    def __init__(self, sink_tokens: str = "any_patch"):
-        if sink_tokens not in SINK_TOKENS:
-            raise ValueError(f"model.family.sink_tokens must be one of {SINK_TOKENS}, got {sink_tokens!r}")
-        self.sink_tokens = sink_tokens
+    variant = "qwen2_vl"  # the tiny builder's model class
+
+    def __init__(self, sink_tokens: SinkTokens = "any_patch"):
+        self.sink_tokens = choice("model.family.sink_tokens", sink_tokens, SinkTokens)
+
+    @classmethod
+    def default_template(cls):
+        from sinkflow.data.templates import ProcessorChatTemplate
+
+        return ProcessorChatTemplate()
+
+    @classmethod
+    def build_tiny(cls, seed: int = 0):
+        from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
+
+        return build_tiny_qwen(TinyQwenSpec(variant=cls.variant, seed=seed))
 
     def load_processor(self, source: str, trust_remote_code: bool = False):
         return ImageTextProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -64,7 +75,7 @@ class Qwen2VLFamily(VisualFamily):
 
     def patch_pixels(self, batch: dict, visual: VisualFeatures) -> torch.Tensor:
         """The processor's flattened patches (3 x temporal x p x p values each), split per image and padded."""
-        return pad_sequence(list(batch["pixel_values"].split(visual.patch_lengths)), batch_first=True)
+        return pad_sequence(list(batch["pixel_values"].split(visual.lengths)), batch_first=True)
 
     def vision_attentions(self, model: nn.Module) -> list[nn.Module]:
         return [block.attn for block in self.vision_tower(model).blocks]

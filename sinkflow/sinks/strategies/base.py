@@ -1,39 +1,26 @@
 """The strategy interface: which visual tokens reach the LLM, in what order, through which projector.
 
-Strategies register by name (`class SinkFront(SinkStrategy, name="sink_front")`) so that tools and benchmarks can
-enumerate them; `conf/sink_strategy/<name>.yaml` instantiates `<name>.py`.
+Strategies register by name (`class SinkFront(SinkStrategy, name="sink_front")`) in `STRATEGIES`, which imports
+every module of this package: a strategy is its module plus `conf/sink_strategy/<name>.yaml`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+import importlib
+from collections.abc import Mapping
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from sinkflow.sinks.detect import token_norms
+from sinkflow.checks import choice
+from sinkflow.models.families.base import VisualFamily
+from sinkflow.pathway import Ask, PositionIds, Project, Routed, VisualFeatures
+from sinkflow.registry import Registry
+from sinkflow.sinks.detectors.base import token_norms
 
-if TYPE_CHECKING:
-    from sinkflow.models.families.base import VisualFeatures
-
-POSITION_MODES = ("contiguous", "original")
-# ask(questions, routed, max_new_tokens) -> the model's greedy answers, one question per image, the images entering
-# the LLM as `routed` says (SinkflowModule provides it; cot_route uses it).
-Ask = Callable[[list[str], "Routed", int], list[str]]
-SINK_ORDERS = ("raster", "norm")
-
-
-@dataclass
-class Routed:
-    """A strategy's output: the LLM tokens of each image and where each came from."""
-
-    tokens: list[torch.Tensor]  # per image [n_i, D_llm]
-    sources: list[torch.Tensor]  # per image [n_i] long: the LLM-token index (slot of the image block) of each
-    position_ids: str = "contiguous"  # "original": moved tokens keep their patch's position (see family.merge)
-    decisions: list[dict] | None = None  # per image, what a deciding strategy chose (written to the predictions)
-    decision_seconds: float = 0.0  # time spent deciding before the answer pass (cot_route's routing generation)
+# Where the sinks' block is ordered by: raster position, or norm (highest first).
+SinkOrder = Literal["raster", "norm"]
 
 
 class SinkStrategy(nn.Module):
@@ -45,7 +32,6 @@ class SinkStrategy(nn.Module):
     batch, so routing costs a gather.
     """
 
-    registry: ClassVar[dict[str, type[SinkStrategy]]] = {}
     name: ClassVar[str]
     needs_sinks: ClassVar[bool] = True
     training_free: ClassVar[bool] = True  # False: the strategy has parts that must be trained first
@@ -53,19 +39,14 @@ class SinkStrategy(nn.Module):
     def __init_subclass__(cls, name: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
         if name is not None:
-            if name in SinkStrategy.registry:
-                raise ValueError(f"strategy name {name!r} is already registered by {SinkStrategy.registry[name]}")
             cls.name = name
-            SinkStrategy.registry[name] = cls
+            STRATEGIES.register(name, cls)
 
-    def __init__(self, position_ids: str = "contiguous"):
+    def __init__(self, position_ids: PositionIds = "contiguous"):
         super().__init__()
-        if position_ids not in POSITION_MODES:
-            raise ValueError(f"sink_strategy.strategy.position_ids must be one of {POSITION_MODES}, "
-                             f"got {position_ids!r}")
-        self.position_ids = position_ids
+        self.position_ids = choice("sink_strategy.strategy.position_ids", position_ids, PositionIds)
 
-    def setup(self, model: nn.Module, family) -> None:
+    def setup(self, model: nn.Module, family: VisualFamily) -> None:
         """Build parts shaped like (or copied from) the model's (no-op). The module calls it on construction, and
         `evaluate.py` again once a checkpoint without strategy weights has loaded the model's trained weights."""
 
@@ -73,8 +54,8 @@ class SinkStrategy(nn.Module):
         """Per image, the LLM-token indices to send to the LLM, in order."""
         raise NotImplementedError
 
-    def forward(self, visual: VisualFeatures, sink_mask: torch.Tensor | None,
-                project: Callable[[VisualFeatures], list[torch.Tensor]], ask: Ask | None = None) -> Routed:
+    def forward(self, visual: VisualFeatures, sink_mask: torch.Tensor | None, project: Project,
+                ask: Ask | None = None) -> Routed:
         """`sink_mask` [n_images, M] marks LLM tokens (see `VisualFamily.token_sinks`); `ask` lets a strategy
         question the model about the images before routing (see `Ask`)."""
         projected = project(visual)
@@ -85,14 +66,13 @@ class SinkStrategy(nn.Module):
 class OrderedSinks(SinkStrategy):
     """A strategy that places the sinks somewhere, ordered by `order`: `raster`, or `norm` (highest first)."""
 
-    def __init__(self, order: str = "raster", position_ids: str = "contiguous"):
+    def __init__(self, order: SinkOrder = "raster", position_ids: PositionIds = "contiguous"):
         super().__init__(position_ids)
-        if order not in SINK_ORDERS:
-            raise ValueError(f"sink_strategy.strategy.order must be one of {SINK_ORDERS}, got {order!r}")
-        self.order = order
+        self.order = choice("sink_strategy.strategy.order", order, SinkOrder)
 
 
-def split_sinks(visual: VisualFeatures, sink_mask: torch.Tensor, order: str = "raster"):
+def split_sinks(visual: VisualFeatures, sink_mask: torch.Tensor,
+                order: SinkOrder = "raster") -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per image, (sink token indices, other token indices): others in raster order, sinks in `order`.
 
     `norm` orders sinks by their token's norm, highest first (a merged token's norm covers all its patches).
@@ -105,3 +85,20 @@ def split_sinks(visual: VisualFeatures, sink_mask: torch.Tensor, order: str = "r
             sinks = sinks[torch.sort(norms[i, sinks], descending=True, stable=True).indices]
         pairs.append((sinks, (~mask[:n_tokens]).nonzero().squeeze(1)))
     return pairs
+
+
+STRATEGIES: Registry[type[SinkStrategy]] = Registry("strategy", "sinkflow.sinks.strategies")
+
+
+def strategy_name(strategy_cfg: Mapping | None) -> str:
+    """The registry name of the strategy a `sink_strategy` config (or a checkpoint's copy of it) instantiates, or
+    '?' when it names none."""
+    target = ((strategy_cfg or {}).get("strategy") or {}).get("_target_")
+    if not target:
+        return "?"
+    module_name, _, class_name = target.rpartition(".")
+    try:
+        strategy = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        return class_name  # a strategy this install does not have: its class name still tells the user
+    return getattr(strategy, "name", class_name)

@@ -19,7 +19,7 @@ import re
 import time
 
 from sinkflow.checks import number
-from sinkflow.sinks.strategies.base import Routed
+from sinkflow.pathway import Routed
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
 
 # docs/paper.md#cot-routing (P1, P2): the paper's exact prompts are not public.

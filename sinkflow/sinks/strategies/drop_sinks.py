@@ -3,11 +3,14 @@ docs/paper.md#training-free-routing)."""
 
 from __future__ import annotations
 
+import torch
+
 from sinkflow.sinks.strategies.base import SinkStrategy, split_sinks
+from sinkflow.pathway import VisualFeatures
 
 
 class DropSinks(SinkStrategy, name="drop_sinks"):
     """Every non-sink patch, in raster order."""
 
-    def select(self, visual, sink_mask):
+    def select(self, visual: VisualFeatures, sink_mask: torch.Tensor | None) -> list[torch.Tensor]:
         return [others for _, others in split_sinks(visual, sink_mask)]

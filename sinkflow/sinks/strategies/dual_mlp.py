@@ -15,15 +15,19 @@ starting from the stage-1 projectors given by `sink_projector_from` / `other_pro
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from sinkflow.sinks.strategies.base import OrderedSinks, Routed, split_sinks
+from sinkflow.checks import choice
+from sinkflow.models.families.base import VisualFamily
+from sinkflow.pathway import Ask, PositionIds, Project, Routed, VisualFeatures
+from sinkflow.sinks.strategies.base import OrderedSinks, SinkOrder, split_sinks
 
-INITS = ("copy", "random")
-STAGES = ("both", "sinks", "others")
+Init = Literal["copy", "random"]
+Stage = Literal["both", "sinks", "others"]
 
 
 class DualMLP(OrderedSinks, name="dual_mlp"):
@@ -32,19 +36,18 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
     training_free = False
     trains_projectors: bool = True  # False: both projectors come trained (from a Dual-MLP run) and stay frozen
 
-    def __init__(self, init: str = "copy", order: str = "raster", position_ids: str = "contiguous",
-                 stage: str = "both", sink_projector_from: str | None = None, other_projector_from: str | None = None):
+    def __init__(self, init: Init = "copy", order: SinkOrder = "raster", position_ids: PositionIds = "contiguous",
+                 stage: Stage = "both", sink_projector_from: str | None = None,
+                 other_projector_from: str | None = None):
         super().__init__(order, position_ids)
-        if init not in INITS:
-            raise ValueError(f"sink_strategy.strategy.init must be one of {INITS}, got {init!r}")
-        if stage not in STAGES:
-            raise ValueError(f"sink_strategy.strategy.stage must be one of {STAGES}, got {stage!r}")
-        self.init, self.stage = init, stage
-        self.sources = {"sink_projector": sink_projector_from, "other_projector": other_projector_from}
+        self.init = choice("sink_strategy.strategy.init", init, Init)
+        self.stage = choice("sink_strategy.strategy.stage", stage, Stage)
+        # projector name -> the strategy.safetensors its stage-1 weights load from
+        self.weight_files = {"sink_projector": sink_projector_from, "other_projector": other_projector_from}
         self.sink_projector: nn.Module | None = None
         self.other_projector: nn.Module | None = None
 
-    def setup(self, model: nn.Module, family) -> None:
+    def setup(self, model: nn.Module, family: VisualFamily) -> None:
         base = family.projector(model)
         base.requires_grad_(False)  # replaced by the two copies below
         self.sink_projector, self.other_projector = copy.deepcopy(base), copy.deepcopy(base)
@@ -54,7 +57,7 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
                 for layer in projector.modules():
                     if hasattr(layer, "reset_parameters") and layer is not projector:
                         layer.reset_parameters()
-        for name, path in self.sources.items():
+        for name, path in self.weight_files.items():
             if path:
                 prefix = f"{name}."
                 state = {k[len(prefix):]: v for k, v in load_file(path).items() if k.startswith(prefix)}
@@ -66,11 +69,12 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
         for projector in frozen if self.trains_projectors else (self.sink_projector, self.other_projector):
             projector.requires_grad_(False)
 
-    def block_weights(self, visual, batch_size: int) -> torch.Tensor:
+    def block_weights(self, visual: VisualFeatures, batch_size: int) -> torch.Tensor:
         """[n_images, 2] weights of the (sink, other) blocks; fixed at 1 for the plain Dual-MLP."""
         return visual.features.new_ones(batch_size, 2)
 
-    def forward(self, visual, sink_mask, project, ask=None) -> Routed:
+    def forward(self, visual: VisualFeatures, sink_mask: torch.Tensor | None, project: Project,
+                ask: Ask | None = None) -> Routed:
         if self.sink_projector is None:
             raise RuntimeError("dual_mlp has no projectors yet: SinkflowModule calls strategy.setup(model, family)")
         pairs = split_sinks(visual, sink_mask, self.order)

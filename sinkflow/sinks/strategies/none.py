@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sinkflow.sinks.strategies.base import SinkStrategy
+from sinkflow.pathway import VisualFeatures
 
 
 class NoneStrategy(SinkStrategy, name="none"):
@@ -12,5 +13,5 @@ class NoneStrategy(SinkStrategy, name="none"):
 
     needs_sinks = False
 
-    def select(self, visual, sink_mask):
+    def select(self, visual: VisualFeatures, sink_mask: torch.Tensor | None) -> list[torch.Tensor]:
         return [torch.arange(n, device=visual.features.device) for n in visual.slots]

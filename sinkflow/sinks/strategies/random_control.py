@@ -10,26 +10,27 @@ patches, all of its other patches are picked.
 from __future__ import annotations
 
 import zlib
+from typing import Literal
 
 import torch
 
-from sinkflow.checks import number
+from sinkflow.checks import choice, number
 from sinkflow.sinks.strategies.base import SinkStrategy, split_sinks
+from sinkflow.pathway import PositionIds, VisualFeatures
 
-ACTIONS = ("drop", "keep")
+Action = Literal["drop", "keep"]
 
 
 class RandomControl(SinkStrategy, name="random_control"):
     """Drop (or keep only) `n_sinks` random non-sink patches per image; the rest stay in raster order."""
 
-    def __init__(self, action: str = "drop", seed: int = 0, position_ids: str = "contiguous"):
+    def __init__(self, action: Action = "drop", seed: int = 0, position_ids: PositionIds = "contiguous"):
         super().__init__(position_ids)
-        if action not in ACTIONS:
-            raise ValueError(f"sink_strategy.strategy.action must be one of {ACTIONS}, got {action!r}")
+        choice("sink_strategy.strategy.action", action, Action)
         number("sink_strategy.strategy.seed", seed, integer=True, at_least=0)
         self.action, self.seed = action, seed
 
-    def picked(self, visual, sink_mask) -> list[torch.Tensor]:
+    def picked(self, visual: VisualFeatures, sink_mask: torch.Tensor) -> list[torch.Tensor]:
         """Per image, the random non-sink patch indices (sorted)."""
         keys = visual.keys or [str(i) for i in range(len(sink_mask))]
         chosen = []
@@ -39,7 +40,7 @@ class RandomControl(SinkStrategy, name="random_control"):
             chosen.append(others[order[: len(sinks)]].sort().values)
         return chosen
 
-    def select(self, visual, sink_mask):
+    def select(self, visual: VisualFeatures, sink_mask: torch.Tensor | None) -> list[torch.Tensor]:
         selected = []
         for picked, n_tokens in zip(self.picked(visual, sink_mask), visual.slots):
             if self.action == "keep":

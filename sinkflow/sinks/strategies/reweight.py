@@ -8,14 +8,18 @@ zero with a bias that makes both weights exactly 1, so training starts from plai
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 
-from sinkflow.checks import number
+from sinkflow.checks import choice, number
 from sinkflow.models.encoders import SentenceEncoder
-from sinkflow.sinks.strategies.dual_mlp import DualMLP
+from sinkflow.pathway import PositionIds, VisualFeatures
+from sinkflow.sinks.strategies.base import SinkOrder
+from sinkflow.sinks.strategies.dual_mlp import DualMLP, Init
 
+Activation = Literal["softplus", "sigmoid2", "exp"]
 # activation(x) and the x at which it equals 1.
 ACTIVATIONS = {
     "softplus": (nn.functional.softplus, math.log(math.e - 1)),
@@ -27,14 +31,12 @@ ACTIVATIONS = {
 class Reweight(DualMLP, name="reweight"):
     """Question-conditioned weights for the (sink, other) blocks of a Dual-MLP."""
 
-    def __init__(self, encoder: str = "minilm", hidden: int = 256, activation: str = "softplus",
-                 projectors: str | None = None, init: str = "copy", order: str = "raster",
-                 position_ids: str = "contiguous", cache_size: int = 100_000, train_projectors: bool = False):
+    def __init__(self, encoder: str = "minilm", hidden: int = 256, activation: Activation = "softplus",
+                 projectors: str | None = None, init: Init = "copy", order: SinkOrder = "raster",
+                 position_ids: PositionIds = "contiguous", cache_size: int = 100_000, train_projectors: bool = False):
         super().__init__(init, order, position_ids, sink_projector_from=projectors, other_projector_from=projectors)
         self.trains_projectors = train_projectors  # the paper trains the router alone, on a trained Dual-MLP
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"sink_strategy.strategy.activation must be one of {tuple(ACTIVATIONS)}, "
-                             f"got {activation!r}")
+        choice("sink_strategy.strategy.activation", activation, Activation)
         number("sink_strategy.strategy.hidden", hidden, integer=True, at_least=1)  # before the encoder loads
         self.activation = activation
         self.encoder = SentenceEncoder(encoder, cache_size=cache_size)
@@ -42,7 +44,7 @@ class Reweight(DualMLP, name="reweight"):
         nn.init.zeros_(self.router[-1].weight)
         nn.init.constant_(self.router[-1].bias, ACTIVATIONS[activation][1])
 
-    def block_weights(self, visual, batch_size: int) -> torch.Tensor:
+    def block_weights(self, visual: VisualFeatures, batch_size: int) -> torch.Tensor:
         if len(visual.questions) != batch_size:
             raise ValueError(f"reweight needs the question of every image: {len(visual.questions)} questions for "
                              f"{batch_size} images")

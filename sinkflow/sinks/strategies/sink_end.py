@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 
 from sinkflow.sinks.strategies.base import OrderedSinks, split_sinks
+from sinkflow.pathway import VisualFeatures
 
 
 class SinkEnd(OrderedSinks, name="sink_end"):
     """The other patches in raster order, then the sinks last in the visual block."""
 
-    def select(self, visual, sink_mask):
+    def select(self, visual: VisualFeatures, sink_mask: torch.Tensor | None) -> list[torch.Tensor]:
         return [torch.cat([others, sinks]) for sinks, others in split_sinks(visual, sink_mask, self.order)]

@@ -1,0 +1,181 @@
+"""The visual pathway's data, shared by families (below them) and strategies (beside them): the leaf of the package.
+
+pixels --family.encode--> VisualFeatures --detector--> sink mask --strategy--> Routed --family.merge--> LLM inputs
+
+It imports only torch, so every layer above can depend on it (docs/architecture.md#layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+from torch import nn
+
+# Label of a token the loss ignores (transformers' and torch's cross-entropy default).
+IGNORE_INDEX = -100
+# How routed visual tokens are numbered: consecutively in their new order, or at their source slot's position.
+PositionIds = Literal["contiguous", "original"]
+PaddingSide = Literal["left", "right"]
+
+
+@dataclass
+class VisualFeatures:
+    """Per-patch projector-input features of the images in a batch, in the order the projector consumes them.
+
+    Images may have different patch counts (Qwen's dynamic resolution): rows are zero-padded to the longest and
+    `lengths` gives each image's patches. `group` consecutive patches form one LLM token (1 for LLaVA, the 2x2
+    merge window = 4 for Qwen); strategies route LLM tokens.
+    """
+
+    features: torch.Tensor  # [n_images, N, D], zero-padded after each image's `lengths[i]` patches
+    lengths: list[int] = field(default_factory=list)  # patches per image; empty when constructed: every image has N
+    group: int = 1
+    planted: torch.Tensor | None = None  # [n_images, N] bool: simulated sinks (ground truth), when planted
+    keys: list[str] = field(default_factory=list)  # one stable id per image (seeds per-image random choices)
+    questions: list[str] = field(default_factory=list)  # the question asked about each image (routers read it)
+
+    def __post_init__(self) -> None:
+        if not self.lengths:
+            self.lengths = [self.features.shape[1]] * self.features.shape[0]
+
+    @property
+    def slots(self) -> list[int]:
+        """LLM tokens (image placeholder tokens) per image."""
+        return [n // self.group for n in self.lengths]
+
+    def valid(self) -> torch.Tensor:
+        """[n_images, N] bool: real (not padding) patches."""
+        positions = torch.arange(self.features.shape[1], device=self.features.device)
+        return positions < torch.tensor(self.lengths, device=self.features.device)[:, None]
+
+    def to_tokens(self, patch_mask: torch.Tensor) -> torch.Tensor:
+        """A patch mask [n_images, N] -> LLM-token mask [n_images, N // group]: a token is set if any patch is."""
+        return patch_mask.view(patch_mask.shape[0], -1, self.group).any(dim=-1)
+
+    def token_features(self) -> torch.Tensor:
+        """[n_images, N // group, group * D]: each LLM token's patches side by side."""
+        n_images, n_patches, dim = self.features.shape
+        return self.features.reshape(n_images, n_patches // self.group, self.group * dim)
+
+
+@dataclass
+class Routed:
+    """A strategy's output: the LLM tokens of each image and where each came from."""
+
+    tokens: list[torch.Tensor]  # per image [n_i, D_llm]
+    sources: list[torch.Tensor]  # per image [n_i] long: the LLM-token index (slot of the image block) of each
+    position_ids: PositionIds = "contiguous"  # "original": moved tokens keep their slot's position (rebuild_rows)
+    decisions: list[dict] | None = None  # per image, what a deciding strategy chose (written to the predictions)
+    decision_seconds: float = 0.0  # time spent deciding before the answer pass (cot_route's routing generation)
+
+
+@dataclass
+class PathwayResult:
+    """What one pass through the pathway produced: the LLM inputs and, when the batch had images, what was seen."""
+
+    inputs: dict[str, torch.Tensor]  # inputs_embeds, attention_mask, [labels], [position_ids]
+    visual: VisualFeatures | None = None
+    sinks: torch.Tensor | None = None  # [n_images, N // group] bool, when the detector ran
+    routed: Routed | None = None
+
+
+# ask(questions, routed, max_new_tokens) -> the model's greedy answers, one question per image, the images entering
+# the LLM as `routed` says (SinkflowModule provides it; cot_route uses it).
+Ask = Callable[[list[str], Routed, int], list[str]]
+# project(visual) -> every image's LLM tokens [slots_i, D_llm] through the family's projector.
+Project = Callable[[VisualFeatures], list[torch.Tensor]]
+
+
+class ProjectorOwner(Protocol):
+    """What a strategy may ask of a family: its projector (to copy or mirror it). `VisualFamily` satisfies it."""
+
+    def projector(self, model: nn.Module) -> nn.Module: ...
+
+    def project(self, model: nn.Module, visual: VisualFeatures,
+                projector: nn.Module | None = None) -> list[torch.Tensor]: ...
+
+
+def rebuild_rows(inputs: dict[str, torch.Tensor], placeholders: torch.Tensor, slots: list[int],
+                 routed: Routed, padding_side: PaddingSide) -> dict[str, torch.Tensor]:
+    """Rows with each image block replaced by its routed tokens, re-padded to a common length on `padding_side`.
+
+    Labels stay aligned (IGNORE_INDEX on visual tokens). A visual token's position is that of the block slot it came
+    from (`original`) or of the block slot it now fills (`contiguous`); text keeps its position. Positions are passed
+    on when the inputs carry them (M-RoPE) or `original` asks for them; otherwise transformers numbers the rebuilt
+    rows consecutively.
+    """
+    embeds, mask, labels = inputs["inputs_embeds"], inputs["attention_mask"], inputs.get("labels")
+    given = inputs.get("position_ids")
+    tokens = [t.to(embeds.device, embeds.dtype) for t in routed.tokens]
+    # Positions of the unrouted sequence as [P, B, L]; 1-D ones count from each row's first real token.
+    positions = given if given is not None else (mask.long().cumsum(-1) - 1).clamp_min(0)[None]
+    rows: list[_Row] = []
+    image = 0
+    for r in range(embeds.shape[0]):
+        columns = placeholders[r].nonzero().squeeze(1).tolist()
+        row = _Row(embeds[r], mask[r], labels[r] if labels is not None else None, positions[:, r])
+        start, used = 0, 0
+        while used < len(columns):
+            first, n = columns[used], slots[image]
+            if columns[used + n - 1] != first + n - 1:
+                raise ValueError(f"row {r}: the placeholders of image {image} are not contiguous")
+            row.take_text(start, first)
+            sources = routed.sources[image].to(embeds.device)
+            taken = sources if routed.position_ids == "original" else torch.arange(len(sources), device=embeds.device)
+            row.add_visual(tokens[image], first + taken)
+            start, used, image = first + n, used + n, image + 1
+        row.take_text(start, embeds.shape[1])
+        rows.append(row)
+    finished = [row.finish() for row in rows]
+    length = max(len(row["mask"]) for row in finished)
+    out = {
+        "inputs_embeds": torch.stack([_pad(row["embeds"], length, 0.0, padding_side) for row in finished]),
+        "attention_mask": torch.stack([_pad(row["mask"], length, 0, padding_side) for row in finished]),
+    }
+    if labels is not None:
+        out["labels"] = torch.stack([_pad(row["labels"], length, IGNORE_INDEX, padding_side) for row in finished])
+    if given is not None or routed.position_ids == "original":
+        stacked = torch.stack([_pad(row["positions"].T, length, 0, padding_side).T for row in finished], dim=1)
+        out["position_ids"] = stacked if given is not None else stacked[0]
+    return out
+
+
+class _Row:
+    """One row being rebuilt: text spans copied from the unrouted row, image blocks replaced by routed tokens."""
+
+    def __init__(self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None,
+                 positions: torch.Tensor):
+        self.source = embeds, mask, labels, positions  # positions: [P, L]
+        self.parts: dict[str, list[torch.Tensor]] = {"embeds": [], "mask": [], "labels": [], "positions": []}
+
+    def take_text(self, start: int, end: int) -> None:
+        """Append the unrouted columns [start, end)."""
+        embeds, mask, labels, positions = self.source
+        self.parts["embeds"].append(embeds[start:end])
+        self.parts["mask"].append(mask[start:end])
+        self.parts["labels"].append(labels[start:end] if labels is not None
+                                    else torch.full((end - start,), IGNORE_INDEX, device=embeds.device))
+        self.parts["positions"].append(positions[:, start:end])
+
+    def add_visual(self, tokens: torch.Tensor, columns: torch.Tensor) -> None:
+        """Append routed tokens that take the positions of the unrouted `columns`."""
+        embeds, mask, _, positions = self.source
+        self.parts["embeds"].append(tokens)
+        self.parts["mask"].append(mask.new_ones(len(tokens)))
+        self.parts["labels"].append(torch.full((len(tokens),), IGNORE_INDEX, device=embeds.device))
+        self.parts["positions"].append(positions[:, columns])
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        return {k: torch.cat(v, dim=-1 if k == "positions" else 0) for k, v in self.parts.items()}
+
+
+def _pad(values: torch.Tensor, length: int, fill: float, side: PaddingSide) -> torch.Tensor:
+    """Pad a row's first dimension to `length` with `fill` on `side`."""
+    extra = length - values.shape[0]
+    if extra == 0:
+        return values
+    pad = torch.full((extra, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+    return torch.cat([pad, values] if side == "left" else [values, pad])

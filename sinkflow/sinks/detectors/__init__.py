@@ -1,0 +1,1 @@
+"""Sink detectors, one module per rule; `DETECTORS` (in `base`) finds them by importing this package's modules."""
