@@ -23,18 +23,15 @@ import statistics
 import tempfile
 
 import torch
+from hydra.utils import instantiate
 
 from common import device_label, timed
 
+from sinkflow.config import compose_config
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.instruct import load_instruct
 from sinkflow.data.shapes import generate_shapes
-from sinkflow.data.templates import ProcessorChatTemplate, VicunaV1
-from sinkflow.models.families.llava import LlavaFamily
-from sinkflow.models.families.qwen2_5_vl import Qwen25VLFamily
-from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
-from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
-from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
+from sinkflow.models.families.base import FAMILIES
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
@@ -65,24 +62,19 @@ SIZES = {"vision_hidden": 256, "vision_layers": 4, "vision_heads": 4, "text_hidd
          "text_heads": 8, "text_kv_heads": 4}
 
 
-def build(family: str, image_size: int):
-    """(model, processor, family object, template) at bench size."""
-    if family == "llava":
-        model, processor = build_tiny_llava(TinyLlavaSpec(image_size=image_size, **SIZES))
-        return model, processor, LlavaFamily(), VicunaV1()
-    spec = TinyQwenSpec(variant=family, min_pixels=image_size**2, max_pixels=image_size**2, **SIZES)
-    model, processor = build_tiny_qwen(spec)
-    return model, processor, (Qwen2VLFamily() if family == "qwen2_vl" else Qwen25VLFamily()), ProcessorChatTemplate()
-
-
 def measure(family: str, args, device: torch.device) -> dict:
     torch.manual_seed(0)
-    model, processor, family_obj, template = build(family, args.image_size)
+    family_cls = FAMILIES[family]
+    model, processor = family_cls.build_tiny(image_size=args.image_size, **SIZES)
+    family_obj, template = family_cls(), family_cls.default_template()
     model.to(device)
     model.generation_config.min_new_tokens = args.new_tokens  # equal answer lengths: latency compares routing only
     simulated = SimulatedSinks(k=2, norm=150.0)
-    strategies = {name: cls() for name, cls in STRATEGIES.items()}
-    strategies["reweight_uncached"] = STRATEGIES["reweight"](cache_size=0)  # the question encoder on every call
+    strategies = {name: instantiate(compose_config([f"sink_strategy={name}"]).sink_strategy.strategy)
+                  for name in STRATEGIES}
+    # the question encoder on every call
+    uncached = compose_config(["sink_strategy=reweight", "sink_strategy.strategy.cache_size=0"])
+    strategies["reweight_uncached"] = instantiate(uncached.sink_strategy.strategy)
     prompter = Collator(processor, template, generate=True)
     modules = {name: SinkflowModule(model, processor, family_obj, strategy,
                                     None if name == "none" else NormThreshold(), simulated_sinks=simulated,
@@ -90,7 +82,7 @@ def measure(family: str, args, device: torch.device) -> dict:
                for name, strategy in strategies.items()}
     for module in modules.values():
         module.generation.max_new_tokens = args.new_tokens
-    deciding = {name for name, module in modules.items() if module.strategy.routes}
+    deciding = {name for name, module in modules.items() if module.strategy.decides}
     root = generate_shapes(tempfile.mkdtemp(), n_train=args.batch, n_eval=1, image_size=args.image_size)
     samples = load_instruct(root / "train.json", root)[: args.batch]
     batch = batch_to(Collator(processor, template)(samples), device)
@@ -123,8 +115,7 @@ def measure(family: str, args, device: torch.device) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", nargs="+", choices=["llava", "qwen2_vl", "qwen2_5_vl"],
-                        default=["llava", "qwen2_vl", "qwen2_5_vl"])
+    parser.add_argument("--family", nargs="+", choices=FAMILIES.names(), default=FAMILIES.names())
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from sinkflow.checks import number
@@ -19,6 +22,18 @@ LORA_NUMBERS = {"r": {"integer": True, "at_least": 1}, "alpha": {"above": 0}, "d
 OPTIM_NUMBERS = {"lr": {"above": 0}, "projector_lr": {"above": 0}, "strategy_lr": {"above": 0, "optional": True},
                  "weight_decay": {"at_least": 0}, "warmup_ratio": {"at_least": 0, "at_most": 1},
                  "min_lr_ratio": {"at_least": 0, "at_most": 1}}
+
+
+# The repository's config folder (train.py, evaluate.py and analyze.py compose from it).
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train",
+                   search: Sequence[Path] = ()) -> DictConfig:
+    """The config an entry point composes from `overrides` (tests, benches), with extra config folders `search`."""
+    extra = [f"hydra.searchpath=[{','.join(f'file://{Path(folder).resolve()}' for folder in search)}]"] if search else []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=[*overrides, *extra])
 
 
 def wandb_offline() -> bool:

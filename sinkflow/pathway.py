@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
-from torch import nn
 
 # Label of a token the loss ignores (transformers' and torch's cross-entropy default).
 IGNORE_INDEX = -100
@@ -87,15 +86,6 @@ class PathwayResult:
 Ask = Callable[[list[str], Routed, int], list[str]]
 # project(visual) -> every image's LLM tokens [slots_i, D_llm] through the family's projector.
 Project = Callable[[VisualFeatures], list[torch.Tensor]]
-
-
-class ProjectorOwner(Protocol):
-    """What a strategy may ask of a family: its projector (to copy or mirror it). `VisualFamily` satisfies it."""
-
-    def projector(self, model: nn.Module) -> nn.Module: ...
-
-    def project(self, model: nn.Module, visual: VisualFeatures,
-                projector: nn.Module | None = None) -> list[torch.Tensor]: ...
 
 
 def rebuild_rows(inputs: dict[str, torch.Tensor], placeholders: torch.Tensor, slots: list[int],

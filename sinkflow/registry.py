@@ -27,7 +27,8 @@ class UnknownName(KeyError, ValueError):
 
 
 class Registry(Generic[T]):
-    """Name -> entry of one `kind`, discovered by importing every module under the `packages`."""
+    """Name -> entry of one `kind`, discovered by importing every module under the `packages` (none: entries come
+    from `register` alone)."""
 
     def __init__(self, kind: str, *packages: str):
         self.kind = kind

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from PIL import Image
 
+from sinkflow.config import CONF_DIR, compose_config
 from sinkflow.data.collate import Collator
 from sinkflow.models.build import LoraSpec, prepare_for_training
 from sinkflow.models.families.base import FAMILIES
@@ -26,19 +26,15 @@ from sinkflow.sinks.strategies.base import STRATEGIES
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
 from sinkflow.sinks.strategies.sink_front import SinkFront
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
 def strategy_configs(*search: Path) -> list[str]:
     """The names of the `sink_strategy` configs in conf/ and in the extra config folders `search`."""
-    return sorted({path.stem for folder in (CONF, *search) for path in (folder / "sink_strategy").glob("*.yaml")})
+    folders = (CONF_DIR, *search)
+    return sorted({path.stem for folder in folders for path in (folder / "sink_strategy").glob("*.yaml")})
 
 
 def compose_strategy(name: str, *overrides: str, search: tuple[Path, ...] = ()) -> DictConfig:
     """`sink_strategy=<name>` composed as train.py composes it (with the extra config folders `search`)."""
-    extra = [f"hydra.searchpath=[{','.join(f'file://{folder}' for folder in search)}]"] if search else []
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[f"sink_strategy={name}", *overrides, *extra]).sink_strategy
+    return compose_config([f"sink_strategy={name}", *overrides], search=search).sink_strategy
 
 
 def tiny(family_name: str):
@@ -78,9 +74,8 @@ def test_strategy_configs_and_registry_agree():
 
 def test_every_family_has_a_tiny_model_a_template_and_a_config():
     assert len(FAMILIES) >= 3
-    models = [path.stem for path in (CONF / "model").glob("*.yaml") if not path.stem.startswith("_")]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        configured = {get_class(compose("train", overrides=[f"model={m}"]).model.family._target_) for m in models}
+    models = [path.stem for path in (CONF_DIR / "model").glob("*.yaml") if not path.stem.startswith("_")]
+    configured = {get_class(compose_config([f"model={m}"]).model.family._target_) for m in models}
     for name, family_cls in FAMILIES.items():
         assert family_cls in configured, f"family {name} has no conf/model/*.yaml"
         model, processor = family_cls.build_tiny(seed=0)

@@ -46,8 +46,9 @@ class VisualFamily(ABC):
         raise NotImplementedError(f"{cls.__name__} names no default template")
 
     @classmethod
-    def build_tiny(cls, seed: int = 0) -> tuple[nn.Module, object]:
-        """A tiny random model and processor of this family, built offline from a config (tests and benches)."""
+    def build_tiny(cls, seed: int = 0, image_size: int | None = None, **sizes: int) -> tuple[nn.Module, object]:
+        """A tiny random model and processor of this family, built offline from a config (tests and benches):
+        `image_size` the side of the images it sees, `sizes` the spec's layer sizes (`models/tiny.py`)."""
         raise NotImplementedError(f"{cls.__name__} has no tiny builder")
 
     def load_processor(self, source: str, trust_remote_code: bool = False):

@@ -37,10 +37,10 @@ class LlavaFamily(VisualFamily, name="llava"):
         return VicunaV1()
 
     @classmethod
-    def build_tiny(cls, seed: int = 0):
+    def build_tiny(cls, seed: int = 0, image_size: int | None = None, **sizes: int):
         from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 
-        return build_tiny_llava(TinyLlavaSpec(seed=seed))
+        return build_tiny_llava(TinyLlavaSpec(seed=seed, **({"image_size": image_size} if image_size else {}), **sizes))
 
     def vision_tower(self, model: nn.Module) -> nn.Module:
         return model.model.vision_tower

@@ -35,10 +35,11 @@ class Qwen2VLFamily(VisualFamily, name="qwen2_vl"):
         return ProcessorChatTemplate()
 
     @classmethod
-    def build_tiny(cls, seed: int = 0):
+    def build_tiny(cls, seed: int = 0, image_size: int | None = None, **sizes: int):
         from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
 
-        return build_tiny_qwen(TinyQwenSpec(variant=cls.variant, seed=seed))
+        pixels = {"min_pixels": image_size**2, "max_pixels": image_size**2} if image_size else {}
+        return build_tiny_qwen(TinyQwenSpec(variant=cls.variant, seed=seed, **pixels, **sizes))
 
     def load_processor(self, source: str, trust_remote_code: bool = False):
         return ImageTextProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)

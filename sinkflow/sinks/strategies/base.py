@@ -35,6 +35,7 @@ class SinkStrategy(nn.Module):
     name: ClassVar[str]
     needs_sinks: ClassVar[bool] = True
     training_free: ClassVar[bool] = True  # False: the strategy has parts that must be trained first
+    decides: ClassVar[bool] = False  # True: it asks the model about each image before routing (`ask`)
 
     def __init_subclass__(cls, name: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
