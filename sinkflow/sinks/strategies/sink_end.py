@@ -1,5 +1,5 @@
-"""`sink_end`: the other patches in raster order, then the sinks last in the visual block
-(docs/paper.md#training-free-routing)."""
+"""`sink_end`: the mirror image of `sink_front` (docs/paper.md#training-free-routing), which tells the effect of
+where the sinks sit from the effect of their being there."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`sink_front`: sinks first in the visual block, then the other patches in raster order
-(docs/paper.md#training-free-routing)."""
+"""`sink_front`: the paper's training-free routing (docs/paper.md#training-free-routing), which puts the tokens
+carrying global semantics where the LLM's early attention looks first."""
 
 from __future__ import annotations
 

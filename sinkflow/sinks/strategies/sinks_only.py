@@ -1,5 +1,5 @@
-"""`sinks_only`: only the sinks reach the LLM (an image without sinks sends no visual token)
-(docs/paper.md#training-free-routing)."""
+"""`sinks_only`: how much of an answer the few sink tokens carry on their own (an ablation of
+docs/paper.md#training-free-routing; `random_control` with `action: keep` is its control)."""
 
 from __future__ import annotations
 
