@@ -33,11 +33,11 @@ from sinkflow.analysis.propagation import query_inputs
 from sinkflow.data.benchmarks.open_qa import load_open_qa
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.datamodule import eval_sample
-from sinkflow.data.shapes import generate_shapes
 from sinkflow.data.templates import VicunaV1
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
+from sinkflow.shapes import generate_shapes
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy

@@ -18,11 +18,11 @@ from common import device_label, timed
 from sinkflow.data.benchmarks.pope import load_pope
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.datamodule import eval_sample
-from sinkflow.data.shapes import generate_shapes
 from sinkflow.data.templates import VicunaV1
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
+from sinkflow.shapes import generate_shapes
 from sinkflow.sinks.strategies.none import NoneStrategy
 
 

@@ -30,12 +30,13 @@ from common import device_label, timed
 from sinkflow.config import compose_config
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.instruct import load_instruct
-from sinkflow.data.shapes import generate_shapes
+from sinkflow.shapes import generate_shapes
 from sinkflow.models.families.base import FAMILIES
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.base import STRATEGIES
+
 
 
 def timed_forward(module: SinkflowModule, batch: dict, device: torch.device) -> float:

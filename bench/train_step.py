@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader
 from common import device_label, synchronize
 
 from sinkflow.data.collate import Collator, batch_to
-from sinkflow.data.shapes import generate_shapes
 from sinkflow.data.instruct import load_instruct
 from sinkflow.data.templates import VicunaV1
 from sinkflow.divergence import DivergenceGuard
@@ -30,6 +29,7 @@ from sinkflow.models.build import LoraSpec, prepare_for_training
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import OptimSpec, SinkflowModule
+from sinkflow.shapes import generate_shapes
 from sinkflow.sinks.strategies.none import NoneStrategy
 
 

@@ -44,9 +44,17 @@ def tiny_checkpoint(hermetic_env) -> str:
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory) -> Path:
     """A small shapes dataset (64 training images, 12 evaluation images)."""
-    from sinkflow.data.shapes import generate_shapes
+    from sinkflow.shapes import generate_shapes
 
     return generate_shapes(tmp_path_factory.mktemp("shapes"), seed=0, n_train=64, n_eval=12)
+
+
+@pytest.fixture(scope="session")
+def routing_prompts() -> dict:
+    """cot_route's configured routing prompts (`image_prompt`, `question_prompt`), read from conf/routing/cot.yaml."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "routing" / "cot.yaml"))
 
 
 @pytest.fixture()

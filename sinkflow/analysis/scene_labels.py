@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sinkflow.data.shapes import BACKGROUNDS, MAX_OBJECTS, SHAPE_COLORS, SHAPES
+from sinkflow.shapes import BACKGROUNDS, MAX_OBJECTS, SHAPE_COLORS, SHAPES
 
 
 @dataclass(frozen=True)

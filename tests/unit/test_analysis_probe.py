@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 
 from sinkflow.analysis import probe, scene_labels
 from sinkflow.analysis.context import AnalysisContext
-from sinkflow.data.shapes import generate_shapes
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
+from sinkflow.shapes import generate_shapes
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy

@@ -5,6 +5,7 @@ check through Hydra instantiation of the real configs are in test_configs.py.
 """
 
 import re
+from functools import partial
 
 import pytest
 import torch
@@ -21,6 +22,8 @@ from sinkflow.sinks.strategies.random_control import RandomControl
 from sinkflow.sinks.strategies.reweight import Reweight
 
 NORMS = torch.tensor([[1.0, 2.0, 300.0]])
+# cot_route's prompts have no default (conf/routing/ configures them); any valid pair builds it.
+cot_route = partial(CotRoute, "Symbolic or real-world?", "Global or local: {question}")
 
 
 def data(**options) -> LVLMDataModule:
@@ -33,8 +36,8 @@ CASES = [
     (SimulatedSinks, {"k": 1.5}, "`model.simulated_sinks.k` must be an integer >= 1, got 1.5"),
     (SimulatedSinks, {"norm": 0.0}, "`model.simulated_sinks.norm` must be a number > 0, got 0.0"),
     (SimulatedSinks, {"norm": float("inf")}, "`model.simulated_sinks.norm` must be a number > 0, got inf"),
-    (CotRoute, {"max_new_tokens": 0}, "`sink_strategy.strategy.max_new_tokens` must be an integer >= 1, got 0"),
-    (CotRoute, {"max_new_tokens": "8"}, "`sink_strategy.strategy.max_new_tokens` must be an integer >= 1, got '8'"),
+    (cot_route, {"max_new_tokens": 0}, "`sink_strategy.strategy.max_new_tokens` must be an integer >= 1, got 0"),
+    (cot_route, {"max_new_tokens": "8"}, "`sink_strategy.strategy.max_new_tokens` must be an integer >= 1, got '8'"),
     (RandomControl, {"seed": -1}, "`sink_strategy.strategy.seed` must be an integer >= 0, got -1"),
     (RandomControl, {"seed": 0.5}, "`sink_strategy.strategy.seed` must be an integer >= 0, got 0.5"),
     (Reweight, {"hidden": 0}, "`sink_strategy.strategy.hidden` must be an integer >= 1, got 0"),
@@ -68,7 +71,7 @@ def test_a_bad_number_names_its_config_key(build, kwargs, message):
 
 def test_the_boundaries_themselves_are_accepted():
     assert SimulatedSinks(k=1, norm=1e-3).k == 1
-    assert CotRoute(max_new_tokens=1).max_new_tokens == 1
+    assert cot_route(max_new_tokens=1).max_new_tokens == 1
     assert RandomControl(seed=0).seed == 0
     assert LoraSpec(r=1, alpha=0.5, dropout=0.0).alpha == 0.5
     assert summarise(NORMS, min_ratio=1.5)["adaptive_drop"]["min_ratio"] == 1.5

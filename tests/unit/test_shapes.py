@@ -13,25 +13,33 @@ from sinkflow.data.benchmarks.mmstar import LETTER_ANSWER, load_mmstar
 from sinkflow.data.benchmarks.open_qa import load_open_qa
 from sinkflow.data.benchmarks.pope import load_pope
 from sinkflow.data.instruct import load_instruct
-from sinkflow.data.shapes import (
+from sinkflow.shapes import (
     BACKGROUNDS,
     GLOBAL_KINDS,
     LOCAL_KINDS,
     SHAPE_COLORS,
     SHAPES,
-    TRAIN_STYLES,
+    annotate_scope,
+    build_shapes,
     generate_shapes,
-    question_kind,
     question_scope,
     scope_of,
 )
+from sinkflow.shapes.questions import TRAIN_STYLES
 
 SMALL = {"n_train": 24, "n_eval": 16, "image_size": 64}
+ROUTING = {"image_prompt": "Symbolic or real-world?", "question_prompt": "Global or local: {question}"}
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     return generate_shapes(tmp_path_factory.mktemp("shapes"), seed=3, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """The questions behind `root`, as the builders made them (with their kinds)."""
+    return build_shapes(seed=3, turns_per_image=2, **SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +86,10 @@ def test_invalid_parameters_are_named(tmp_path):
         generate_shapes(tmp_path, turns_per_image=5)
     with pytest.raises(ValueError, match="image_size"):
         generate_shapes(tmp_path, image_size=8)
+    with pytest.raises(ValueError, match="routing_questions needs `dataset.prepare.image_prompt`"):
+        generate_shapes(tmp_path, routing_questions=True)
+    with pytest.raises(ValueError, match=r"with '\{question\}'"):
+        generate_shapes(tmp_path, routing_questions=True, image_prompt="Symbolic?", question_prompt="Global?")
 
 
 def test_manifest_counts_match_the_files(root):
@@ -91,6 +103,47 @@ def test_manifest_counts_match_the_files(root):
         assert len((root / "mme" / f"{subtask}.txt").read_text().splitlines()) == n
     assert len((root / "mmstar" / "mmstar.jsonl").read_text().splitlines()) == counts["mmstar"]
     assert manifest["scopes"] == {**dict.fromkeys(GLOBAL_KINDS, "global"), **dict.fromkeys(LOCAL_KINDS, "local")}
+
+
+def test_routing_records_are_deterministic_and_answer_with_the_first_questions_scope(tmp_path, root, data):
+    """The routing records come after the unchanged training records, in the configured words; nothing else moves,
+    and the prompts join the manifest's parameters (an edited prompt regenerates the data)."""
+    a = _files(generate_shapes(tmp_path / "a", seed=3, routing_questions=True, **ROUTING, **SMALL))
+    b = _files(generate_shapes(tmp_path / "b", seed=3, routing_questions=True, **ROUTING, **SMALL))
+    assert a == b
+    plain = _files(root)
+    assert {k: v for k, v in a.items() if k not in ("train.json", "manifest.json")} == {
+        k: v for k, v in plain.items() if k not in ("train.json", "manifest.json")}
+    records, n = json.loads(a["train.json"]), SMALL["n_train"]
+    assert records[:n] == json.loads(plain["train.json"])
+    for i, (record, routing, questions) in enumerate(zip(records[:n], records[n:], data.train, strict=True)):
+        first = questions[0]
+        prompt, answer = ((ROUTING["image_prompt"], "symbolic") if i % 2 else
+                          (ROUTING["question_prompt"].replace("{question}", first.text), first.scope))
+        assert routing == {"id": f"{record['id']}_routing", "image": record["image"], "conversations": [
+            {"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": answer}]}
+    params = json.loads(a["manifest.json"])["params"]
+    assert params == {**json.loads(plain["manifest.json"])["params"], "routing_questions": True, **ROUTING}
+
+
+def test_every_question_carries_its_kind_and_a_scope_the_manifest_and_the_loaded_items_agree_with(root, data):
+    """Kinds and scopes come from the builders: the manifest's table, and each loaded item's `scope` (from its
+    benchmark and category, as not every file format can hold a kind), agree with the question behind each line."""
+    scopes = json.loads((root / "manifest.json").read_text())["scopes"]
+    train = [q for questions in data.train for q in questions]
+    evaluation = [*(a for asked in data.pope.values() for a in asked),
+                  *(a for asked in data.mme.values() for a in asked), *data.mmstar, *data.open]
+    assert {q.kind for q in train} == {a.question.kind for a in evaluation} == set(scopes)
+    assert all(q.scope == scopes[q.kind] for q in train + [a.question for a in evaluation])
+    images = root / "eval_images"
+    items = (load_pope(root / "pope", images) + load_mme(root / "mme", images)
+             + load_mmstar(root / "mmstar" / "mmstar.jsonl", images)
+             + load_open_qa(root / "open" / "open.jsonl", images))
+    assert len(items) == len(evaluation)
+    for item, asked in zip(items, evaluation):
+        assert (item["image"], item["question"].removesuffix(YES_NO_SUFFIX)) == (f"eval_{asked.image:05d}.png",
+                                                                                 asked.question.text)
+        assert annotate_scope(item) == {"scope": asked.question.scope}
 
 
 def test_images_match_their_scene_description(root, scenes):
@@ -127,12 +180,12 @@ def _named(scene: dict, color: str, shape: str) -> dict:
     return obj
 
 
-def _expected_answer(prompt: str, scene: dict) -> str:
+def _expected_answer(prompt: str, kind: str, scene: dict) -> str:
     """Re-derive a training answer from the scene description."""
     objects, present = scene["objects"], _objects(scene)
     colors = Counter(o["color"] for o in objects)
     dominant = next((c for c, n in colors.items() if 2 * n > len(objects)), None)
-    kind, style = question_kind(prompt), _style(prompt)
+    style = _style(prompt)
     question = prompt.split("\n")[0]
     if style == "choice":
         parsed = re.fullmatch(r"A: (.+), B: (.+), C: (.+), D: (.+)", prompt.split("\n")[1].removeprefix("Options: "))
@@ -164,27 +217,28 @@ def _expected_answer(prompt: str, scene: dict) -> str:
     return "Yes" if truth else "No"
 
 
-def test_training_records_are_llava_format_with_correct_answers(root, scenes):
+def test_training_records_are_llava_format_with_correct_answers(root, scenes, data):
     records = load_instruct(root / "train.json", root)
     assert len(records) == SMALL["n_train"]
     styles, yes_no, letters = Counter(), Counter(), Counter()
-    for record in records:
+    for record, built in zip(records, data.train, strict=True):
         turns = record["conversations"]
         assert [t["from"] for t in turns] == ["human", "gpt"] * 2
         assert turns[0]["value"].startswith("<image>\n")
         assert all("<image>" not in t["value"] for t in turns[1:])
         scene = scenes[str(Path(record["image"]).relative_to(root.resolve()))]
         scopes = set()
-        for question, answer in zip(turns[0::2], turns[1::2]):
+        for question, answer, made in zip(turns[0::2], turns[1::2], built, strict=True):
             prompt = question["value"].removeprefix("<image>\n")
-            assert answer["value"] == _expected_answer(prompt, scene), prompt
+            assert (prompt, answer["value"]) == (made.text, made.answer)
+            assert answer["value"] == _expected_answer(prompt, made.kind, scene), prompt
             style = _style(prompt)
             styles[style] += 1
             if style == "verify":
                 yes_no[answer["value"]] += 1
             if style == "choice":
                 letters[answer["value"]] += 1
-            scopes.add(question_scope(question_kind(question["value"])))
+            scopes.add(made.scope)
         assert scopes == {"global", "local"}
     assert set(styles) == set(TRAIN_STYLES)
     assert set(yes_no) == {"Yes", "No"} and abs(yes_no["Yes"] / sum(yes_no.values()) - 0.5) <= 0.1
@@ -206,10 +260,11 @@ def test_training_prompts_are_the_evaluation_prompts_of_the_same_questions(root)
 
 def test_more_turns_per_image_are_distinct_questions(tmp_path):
     generate_shapes(tmp_path, seed=5, n_train=64, n_eval=2, turns_per_image=4)
-    for record in json.loads((tmp_path / "train.json").read_text()):
-        prompts = [t["value"] for t in record["conversations"][0::2]]
-        assert len(set(prompts)) == 4
-        assert [question_scope(question_kind(p)) for p in prompts] in (["global", "local"] * 2, ["local", "global"] * 2)
+    built = build_shapes(seed=5, n_train=64, n_eval=2, image_size=64, turns_per_image=4).train
+    for record, questions in zip(json.loads((tmp_path / "train.json").read_text()), built, strict=True):
+        prompts = [t["value"].removeprefix("<image>\n") for t in record["conversations"][0::2]]
+        assert len(set(prompts)) == 4 and prompts == [q.text for q in questions]
+        assert [q.scope for q in questions] in (["global", "local"] * 2, ["local", "global"] * 2)
 
 
 def test_pope_files_are_official_format_balanced_and_correct(root, scenes):
@@ -241,7 +296,7 @@ def test_pope_popular_negatives_are_the_most_frequent_absent_objects(root, scene
         assert min(frequency[o] for o in chosen) >= max(frequency[o] for o in others)
 
 
-def test_mme_files_have_yes_then_no_per_image_and_correct_answers(root, scenes):
+def test_mme_files_have_yes_then_no_per_image_and_correct_answers(root, scenes, data):
     for subtask in ("existence", "count", "position", "color"):
         rows = [line.split("\t") for line in (root / "mme" / f"{subtask}.txt").read_text().splitlines()]
         assert rows and all(len(r) == 3 for r in rows)
@@ -258,16 +313,16 @@ def test_mme_files_have_yes_then_no_per_image_and_correct_answers(root, scenes):
                 assert (int(re.search(r"\d", text).group()) == len(scene["objects"])) == (answer == "Yes")
             elif subtask == "color" and text.startswith("Is the background"):
                 assert (text.split()[-1].rstrip("?") == scene["background"]) == (answer == "Yes")
-        assert scope_of("mme", subtask) == question_scope(question_kind(rows[0][1]))
+        assert {asked.question.scope for asked in data.mme[subtask]} == {scope_of("mme", subtask)}
     items = load_mme(root / "mme", root / "eval_images", check_images=True)
     assert {i["category"] for i in items} == {"existence", "count", "position", "color"}
 
 
-def test_mmstar_lines_have_four_options_and_a_correct_letter(root, scenes):
+def test_mmstar_lines_have_four_options_and_a_correct_letter(root, scenes, data):
     rows = [json.loads(line) for line in (root / "mmstar" / "mmstar.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(len(rows)))
     letters = Counter()
-    for r in rows:
+    for r, asked in zip(rows, data.mmstar, strict=True):
         question, options = r["question"].split("\nOptions: ")
         parsed = re.fullmatch(r"A: (.+), B: (.+), C: (.+), D: (.+)", options)
         assert parsed and r["answer"] in "ABCD"
@@ -281,7 +336,8 @@ def test_mmstar_lines_have_four_options_and_a_correct_letter(root, scenes):
         elif r["l2_category"] == "recognition":
             assert tuple(correct.split()) in _objects(scene)
             assert sum(tuple(o.split()) in _objects(scene) for o in parsed.groups()) == 1
-        assert scope_of("mmstar", r["category"], r["l2_category"]) == question_scope(question_kind(r["question"]))
+        assert r["question"] == asked.question.text
+        assert scope_of("mmstar", r["category"], r["l2_category"]) == asked.question.scope
     assert set(letters) == set("ABCD")
     assert len(load_mmstar(root / "mmstar" / "mmstar.jsonl", root / "eval_images", check_images=True)) == len(rows)
 
@@ -293,18 +349,16 @@ def test_scope_mapping_rejects_unknown_inputs():
         scope_of("mme", "scene")
     with pytest.raises(ValueError, match="'shape_size'"):
         question_scope("shape_size")
-    with pytest.raises(ValueError, match="not a shapes question"):
-        question_kind("Is this a cat?")
 
 
-def test_open_lines_answer_from_the_scene(root, scenes):
+def test_open_lines_answer_from_the_scene(root, scenes, data):
     rows = [json.loads(line) for line in (root / "open" / "open.jsonl").read_text().splitlines()]
     assert [r["question_id"] for r in rows] == list(range(len(rows)))
     assert json.loads((root / "manifest.json").read_text())["counts"]["open"] == len(rows)
     assert {r["category"] for r in rows} == {"background", "dominant_color", "count", "position"}
-    for r in rows:
+    for r, asked in zip(rows, data.open, strict=True):
         scene = _eval_scene(scenes, r["image"])
-        assert question_kind(r["question"]) == r["category"]
+        assert (r["question"], asked.question.kind) == (asked.question.text, r["category"])
         assert scope_of("open", r["category"]) == question_scope(r["category"])
         if r["category"] == "background":
             assert r["answer"] == scene["background"]

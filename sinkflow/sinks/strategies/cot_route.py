@@ -1,6 +1,7 @@
 """`cot_route` (DIYSink CoT routing, docs/paper.md#cot-routing): before answering, the model itself is asked two
 short questions about each image (is it symbolic/simple or real-world/complex; does the question need global or
-local understanding) and the answers pick the visual input of the Dual-MLP:
+local understanding; their text is configured in conf/routing/, which the shapes training data reads too) and the
+answers pick the visual input of the Dual-MLP:
 
     symbolic + global -> sinks only;  real-world + local -> non-sinks only;  anything else -> both.
 
@@ -21,12 +22,6 @@ import time
 from sinkflow.checks import number
 from sinkflow.pathway import Routed
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
-
-# docs/paper.md#cot-routing (P1, P2): the paper's exact prompts are not public.
-IMAGE_PROMPT = ("Is this image a simple/symbolic diagram (e.g., geometry, chart, synthetic) or a complex real-world "
-                "photo? Answer 'symbolic' or 'real-world'.")
-QUESTION_PROMPT = ("Does answering the question '{question}' require holistic understanding/reasoning about the whole "
-                   "image, or local detail (counting, reading text, locating objects)? Answer 'global' or 'local'.")
 
 # label -> keywords (whole words, case-insensitive).
 IMAGE_KEYWORDS = {
@@ -63,8 +58,8 @@ def decide(image_answer: str, question_answer: str) -> dict:
 class CotRoute(DualMLP, name="cot_route"):
     """The model's own answers route each image to sinks only, non-sinks only, or both."""
 
-    def __init__(self, image_prompt: str = IMAGE_PROMPT, question_prompt: str = QUESTION_PROMPT,
-                 max_new_tokens: int = 8, projectors: str | None = None, init: str = "copy", order: str = "raster",
+    def __init__(self, image_prompt: str, question_prompt: str, max_new_tokens: int = 8,
+                 projectors: str | None = None, init: str = "copy", order: str = "raster",
                  position_ids: str = "contiguous", train_projectors: bool = False):
         super().__init__(init, order, position_ids, sink_projector_from=projectors, other_projector_from=projectors)
         self.trains_projectors = train_projectors
