@@ -46,7 +46,7 @@ EVAL_KINDS: dict[tuple[str, str], tuple[str, ...]] = {
 # Training prompt styles, one per evaluation format: open short answer, MME/POPE yes/no verification, MMStar
 # multiple choice. Existence has no open style: its open question is already the POPE verification question.
 TRAIN_STYLES = ("open", "verify", "choice")
-STYLE_KINDS = {"open": OPEN_KINDS, "verify": GLOBAL_KINDS + LOCAL_KINDS, "choice": tuple(MMSTAR_CATEGORIES)}
+_STYLE_KINDS = {"open": OPEN_KINDS, "verify": GLOBAL_KINDS + LOCAL_KINDS, "choice": tuple(MMSTAR_CATEGORIES)}
 
 
 def question_scope(kind: str) -> Scope:
@@ -132,7 +132,7 @@ def pope_questions(category: str, scenes: list[Scene], rng: random.Random) -> li
     return asked
 
 
-def yes_no_pair(kind: str, scene: Scene, rng: random.Random) -> tuple[Question, Question] | None:
+def _yes_no_pair(kind: str, scene: Scene, rng: random.Random) -> tuple[Question, Question] | None:
     """A (Yes question, No question) pair in the MME/POPE style, or None when the scene cannot support the kind."""
     if kind == "existence":
         o = rng.choice(scene.objects)
@@ -168,13 +168,13 @@ def mme_questions(subtask: str, scenes: list[Scene], rng: random.Random) -> list
         kind = subtask
         if subtask == "color":  # the dominant colour half of the time (when there is one), else the background
             kind = "dominant_color" if scene.dominant_color and rng.random() < 0.5 else "background"
-        pair = yes_no_pair(kind, scene, rng)
+        pair = _yes_no_pair(kind, scene, rng)
         if pair:
             asked += [Asked(i, question) for question in pair]
     return asked
 
 
-def choice_question(kind: str, scene: Scene, rng: random.Random) -> Question | None:
+def _choice_question(kind: str, scene: Scene, rng: random.Random) -> Question | None:
     """An MMStar question, its four options inline as in Lin-Chen/MMStar and the correct letter as answer; None
     when the scene cannot support the kind."""
     if kind == "background":
@@ -202,10 +202,10 @@ def choice_question(kind: str, scene: Scene, rng: random.Random) -> Question | N
 def mmstar_questions(scenes: list[Scene], rng: random.Random) -> list[Asked]:
     """MMStar questions: one per image and kind the image supports."""
     return [Asked(i, question) for i, scene in enumerate(scenes) for kind in MMSTAR_CATEGORIES
-            if (question := choice_question(kind, scene, rng)) is not None]
+            if (question := _choice_question(kind, scene, rng)) is not None]
 
 
-def open_question(kind: str, scene: Scene, rng: random.Random) -> Question | None:
+def _open_question(kind: str, scene: Scene, rng: random.Random) -> Question | None:
     """A question with a word or digit answer, or None when the scene cannot support the kind."""
     if kind == "background":
         return Question(kind, "What is the background color?", scene.background)
@@ -224,7 +224,7 @@ def open_question(kind: str, scene: Scene, rng: random.Random) -> Question | Non
 def open_questions(scenes: list[Scene], rng: random.Random) -> list[Asked]:
     """Open short-answer questions (the training `open` style): one per image and kind the image supports."""
     return [Asked(i, question) for i, scene in enumerate(scenes) for kind in OPEN_KINDS
-            if (question := open_question(kind, scene, rng)) is not None]
+            if (question := _open_question(kind, scene, rng)) is not None]
 
 
 def balanced_yes(rng: random.Random) -> Iterator[bool]:
@@ -240,15 +240,15 @@ def _train_turn(style: str, kind: str, scene: Scene, rng: random.Random, yes: It
     """One training turn, its text the prompt the loaders' prompt builders make of the same question at
     evaluation; None when the scene cannot support the kind."""
     if style == "open":
-        made = open_question(kind, scene, rng)
+        made = _open_question(kind, scene, rng)
         return made and Question(made.kind, short_answer_prompt(made.text), made.answer)
     if style == "verify":
-        pair = yes_no_pair(kind, scene, rng)
+        pair = _yes_no_pair(kind, scene, rng)
         if pair is None:
             return None
         made = pair[0] if next(yes) else pair[1]
         return Question(made.kind, short_answer_prompt(made.text), made.answer)
-    made = choice_question(kind, scene, rng)
+    made = _choice_question(kind, scene, rng)
     return made and Question(made.kind, letter_prompt(made.text), made.answer)
 
 
@@ -261,7 +261,7 @@ def train_questions(scene: Scene, rng: random.Random, turns: int, yes: Iterator[
         # Random style, then random kind, skipping what the scene cannot ask. Every scene supports at least two
         # unused (style, kind) pairs per scope (background and count; existence), enough for turns_per_image <= 4.
         options = [(style, kind) for style in rng.sample(TRAIN_STYLES, len(TRAIN_STYLES))
-                   for kind in rng.sample(STYLE_KINDS[style], len(STYLE_KINDS[style]))
+                   for kind in rng.sample(_STYLE_KINDS[style], len(_STYLE_KINDS[style]))
                    if question_scope(kind) == scope and (style, kind) not in used]
         for style, kind in options:
             made = _train_turn(style, kind, scene, rng, yes)
