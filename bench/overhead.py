@@ -38,7 +38,6 @@ from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.base import STRATEGIES
 
 
-
 def timed_forward(module: SinkflowModule, batch: dict, device: torch.device) -> float:
     with torch.no_grad():
         return timed(lambda: module(batch), device)[1]

@@ -124,7 +124,7 @@ def test_decisions_are_recorded_per_prediction_and_training_sees_both_blocks(sha
 def test_projectors_stay_frozen_unless_asked_and_bad_prompts_are_named(routing_prompts):
     assert not any(p.requires_grad for p in wrap(CotRoute(**routing_prompts)).strategy.parameters())
     assert all(p.requires_grad for p in wrap(CotRoute(**routing_prompts, train_projectors=True)).strategy.parameters())
-    with pytest.raises(ValueError, match=r"question_prompt must contain '\{question\}'"):
+    with pytest.raises(ValueError, match=r"question_prompt` must contain '\{question\}'"):
         CotRoute(routing_prompts["image_prompt"], question_prompt="Global or local?")
 
 

@@ -19,9 +19,12 @@ from __future__ import annotations
 import re
 import time
 
+import torch
+
 from sinkflow.checks import number
-from sinkflow.pathway import Routed
-from sinkflow.sinks.strategies.dual_mlp import DualMLP
+from sinkflow.pathway import Ask, PositionIds, Project, Routed, VisualFeatures
+from sinkflow.sinks.strategies.base import SinkOrder
+from sinkflow.sinks.strategies.dual_mlp import DualMLP, Init
 
 # label -> keywords (whole words, case-insensitive).
 IMAGE_KEYWORDS = {
@@ -58,18 +61,21 @@ def decide(image_answer: str, question_answer: str) -> dict:
 class CotRoute(DualMLP, name="cot_route"):
     """The model's own answers route each image to sinks only, non-sinks only, or both."""
 
+    decides = True
+
     def __init__(self, image_prompt: str, question_prompt: str, max_new_tokens: int = 8,
-                 projectors: str | None = None, init: str = "copy", order: str = "raster",
-                 position_ids: str = "contiguous", train_projectors: bool = False):
+                 projectors: str | None = None, init: Init = "copy", order: SinkOrder = "raster",
+                 position_ids: PositionIds = "contiguous", train_projectors: bool = False):
         super().__init__(init, order, position_ids, sink_projector_from=projectors, other_projector_from=projectors)
         self.trains_projectors = train_projectors
         if "{question}" not in question_prompt:
-            raise ValueError("sink_strategy.strategy.question_prompt must contain '{question}' (the user's question), "
-                             f"got {question_prompt!r}")
+            raise ValueError("`sink_strategy.strategy.question_prompt` must contain '{question}' (the user's "
+                             f"question), got {question_prompt!r}")
         number("sink_strategy.strategy.max_new_tokens", max_new_tokens, integer=True, at_least=1)
         self.image_prompt, self.question_prompt, self.max_new_tokens = image_prompt, question_prompt, max_new_tokens
 
-    def forward(self, visual, sink_mask, project, ask=None) -> Routed:
+    def forward(self, visual: VisualFeatures, sink_mask: torch.Tensor | None, project: Project,
+                ask: Ask | None = None) -> Routed:
         both = super().forward(visual, sink_mask, project)
         if self.training:  # routing is an inference-time choice: training sees the full Dual-MLP input
             return both
