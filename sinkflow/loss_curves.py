@@ -6,6 +6,8 @@ from pathlib import Path
 
 import lightning as L
 
+from sinkflow.plotting import pyplot
+
 
 class LossCurves(L.Callback):
     """Collects `train/loss` per step and `val/loss` per validation, and plots both when fit ends (rank 0)."""
@@ -30,11 +32,7 @@ class LossCurves(L.Callback):
 
 def plot_losses(train: list[tuple[int, float]], val: list[tuple[int, float]], path: Path) -> None:
     """Train loss (raw and smoothed) and validation loss against the optimizer step, log-scale y."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     steps, losses = zip(*train)
     window = max(1, len(losses) // 50)
     smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,23 +10,17 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
-from rich.console import Console
-from rich.progress import track
 from transformers import AutoConfig
 
-from sinkflow.analysis.calibration_plots import plot_norm_histogram, plot_sorted_norms
-from sinkflow.analysis.tasks import ANALYSES, PREFLIGHTS, analysis_context
+from sinkflow.analysis.context import analysis_context
+from sinkflow.analysis.task import ANALYSES
 from sinkflow.config import validate
-from sinkflow.data.collate import load_image
 from sinkflow.divergence import DivergenceGuard
 from sinkflow.eval.callback import PredictionsCallback
 from sinkflow.eval.score import print_table
 from sinkflow.models.build import resolve_checkpoint
 from sinkflow.models.checkpoint import read_checkpoint, read_trained
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.calibrate import summarise
-from sinkflow.sinks.detectors.base import token_norms
-from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.strategies.base import strategy_name
 
 log = logging.getLogger(__name__)
@@ -121,71 +114,23 @@ def fit_and_test(cfg: DictConfig, module: SinkflowModule, *, fit: bool, test: bo
 
 
 def analyze(cfg: DictConfig) -> dict:
-    """`analyze.py task=<name>`: run one analysis task and return its summary."""
-    tasks = {"calibrate": calibrate, **dict.fromkeys(ANALYSES, run_analysis)}
-    if cfg.task not in tasks:
-        raise ValueError(f"unknown analysis task={cfg.task!r}; available: {sorted(tasks)}")
-    return tasks[cfg.task](cfg)
-
-
-def run_analysis(cfg: DictConfig) -> dict:
-    """A `sinkflow.analysis` task (propagation, massive_dims, ...) on the pretrained model, without gradients."""
+    """`analyze.py task=<name>`: run one registered analysis (`sinkflow.analysis`) on the pretrained model, without
+    gradients, and return its summary. The task's preflight checks its settings before anything loads."""
+    analysis = ANALYSES[cfg.task]  # an unknown task: an error naming the registered ones
     validate(cfg, groups=("model", "sink_strategy", "dataset"))
-    if cfg.task in PREFLIGHTS:
-        PREFLIGHTS[cfg.task](cfg[cfg.task], llm_depth(cfg.model))
+    if analysis.preflight is not None:
+        analysis.preflight(cfg[cfg.task], llm_depth(cfg.model))
     L.seed_everything(cfg.seed, workers=True)
     module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=False).eval()
     ctx = analysis_context(cfg, module, build_datamodule(cfg, module, None), build_loggers(cfg))
     with torch.no_grad():
-        return ANALYSES[cfg.task](ctx)
+        return analysis.run(ctx)
 
 
 def llm_depth(model_cfg: DictConfig) -> int:
     """The number of layers of the model's LLM, read from its config alone (no weights load)."""
     config = AutoConfig.from_pretrained(resolve_checkpoint(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
     return config.get_text_config().num_hidden_layers
-
-
-def calibrate(cfg: DictConfig) -> dict:
-    """Token norms of the model's ViT over a dataset's images -> histogram, sorted-norm curves, suggested tau."""
-    validate(cfg, groups=("model", "sink_strategy", "dataset"))
-    settings = cfg.calibrate
-    module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=False).eval()
-    datamodule = build_datamodule(cfg, module, None)
-    datamodule.prepare_data()
-    datamodule.setup("fit" if settings.split == "train" else "test")
-    samples = datamodule.train_set if settings.split == "train" else datamodule.test_set
-    paths = list(dict.fromkeys(s["image"] for s in samples if s.get("image")))[: settings.max_images]
-    if not paths:
-        raise ValueError(f"dataset has no images in its {settings.split!r} split to calibrate on")
-    rows, lengths, planted = [], [], []
-    chunks = [paths[i:i + settings.batch_size] for i in range(0, len(paths), settings.batch_size)]
-    with torch.no_grad():
-        for chunk in track(chunks, description=f"ViT norms of {len(paths)} images"):
-            inputs = module.processor.image_processor([load_image(p) for p in chunk], return_tensors="pt")
-            visual = module.visual({k: v.to(module.device) for k, v in inputs.items()})
-            norms = token_norms(visual.features).cpu()
-            for i, n in enumerate(visual.lengths):
-                rows.append(norms[i, :n])
-                lengths.append(n)
-                if visual.planted is not None:
-                    planted.append(visual.planted[i, :n].cpu())
-    norms_all = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-    detector = module.detector
-    summary = summarise(norms_all, lengths=lengths, configured=detector, min_ratio=settings.min_ratio,
-                        planted=torch.nn.utils.rnn.pad_sequence(planted, batch_first=True) if planted else None)
-    summary = {"model": module.source, "split": settings.split, **summary}
-    output = Path(cfg.paths.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "calibration.json").write_text(json.dumps(summary, indent=2))
-    lines = {"suggested tau": summary["suggested_tau"],
-             "configured tau": detector.tau if isinstance(detector, NormThreshold) else None}
-    title = f"{Path(module.source).name}: {len(paths)} images"
-    plot_norm_histogram(torch.cat(rows), output / "norm_histogram.png", lines, title)
-    plot_sorted_norms(rows, output / "sorted_norms.png", lines, title)
-    Console().print_json(json.dumps(summary))
-    log.info("calibration written to %s (calibration.json, norm_histogram.png, sorted_norms.png)", output)
-    return summary
 
 
 def save_final_last(trainer: L.Trainer) -> None:

@@ -1,1 +1,1 @@
-"""Analyses that produce figures: calibration plots, and later propagation, massive dims, relevance maps."""
+"""The `analyze.py` tasks, one module each (registered in `sinkflow.analysis.task.ANALYSES`), and their helpers."""

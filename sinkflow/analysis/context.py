@@ -1,8 +1,9 @@
-"""What every `analyze.py` task gets: the model, batches over the dataset, its settings, and where to write.
+"""What every `analyze.py` task gets, and how `analyze.py` builds it from the config and the dataset.
 
-A task is a function `run(ctx: AnalysisContext) -> dict` (registered in `sinkflow.analysis.tasks`); it reads
-`ctx.batches()`, computes its statistics, and hands its summary and figures to `ctx.write`, which saves
-`<task>.json` and `<figure>.png` into the run directory and logs them to W&B when that logger is on.
+A task (`sinkflow.analysis.task.Analysis`) reads batches from its context (`ctx.batches()`: the evaluation
+prompts; `ctx.images(...)`: the distinct images of a split), computes its statistics, and hands its summary and
+figures to `ctx.write`, which saves `<task>.json` and `<figure>.png` into the run directory and logs them to W&B
+when that logger is on. Nothing is loaded before a task asks for it.
 """
 
 from __future__ import annotations
@@ -11,25 +12,31 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Literal
 
-import matplotlib
+import torch
+from omegaconf import DictConfig
+from rich.progress import track
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from sinkflow.checks import number
+from sinkflow.data.collate import Collator, batch_to
+from sinkflow.data.datamodule import LVLMDataModule
+from sinkflow.data.templates import IMAGE_TOKEN
+from sinkflow.pathway import VisualFeatures
+from sinkflow.module import SinkflowModule
+from sinkflow.plotting import pyplot
+from sinkflow.sinks.detectors.base import token_norms
 
-from sinkflow.pathway import VisualFeatures  # noqa: E402
-from sinkflow.module import SinkflowModule  # noqa: E402
-from sinkflow.sinks.detectors.base import token_norms  # noqa: E402
-
+plt = pyplot()
+Split = Literal["eval", "train"]  # the evaluation sets' samples, or the training samples
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class AnalysisContext:
-    """One analysis run: the model (eval mode), a batch source, the task's settings, the output directory."""
+    """One analysis run: the model (eval mode), batch sources, the task's settings, the output directory."""
 
     module: SinkflowModule  # eval mode; module.hf, module.family, module.detector, module.processor
     batches: Callable[[], Iterator[dict]]  # a fresh iterator of generation batches (left-padded), on device
@@ -37,25 +44,30 @@ class AnalysisContext:
     output_dir: Path  # exists
     loggers: list = field(default_factory=list)  # Lightning loggers built from cfg.logger (may be empty)
     task: str = "analysis"  # names the JSON file and prefixes the logged keys
+    # images(split, max_images): a fresh iterator of image-only generation batches over the split's distinct
+    # images (the first `max_images`, null: all, in dataset order), on device
+    images: Callable[[Split, int | None], Iterator[dict]] | None = None
 
-    def write(self, summary: dict, figures: dict[str, plt.Figure]) -> dict:
-        """Save `<task>.json` and `<name>.png` for each figure, log them, close the figures; return `summary`."""
+    def write(self, summary: dict, figures: dict[str, plt.Figure], summary_name: str | None = None) -> dict:
+        """Save `<summary_name>.json` (by default `<task>.json`) and `<figure>.png` for each figure, log them,
+        close the figures; return `summary`."""
+        summary_name = summary_name or self.task
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / f"{self.task}.json").write_text(json.dumps(summary, indent=2))
+        (self.output_dir / f"{summary_name}.json").write_text(json.dumps(summary, indent=2))
         paths = {}
-        for name, figure in figures.items():
-            paths[name] = self.output_dir / f"{name}.png"
-            figure.savefig(paths[name], dpi=120)
+        for figure_name, figure in figures.items():
+            paths[figure_name] = self.output_dir / f"{figure_name}.png"
+            figure.savefig(paths[figure_name], dpi=120)
             plt.close(figure)
         scalars = {f"{self.task}/{k}": v for k, v in flatten(summary).items()}
         for logger in self.loggers:
             logger.log_metrics(scalars)
             if hasattr(logger, "log_image"):  # W&B; other loggers keep the PNG files only
-                for name, path in paths.items():
-                    logger.log_image(key=f"{self.task}/{name}", images=[str(path)])
+                for figure_name, path in paths.items():
+                    logger.log_image(key=f"{self.task}/{figure_name}", images=[str(path)])
             logger.save()
         log.info("%s written to %s (%s)", self.task, self.output_dir,
-                 ", ".join([f"{self.task}.json", *(p.name for p in paths.values())]))
+                 ", ".join([f"{summary_name}.json", *(p.name for p in paths.values())]))
         return summary
 
 
@@ -143,3 +155,59 @@ def image_names(batch: dict) -> list[str]:
     if len(batch["image_keys"]) != len(batch["meta"]):
         raise ValueError("this analysis needs exactly one image per sample (dataset.without_images must be false)")
     return [str(meta.get("image", key)) for meta, key in zip(batch["meta"], batch["image_keys"])]
+
+
+def analysis_context(cfg: DictConfig, module: SinkflowModule, datamodule: LVLMDataModule,
+                     loggers: list) -> AnalysisContext:
+    """The context of `cfg.task`: `batches()` over the dataset's evaluation prompts (the first `max_samples`, the
+    task's own or the shared one; with `one_question_per_image`, only the first question about each image), and
+    `images(split, max_images)` over the distinct images of a split; both in batches of `batch_size` (the task's
+    own or the shared one). A split is loaded the first time a task reads it."""
+    settings = cfg[cfg.task]
+    datamodule.prepare_data()
+    batch_size = number(f"{cfg.task}.batch_size" if "batch_size" in settings else "batch_size",
+                        settings.get("batch_size", cfg.batch_size), integer=True, at_least=1)
+    collate = datamodule.generation_collator()
+    # Image-only prompts are held to no `max_length`: the dataset's bounds its real prompts (shapes' 512 is below
+    # LLaVA-1.5's 576 image tokens), and an image-only prompt exists only to carry the image through the collator.
+    collate_images = Collator(datamodule.processor, datamodule.template, generate=True)
+
+    def split_samples(split: Split) -> list[dict]:
+        datamodule.setup("fit" if split == "train" else "test")
+        return datamodule.train_set if split == "train" else datamodule.test_set
+
+    @cache
+    def prompts() -> list[dict]:
+        samples = split_samples("eval")
+        if cfg.one_question_per_image:
+            samples = list({s["image"]: s for s in reversed(samples)}.values())[::-1]  # first question per image
+        limit = settings.get("max_samples", cfg.max_samples)
+        return samples[:limit] if limit is not None else samples
+
+    def batches() -> Iterator[dict]:
+        samples = prompts()
+        chunks = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+        for chunk in track(chunks, description=f"{cfg.task}: {len(samples)} samples"):
+            yield batch_to(collate(chunk), module.device)
+
+    def images(split: Split, max_images: int | None) -> Iterator[dict]:
+        samples = distinct_images(split_samples(split))[:max_images]
+        chunks = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+        for chunk in track(chunks, description=f"{cfg.task}: {len(samples)} images"):
+            yield batch_to(collate_images(chunk), module.device)
+
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return AnalysisContext(module=module, batches=batches, settings=settings, output_dir=output_dir,
+                           loggers=loggers, task=cfg.task, images=images)
+
+
+def distinct_images(samples: list[dict]) -> list[dict]:
+    """One image-only sample per distinct image of `samples`, in order; each keeps the id of the first sample that
+    shows its image, so that an image the processor rejects is named with it."""
+    first_ids: dict[str, object] = {}
+    for sample in samples:
+        if sample.get("image"):
+            first_ids.setdefault(sample["image"], sample["id"])
+    return [{"id": sample_id, "image": image, "conversations": [{"from": "human", "value": IMAGE_TOKEN}]}
+            for image, sample_id in first_ids.items()]

@@ -17,16 +17,15 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from sinkflow.analysis.context import AnalysisContext, image_names, visual_tokens
+from sinkflow.analysis.scene_labels import by_file_name, check_target, read_scenes
+from sinkflow.analysis.task import ANALYSES, Analysis
+from sinkflow.plotting import pyplot
 
-from sinkflow.analysis.context import image_names, visual_tokens  # noqa: E402
-from sinkflow.analysis.scene_labels import by_file_name, check_target, read_scenes  # noqa: E402
-
+plt = pyplot()
 log = logging.getLogger(__name__)
 
 KINDS = ("sink", "nonsink")
@@ -84,8 +83,8 @@ def rank1_rate(hits: list[torch.Tensor]) -> float:
     return float(flat.double().mean()) if flat.numel() else float("nan")
 
 
-def run(ctx) -> dict:
-    """`analyze.py task=decode`: top-k words and main-object rank of isolated sink and non-sink tokens."""
+def run(ctx: AnalysisContext) -> dict:
+    """Top-k words and main-object rank of isolated sink and non-sink tokens."""
     settings, module = ctx.settings, ctx.module
     hf, tokenizer = module.hf, module.processor.tokenizer
     if settings.top_k < 1:
@@ -178,3 +177,6 @@ def plot_decode(summary: dict) -> plt.Figure:
     fig.suptitle(f"isolated visual tokens decoded through the LM head ({summary['images']} images)")
     fig.tight_layout()
     return fig
+
+
+ANALYSES.register("decode", Analysis(run))

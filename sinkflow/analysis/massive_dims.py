@@ -14,15 +14,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.colors import LogNorm
+from omegaconf import DictConfig
 from rich.console import Console
 
 from sinkflow.analysis.capture import decoder_layers, visual_layer_inputs
 from sinkflow.analysis.context import AnalysisContext, VisualTokens, visual_tokens
+from sinkflow.analysis.task import ANALYSES, Analysis
 from sinkflow.module import SinkflowModule
+from sinkflow.plotting import pyplot
+
+plt = pyplot()
 
 
 def rms_normalise(states: torch.Tensor) -> torch.Tensor:
@@ -106,7 +110,7 @@ def top_dims(values: torch.Tensor, k: int) -> list[dict]:
     return [{"dim": int(d), "value": float(v)} for v, d in zip(best.values, best.indices)]
 
 
-def preflight(settings, n_layers: int) -> None:
+def preflight(settings: DictConfig, n_layers: int) -> None:
     """The settings checks that need only the LLM's depth, run before the model and data load."""
     MassiveCriterion(tau=settings.tau, min_layer=settings.min_layer, dims=settings.dims).check_depth(
         n_layers, "massive_dims")
@@ -181,3 +185,6 @@ def heatmap(means: torch.Tensor, k: int, counts: torch.Tensor) -> plt.Figure:
         ax.set_title(("ViT sinks" if group == 0 else "other visual tokens") + f" ({int(counts[group])})")
     fig.colorbar(image, ax=axes[0].tolist(), label="mean |h / rms(h)|")
     return fig
+
+
+ANALYSES.register("massive_dims", Analysis(run, preflight=preflight))

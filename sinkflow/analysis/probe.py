@@ -20,17 +20,17 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from rich.progress import track
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from rich.progress import track  # noqa: E402
+from sinkflow.analysis.context import AnalysisContext
+from sinkflow.analysis.scene_labels import SCENE_TARGETS, check_target, read_scenes
+from sinkflow.analysis.task import ANALYSES, Analysis
+from sinkflow.data.collate import load_image
+from sinkflow.plotting import pyplot
 
-from sinkflow.analysis.scene_labels import SCENE_TARGETS, check_target, read_scenes  # noqa: E402
-from sinkflow.data.collate import load_image  # noqa: E402
-
+plt = pyplot()
 log = logging.getLogger(__name__)
 
 TOKEN_TYPES = ("sink_mean", "nonsink_mean", "nonsink_random")
@@ -183,8 +183,8 @@ def plot_probe(table: dict[str, dict], title: str) -> plt.Figure:
     return fig
 
 
-def run(ctx) -> dict:
-    """`analyze.py task=probe`: sink vs non-sink linear probes on the images of `probe.scenes`."""
+def run(ctx: AnalysisContext) -> dict:
+    """Sink vs non-sink linear probes on the images of `probe.scenes`."""
     settings = ctx.settings
     for name in settings.targets:
         check_target(name, "probe.targets")
@@ -206,3 +206,6 @@ def run(ctx) -> dict:
     title = f"linear probes on {len(chosen) - without} images" + (" (SIMULATED sinks)"
                                                                   if summary["simulated_sinks"] else "")
     return ctx.write(summary, {"probe_accuracy": plot_probe(table, title)})
+
+
+ANALYSES.register("probe", Analysis(run))

@@ -20,19 +20,23 @@ LLaVA-1.5-7B is 0.1532 % (non-sink visual), 1.13 % (ViT sink), 1.27 % (LLM-emerg
 from __future__ import annotations
 
 import math
+from typing import Literal
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from rich.console import Console
 
 from sinkflow.analysis.capture import AttentionRows, decoder_layers, layer_range, visual_layer_inputs
 from sinkflow.analysis.context import AnalysisContext, VisualTokens, visual_tokens
 from sinkflow.analysis.massive_dims import MassiveActivations, MassiveCriterion
+from sinkflow.analysis.task import ANALYSES, Analysis
+from sinkflow.checks import choice
 from sinkflow.module import SinkflowModule
+from sinkflow.plotting import pyplot
 
-QUERIES = ("generated", "prompt")
-TYPES = ("non_sink", "vit_sink", "emerged_sink")
+plt = pyplot()
+Queries = Literal["generated", "prompt"]  # the answer's tokens, or the prompt text after the image
 
 
 def query_inputs(module: SinkflowModule, tokens: VisualTokens, queries: str,
@@ -139,10 +143,9 @@ def summarise(norms: torch.Tensor, attention: torch.Tensor, vit_sink: torch.Tens
     }
 
 
-def preflight(settings, n_layers: int) -> None:
+def preflight(settings: DictConfig, n_layers: int) -> None:
     """The settings checks that need only the LLM's depth, run before the model and data load."""
-    if settings.queries not in QUERIES:
-        raise ValueError(f"propagation.queries must be one of {QUERIES}, got {settings.queries!r}")
+    choice("propagation.queries", settings.queries, Queries)
     emerged = settings.emerged
     MassiveCriterion(tau=emerged.tau, min_layer=emerged.min_layer, dims=emerged.dims).check_depth(
         n_layers, "propagation.emerged")
@@ -152,8 +155,7 @@ def preflight(settings, n_layers: int) -> None:
 def run(ctx: AnalysisContext) -> dict:
     """Attention received by visual tokens from the LLM's queries, by ViT norm and by token type."""
     settings = ctx.settings
-    if settings.queries not in QUERIES:
-        raise ValueError(f"propagation.queries must be one of {QUERIES}, got {settings.queries!r}")
+    choice("propagation.queries", settings.queries, Queries)
     emerged = settings.emerged
     criterion = MassiveCriterion(tau=emerged.tau, min_layer=emerged.min_layer, dims=emerged.dims)
     parts: dict[str, list[torch.Tensor]] = {}
@@ -202,3 +204,6 @@ def figure(summary: dict) -> plt.Figure:
     by_type.set_title("by token type")
     fig.tight_layout()
     return fig
+
+
+ANALYSES.register("propagation", Analysis(run, preflight=preflight))

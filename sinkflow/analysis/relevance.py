@@ -21,22 +21,24 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.patches import Rectangle
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from torch import nn  # noqa: E402
+from sinkflow.analysis.capture import recording_attention
+from sinkflow.analysis.context import AnalysisContext, image_names
+from sinkflow.analysis.task import ANALYSES, Analysis
+from sinkflow.checks import choice
+from sinkflow.pathway import VisualFeatures
+from sinkflow.plotting import pyplot
+from sinkflow.sinks.detectors.base import token_norms
 
-from sinkflow.analysis.capture import recording_attention  # noqa: E402
-from sinkflow.analysis.context import image_names  # noqa: E402
-from sinkflow.pathway import VisualFeatures  # noqa: E402
-from sinkflow.sinks.detectors.base import token_norms  # noqa: E402
-
+plt = pyplot()
 log = logging.getLogger(__name__)
+Heads = Literal["mean", "all"]  # one map averaged over the heads, or one map per head
 
 def softmax_column(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
                    target: int) -> torch.Tensor:
@@ -177,14 +179,13 @@ def plot_relevance(panels: list[dict], heads: str, title: str) -> plt.Figure:
     return fig
 
 
-def run(ctx) -> dict:
-    """`analyze.py task=relevance`: ViT attention paid to sink and non-sink tokens, drawn over the images."""
+def run(ctx: AnalysisContext) -> dict:
+    """ViT attention paid to sink and non-sink tokens, drawn over the images."""
     settings, module = ctx.settings, ctx.module
     tokens = [parse_token(t) for t in settings.tokens]
     if not tokens:
         raise ValueError("relevance.tokens must name at least one token: sink, nonsink or a feature index")
-    if settings.heads not in ("mean", "all"):
-        raise ValueError(f"relevance.heads must be mean|all, got {settings.heads!r}")
+    choice("relevance.heads", settings.heads, Heads)
     layer = settings.get("layer")
     if layer is not None and not isinstance(layer, int):
         raise ValueError(f"relevance.layer must be null (the feature layer) or a block index, got {layer!r}")
@@ -234,3 +235,6 @@ def run(ctx) -> dict:
         title = f"ViT block {block}: attention paid to the {token} token (cyan)"
         figures[f"relevance_{token}"] = plot_relevance(panels[token], settings.heads, title)
     return ctx.write(summary, figures)
+
+
+ANALYSES.register("relevance", Analysis(run))

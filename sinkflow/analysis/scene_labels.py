@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sinkflow.checks import choice
 from sinkflow.shapes import BACKGROUNDS, MAX_OBJECTS, SHAPE_COLORS, SHAPES
 
 
@@ -44,9 +45,7 @@ SCENE_TARGETS = {
 
 def check_target(target: str, key: str) -> SceneTarget:
     """The scene target called `target`, with an error naming the setting `key` otherwise."""
-    if target not in SCENE_TARGETS:
-        raise ValueError(f"{key} must be one of {sorted(SCENE_TARGETS)}, got {target!r}")
-    return SCENE_TARGETS[target]
+    return SCENE_TARGETS[choice(key, target, SCENE_TARGETS)]
 
 
 def read_scenes(path: str | Path, key: str) -> dict[str, dict]:

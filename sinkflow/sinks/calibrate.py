@@ -3,7 +3,8 @@
 What a user runs first on a new vision tower (SigLIP, Qwen-ViT, another CLIP layer): sink norms are bimodal in
 trained ViTs (a bulk of ordinary patches and a few tokens one or two orders of magnitude above), so tau is put in
 the valley between the two modes of the log-norm histogram. When the histogram has no second mode the per-image
-`adaptive_drop` rule is reported instead. Pure tensor code; plots live in `sinkflow.analysis.calibration_plots`.
+`adaptive_drop` rule is reported instead. Pure tensor code; the `analyze.py` task that runs it and draws its
+figures is `sinkflow.analysis.calibrate`.
 """
 
 from __future__ import annotations
