@@ -1,5 +1,5 @@
-"""`analyze.py task=<name>` as a user runs it, on the tiny LLaVA and the tiny Qwen2-VL: each task writes its JSON
-summary and PNG figure, and reports the simulated sinks as the ViT sinks."""
+"""`analyze.py task=<name>` as a user runs it, on the tiny LLaVA and the tiny Qwen2-VL: each registered task writes
+its JSON summary and PNG figure, and reports the simulated sinks as the ViT sinks."""
 
 import json
 import subprocess
@@ -7,13 +7,14 @@ import sys
 
 import pytest
 
-from sinkflow.analysis.tasks import ANALYSES
+from sinkflow.analysis.task import ANALYSES
 
 from test_entry_points import ROOT, SMALL_DATA, run
 
 MODELS = ["tiny_llava", "tiny_qwen2_vl"]
 # Every task runs on its defaults (the tiny models set massive_min_layer: 1 for their 2-layer LLMs).
 TASK_ARGS = {"propagation": ["propagation.max_new_tokens=4"]}
+SUMMARY_NAMES = {"calibrate": "calibration"}  # the JSON a task writes, when not <task>.json
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -22,7 +23,7 @@ def test_task_writes_summary_and_figure(task, model, tmp_path, env):
     out = tmp_path / task
     run("analyze.py", [f"task={task}", f"model={model}", *SMALL_DATA, *TASK_ARGS.get(task, []),
                        f"hydra.run.dir={out}"], tmp_path, env)
-    summary = json.loads((out / f"{task}.json").read_text())
+    summary = json.loads((out / f"{SUMMARY_NAMES.get(task, task)}.json").read_text())
     figures = list(out.glob("*.png"))
     assert figures and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
     if task == "propagation":
@@ -35,6 +36,10 @@ def test_task_writes_summary_and_figure(task, model, tmp_path, env):
         assert summary["vit_sinks_equal_planted"] is True and summary["criterion"]["min_layer"] == 1
         assert [entry["layer"] for entry in summary["per_layer"]] == [0, 1]
         assert all(len(entry["non_sinks"]) == 5 for entry in summary["per_layer"])
+    if task == "calibrate":  # 6 images; the tiny Qwen2-VL's 64 patches merge into 16 LLM tokens
+        assert summary["images"] == 6 and summary["tokens_per_image"] == {"tiny_llava": 16, "tiny_qwen2_vl": 64}[model]
+        assert summary["norm_max"] == pytest.approx(150.0, rel=1e-5)  # the simulated sinks' norm
+        assert summary["simulated_sinks"]["recall_at_suggestion"] == 1.0
 
 
 @pytest.mark.parametrize("task,setting,message", [

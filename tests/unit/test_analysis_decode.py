@@ -1,6 +1,7 @@
 """Decoding isolated visual tokens: batched isolation equals running each token alone; the main-object rank."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -84,6 +85,7 @@ def test_run_decodes_each_image_once_and_ranks_the_main_object(tiny_llava, shape
     assert len(summary["examples"][0]["sink"][0]) == 3
     assert json.loads((tmp_path / "decode.json").read_text())["images"] == 4
     assert (tmp_path / "decode_words.png").stat().st_size > 0
-    with pytest.raises(ValueError, match="decode.label must be one of"):
+    labels = "('background', 'count', 'dominant_color', 'largest_shape')"
+    with pytest.raises(ValueError, match=re.escape(f"`decode.label` must be one of {labels}, got 'cat'")):
         decode.run(AnalysisContext(module, lambda: iter(loader), OmegaConf.merge(settings, {"label": "cat"}),
                                    tmp_path))

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -71,7 +72,8 @@ def test_scene_labels_and_bad_settings(tmp_path):
         {"shape": "square", "color": "blue", "cell": [1, 1], "box": [20, 20, 30, 30]}]}
     reads = {name: target.read(scene) for name, target in scene_labels.SCENE_TARGETS.items()}
     assert reads == {"background": "gray", "count": "3", "dominant_color": "red", "largest_shape": "circle"}
-    with pytest.raises(ValueError, match="probe.targets must be one of"):
+    allowed = "('background', 'count', 'dominant_color', 'largest_shape')"
+    with pytest.raises(ValueError, match=re.escape(f"`probe.targets` must be one of {allowed}, got 'lighting'")):
         scene_labels.check_target("lighting", "probe.targets")
     with pytest.raises(FileNotFoundError, match="probe.scenes: no scenes file at"):
         scene_labels.read_scenes(tmp_path / "scenes.json", "probe.scenes")

@@ -214,9 +214,12 @@ def test_ties_share_their_mean_rank_and_bad_settings_are_named():
         summarise(torch.ones(2), torch.ones(2), torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool), 0)
     with pytest.raises(ValueError, match="massive_dims.tau"):
         MassiveCriterion(tau=0)
-    ctx = SimpleNamespace(settings=OmegaConf.create({"queries": "answer"}))
-    with pytest.raises(ValueError, match="propagation.queries"):
-        propagation.run(ctx)
+    bad_queries = settings(queries="answer")
+    message = r"^`propagation.queries` must be one of \('generated', 'prompt'\), got 'answer'$"
+    with pytest.raises(ValueError, match=message):
+        propagation.run(SimpleNamespace(settings=bad_queries))
+    with pytest.raises(ValueError, match=message):  # the same check before anything loads
+        propagation.preflight(bad_queries, n_layers=2)
 
 
 def test_the_answer_forward_sees_the_positions_generate_used(family_case):

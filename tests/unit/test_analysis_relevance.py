@@ -148,6 +148,6 @@ def test_run_writes_summary_and_figure(tmp_path, image_question_batches):
         assert 0 < summary["tokens"][token]["entropy"] <= 1
         assert (tmp_path / f"relevance_{token}.png").stat().st_size > 0
     assert json.loads((tmp_path / "relevance.json").read_text())["images"] == 2
-    with pytest.raises(ValueError, match=r"relevance.heads must be mean\|all, got 'max'"):
+    with pytest.raises(ValueError, match=r"^`relevance.heads` must be one of \('mean', 'all'\), got 'max'$"):
         relevance.run(AnalysisContext(module, lambda: iter(loader), OmegaConf.merge(settings, {"heads": "max"}),
                                       tmp_path))

@@ -1,10 +1,27 @@
-"""Threshold calibration: the valley of a bimodal log-norm histogram, the unimodal fallback, the summary."""
+"""Threshold calibration: the valley of a bimodal log-norm histogram, the unimodal fallback, the summary, and the
+`calibrate` task over the distinct images of a split."""
+
+import json
+import re
+from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+from PIL import Image
 
+from sinkflow.analysis import calibrate
+from sinkflow.analysis.context import analysis_context
+from sinkflow.data.datamodule import LVLMDataModule
+from sinkflow.data.templates import ProcessorChatTemplate
+from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
+from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
+from sinkflow.module import SinkflowModule
 from sinkflow.sinks.calibrate import summarise, valley_tau
+from sinkflow.sinks.detectors.base import token_norms
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
+from sinkflow.sinks.simulated import SimulatedSinks
+from sinkflow.sinks.strategies.none import NoneStrategy
 
 
 def bimodal(n_images=200, n_tokens=64, sinks_per_image=3, seed=0):
@@ -60,3 +77,43 @@ def test_a_shoulder_on_the_bulk_does_not_hide_a_small_sink_mode():
     norms[0, 0] = 2000.0  # a single far sink
     tau = valley_tau(norms)
     assert tau is not None and norms.flatten().sort().values[-2] < tau < 2000.0
+
+
+def calibrate_over(module: SinkflowModule, questions: list[tuple[str, str]], tmp_path) -> dict:
+    """The `calibrate` task over an evaluation set of (id, image path) questions, through the analysis context."""
+    items = [{"id": question_id, "image_path": path, "prompt": "What is it?"} for question_id, path in questions]
+    datamodule = LVLMDataModule(None, None, eval_sets={"toy": lambda: items}).bind(module.processor,
+                                                                                   ProcessorChatTemplate())
+    cfg = OmegaConf.create({"task": "calibrate", "max_samples": 64, "batch_size": 8, "one_question_per_image": True,
+                            "paths": {"output_dir": str(tmp_path)},
+                            "calibrate": {"split": "eval", "max_images": None, "batch_size": 2, "min_ratio": 2.0}})
+    with torch.no_grad():
+        return calibrate.run(analysis_context(cfg, module, datamodule, loggers=[]))
+
+
+def test_the_task_reads_each_image_once_and_names_an_image_the_processor_rejects(shapes_root, tmp_path):
+    model, processor = build_tiny_qwen(TinyQwenSpec())
+    module = SinkflowModule(model, processor, Qwen2VLFamily(), NoneStrategy(), NormThreshold(tau=100.0),
+                            source="tiny/qwen2_vl", simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
+    images = [str(shapes_root / "eval_images" / f"eval_{i:05d}.png") for i in range(3)]
+    # Three images, the first asked about twice: each image's norms count once, in batches of 2.
+    summary = calibrate_over(module, [("a", images[0]), ("b", images[0]), ("c", images[1]), ("d", images[2])],
+                             tmp_path)
+    with torch.no_grad():
+        visual = module.visual(processor.image_processor([Image.open(p).convert("RGB") for p in images],
+                                                         return_tensors="pt"))
+    direct = summarise(token_norms(visual.features), lengths=visual.lengths, configured=module.detector,
+                       planted=visual.planted)
+    assert summary == {"model": module.source, "split": "eval", **direct} and summary["images"] == 3
+    assert json.loads((tmp_path / "calibration.json").read_text()) == json.loads(json.dumps(summary))
+    for name in ("norm_histogram.png", "sorted_norms.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Qwen2-VL's processor refuses an aspect ratio above 200: the error names the file and the question.
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (1, 300)).save(thin)
+    message = (f"cannot process image {thin} (question 'e'): absolute aspect ratio must be smaller than 200, "
+               "got 300.0")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        calibrate_over(module, [("a", images[0]), ("e", str(thin))], tmp_path)
+    with pytest.raises(ValueError, match=r"^`calibrate.split` must be one of \('eval', 'train'\), got 'val'$"):
+        calibrate.run(SimpleNamespace(settings=OmegaConf.create({"split": "val"}), module=module))
