@@ -1,4 +1,5 @@
-"""Analyses of a model's visual pathway: `python analyze.py task=calibrate [model=...] [dataset=...]`."""
+"""Analyses of a model's visual pathway: `python analyze.py task=<name> [model=...] [dataset=...]`, one of the tasks
+registered in sinkflow/analysis/ (README "Analyses")."""
 
 import hydra
 from omegaconf import DictConfig

@@ -3,7 +3,7 @@
 A task (`sinkflow.analysis.task.Analysis`) reads batches from its context (`ctx.batches()`: the evaluation
 prompts; `ctx.images(...)`: the distinct images of a split), computes its statistics, and hands its summary and
 figures to `ctx.write`, which saves `<task>.json` and `<figure>.png` into the run directory and logs them to W&B
-when that logger is on. Nothing is loaded before a task asks for it.
+when that logger is on. A split of the dataset is loaded the first time a task reads it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -168,33 +167,28 @@ def analysis_context(cfg: DictConfig, module: SinkflowModule, datamodule: LVLMDa
     batch_size = number(f"{cfg.task}.batch_size" if "batch_size" in settings else "batch_size",
                         settings.get("batch_size", cfg.batch_size), integer=True, at_least=1)
     collate = datamodule.generation_collator()
-    # Image-only prompts are held to no `max_length`: the dataset's bounds its real prompts (shapes' 512 is below
-    # LLaVA-1.5's 576 image tokens), and an image-only prompt exists only to carry the image through the collator.
+    # No `max_length` for image-only prompts: it bounds the dataset's real prompts, and an image alone may exceed it
+    # (LLaVA-1.5's 576 image tokens against shapes' 512).
     collate_images = Collator(datamodule.processor, datamodule.template, generate=True)
 
     def split_samples(split: Split) -> list[dict]:
         datamodule.setup("fit" if split == "train" else "test")
         return datamodule.train_set if split == "train" else datamodule.test_set
 
-    @cache
-    def prompts() -> list[dict]:
+    def collated(samples: list[dict], collate_chunk: Collator, what: str) -> Iterator[dict]:
+        chunks = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+        for chunk in track(chunks, description=f"{cfg.task}: {len(samples)} {what}"):
+            yield batch_to(collate_chunk(chunk), module.device)
+
+    def batches() -> Iterator[dict]:
         samples = split_samples("eval")
         if cfg.one_question_per_image:
             samples = list({s["image"]: s for s in reversed(samples)}.values())[::-1]  # first question per image
         limit = settings.get("max_samples", cfg.max_samples)
-        return samples[:limit] if limit is not None else samples
-
-    def batches() -> Iterator[dict]:
-        samples = prompts()
-        chunks = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
-        for chunk in track(chunks, description=f"{cfg.task}: {len(samples)} samples"):
-            yield batch_to(collate(chunk), module.device)
+        return collated(samples[:limit] if limit is not None else samples, collate, "samples")
 
     def images(split: Split, max_images: int | None) -> Iterator[dict]:
-        samples = distinct_images(split_samples(split))[:max_images]
-        chunks = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
-        for chunk in track(chunks, description=f"{cfg.task}: {len(samples)} images"):
-            yield batch_to(collate_images(chunk), module.device)
+        return collated(distinct_images(split_samples(split))[:max_images], collate_images, "images")
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
