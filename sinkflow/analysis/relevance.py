@@ -40,6 +40,7 @@ plt = pyplot()
 log = logging.getLogger(__name__)
 Heads = Literal["mean", "all"]  # one map averaged over the heads, or one map per head
 
+
 def softmax_column(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
                    target: int) -> torch.Tensor:
     """[heads, n]: the attention every query of one sequence ([heads, n, d]) pays to key `target`."""
