@@ -159,12 +159,12 @@ class Collator:
     def _truncate(self, batch: dict) -> None:
         """Cut right-padded training rows to `max_length`; never cut through image placeholders."""
         if self.generate:
-            raise ValueError(f"a prompt exceeds data.max_length={self.max_length}; raise it for evaluation")
+            raise ValueError(f"a prompt exceeds dataset.max_length={self.max_length}; raise it for evaluation")
         image_id = self.processor.tokenizer.convert_tokens_to_ids(self.image_token)
         tail = batch["input_ids"][:, self.max_length:]
         if (tail == image_id).any():
             raise ValueError(
-                f"data.max_length={self.max_length} would cut image placeholder tokens; raise it above the "
+                f"dataset.max_length={self.max_length} would cut image placeholder tokens; raise it above the "
                 "number of image tokens plus the prompt"
             )
         # Counted in the batch (not on the collator) so that the count survives DataLoader worker processes.
