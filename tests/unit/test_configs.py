@@ -17,7 +17,12 @@ GROUPS = ["model", "sink_strategy", "dataset", "trainer", "logger", "callbacks",
 
 
 def options(group):
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The configs of `group` a user picks; `_<name>.yaml` files are bases that options inherit, not options."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def bases(group):
+    return sorted(p.stem for p in (CONF / group).glob("_*.yaml"))
 
 
 def compose_cfg(name, overrides, tmp_path):
@@ -59,6 +64,51 @@ def test_config_composes_and_resolves(name, group, option, tmp_path):
     assert cfg.paths.output_dir == str(tmp_path / "out")
     if group == "experiment" and "wandb" in (cfg.get("logger") or {}):
         assert cfg.logger.wandb.offline is True  # W&B stays offline by default
+
+
+def composed_model(option):
+    """`model=<option>` as Hydra composes it, interpolations unresolved."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"model={option}"]).model
+
+
+def leaf_values(node, prefix=""):
+    """(dotted key, value) of every non-mapping value a config file sets itself (its defaults list aside)."""
+    for key, value in node.items():
+        if key == "defaults":
+            continue
+        if isinstance(value, dict):
+            yield from leaf_values(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("option", options("model") + bases("model"))
+def test_model_configs_inherit_and_repeat_no_value_their_bases_set(option):
+    """Each model config states only what differs from its bases, so that full copies cannot creep back."""
+    own = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{option}.yaml"))
+    parents = [name for name in own.get("defaults", []) if name != "_self_"]
+    if option in options("model"):
+        assert parents and all(name in bases("model") for name in parents), f"{option} inherits no base: {parents}"
+    assert own.get("defaults", ["_self_"])[-1] == "_self_"  # the file's own keys override its bases'
+    inherited = dict(leaf_values(OmegaConf.to_container(OmegaConf.merge({}, *map(composed_model, parents)))))
+    repeated = [key for key, value in leaf_values(own) if key in inherited and inherited[key] == value]
+    assert not repeated, f"conf/model/{option}.yaml repeats its bases' {repeated}"
+
+
+def test_every_model_base_is_inherited():
+    inherited = {name for option in options("model") + bases("model")
+                 for name in OmegaConf.load(CONF / "model" / f"{option}.yaml").get("defaults", [])}
+    assert bases("model") and set(bases("model")) <= inherited
+
+
+@pytest.mark.parametrize("base,missing", [("_common", "family"), ("_llava", "checkpoint"),
+                                          ("_qwen_vl", "checkpoint"), ("_tiny", "family")])
+def test_a_model_base_picked_as_a_model_fails_validation_naming_what_it_lacks(base, missing, tmp_path):
+    cfg = compose_cfg("train", [f"model={base}"], tmp_path)
+    with pytest.raises(ValueError, match=f"^{re.escape(f'config key `model.{missing}` is missing (see conf/model/)')}$"):
+        validate(cfg)
 
 
 @pytest.mark.parametrize("option", options("sink_strategy"))
