@@ -196,4 +196,3 @@ def _expand(text: str, spans: list[tuple[int, int]], token: str, expansion: str)
     shift = len(expansion) - len(token)
     moved = [(s + shift, e + shift) if s >= at else (s, e) for s, e in spans]
     return text[:at] + expansion + text[at + len(token):], moved
-
