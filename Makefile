@@ -1,4 +1,4 @@
-# sinkflow: `make train` and `make test` create .venv and install the pinned CPU stack on first use.
+# sinkflow: `make train`, `make test` and `make lint` create .venv and install the pinned CPU stack on first use.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_SILENT ?= true
 
-.PHONY: install train evaluate test test-all bench clean
+.PHONY: install train evaluate test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -25,11 +25,23 @@ train: $(STAMP)
 evaluate: $(STAMP)
 	$(PY) evaluate.py $(ARGS)
 
+# The whole suite (what CI runs), naming its 15 slowest tests.
 test: $(STAMP)
+	$(PY) -m pytest --durations=15 $(ARGS)
+
+# The unit tier, for the edit loop: no entry point end to end, no spawned processes, no long training.
+test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
-test-all: $(STAMP)
-	$(PY) -m pytest $(ARGS)
+LINTED := sinkflow tests bench *.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+
+format: $(STAMP)
+	$(PY) -m ruff format $(LINTED)
+	$(PY) -m ruff check --fix $(LINTED)
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py

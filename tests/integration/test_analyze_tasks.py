@@ -11,6 +11,8 @@ from sinkflow.analysis.task import ANALYSES
 
 from test_entry_points import ROOT, SMALL_DATA, run
 
+pytestmark = pytest.mark.slow  # every test runs analyze.py in a subprocess
+
 MODELS = ["tiny_llava", "tiny_qwen2_vl"]
 # Every task runs on its defaults (the tiny models set massive_min_layer: 1 for their 2-layer LLMs).
 TASK_ARGS = {"propagation": ["propagation.max_new_tokens=4"]}

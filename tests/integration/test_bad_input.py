@@ -12,6 +12,8 @@ from test_entry_points import ROOT, SMALL_DATA
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
 from test_checkpoint import malicious_checkpoint  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test runs train.py or evaluate.py in a subprocess
+
 
 def fails(script, args, cwd, env) -> str:
     """Run an entry point that must fail; its stderr."""

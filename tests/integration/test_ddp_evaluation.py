@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sinkflow.eval.predictions import read_predictions
+
+pytestmark = pytest.mark.slow  # two processes (DDP, gloo) running evaluate.py / train.py
 
 ROOT = Path(__file__).resolve().parents[2]
 # 7 questions per set of three (the open set left out), 21 in all, batch 4: an odd count, so the distributed

@@ -10,6 +10,8 @@ import pytest
 
 from sinkflow.eval.predictions import read_predictions
 
+pytestmark = pytest.mark.slow  # every test runs train.py or evaluate.py in a subprocess
+
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_DATA = ["dataset.prepare.n_train=32", "dataset.prepare.n_eval=6", "dataset.batch_size=8"]
 CONTRACT = {"benchmark", "id", "question", "answer", "prediction", "prompt", "category", "image"}

@@ -3,8 +3,11 @@
 import os
 import socket
 
+import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+pytestmark = pytest.mark.slow  # two processes (gloo)
 
 
 def _free_port() -> int:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test runs train.py in subprocesses
+
 ROOT = Path(__file__).resolve().parents[2]
 # 30 training conversations in batches of 8: 4 steps per epoch, a validation every 2 steps; 14 steps = 3.5 epochs.
 ARGS = ["dataset.prepare.n_train=32", "dataset.prepare.n_eval=6", "dataset.batch_size=8", "trainer.max_steps=14",
