@@ -15,6 +15,8 @@ from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.module import OptimSpec, SinkflowModule
 from sinkflow.sinks.strategies.none import NoneStrategy
 
+pytestmark = pytest.mark.slow  # trains 200 steps (the export test reuses that run)
+
 
 class LossRecorder(L.Callback):
     def __init__(self):
