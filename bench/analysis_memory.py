@@ -30,7 +30,7 @@ from sinkflow.analysis.capture import AttentionRows, decoder_layers, visual_laye
 from sinkflow.analysis.context import visual_tokens
 from sinkflow.analysis.massive_dims import MassiveActivations, MassiveCriterion
 from sinkflow.analysis.propagation import query_inputs
-from sinkflow.data.benchmarks.open_qa import load_open_qa
+from sinkflow.benchmarks.open_qa import load_open_qa
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.datamodule import eval_sample
 from sinkflow.data.templates import VicunaV1

@@ -15,7 +15,7 @@ import torch
 
 from common import device_label, timed
 
-from sinkflow.data.benchmarks.pope import load_pope
+from sinkflow.benchmarks.pope import load_pope
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.datamodule import eval_sample
 from sinkflow.data.templates import VicunaV1

@@ -18,7 +18,7 @@ from sinkflow.checks import number
 from sinkflow.data.collate import Collator
 from sinkflow.data.instruct import load_instruct
 from sinkflow.data.resumable import ResumableLoader
-from sinkflow.eval.predictions import load_for_resume, record_key
+from sinkflow.data.predictions import load_for_resume, record_key
 
 log = logging.getLogger(__name__)
 

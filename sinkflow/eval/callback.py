@@ -1,7 +1,8 @@
-"""Lightning callback: stream test predictions to the predictions file, score the whole file at the end.
+"""Lightning callback: stream test predictions to the predictions file, score every answered question at the end.
 
-Under DDP every rank's records are gathered on rank 0 and deduplicated by (benchmark, id), so the sampler's
-padding duplicates never count twice and the scores equal a single-process evaluation.
+Every rank adds its own records to a `BenchmarkScores` metric, which joins the ranks' records when it computes and
+counts each (benchmark, id) once, so the sampler's padding duplicates never count twice and the scores equal a
+single-process evaluation. The records are also gathered on rank 0, only to be written to the predictions file.
 
 `metrics.json` holds everything the evaluation measured: the scores of every record in the predictions file
 (including those answered before a resume) and what the module logged under `test/` (sink statistics), which
@@ -15,11 +16,13 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 import torch.distributed as dist
 
-from sinkflow.eval.metrics import score_records
-from sinkflow.eval.parsing import check_rule
-from sinkflow.eval.predictions import PredictionsWriter, read_predictions
+from sinkflow.benchmarks.base import Parser
+from sinkflow.checks import choice
+from sinkflow.data.predictions import PredictionsWriter, read_predictions
+from sinkflow.eval.metrics import BenchmarkScores
 
 log = logging.getLogger(__name__)
 
@@ -40,30 +43,42 @@ class PredictionsCallback(L.Callback):
     W&B loggers also get `test/predictions`, a table of `table_size` predictions spread evenly over the file.
     """
 
-    def __init__(self, predictions_path: str, resume: bool = True, table_size: int = 64, parser: str = "official"):
+    def __init__(self, predictions_path: str, resume: bool = True, table_size: int = 64, parser: Parser = "official"):
         self.path = Path(predictions_path)
         self.resume = resume
-        self.parser = check_rule(parser)
+        self.parser = choice("parser", parser, Parser)
         self.table_size = table_size
         self.writer: PredictionsWriter | None = None
+        self.scores: BenchmarkScores | None = None
         self.answered_before = 0
         self.metrics: dict[str, float] | None = None
 
-    def on_test_epoch_start(self, trainer, pl_module):
+    def start_scores(self, device: torch.device, earlier: list[dict]) -> None:
+        """A fresh metric on the module's device (collectives need tensors there), holding the questions answered
+        before (rank 0 passes the predictions file's records; the other ranks nothing)."""
+        self.scores = BenchmarkScores(self.parser).to(device)
+        self.scores.update(earlier)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        earlier = []
         if trainer.is_global_zero:
             self.writer = PredictionsWriter(self.path, resume=self.resume)
-            self.answered_before = len(self.writer.done)
+            earlier = self.writer.earlier
+            self.answered_before = len(earlier)
+        self.start_scores(pl_module.device, earlier)
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: list[dict], batch: dict,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.scores.update(outputs)
         records = gather_objects(outputs)
         if trainer.is_global_zero:
             self.writer.append(records)
 
-    def on_test_epoch_end(self, trainer, pl_module):
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             self.writer.close()
 
-    def on_test_end(self, trainer, pl_module):
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The module's epoch-end logs (sink statistics) have reached callback_metrics by now.
         measured = {key.removeprefix("test/"): float(value) for key, value in trainer.callback_metrics.items()
                     if key.startswith("test/")}
@@ -72,18 +87,19 @@ class PredictionsCallback(L.Callback):
                         ", ".join(sorted({k.split("/")[0] + "/*" for k in measured})), self.answered_before, self.path)
         self.report(trainer, measured)
 
-    def rescore(self, trainer) -> None:
+    def rescore(self, trainer: L.Trainer) -> None:
         """Score a predictions file whose every question was answered before; measurements that need the model
         (sink statistics) are kept from the earlier metrics.json, with a warning."""
+        self.start_scores(trainer.strategy.root_device, read_predictions(self.path) if trainer.is_global_zero else [])
         self.report(trainer, {}, keep_previous=True)
 
-    def report(self, trainer, measured: dict[str, float], keep_previous: bool = False) -> None:
-        """Score the whole predictions file, write metrics.json (scores + `measured`) and log the scores."""
+    def report(self, trainer: L.Trainer, measured: dict[str, float], keep_previous: bool = False) -> None:
+        """Score every answered question (on every rank: the metric joins the ranks' records), then on rank 0 write
+        metrics.json (scores + `measured`) and log the scores."""
+        scores = self.scores.compute()
         self.metrics = {}
         if not trainer.is_global_zero:
             return
-        records = read_predictions(self.path)
-        scores = score_records(records, self.parser)
         metrics_path = self.path.with_name("metrics.json")
         if keep_previous and metrics_path.is_file():
             measured = {k: v for k, v in json.loads(metrics_path.read_text()).items() if k not in scores}
@@ -94,13 +110,13 @@ class PredictionsCallback(L.Callback):
         metrics_path.write_text(json.dumps(self.metrics, indent=2))
         for logger in trainer.loggers:
             logger.log_metrics({f"test/{k}": v for k, v in scores.items()}, step=trainer.global_step)
-        log_prediction_table(trainer.loggers, records, self.table_size)
+        log_prediction_table(trainer.loggers, read_predictions(self.path), self.table_size)
 
 
 TABLE_COLUMNS = ("benchmark", "id", "category", "question", "answer", "prediction")
 
 
-def log_prediction_table(loggers, records: list[dict], size: int) -> None:
+def log_prediction_table(loggers: list, records: list[dict], size: int) -> None:
     """A W&B table of `size` records spread evenly over the predictions (every benchmark shows up)."""
     from lightning.pytorch.loggers import WandbLogger
 

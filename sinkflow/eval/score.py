@@ -17,15 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import get_args
 
 from rich.console import Console
 from rich.table import Table
 
-from sinkflow.data.benchmarks.mme import load_mme_results
+from sinkflow.benchmarks.base import BENCHMARKS, Parser
+from sinkflow.benchmarks.mme import load_mme_results
 from sinkflow.data.errors import DataFormatError
-from sinkflow.eval.metrics import KNOWN_BENCHMARKS, benchmark_problem, multimodal_gain, score_records
-from sinkflow.eval.parsing import RULES
-from sinkflow.eval.predictions import read_numbered_predictions
+from sinkflow.data.predictions import read_numbered_predictions
+from sinkflow.eval.metrics import benchmark_problem, multimodal_gain, score_records
 
 
 def load_records(path: Path, allow_unknown: bool = False) -> list[dict]:
@@ -47,6 +48,7 @@ def load_records(path: Path, allow_unknown: bool = False) -> list[dict]:
 
 
 def print_table(metrics: dict[str, float], title: str) -> None:
+    """The metrics as a two-column table on the console."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -58,12 +60,13 @@ def print_table(metrics: dict[str, float], title: str) -> None:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m sinkflow.eval.score", description=__doc__.splitlines()[0])
     parser.add_argument("predictions", type=Path, help="predictions .jsonl or an MME eval_tool results folder")
-    parser.add_argument("--parser", choices=RULES, default="official", help="answer parsing rule (default official)")
+    parser.add_argument("--parser", choices=get_args(Parser), default="official",
+                        help="answer parser (default official)")
     parser.add_argument("--out", type=Path, help="write the metrics as flat JSON here")
     parser.add_argument("--without-image", type=Path, help="the same model's MMStar answers without images (MG)")
     parser.add_argument("--text-only", type=Path, help="the base LLM's MMStar answers without images (ML)")
     parser.add_argument("--allow-unknown", action="store_true",
-                        help=f"score benchmarks other than {', '.join(KNOWN_BENCHMARKS)} by first-word exact "
+                        help=f"score benchmarks other than {', '.join(BENCHMARKS.names())} by first-word exact "
                              "match, outside all/*")
     args = parser.parse_args(argv)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sinkflow.eval.predictions import read_predictions
+from sinkflow.data.predictions import read_predictions
 
 pytestmark = pytest.mark.slow  # two processes (DDP, gloo) running evaluate.py / train.py
 

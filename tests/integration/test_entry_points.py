@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sinkflow.eval.predictions import read_predictions
+from sinkflow.data.predictions import read_predictions
 
 pytestmark = pytest.mark.slow  # every test runs train.py or evaluate.py in a subprocess
 

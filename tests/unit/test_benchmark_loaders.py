@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sinkflow.data.benchmarks.mme import SUBTASKS, load_mme, load_mme_release, load_mme_results
-from sinkflow.data.benchmarks.mmstar import load_mmstar
-from sinkflow.data.benchmarks.open_qa import load_open_qa
-from sinkflow.data.benchmarks.pope import load_pope
+from sinkflow.benchmarks.mme import SUBTASKS, load_mme, load_mme_release, load_mme_results
+from sinkflow.benchmarks.mmstar import load_mmstar
+from sinkflow.benchmarks.open_qa import load_open_qa
+from sinkflow.benchmarks.pope import load_pope
 from sinkflow.data.errors import DataFormatError
 
 SHORT = "\nAnswer the question using a single word or phrase."

@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from sinkflow.eval.metrics import MMEMetric, MMStarMetric, POPEMetric, score_records
-from sinkflow.eval.parsing import mmstar_lmms_eval_letter, mmstar_official_correct, parse_mme, parse_pope
+from sinkflow.benchmarks.mme import MME, parse_mme
+from sinkflow.benchmarks.mmstar import MMStar, mmstar_lmms_eval_letter, mmstar_official_correct
+from sinkflow.benchmarks.pope import POPE, parse_pope
+from sinkflow.eval.metrics import BenchmarkScores, score_records
 from sinkflow.eval.score import main as score_main
 
 POPE_LABELS = ["yes", "yes", "yes", "no", "no", "no", "yes", "no"]
@@ -18,25 +20,21 @@ def pope(answers, predictions, category="random"):
             for i, (a, p) in enumerate(zip(answers, predictions))]
 
 
-@pytest.mark.parametrize("rule,parsed", [
+@pytest.mark.parametrize("parser,parsed", [
     ("official", ["yes", "yes", "no", "no", "yes", "no", "yes", "no"]),
     ("lmms_eval", [None, "yes", None, "no", None, None, None, "no"]),
     ("vlmevalkit", ["yes", "yes", "no", "no", "yes", None, None, "no"]),
 ])
-def test_g_pope_2_parsing(rule, parsed):
-    assert [parse_pope(r, rule) for r in POPE_RAW] == parsed
+def test_g_pope_2_parsing(parser, parsed):
+    assert [parse_pope(r, parser) for r in POPE_RAW] == parsed
 
 
-def test_g_pope_2_metrics_per_rule():
-    official = POPEMetric("official")
-    official.update(pope(POPE_LABELS, POPE_RAW))
-    scores = official.compute()
+def test_g_pope_2_metrics_per_parser():
+    scores = POPE.score(pope(POPE_LABELS, POPE_RAW), "official")
     for name in ("accuracy", "precision", "recall", "f1"):
         assert scores[f"pope/random/{name}"] == 0.75
     assert scores["pope/random/yes_ratio"] == 0.5
-    lmms = POPEMetric("lmms_eval")
-    lmms.update(pope(POPE_LABELS, POPE_RAW))
-    scores = lmms.compute()
+    scores = POPE.score(pope(POPE_LABELS, POPE_RAW), "lmms_eval")
     assert scores["pope/random/accuracy"] == 0.375
     assert scores["pope/random/precision"] == scores["pope/random/recall"] == scores["pope/random/f1"] == 1.0
     assert scores["pope/random/yes_ratio"] == 0.125  # of the predictions (lmms-eval's own counts the labels)
@@ -48,9 +46,7 @@ def test_g_pope_1_real_confusion_matrix_and_mean_f1():
     for (answer, prediction), n in cells.items():
         answers += [answer] * n
         predictions += [prediction] * n
-    metric = POPEMetric()
-    metric.update(pope(answers, predictions))
-    scores = metric.compute()
+    scores = POPE.score(pope(answers, predictions), "official")
     assert scores["pope/random/accuracy"] == 0.8804123711340206
     assert scores["pope/random/precision"] == 0.9744645799011532
     assert scores["pope/random/recall"] == 0.7886666666666666
@@ -71,11 +67,9 @@ def mme(rows):
             for i, (c, img, a, p) in enumerate(rows)]
 
 
-@pytest.mark.parametrize("rule", ["official", "lmms_eval"])
-def test_g_mme_1(rule):
-    metric = MMEMetric(rule)
-    metric.update(mme(G_MME_1))
-    scores = metric.compute()
+@pytest.mark.parametrize("parser", ["official", "lmms_eval"])
+def test_g_mme_1(parser):
+    scores = MME.score(mme(G_MME_1), parser)
     assert scores["mme/existence/acc"] == pytest.approx(66.667, abs=1e-3)
     assert scores["mme/existence/acc_plus"] == pytest.approx(33.333, abs=1e-3)
     assert scores["mme/existence/score"] == pytest.approx(100.0)
@@ -83,12 +77,11 @@ def test_g_mme_1(rule):
     assert scores["mme/perception"] == pytest.approx(100.0) and scores["mme/cognition"] == 125.0
 
 
-@pytest.mark.parametrize("rule,score", [("official", 100.0), ("lmms_eval", 200.0)])
-def test_g_mme_2_parsers_diverge(rule, score):
-    metric = MMEMetric(rule)
-    metric.update(mme([("count", "1.jpg", "Yes", "Y"), ("count", "1.jpg", "No", "N"),
-                       ("count", "2.jpg", "Yes", "Yes."), ("count", "2.jpg", "No", "No, there are three.")]))
-    assert metric.compute()["mme/count/score"] == score
+@pytest.mark.parametrize("parser,score", [("official", 100.0), ("lmms_eval", 200.0)])
+def test_g_mme_2_parsers_diverge(parser, score):
+    records = mme([("count", "1.jpg", "Yes", "Y"), ("count", "1.jpg", "No", "N"),
+                   ("count", "2.jpg", "Yes", "Yes."), ("count", "2.jpg", "No", "No, there are three.")])
+    assert MME.score(records, parser)["mme/count/score"] == score
 
 
 @pytest.mark.parametrize("response,official,lmms,pope_rule", [
@@ -119,10 +112,7 @@ def test_g_mms_2_micro_and_macro_aggregation():
     records = [{"benchmark": "mmstar", "id": f"{l2}/{i}", "category": core, "l2_category": l2, "answer": "A",
                 "question": "q", "prediction": "A" if hit else "B"}
                for core, l2, hits in scores for i, hit in enumerate(hits)]
-    official, lmms = MMStarMetric("official"), MMStarMetric("lmms_eval")
-    official.update(records)
-    lmms.update(records)
-    micro, macro = official.compute(), lmms.compute()
+    micro, macro = MMStar.score(records, "official"), MMStar.score(records, "lmms_eval")
     assert micro["mmstar/math/accuracy"] == 0.4 and micro["mmstar/coarse perception/accuracy"] == 1.0
     assert micro["mmstar/overall"] == 4 / 7
     assert macro["mmstar/math/accuracy"] == pytest.approx(0.4444, abs=1e-4)
@@ -133,7 +123,7 @@ def test_padded_duplicates_count_once():
     """N = 5, world 2 -> the sampler repeats item 0; accuracy stays 3/5, not 4/6
     (docs/benchmarks.md#evaluation-under-ddp)."""
     records = pope(["yes", "no", "yes", "no", "yes"], ["yes", "yes", "yes", "no", "no"])
-    metric = POPEMetric()
+    metric = BenchmarkScores()
     metric.update(records[0::2])  # rank 0
     metric.update(records[1::2] + records[:1])  # rank 1, with the padded copy of item 0
     assert metric.compute()["pope/random/accuracy"] == 0.6
@@ -178,8 +168,8 @@ def test_multimodal_gain_and_leakage_from_three_files(tmp_path):
 
 
 def test_prompt_suffixes_are_configurable(tmp_path):
-    from sinkflow.data.benchmarks.mmstar import load_mmstar
-    from sinkflow.data.benchmarks.pope import load_pope
+    from sinkflow.benchmarks.mmstar import load_mmstar
+    from sinkflow.benchmarks.pope import load_pope
 
     (tmp_path / "x_pope_random.json").write_text(json.dumps(
         {"question_id": 1, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "yes"}) + "\n")

@@ -6,8 +6,8 @@ from functools import partial
 import lightning as L
 import pytest
 
-from sinkflow.data.benchmarks.mmstar import load_mmstar
-from sinkflow.data.benchmarks.pope import load_pope
+from sinkflow.benchmarks.mmstar import load_mmstar
+from sinkflow.benchmarks.pope import load_pope
 from sinkflow.data.datamodule import LVLMDataModule
 from sinkflow.data.templates import VicunaV1
 from sinkflow.eval.metrics import score_records

@@ -9,10 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sinkflow.data.benchmarks.hf import load_mme_hf, load_mmstar_hf, load_pope_hf
-from sinkflow.data.benchmarks.mme import load_mme
-from sinkflow.data.benchmarks.mmstar import load_mmstar
-from sinkflow.data.benchmarks.pope import load_pope
+from sinkflow.benchmarks.mme import load_mme, load_mme_hf
+from sinkflow.benchmarks.mmstar import load_mmstar, load_mmstar_hf
+from sinkflow.benchmarks.pope import load_pope, load_pope_hf
 from sinkflow.data.errors import DataFormatError
 
 

@@ -6,13 +6,13 @@ import logging
 
 import pytest
 
+from sinkflow.data import predictions
 from sinkflow.data.errors import DataFormatError
-from sinkflow.eval import predictions
+from sinkflow.data.predictions import PredictionsWriter, read_predictions
 from sinkflow.eval.metrics import score_records
-from sinkflow.eval.predictions import PredictionsWriter, read_predictions
 from sinkflow.eval.score import main as score_main
 
-LOGGER = "sinkflow.eval.predictions"
+LOGGER = "sinkflow.data.predictions"
 
 
 def pope(i: int, prediction: str = "Yes", **extra) -> dict:
@@ -195,8 +195,8 @@ def test_an_unknown_benchmark_is_an_error_unless_allowed(tmp_path):
     path.write_text(lines(pope(1, "No", scope="local"), pope(2, benchmark="popee", scope="local")))
     with pytest.raises(DataFormatError) as error:
         score_main([str(path)])
-    assert str(error.value) == (f"{path}:2: benchmark: unknown benchmark 'popee'; expected one of ('pope', 'mme', "
-                                "'mmstar', 'open') (--allow-unknown scores it by first-word exact match, outside "
+    assert str(error.value) == (f"{path}:2: benchmark: unknown benchmark 'popee'; expected one of ('mme', 'mmstar', "
+                                "'open', 'pope') (--allow-unknown scores it by first-word exact match, outside "
                                 "all/*)")
     scores = score_main([str(path), "--allow-unknown"])
     assert scores["popee/accuracy"] == 1.0 and scores["popee/local/accuracy"] == 1.0

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sinkflow.data.benchmarks.common import SHORT_ANSWER
-from sinkflow.data.benchmarks.mme import YES_NO_SUFFIX, load_mme
-from sinkflow.data.benchmarks.mmstar import LETTER_ANSWER, load_mmstar
-from sinkflow.data.benchmarks.open_qa import load_open_qa
-from sinkflow.data.benchmarks.pope import load_pope
+from sinkflow.benchmarks.common import SHORT_ANSWER
+from sinkflow.benchmarks.mme import YES_NO_SUFFIX, load_mme
+from sinkflow.benchmarks.mmstar import LETTER_ANSWER, load_mmstar
+from sinkflow.benchmarks.open_qa import load_open_qa
+from sinkflow.benchmarks.pope import load_pope
 from sinkflow.data.instruct import load_instruct
 from sinkflow.shapes import (
     BACKGROUNDS,

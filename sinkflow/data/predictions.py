@@ -1,8 +1,8 @@
 """Predictions files (JSON lines, one record per question): appended as produced, resumable, checked on reading.
 
-Reading checks every field that the scorers (`metrics.py`, `parsing.py`) read, with its type, so that a bad record
-is named by file and line rather than failing later inside a metric. A (benchmark, id) written twice must be the
-same record.
+Reading checks every field that the scorers (each benchmark's `Benchmark` class) read, with its type and the values
+the benchmark accepts, so that a bad record is named by file and line rather than failing later inside a score.
+A (benchmark, id) written twice must be the same record.
 """
 
 from __future__ import annotations
@@ -12,23 +12,16 @@ import logging
 import os
 from pathlib import Path
 
-from sinkflow.data.benchmarks.common import read_jsonl
-from sinkflow.data.benchmarks.mme import SUBTASKS
-from sinkflow.data.benchmarks.mmstar import CATEGORIES as MMSTAR_CATEGORIES
-from sinkflow.data.benchmarks.pope import CATEGORIES as POPE_CATEGORIES
+from sinkflow.benchmarks.base import BENCHMARKS
 from sinkflow.data.errors import DataFormatError
+from sinkflow.data.files import read_jsonl
 
 log = logging.getLogger(__name__)
 
 TEXT = ("question", "answer", "prediction", "prompt")
 REQUIRED = ("benchmark", "id", *TEXT)
-# What the official metrics read besides the common fields.
-BENCHMARK_FIELDS = {"pope": ("category",), "mme": ("category", "image"), "mmstar": ("category", "l2_category")}
 # Read where present: they name per-category and per-scope accuracies.
 OPTIONAL = ("category", "scope")
-# The values the official metrics accept (lower-cased answers), checked on reading to name the line.
-VALUES = {("pope", "category"): POPE_CATEGORIES, ("pope", "answer"): ("yes", "no"), ("mme", "category"): SUBTASKS,
-          ("mme", "answer"): ("yes", "no"), ("mmstar", "category"): tuple(MMSTAR_CATEGORIES)}
 
 
 def record_key(record: dict) -> tuple[str, str]:
@@ -47,22 +40,17 @@ def check_record(record: dict, path: Path, line_no: int) -> None:
     record_id = record["id"]
     if not isinstance(record_id, (str, int)) or isinstance(record_id, bool):
         raise DataFormatError(path, line_no, "id", f"expected a string or an integer, got {record_id!r}")
-    own = BENCHMARK_FIELDS.get(benchmark, ())
+    scorer = BENCHMARKS.get(benchmark)
+    own = scorer.fields if scorer else ()
     missing = [k for k in own if k not in record]
     if missing:
         raise DataFormatError(path, line_no, ", ".join(missing), f"missing field(s) that {benchmark} records need")
     for name in dict.fromkeys(TEXT + own + tuple(k for k in OPTIONAL if k in record)):
         if not isinstance(record[name], str):
             raise DataFormatError(path, line_no, name, f"expected a string, got {record[name]!r}")
-    for (scored, name), allowed in VALUES.items():
-        value = record[name].lower() if name == "answer" else record[name]
-        if benchmark == scored and value not in allowed:
-            raise DataFormatError(path, line_no, name,
-                                  f"expected one of {allowed} for {benchmark}, got {record[name]!r}")
-    if benchmark == "mmstar" and record["l2_category"] not in MMSTAR_CATEGORIES[record["category"]]:
-        category = record["category"]
-        raise DataFormatError(path, line_no, "l2_category", f"expected one of {MMSTAR_CATEGORIES[category]} for "
-                                                            f"{category!r}, got {record['l2_category']!r}")
+    problem = scorer.record_problem(record) if scorer else None
+    if problem:
+        raise DataFormatError(path, line_no, *problem)
     routing = record.get("routing")
     if routing is not None and not (isinstance(routing, dict) and isinstance(routing.get("route"), str)):
         raise DataFormatError(path, line_no, "routing", f"expected an object with a 'route' string, got {routing!r}")
@@ -132,14 +120,16 @@ def load_for_resume(path: str | Path) -> list[dict]:
 
 
 class PredictionsWriter:
-    """Appends records to a JSON-lines file, skipping any (benchmark, id) already written."""
+    """Appends records to a JSON-lines file, skipping any (benchmark, id) already written (`earlier`: the records
+    the file held when it was opened)."""
 
     def __init__(self, path: str | Path, resume: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not resume and self.path.exists():
             self.path.unlink()
-        self.done = {record_key(r) for r in load_for_resume(self.path)}
+        self.earlier = load_for_resume(self.path)
+        self.done = {record_key(r) for r in self.earlier}
         self._file = open(self.path, "a", encoding="utf-8")  # open for the whole test epoch; `close` syncs it
 
     def append(self, records: list[dict]) -> int:

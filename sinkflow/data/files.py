@@ -1,21 +1,13 @@
-"""Reading helpers shared by the benchmark loaders."""
+"""Reading question files: UTF-8 lines and JSON lines numbered for error messages, checked fields and image
+paths (the benchmark loaders and the predictions file read through these)."""
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sinkflow.data.errors import DataFormatError
-
-SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
-
-
-def short_answer_prompt(question: str, suffix: str = SHORT_ANSWER) -> str:
-    """The model prompt of a POPE or MME question: the question, then the instruction (LLaVA / lmms-eval's
-    single-word-or-phrase suffix unless another is configured)."""
-    return question.strip() + suffix
-
 
 Row = TypeVar("Row")
 
@@ -61,7 +53,7 @@ def read_jsonl(path: Path, allow_empty: bool = False) -> Iterator[tuple[int, dic
         yield line_no, obj
 
 
-def field(obj: dict, name: str, kind: type, path: Path, line_no: int):
+def field(obj: dict, name: str, kind: type, path: Path, line_no: int) -> Any:
     """Return obj[name], checking that it is present and of the given type (bool is not an int)."""
     if name not in obj:
         raise DataFormatError(path, line_no, name, "missing")

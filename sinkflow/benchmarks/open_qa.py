@@ -1,19 +1,21 @@
-"""Loader for open short-answer questions (VQAv2 / GQA style): JSON lines of question, answer, image, category.
+"""Open short-answer questions (VQAv2 / GQA style), benchmark `open`: JSON lines of question, answer, image, category.
 
 One object per line: `question_id` (int, unique in the file), `image` (path under the image root), `question`,
 `answer` (a single word or phrase) and `category`. The prompt is LLaVA-1.5's short-answer prompt, as for GQA and
-VQAv2; scoring is an exact match of the first word.
+VQAv2; scoring is an exact match of the first word (`Benchmark`'s default), the same under every parser.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from sinkflow.data.benchmarks.common import field, image_path, read_jsonl, short_answer_prompt
+from sinkflow.benchmarks.base import Benchmark
+from sinkflow.benchmarks.common import short_answer_prompt
 from sinkflow.data.errors import DataFormatError
+from sinkflow.data.files import field, image_path, read_jsonl
 
 
 def load_open_qa(path: str | Path, image_root: str | Path, check_images: bool = False) -> list[dict]:
-    """Load open questions as evaluation items of the benchmark `open` (the name the scorer knows)."""
+    """Load open questions as evaluation items of the benchmark `open`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"open questions not found: {path} (JSON lines of question_id, image, question, "
@@ -43,3 +45,10 @@ def load_open_qa(path: str | Path, image_root: str | Path, check_images: bool = 
             "prompt": short_answer_prompt(question),
         })
     return items
+
+
+class OpenQA(Benchmark, name="open"):
+    """`open/accuracy` and `open/<category>/accuracy` by first-word exact match. Only the generated shapes data
+    writes such questions: there is no release to configure in conf/dataset/benchmarks.yaml."""
+
+    shapes_only = True

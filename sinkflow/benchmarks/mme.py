@@ -1,10 +1,16 @@
-"""Loader for MME in the official eval_tool layout (`<subtask>.txt`: image, question, answer[, response])."""
+"""MME: the official eval_tool layout (`<subtask>.txt`: image, question, answer[, response]), its release folders
+and `lmms-lab/MME`, its yes/no parsing per parser, and its scores (docs/benchmarks.md#mme)."""
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
-from sinkflow.data.benchmarks.common import SHORT_ANSWER, read_lines, short_answer_prompt
+from sinkflow.benchmarks.base import Benchmark, Parser
+from sinkflow.benchmarks.common import SHORT_ANSWER, short_answer_prompt
+from sinkflow.benchmarks.hf_layout import image_folder, read_rows, save_image
+from sinkflow.benchmarks.yes_no import yes_no_vlmevalkit
 from sinkflow.data.errors import DataFormatError
+from sinkflow.data.files import read_lines
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
@@ -132,3 +138,75 @@ def load_mme_release(root: str | Path, check_images: bool = False, suffix: str =
     if not items:
         raise DataFormatError(root, None, "<folders>", f"expected subtask folders named {SUBTASKS}")
     return items
+
+
+def load_mme_hf(path: str | Path, image_dir: str | Path | None = None, suffix: str = SHORT_ANSWER) -> list[dict]:
+    """`lmms-lab/MME`: columns `question_id` (= `<category>/<image>`, shared by an image's two questions),
+    `image`, `question`, `answer`, `category`; ids and pairing as for the official tool layout."""
+    folder = image_folder(path, image_dir)
+    by_subtask: dict[str, dict[str, list[tuple]]] = defaultdict(dict)
+    where: dict[str, Path] = {}
+    for file, row, obj in read_rows(path, ("question_id", "image", "question", "answer", "category")):
+        subtask = obj["category"]
+        if subtask not in SUBTASKS:
+            raise DataFormatError(file, row, "category", f"expected one of the 14 MME subtasks, got {subtask!r}")
+        image = str(obj["question_id"]).split("/", 1)[-1]
+        if image not in by_subtask[subtask]:
+            save_image(obj["image"], folder / subtask, image, file, row)
+            by_subtask[subtask][image] = []
+        by_subtask[subtask][image].append((row, image, obj["question"], obj["answer"], None))
+        where[subtask] = file
+    root = folder.resolve()
+    return [item for subtask in SUBTASKS if subtask in by_subtask
+            for item in mme_items(where[subtask], subtask, [r for pair in by_subtask[subtask].values() for r in pair],
+                                  root, False, suffix)]
+
+
+def parse_mme(text: str, parser: Parser = "official") -> str | None:
+    """MME yes/no. `official`: lower-cased; exactly yes/no, else 'yes' then 'no' searched in the first 4 characters."""
+    if parser == "vlmevalkit":
+        return yes_no_vlmevalkit(text)
+    pred = text.lower()
+    if parser == "lmms_eval":
+        pred = pred.strip().replace(".", "")
+        if pred in ("y", "n"):
+            return "yes" if pred == "y" else "no"
+    if pred in ("yes", "no"):
+        return pred
+    prefix = pred[:4]
+    return "yes" if "yes" in prefix else "no" if "no" in prefix else None
+
+
+class MME(Benchmark, name="mme"):
+    """Per subtask acc, acc+ (both questions of an image right) and score = acc + acc+; perception, cognition."""
+
+    fields = ("category", "image")
+    values = {"category": SUBTASKS, "answer": ("yes", "no")}
+
+    @staticmethod
+    def correct(record: dict, parser: Parser) -> bool:
+        return parse_mme(record["prediction"], parser) == str(record["answer"]).lower()
+
+    @classmethod
+    def score(cls, records: list[dict], parser: Parser) -> dict[str, float]:
+        # subtask -> image -> whether each of its questions is right
+        images: dict[str, dict[str, list[bool]]] = {subtask: defaultdict(list) for subtask in SUBTASKS}
+        for record in records:
+            if record["category"] not in images:
+                raise ValueError(f"unknown MME subtask {record['category']!r}; expected one of {SUBTASKS}")
+            images[record["category"]][record["image"]].append(cls.correct(record, parser))
+        out = {}
+        for subtask, answers in images.items():
+            if not answers:
+                continue
+            right = [r for pair in answers.values() for r in pair]
+            # Fraction first, then x100, in the official tool's order (the last decimal depends on it).
+            acc = sum(right) / len(right) * 100
+            acc_plus = sum(all(pair) for pair in answers.values()) / len(answers) * 100
+            out.update({f"mme/{subtask}/acc": acc, f"mme/{subtask}/acc_plus": acc_plus,
+                        f"mme/{subtask}/score": acc + acc_plus})
+        for name, group in (("perception", PERCEPTION), ("cognition", COGNITION)):
+            scores = [out[f"mme/{s}/score"] for s in group if f"mme/{s}/score" in out]
+            if scores:
+                out[f"mme/{name}"] = sum(scores)
+        return out

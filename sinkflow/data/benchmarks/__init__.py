@@ -1,1 +1,0 @@
-"""Loaders for the official POPE, MME and MMStar file layouts."""
