@@ -1,6 +1,7 @@
 """The worked examples of docs/benchmarks.md, each parser, and the official MME tool's own results on real answers."""
 
 import json
+import random
 
 import pytest
 
@@ -193,3 +194,41 @@ def test_questions_can_be_asked_without_their_image():
     assert with_image["image"] == "/x/a.jpg" and with_image["conversations"][0]["value"] == "<image>\nWhich?"
     assert without["image"] is None and without["conversations"][0]["value"] == "Which?"
     assert without["meta"]["image"] == "a.jpg"
+
+
+def mixed_records() -> list[dict]:
+    """Every benchmark, scopes, and routing times whose plain float sum depends on the order they are added in."""
+    records = pope(POPE_LABELS, POPE_RAW) + pope(POPE_LABELS[:5], POPE_RAW[3:], "adversarial") + mme(G_MME_1)
+    records += [{"benchmark": "mmstar", "id": str(i), "category": "math", "l2_category": l2, "answer": "A",
+                 "question": "Which? Options: A: red, B: blue", "prediction": prediction}
+                for i, (l2, prediction) in enumerate([("geometry", "A"), ("geometry", "B"), ("statistical reasoning",
+                                                      "(A) red"), ("numeric commonsense and calculation", "red")])]
+    records += [{"benchmark": "open", "id": str(i), "category": "count", "answer": "3", "prediction": prediction,
+                 "routing": {"route": route, "seconds": seconds}}
+                for i, (prediction, route, seconds) in enumerate([("3", "both", 0.1), ("4", "sinks_only", 0.2),
+                                                                   ("3.", "both", 0.7), ("", "both", 1e-3)])]
+    for k, record in enumerate(records):
+        record["scope"] = ("global", "local")[k % 2]
+    return records
+
+
+@pytest.mark.parametrize("parser", ["official", "lmms_eval", "vlmevalkit"])
+def test_scores_do_not_depend_on_how_records_are_split(parser):
+    """Whatever the order, the repeats (padding, a resumed file), the batches and the ranks that saw them: each
+    question counts once and every score is equal to the last bit (ranks joined as the all-gather joins them)."""
+    records = mixed_records()
+    reference = score_records(records, parser)
+    assert reference["routing/seconds_per_image"] == pytest.approx(1.001 / 4)
+    rng = random.Random(0)
+    for _ in range(20):
+        answered = records + rng.sample(records, len(records) // 3)
+        rng.shuffle(answered)
+        ranks = [BenchmarkScores(parser) for _ in range(rng.randint(1, 4))]
+        while answered:
+            size = rng.randint(1, 6)
+            rng.choice(ranks).update(answered[:size])
+            answered = answered[size:]
+        joined = ranks[0]
+        for rank in ranks[1:]:
+            joined.merge_state(rank)
+        assert joined.compute() == reference
