@@ -240,7 +240,8 @@ def test_the_parser_choice_reaches_every_scorer(tmp_path):
     cfg = compose_cfg("train", ["parser=lmms_eval"], tmp_path)
     assert instantiate(cfg.callbacks.benchmark_validation).parser == "lmms_eval"
     assert PredictionsCallback(str(tmp_path / "p.jsonl"), parser=cfg.parser).parser == "lmms_eval"
-    with pytest.raises(ValueError, match="unknown parser 'llava'"):
+    with pytest.raises(ValueError, match=r"`parser` must be one of \('official', 'lmms_eval', 'vlmevalkit'\), "
+                                         "got 'llava'"):
         PredictionsCallback(str(tmp_path / "p.jsonl"), parser="llava")
 
 
