@@ -1,1 +1,1 @@
-"""Evaluation: predictions files, scoring and the Lightning callback."""
+"""Evaluation: scoring answered records, the scoring CLI and the Lightning callbacks that score test and validation."""

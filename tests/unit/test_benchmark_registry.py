@@ -4,7 +4,6 @@ registered ones."""
 import importlib
 import json
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
