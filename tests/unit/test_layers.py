@@ -17,8 +17,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sinkflow"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("sinkflow.checks", "sinkflow.registry", "sinkflow.pathway"),  # torch and the standard library only
     ("sinkflow.config", "sinkflow.divergence", "sinkflow.plotting"),
-    ("sinkflow.data",),  # files, collation, templates, the data module, the predictions file
+    ("sinkflow.data",),  # question files, collation, templates, instruct data, the resumable loader
     ("sinkflow.benchmarks",),  # one module per benchmark: loaders, parse rules, scores
+    ("sinkflow.data.predictions", "sinkflow.data.datamodule"),  # both check records against BENCHMARKS
     ("sinkflow.shapes",),  # the generated dataset, written in the benchmarks' formats
     ("sinkflow.models",),  # families, loading, LoRA, tiny models, checkpoints and exports
     ("sinkflow.sinks",),  # detectors, strategies, simulated sinks, sink statistics
