@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from pathlib import Path
 from collections.abc import Callable
 
 import torch
@@ -60,7 +61,7 @@ def peak_bytes(function: Callable[[], None], device: torch.device) -> int:
         function()
     with tempfile.TemporaryDirectory() as folder:
         prof.export_chrome_trace(f"{folder}/trace.json")
-        events = json.loads(open(f"{folder}/trace.json").read())["traceEvents"]
+        events = json.loads(Path(folder, "trace.json").read_text())["traceEvents"]
     return max([0] + [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"])
 
 

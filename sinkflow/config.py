@@ -31,7 +31,8 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train",
                    search: Sequence[Path] = ()) -> DictConfig:
     """The config an entry point composes from `overrides` (tests, benches), with extra config folders `search`."""
-    extra = [f"hydra.searchpath=[{','.join(f'file://{Path(folder).resolve()}' for folder in search)}]"] if search else []
+    folders = ",".join(f"file://{Path(folder).resolve()}" for folder in search)
+    extra = [f"hydra.searchpath=[{folders}]"] if search else []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name, overrides=[*overrides, *extra])
 

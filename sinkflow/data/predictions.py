@@ -130,7 +130,8 @@ class PredictionsWriter:
             self.path.unlink()
         self.earlier = load_for_resume(self.path)
         self.done = {record_key(r) for r in self.earlier}
-        self._file = open(self.path, "a", encoding="utf-8")  # open for the whole test epoch; `close` syncs it
+        # open for the whole test epoch; `close` syncs it
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
     def append(self, records: list[dict]) -> int:
         """Write the records not seen yet; returns how many were written."""

@@ -45,7 +45,8 @@ def test_ddp_training_runs_on_two_processes_and_tests_every_question_once(tmp_pa
     out = tmp_path / "train"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-         "trainer.precision=32-true", "trainer.max_steps=4", "trainer.max_epochs=10", "logger=csv", "dataset.batch_size=4", *ARGS,
+         "trainer.precision=32-true", "trainer.max_steps=4", "trainer.max_epochs=10", "logger=csv",
+         "dataset.batch_size=4", *ARGS,
          f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr

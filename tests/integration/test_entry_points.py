@@ -184,7 +184,7 @@ def test_tiny_qwen_runs_the_default_pipeline_and_its_checkpoint_evaluates_the_sa
     trained = {(r["benchmark"], r["id"]): r["prediction"] for r in read_predictions(out / "predictions.jsonl")}
     prompts = [r["prompt"] for r in read_predictions(out / "predictions.jsonl")]
     assert len(trained) == 32 and all("<|image_pad|>" in p for p in prompts)
-    rows = list(csv.DictReader(open(out / "csv" / "version_0" / "metrics.csv")))
+    rows = list(csv.DictReader((out / "csv" / "version_0" / "metrics.csv").read_text().splitlines()))
     assert any(r.get("val/sinks/precision") == "1.0" for r in rows), "the simulated sinks are found on Qwen too"
     evaluated = tmp_path / "qwen_eval"
     run("evaluate.py", [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", *SMALL_DATA, "dataset.limit_eval=8",

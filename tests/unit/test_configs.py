@@ -122,10 +122,10 @@ def test_every_strategy_config_instantiates_its_registered_strategy_and_a_detect
     strategy = instantiate(cfg.sink_strategy.strategy)
     assert type(strategy) is STRATEGIES[option] and strategy.name == option
     detector = instantiate(cfg.sink_strategy.detector)
-    assert isinstance(detector, SinkDetector) and detector.mode == "norm_threshold" and detector.tau == 100.0
+    assert isinstance(detector, NormThreshold) and detector.name == "norm_threshold" and detector.tau == 100.0
     topk = instantiate(compose_cfg("train", [f"sink_strategy={option}", "sink_strategy/detector=topk",
                                              "sink_strategy.detector.k=3"], tmp_path).sink_strategy.detector)
-    assert topk.mode == "topk" and topk.k == 3
+    assert topk.name == "topk" and topk.k == 3
 
 
 def test_the_training_free_sweep_is_a_multirun_over_every_strategy(tmp_path):

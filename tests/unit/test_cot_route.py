@@ -150,7 +150,7 @@ def test_copied_projectors_follow_a_checkpoint_trained_without_strategy_weights(
     assert not any(p.requires_grad for p in routed.parameters())
 
 
-def test_asking_needs_a_generation_prompter_and_one_question_per_image(shapes_root, routing_prompts):
+def test_asking_needs_a_question_collator_and_one_question_per_image(shapes_root, routing_prompts):
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=4))
     batch = Collator(processor, VicunaV1(), generate=True)(samples_for(shapes_root, QUESTIONS))
     with pytest.raises(ValueError, match="create the collator with generate=True"):
@@ -160,7 +160,7 @@ def test_asking_needs_a_generation_prompter_and_one_question_per_image(shapes_ro
     module = SinkflowModule(model, processor, LlavaFamily(), CotRoute(**routing_prompts),
                             NormThreshold(tau=100.0)).eval()
     with pytest.raises(ValueError, match="strategy 'cot_route' asks the model questions: give SinkflowModule a "
-                                         "prompter"):
+                                         "question_collator"):
         module.generate(batch)
 
 

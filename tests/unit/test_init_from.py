@@ -18,7 +18,8 @@ from test_configs import compose_cfg  # pytest puts tests/unit on sys.path (no _
 
 def build(tmp_path, overrides, **kwargs):
     cfg = compose_cfg("train", overrides, tmp_path)
-    return SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=True, init_from=cfg.get("init_from"), **kwargs)
+    return SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=True, init_from=cfg.get("init_from"),
+                                      **kwargs)
 
 
 def perturb(module, seed: int) -> None:

@@ -117,7 +117,8 @@ def test_no_import_cycles():
 
 def test_the_pathway_module_imports_only_torch_and_the_standard_library():
     tree = ast.parse((PACKAGE / "pathway.py").read_text())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
     roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert roots <= {"__future__", "collections", "dataclasses", "typing", "torch"}, roots
 

@@ -59,7 +59,8 @@ def test_load_trainable_requires_an_exact_fit(module):
 
 
 def test_llava_family_rejects_unknown_select_strategy():
-    with pytest.raises(ValueError, match=re.escape("`model.family.vision_feature_select_strategy` must be one of ('default', 'full')")):
+    message = "`model.family.vision_feature_select_strategy` must be one of ('default', 'full'), got 'cls'"
+    with pytest.raises(ValueError, match=re.escape(message)):
         LlavaFamily(vision_feature_select_strategy="cls")
 
 

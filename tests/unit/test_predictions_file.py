@@ -90,7 +90,10 @@ def test_the_writer_writes_a_batch_at_once_and_syncs_on_close(tmp_path, monkeypa
         def __getattr__(self, name):
             return getattr(self.file, name)
 
-    monkeypatch.setattr(predictions, "open", lambda *args, **kwargs: Counted(open(*args, **kwargs)), raising=False)
+    def opened(*args, **kwargs):
+        return Counted(open(*args, **kwargs))  # noqa: SIM115  (the writer closes it)
+
+    monkeypatch.setattr(predictions, "open", opened, raising=False)
     monkeypatch.setattr(predictions.os, "fsync", synced.append)
     path = tmp_path / "predictions.jsonl"
     writer = PredictionsWriter(path)

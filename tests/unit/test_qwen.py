@@ -98,7 +98,6 @@ def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int 
 @pytest.mark.parametrize("place", ["front", "end"])
 def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_positions(pair, two_sizes, place,
                                                                                   position_mode):
-    from sinkflow.sinks.detectors.norm_threshold import NormThreshold
     from sinkflow.sinks.strategies.sink_end import SinkEnd
     from sinkflow.sinks.strategies.sink_front import SinkFront
 

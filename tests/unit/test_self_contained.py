@@ -57,8 +57,7 @@ def anchors(doc: Path) -> set[str]:
 
 
 def lines(path: str):
-    for number, line in enumerate((ROOT / path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        yield number, line
+    yield from enumerate((ROOT / path).read_text(encoding="utf-8", errors="replace").splitlines(), 1)
 
 
 def outside_note(path: str, line: str) -> bool:

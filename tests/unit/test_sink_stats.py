@@ -1,6 +1,7 @@
 """Sink statistics: accumulated over a validation epoch and sent to the loggers (W&B also gets histograms)."""
 
 import csv
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -61,7 +62,7 @@ def test_every_validation_epoch_logs_sink_stats(shapes_root, tmp_path):
     loader = DataLoader(samples, batch_size=4, collate_fn=Collator(processor, VicunaV1()))
     logger = CSVLogger(tmp_path, name="csv")
     L.Trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False).validate(module, loader)
-    rows = list(csv.DictReader(open(f"{logger.log_dir}/metrics.csv")))
+    rows = list(csv.DictReader(Path(logger.log_dir, "metrics.csv").read_text().splitlines()))
     logged = {k: float(v) for row in rows for k, v in row.items() if v}
     assert logged["val/sinks/per_image"] == 2.0 and logged["val/sinks/images_with_sinks"] == 1.0
     assert logged["val/sinks/precision"] == 1.0 and logged["val/sinks/recall"] == 1.0

@@ -19,7 +19,7 @@ from sinkflow.pathway import PaddingSide, Routed, VisualFeatures, rebuild_rows
 from sinkflow.registry import Registry
 
 SinkTokens = Literal["any_patch", "own_norm"]
-# Detector(features [n_images, N, D], lengths) -> sink mask [n_images, N] (sinkflow.sinks.detectors.norm_threshold.NormThreshold).
+# Detector(features [n_images, N, D], lengths) -> sink mask [n_images, N] (a sinkflow.sinks.detectors rule).
 Detector = Callable[[torch.Tensor, list[int]], torch.Tensor]
 
 

@@ -1,4 +1,4 @@
-"""`norm_threshold`: the paper's rule (docs/paper.md#sink-tokens)."""
+"""`norm_threshold`: the paper's rule (docs/paper.md#vit-sinks-and-tau)."""
 
 from __future__ import annotations
 
