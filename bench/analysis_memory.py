@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from common import device_label
-
 from sinkflow.analysis.capture import AttentionRows, decoder_layers, visual_layer_inputs
 from sinkflow.analysis.context import visual_tokens
 from sinkflow.analysis.massive_dims import MassiveActivations, MassiveCriterion
@@ -43,8 +42,15 @@ from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy
 
-SIZES = {"vision_hidden": 256, "vision_layers": 4, "vision_heads": 4, "text_hidden": 512, "text_layers": 4,
-         "text_heads": 8, "text_kv_heads": 4}
+SIZES = {
+    "vision_hidden": 256,
+    "vision_layers": 4,
+    "vision_heads": 4,
+    "text_hidden": 512,
+    "text_layers": 4,
+    "text_heads": 8,
+    "text_kv_heads": 4,
+}
 
 
 def peak_bytes(function: Callable[[], None], device: torch.device) -> int:
@@ -68,10 +74,15 @@ def peak_bytes(function: Callable[[], None], device: torch.device) -> int:
 def measure(args, device: torch.device) -> dict:
     """Peaks of the three variants on the same seeded model, batch and answer."""
     torch.manual_seed(0)
-    model, processor = build_tiny_llava(TinyLlavaSpec(image_size=args.image_size, patch_size=args.patch_size,
-                                                      **SIZES))
-    module = SinkflowModule(model.to(device).eval(), processor, LlavaFamily(), NoneStrategy(), NormThreshold(),
-                            simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
+    model, processor = build_tiny_llava(TinyLlavaSpec(image_size=args.image_size, patch_size=args.patch_size, **SIZES))
+    module = SinkflowModule(
+        model.to(device).eval(),
+        processor,
+        LlavaFamily(),
+        NoneStrategy(),
+        NormThreshold(),
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+    ).eval()
     root = generate_shapes(tempfile.mkdtemp(), n_train=1, n_eval=args.batch, image_size=64)
     items = load_open_qa(root / "open" / "open.jsonl", root / "eval_images")[: args.batch]
     batch = batch_to(Collator(processor, VicunaV1(), generate=True)([eval_sample(i) for i in items]), device)
@@ -86,8 +97,10 @@ def measure(args, device: torch.device) -> dict:
 
     def propagation():
         massive = MassiveActivations(MassiveCriterion(), tokens, len(layers))
-        with AttentionRows(hf, layers, columns, inputs["attention_mask"]), \
-                visual_layer_inputs(hf, tokens.rows, tokens.columns, massive):
+        with (
+            AttentionRows(hf, layers, columns, inputs["attention_mask"]),
+            visual_layer_inputs(hf, tokens.rows, tokens.columns, massive),
+        ):
             hf(**inputs, use_cache=False, logits_to_keep=1)
 
     def naive():

@@ -14,7 +14,6 @@ import tempfile
 import torch
 
 from common import device_label, timed
-
 from sinkflow.benchmarks.pope import load_pope
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.datamodule import eval_sample
@@ -36,8 +35,13 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.accelerator)
     model, processor = build_tiny_llava(TinyLlavaSpec())
-    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(),
-                            generation={"max_new_tokens": args.max_new_tokens}).eval().to(device)
+    module = (
+        SinkflowModule(
+            model, processor, LlavaFamily(), NoneStrategy(), generation={"max_new_tokens": args.max_new_tokens}
+        )
+        .eval()
+        .to(device)
+    )
     root = generate_shapes(tempfile.mkdtemp(), n_train=1, n_eval=max(args.questions // 4, 1))
     samples = [eval_sample(item) for item in load_pope(root / "pope", root / "eval_images")][: args.questions]
     collate = Collator(processor, VicunaV1(), generate=True)
@@ -46,7 +50,7 @@ def main():
         return module.generate(batch_to(collate(chunk), device))
 
     def batched_pass():
-        return [p for i in range(0, len(samples), args.batch) for p in generate(samples[i:i + args.batch])]
+        return [p for i in range(0, len(samples), args.batch) for p in generate(samples[i : i + args.batch])]
 
     def single_pass():
         return [generate([s])[0] for s in samples]
@@ -58,19 +62,23 @@ def main():
         batched_times.append(timed(batched_pass, device)[1])
         single_times.append(timed(single_pass, device)[1])
     batched_s, single_s = statistics.median(batched_times), statistics.median(single_times)
-    print(json.dumps({
-        "bench": "eval_throughput",
-        "questions": len(samples),
-        "batch": args.batch,
-        "max_new_tokens": args.max_new_tokens,
-        "batched_s": round(batched_s, 3),
-        "one_at_a_time_s": round(single_s, 3),
-        "speedup": round(single_s / batched_s, 2),
-        "target_speedup": 3.0,
-        "same_predictions": batched == single,
-        "repeats": args.repeats,
-        "device": device_label(device),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "eval_throughput",
+                "questions": len(samples),
+                "batch": args.batch,
+                "max_new_tokens": args.max_new_tokens,
+                "batched_s": round(batched_s, 3),
+                "one_at_a_time_s": round(single_s, 3),
+                "speedup": round(single_s / batched_s, 2),
+                "target_speedup": 3.0,
+                "same_predictions": batched == single,
+                "repeats": args.repeats,
+                "device": device_label(device),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,13 +26,12 @@ import torch
 from hydra.utils import instantiate
 
 from common import device_label, timed
-
 from sinkflow.config import compose_config
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.instruct import load_instruct
-from sinkflow.shapes import generate_shapes
 from sinkflow.models.families.base import FAMILIES
 from sinkflow.module import SinkflowModule
+from sinkflow.shapes import generate_shapes
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.base import STRATEGIES
@@ -58,8 +57,15 @@ def round_robin(modules: dict, measure, batch: dict, device: torch.device, args)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-SIZES = {"vision_hidden": 256, "vision_layers": 4, "vision_heads": 4, "text_hidden": 512, "text_layers": 4,
-         "text_heads": 8, "text_kv_heads": 4}
+SIZES = {
+    "vision_hidden": 256,
+    "vision_layers": 4,
+    "vision_heads": 4,
+    "text_hidden": 512,
+    "text_layers": 4,
+    "text_heads": 8,
+    "text_kv_heads": 4,
+}
 
 
 def measure(family: str, args, device: torch.device) -> dict:
@@ -70,16 +76,25 @@ def measure(family: str, args, device: torch.device) -> dict:
     model.to(device)
     model.generation_config.min_new_tokens = args.new_tokens  # equal answer lengths: latency compares routing only
     simulated = SimulatedSinks(k=2, norm=150.0)
-    strategies = {name: instantiate(compose_config([f"sink_strategy={name}"]).sink_strategy.strategy)
-                  for name in STRATEGIES}
+    strategies = {
+        name: instantiate(compose_config([f"sink_strategy={name}"]).sink_strategy.strategy) for name in STRATEGIES
+    }
     # the question encoder on every call
     uncached = compose_config(["sink_strategy=reweight", "sink_strategy.strategy.cache_size=0"])
     strategies["reweight_uncached"] = instantiate(uncached.sink_strategy.strategy)
     prompter = Collator(processor, template, generate=True)
-    modules = {name: SinkflowModule(model, processor, family_obj, strategy,
-                                    None if name == "none" else NormThreshold(), simulated_sinks=simulated,
-                                    question_collator=prompter).eval()
-               for name, strategy in strategies.items()}
+    modules = {
+        name: SinkflowModule(
+            model,
+            processor,
+            family_obj,
+            strategy,
+            None if name == "none" else NormThreshold(),
+            simulated_sinks=simulated,
+            question_collator=prompter,
+        ).eval()
+        for name, strategy in strategies.items()
+    }
     for module in modules.values():
         module.generation.max_new_tokens = args.new_tokens
     deciding = {name for name, module in modules.items() if module.strategy.decides}
@@ -89,8 +104,13 @@ def measure(family: str, args, device: torch.device) -> dict:
     medians = round_robin({n: m for n, m in modules.items() if n not in deciding}, timed_forward, batch, device, args)
     ratios = {name: round(m / medians["none"], 4) for name, m in medians.items()}
     answering = {n: modules[n] for n in ("none", "dual_mlp", "reweight", *sorted(deciding))}
-    answers = round_robin(answering, timed_answers, batch_to(prompter(samples), device), device,
-                          argparse.Namespace(warmup=1, repeats=args.answer_repeats))
+    answers = round_robin(
+        answering,
+        timed_answers,
+        batch_to(prompter(samples), device),
+        device,
+        argparse.Namespace(warmup=1, repeats=args.answer_repeats),
+    )
     per_sample = {name: round(seconds / args.batch, 5) for name, seconds in answers.items()}
     return {
         "bench": "overhead",
@@ -101,9 +121,13 @@ def measure(family: str, args, device: torch.device) -> dict:
         # Over the registered strategies; reweight_uncached is a diagnostic row (the encoder's cold cost).
         "within_targets": ratios["sink_front"] <= 1.03 and max(ratios[n] for n in STRATEGIES if n in ratios) <= 1.10,
         "answer_seconds_per_sample": per_sample,
-        "answer_latency_ratio": {name: {"to_none": round(per_sample[name] / per_sample["none"], 3),
-                                        "to_dual_mlp": round(per_sample[name] / per_sample["dual_mlp"], 3)}
-                                 for name in sorted(deciding)},
+        "answer_latency_ratio": {
+            name: {
+                "to_none": round(per_sample[name] / per_sample["none"], 3),
+                "to_dual_mlp": round(per_sample[name] / per_sample["dual_mlp"], 3),
+            }
+            for name in sorted(deciding)
+        },
         "new_tokens": args.new_tokens,
         "batch": args.batch,
         "seq_len": int(batch["input_ids"].shape[1]),

@@ -20,7 +20,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from common import device_label, synchronize
-
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.instruct import load_instruct
 from sinkflow.data.templates import VicunaV1
@@ -49,8 +48,13 @@ class StepTimer(L.Callback):
 
 
 def build(args) -> tuple[SinkflowModule, dict]:
-    spec = TinyLlavaSpec(text_hidden=args.text_hidden, text_layers=args.text_layers, vision_hidden=args.vision_hidden,
-                         vision_layers=args.vision_layers, image_size=args.image_size)
+    spec = TinyLlavaSpec(
+        text_hidden=args.text_hidden,
+        text_layers=args.text_layers,
+        vision_hidden=args.vision_hidden,
+        vision_layers=args.vision_layers,
+        image_size=args.image_size,
+    )
     model, processor = build_tiny_llava(spec)
     family = LlavaFamily()
     model = prepare_for_training(model, family, lora=LoraSpec(r=16, alpha=32, dropout=0.0))
@@ -81,15 +85,26 @@ def bare_loop(module: SinkflowModule, batch: dict, steps: int, device: torch.dev
     return times
 
 
-def lightning_loop(module: SinkflowModule, batch: dict, steps: int, accelerator: str, precision: str,
-                   callbacks: tuple = ()) -> list[float]:
+def lightning_loop(
+    module: SinkflowModule, batch: dict, steps: int, accelerator: str, precision: str, callbacks: tuple = ()
+) -> list[float]:
     """`Trainer.fit` over a loader that yields the same batch (default callbacks + `callbacks`, progress bar off)."""
     loader = DataLoader([batch] * steps, batch_size=None, collate_fn=lambda b: b)
     timer = StepTimer()
-    trainer = L.Trainer(max_steps=steps, accelerator=accelerator, devices=1, precision=precision, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        gradient_clip_val=1.0,
-                        callbacks=[timer, *callbacks], limit_val_batches=0, default_root_dir=tempfile.mkdtemp())
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        callbacks=[timer, *callbacks],
+        limit_val_batches=0,
+        default_root_dir=tempfile.mkdtemp(),
+    )
     trainer.fit(module, train_dataloaders=loader)
     return [b - a for a, b in zip(timer.starts, timer.starts[1:])]
 
@@ -115,25 +130,31 @@ def main():
     bare, lightning, guarded = [], [], []
     # Alternate the loops so that drift in machine load affects them alike.
     for _ in range(args.rounds):
-        bare += bare_loop(module, batch, args.steps, device)[args.warmup:]
-        lightning += lightning_loop(module, batch, args.steps, accelerator, precision)[args.warmup:]
-        guarded += lightning_loop(module, batch, args.steps, accelerator, precision, (DivergenceGuard(),))[args.warmup:]
+        bare += bare_loop(module, batch, args.steps, device)[args.warmup :]
+        lightning += lightning_loop(module, batch, args.steps, accelerator, precision)[args.warmup :]
+        guarded += lightning_loop(module, batch, args.steps, accelerator, precision, (DivergenceGuard(),))[
+            args.warmup :
+        ]
     bare_s, lightning_s, guarded_s = statistics.median(bare), statistics.median(lightning), statistics.median(guarded)
-    print(json.dumps({
-        "bench": "train_step",
-        "bare_median_s": round(bare_s, 5),
-        "lightning_median_s": round(lightning_s, 5),
-        "ratio": round(lightning_s / bare_s, 4),
-        "target_ratio": 1.10,
-        "guarded_median_s": round(guarded_s, 5),
-        "guard_ratio": round(guarded_s / lightning_s, 4),
-        "target_guard_ratio": 1.03,
-        "steps_measured_each": len(bare),
-        "batch": args.batch,
-        "seq_len": int(batch["input_ids"].shape[1]),
-        "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-        "device": device_label(device),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "train_step",
+                "bare_median_s": round(bare_s, 5),
+                "lightning_median_s": round(lightning_s, 5),
+                "ratio": round(lightning_s / bare_s, 4),
+                "target_ratio": 1.10,
+                "guarded_median_s": round(guarded_s, 5),
+                "guard_ratio": round(guarded_s / lightning_s, 4),
+                "target_guard_ratio": 1.03,
+                "steps_measured_each": len(bare),
+                "batch": args.batch,
+                "seq_len": int(batch["input_ids"].shape[1]),
+                "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+                "device": device_label(device),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,17 +19,23 @@ REQUIRED = {
 }
 # Bounds of the numeric `model.lora` / `model.optim` options (`LoraSpec` checks the LoRA ones again when built).
 LORA_NUMBERS = {"r": {"integer": True, "at_least": 1}, "alpha": {"above": 0}, "dropout": {"at_least": 0, "below": 1}}
-OPTIM_NUMBERS = {"lr": {"above": 0}, "projector_lr": {"above": 0}, "strategy_lr": {"above": 0, "optional": True},
-                 "weight_decay": {"at_least": 0}, "warmup_ratio": {"at_least": 0, "at_most": 1},
-                 "min_lr_ratio": {"at_least": 0, "at_most": 1}}
+OPTIM_NUMBERS = {
+    "lr": {"above": 0},
+    "projector_lr": {"above": 0},
+    "strategy_lr": {"above": 0, "optional": True},
+    "weight_decay": {"at_least": 0},
+    "warmup_ratio": {"at_least": 0, "at_most": 1},
+    "min_lr_ratio": {"at_least": 0, "at_most": 1},
+}
 
 
 # The repository's config folder (train.py, evaluate.py and analyze.py compose from it).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def compose_config(overrides: Sequence[str] = (), config_name: str = "train",
-                   search: Sequence[Path] = ()) -> DictConfig:
+def compose_config(
+    overrides: Sequence[str] = (), config_name: str = "train", search: Sequence[Path] = ()
+) -> DictConfig:
     """The config an entry point composes from `overrides` (tests, benches), with extra config folders `search`."""
     folders = ",".join(f"file://{Path(folder).resolve()}" for folder in search)
     extra = [f"hydra.searchpath=[{folders}]"] if search else []

@@ -56,34 +56,43 @@ class DivergenceGuard(L.Callback):
         named = [] if scaled else named_grads(optimizer)
         # One read from the device per step: the losses, then each group's largest |gradient| (NaN stays NaN).
         values = torch.stack([*losses, *(get_total_norm(grads, norm_type=math.inf) for _, grads in named)]).tolist()
-        losses, norms = values[:len(losses)], values[len(losses):]
+        losses, norms = values[: len(losses)], values[len(losses) :]
         bad_loss = not all(math.isfinite(x) for x in losses)
         groups = [name for (name, _), norm in zip(named, norms) if not math.isfinite(norm)]
         # Every rank takes the same decision (a loss is per rank; DDP gradients are already reduced).
         if not trainer.strategy.reduce_boolean_decision(bad_loss or bool(groups), all=False):
             return
         what = f"train/loss = {', '.join(f'{x:.4g}' for x in losses)}" + (
-            f"; non-finite gradients in parameter group(s) {', '.join(groups)}" if groups else "")
+            f"; non-finite gradients in parameter group(s) {', '.join(groups)}" if groups else ""
+        )
         step = trainer.global_step
         if self.skipped < self.max_bad_steps:
             self.skipped += 1
             for group in optimizer.param_groups:
                 for parameter in group["params"]:
                     parameter.grad = None
-            log.warning("step %d: %s; update skipped (%d of divergence.max_bad_steps=%d)", step, what, self.skipped,
-                        self.max_bad_steps)
+            log.warning(
+                "step %d: %s; update skipped (%d of divergence.max_bad_steps=%d)",
+                step,
+                what,
+                self.skipped,
+                self.max_bad_steps,
+            )
             return
         budget = f" after skipping {self.skipped} bad step(s)" if self.max_bad_steps else ""
         raise TrainingDiverged(
             f"training diverged at step {step} (epoch {trainer.current_epoch}){budget}: {what}. Stopped before "
             f"this update; {last_checkpoint(trainer)}. Lower model.optim.lr (or the projector / strategy rates), "
-            "or let training skip a few bad steps with divergence.max_bad_steps=N.")
+            "or let training skip a few bad steps with divergence.max_bad_steps=N."
+        )
 
 
 def named_grads(optimizer: torch.optim.Optimizer) -> list[tuple[str, list[torch.Tensor]]]:
     """(name, gradients) of each parameter group that has gradients."""
-    named = [(group.get("name", f"#{i}"), [p.grad for p in group["params"] if p.grad is not None])
-             for i, group in enumerate(optimizer.param_groups)]
+    named = [
+        (group.get("name", f"#{i}"), [p.grad for p in group["params"] if p.grad is not None])
+        for i, group in enumerate(optimizer.param_groups)
+    ]
     return [(name, grads) for name, grads in named if grads]
 
 

@@ -35,8 +35,10 @@ def plot_losses(train: list[tuple[int, float]], val: list[tuple[int, float]], pa
     plt = pyplot()
     steps, losses = zip(*train)
     window = max(1, len(losses) // 50)
-    smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
-              for i in range(len(losses))]
+    smooth = [
+        sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+        for i in range(len(losses))
+    ]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="train (per step)")
     ax.plot(steps, smooth, color="tab:blue", label=f"train (mean of {window})")

@@ -62,11 +62,21 @@ class GenerationSpec:
 class SinkflowModule(L.LightningModule):
     """Wraps an LVLM with sink-aware token routing; training loss, and greedy batched generation for evaluation."""
 
-    def __init__(self, model: nn.Module, processor, family: VisualFamily, strategy: SinkStrategy,
-                 detector: SinkDetector | None = None, optim: OptimSpec | dict | None = None,
-                 generation: GenerationSpec | dict | None = None, source: str | None = None,
-                 run_config: dict | None = None, simulated_sinks: SimulatedSinks | None = None,
-                 question_collator: Collator | None = None, init_from: Export | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        processor,
+        family: VisualFamily,
+        strategy: SinkStrategy,
+        detector: SinkDetector | None = None,
+        optim: OptimSpec | dict | None = None,
+        generation: GenerationSpec | dict | None = None,
+        source: str | None = None,
+        run_config: dict | None = None,
+        simulated_sinks: SimulatedSinks | None = None,
+        question_collator: Collator | None = None,
+        init_from: Export | None = None,
+    ):
         super().__init__()
         self.source = source  # the base checkpoint (hub id or directory) the trainable weights apply to
         self.run_config = run_config  # model + strategy config, stored in checkpoints so evaluate.py can rebuild
@@ -84,45 +94,74 @@ class SinkflowModule(L.LightningModule):
         strategy.setup(unwrap(model), family)
         self.stats = nn.ModuleDict({"val": SinkStats(), "test": SinkStats()})
         self.optim = OptimSpec(**optim) if isinstance(optim, dict) else (optim or OptimSpec())
-        self.generation = (GenerationSpec(**generation) if isinstance(generation, dict)
-                           else generation or GenerationSpec())
+        self.generation = (
+            GenerationSpec(**generation) if isinstance(generation, dict) else generation or GenerationSpec()
+        )
         # Checkpoints hold trainable weights only; the frozen base reloads from the checkpoint it came from.
         self.strict_loading = False
 
     @classmethod
-    def from_config(cls, model_cfg: DictConfig, strategy_cfg: DictConfig, *, train: bool,
-                    init_from: str | None = None, hint: str = "") -> SinkflowModule:
+    def from_config(
+        cls,
+        model_cfg: DictConfig,
+        strategy_cfg: DictConfig,
+        *,
+        train: bool,
+        init_from: str | None = None,
+        hint: str = "",
+    ) -> SinkflowModule:
         """Load the model, start it from an earlier run's export (`init_from`), freeze / LoRA it (when training),
         and wrap it with family, detector and strategy. `hint` ends the error of a strategy the export's weights do
         not fit."""
         source = resolve_checkpoint(model_cfg)
         family = instantiate(model_cfg.family)
         start = Export.read(init_from, what="init_from") if init_from else None
-        model, processor = load_pretrained(source, family=family, dtype=model_cfg.dtype,
-                                           attn_implementation=model_cfg.attn_implementation,
-                                           trust_remote_code=model_cfg.trust_remote_code)
+        model, processor = load_pretrained(
+            source,
+            family=family,
+            dtype=model_cfg.dtype,
+            attn_implementation=model_cfg.attn_implementation,
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
         if start is not None:
             if start.info["base_checkpoint"] != source:
-                log.warning("init_from=%s was trained on %s, but model.checkpoint is %s", start.path,
-                            start.info["base_checkpoint"], source)
+                log.warning(
+                    "init_from=%s was trained on %s, but model.checkpoint is %s",
+                    start.path,
+                    start.info["base_checkpoint"],
+                    source,
+                )
             start.apply_base(model)  # before the strategy copies the projector
         lora = OmegaConf.to_container(model_cfg.lora) if train and model_cfg.lora is not None else None
-        model = prepare_for_training(model, family, freeze_vision=model_cfg.freeze_vision,
-                                     train_projector=train and model_cfg.train_projector, lora=lora,
-                                     train_language_model=train and model_cfg.train_language_model,
-                                     adapter=start.adapter if start is not None else None)
+        model = prepare_for_training(
+            model,
+            family,
+            freeze_vision=model_cfg.freeze_vision,
+            train_projector=train and model_cfg.train_projector,
+            lora=lora,
+            train_language_model=train and model_cfg.train_language_model,
+            adapter=start.adapter if start is not None else None,
+        )
         simulated = model_cfg.get("simulated_sinks")
-        run_config = {"model": OmegaConf.to_container(model_cfg, resolve=True),
-                      "sink_strategy": OmegaConf.to_container(strategy_cfg, resolve=True),
-                      **({"init_from": str(start.path.resolve())} if start is not None else {})}
-        module = cls(model, processor, family, instantiate(strategy_cfg.strategy),
-                     instantiate(strategy_cfg.detector) if strategy_cfg.get("detector") else None,
-                     optim=OmegaConf.to_container(model_cfg.optim),
-                     generation=OmegaConf.to_container(model_cfg.generation),
-                     source=source, run_config=run_config,
-                     simulated_sinks=instantiate(simulated) if simulated else None,
-                     question_collator=Collator(processor, instantiate(model_cfg.template), generate=True),
-                     init_from=start)
+        run_config = {
+            "model": OmegaConf.to_container(model_cfg, resolve=True),
+            "sink_strategy": OmegaConf.to_container(strategy_cfg, resolve=True),
+            **({"init_from": str(start.path.resolve())} if start is not None else {}),
+        }
+        module = cls(
+            model,
+            processor,
+            family,
+            instantiate(strategy_cfg.strategy),
+            instantiate(strategy_cfg.detector) if strategy_cfg.get("detector") else None,
+            optim=OmegaConf.to_container(model_cfg.optim),
+            generation=OmegaConf.to_container(model_cfg.generation),
+            source=source,
+            run_config=run_config,
+            simulated_sinks=instantiate(simulated) if simulated else None,
+            question_collator=Collator(processor, instantiate(model_cfg.template), generate=True),
+            init_from=start,
+        )
         if start is not None:
             start.apply_strategy(module.strategy, hint)
         return module
@@ -148,14 +187,18 @@ class SinkflowModule(L.LightningModule):
         return PathwayResult(self.family.merge(hf, batch, visual, routed, padding_side), visual, sinks, routed)
 
     @torch.no_grad()
-    def ask(self, batch: dict, visual: VisualFeatures, questions: list[str], routed: Routed,
-            max_new_tokens: int) -> list[str]:
+    def ask(
+        self, batch: dict, visual: VisualFeatures, questions: list[str], routed: Routed, max_new_tokens: int
+    ) -> list[str]:
         """The model's greedy answers to `questions[i]` about the batch's i-th image, entering the LLM as `routed`."""
         if self.question_collator is None:
-            raise ValueError(f"strategy {self.strategy.name!r} asks the model questions: give SinkflowModule a "
-                             "question_collator (a generation Collator with the model's template)")
-        inputs = self.family.merge(self.hf, self.question_collator.ask(batch, questions), visual, routed,
-                                   padding_side="left")
+            raise ValueError(
+                f"strategy {self.strategy.name!r} asks the model questions: give SinkflowModule a "
+                "question_collator (a generation Collator with the model's template)"
+            )
+        inputs = self.family.merge(
+            self.hf, self.question_collator.ask(batch, questions), visual, routed, padding_side="left"
+        )
         return [answer.strip() for answer in self._greedy(inputs, max_new_tokens)]
 
     def visual(self, batch: dict) -> VisualFeatures:
@@ -163,8 +206,9 @@ class SinkflowModule(L.LightningModule):
         tower_trains = any(p.requires_grad for p in self.family.vision_tower(self.hf).parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
             visual = self.family.encode(self.hf, batch)
-        visual = replace(visual, keys=list(batch.get("image_keys", [])),
-                         questions=list(batch.get("image_questions", [])))
+        visual = replace(
+            visual, keys=list(batch.get("image_keys", [])), questions=list(batch.get("image_questions", []))
+        )
         if self.simulated_sinks is not None:
             features, planted = self.simulated_sinks(visual, self.family.patch_pixels(batch, visual))
             visual = replace(visual, features=features, planted=planted)
@@ -177,8 +221,14 @@ class SinkflowModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self(batch).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["meta"]))
-        self.log("train/truncated_rows", float(batch.get("n_truncated", 0)), reduce_fx="sum", on_step=False,
-                 on_epoch=True, batch_size=len(batch["meta"]))
+        self.log(
+            "train/truncated_rows",
+            float(batch.get("n_truncated", 0)),
+            reduce_fx="sum",
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(batch["meta"]),
+        )
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -210,8 +260,9 @@ class SinkflowModule(L.LightningModule):
         visual = seen.visual
         if visual is not None and seen.sinks is not None:
             planted = visual.to_tokens(visual.planted) if visual.planted is not None else None
-            self.stats[stage].update(token_norms(visual.features), seen.sinks, planted, keys=visual.keys or None,
-                                     valid=visual.valid())
+            self.stats[stage].update(
+                token_norms(visual.features), seen.sinks, planted, keys=visual.keys or None, valid=visual.valid()
+            )
 
     def _log_stats(self, stage: str) -> None:
         stats = self.stats[stage]
@@ -250,8 +301,9 @@ class SinkflowModule(L.LightningModule):
         routed = seen.routed
         if routed is not None and routed.decisions is not None:
             seconds = routed.decision_seconds / max(len(routed.decisions), 1)
-            decisions = {key: dict(decision, seconds=seconds) for key, decision in zip(batch["image_keys"],
-                                                                                       routed.decisions)}
+            decisions = {
+                key: dict(decision, seconds=seconds) for key, decision in zip(batch["image_keys"], routed.decisions)
+            }
             for record in records:
                 if sample_key(record) in decisions:
                     record["routing"] = decisions[sample_key(record)]
@@ -262,12 +314,23 @@ class SinkflowModule(L.LightningModule):
         projector = {id(p) for p in self.family.projector(self.hf).parameters()}
         strategy = {id(p) for p in self.strategy.parameters()}
         strategy_lr = self.optim.projector_lr if self.optim.strategy_lr is None else self.optim.strategy_lr
-        groups = {"lora": ([], self.optim.lr), "projector": ([], self.optim.projector_lr),
-                  "strategy": ([], strategy_lr), "other": ([], self.optim.lr)}
+        groups = {
+            "lora": ([], self.optim.lr),
+            "projector": ([], self.optim.projector_lr),
+            "strategy": ([], strategy_lr),
+            "other": ([], self.optim.lr),
+        }
         for name, p in self.named_parameters():
             if p.requires_grad:
-                key = ("projector" if id(p) in projector else "strategy" if id(p) in strategy
-                       else "lora" if "lora_" in name else "other")
+                key = (
+                    "projector"
+                    if id(p) in projector
+                    else "strategy"
+                    if id(p) in strategy
+                    else "lora"
+                    if "lora_" in name
+                    else "other"
+                )
                 groups[key][0].append(p)
         return [{"name": k, "params": ps, "lr": lr} for k, (ps, lr) in groups.items() if ps]
 
@@ -277,8 +340,12 @@ class SinkflowModule(L.LightningModule):
             raise ValueError("nothing to train: no parameter requires grad (check model.lora / freeze settings)")
         optimizer = torch.optim.AdamW(groups, weight_decay=self.optim.weight_decay, betas=tuple(self.optim.betas))
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = partial(cosine_with_warmup, total=total, warmup=int(self.optim.warmup_ratio * total),
-                           min_ratio=self.optim.min_lr_ratio)
+        schedule = partial(
+            cosine_with_warmup,
+            total=total,
+            warmup=int(self.optim.warmup_ratio * total),
+            min_ratio=self.optim.min_lr_ratio,
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -303,8 +370,10 @@ class SinkflowModule(L.LightningModule):
         missing = set(self.trainable_state_dict()) - set(state)
         unexpected = set(state) - set(self.state_dict())
         if missing or unexpected:
-            raise ValueError(f"{origin}: checkpoint does not fit the model: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]}{hint}")
+            raise ValueError(
+                f"{origin}: checkpoint does not fit the model: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}{hint}"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict()
@@ -314,8 +383,12 @@ class SinkflowModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("sinkflow", {}).get("config") or {}
         trained_with = strategy_name(saved.get("sink_strategy"))
-        hint = (f" (it was trained with strategy {trained_with}, this run uses {self.strategy.name}: resume with the "
-                "arguments of the run that wrote it)" if trained_with != self.strategy.name else "")
+        hint = (
+            f" (it was trained with strategy {trained_with}, this run uses {self.strategy.name}: resume with the "
+            "arguments of the run that wrote it)"
+            if trained_with != self.strategy.name
+            else ""
+        )
         self.check_fit(checkpoint["state_dict"], str(self.trainer.ckpt_path) if self._trainer else "checkpoint", hint)
 
 

@@ -88,8 +88,13 @@ Ask = Callable[[list[str], Routed, int], list[str]]
 Project = Callable[[VisualFeatures], list[torch.Tensor]]
 
 
-def rebuild_rows(inputs: dict[str, torch.Tensor], placeholders: torch.Tensor, slots: list[int],
-                 routed: Routed, padding_side: PaddingSide) -> dict[str, torch.Tensor]:
+def rebuild_rows(
+    inputs: dict[str, torch.Tensor],
+    placeholders: torch.Tensor,
+    slots: list[int],
+    routed: Routed,
+    padding_side: PaddingSide,
+) -> dict[str, torch.Tensor]:
     """Rows with each image block replaced by its routed tokens, re-padded to a common length on `padding_side`.
 
     Labels stay aligned (IGNORE_INDEX on visual tokens). A visual token's position is that of the block slot it came
@@ -136,8 +141,7 @@ def rebuild_rows(inputs: dict[str, torch.Tensor], placeholders: torch.Tensor, sl
 class _Row:
     """One row being rebuilt: text spans copied from the unrouted row, image blocks replaced by routed tokens."""
 
-    def __init__(self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None,
-                 positions: torch.Tensor):
+    def __init__(self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None, positions: torch.Tensor):
         self.source = embeds, mask, labels, positions  # positions: [P, L]
         self.parts: dict[str, list[torch.Tensor]] = {"embeds": [], "mask": [], "labels": [], "positions": []}
 
@@ -146,8 +150,9 @@ class _Row:
         embeds, mask, labels, positions = self.source
         self.parts["embeds"].append(embeds[start:end])
         self.parts["mask"].append(mask[start:end])
-        self.parts["labels"].append(labels[start:end] if labels is not None
-                                    else torch.full((end - start,), IGNORE_INDEX, device=embeds.device))
+        self.parts["labels"].append(
+            labels[start:end] if labels is not None else torch.full((end - start,), IGNORE_INDEX, device=embeds.device)
+        )
         self.parts["positions"].append(positions[:, start:end])
 
     def add_visual(self, tokens: torch.Tensor, columns: torch.Tensor) -> None:

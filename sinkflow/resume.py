@@ -26,11 +26,16 @@ def capture_rng() -> dict:
     reads them back)."""
     _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                       "cached_gaussian": float(cached_gaussian)},
-             "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-                        "gauss_next": gauss_next}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
     if torch.cuda.is_initialized():  # a run that never touched CUDA has no CUDA state worth a context
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -40,8 +45,9 @@ def restore_rng(state: dict) -> None:
     """Set the generators to a `capture_rng()` state (the CUDA devices that this process sees, when it has CUDA)."""
     torch.set_rng_state(state["torch"])
     saved = state["numpy"]
-    np.random.set_state(("MT19937", saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
-                         saved["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
+    )
     saved = state["python"]
     random.setstate((saved["version"], tuple(saved["internal"].tolist()), saved["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -77,9 +83,12 @@ class RandomState(L.Callback):
         if saved is None:
             return
         if len(saved) != trainer.world_size:
-            log.warning("the checkpoint holds the RNG states of %d processes and this run has %d: they are not "
-                        "restored, and random draws (dropout) will differ from the uninterrupted run",
-                        len(saved), trainer.world_size)
+            log.warning(
+                "the checkpoint holds the RNG states of %d processes and this run has %d: they are not "
+                "restored, and random draws (dropout) will differ from the uninterrupted run",
+                len(saved),
+                trainer.world_size,
+            )
             return
         restore_rng(saved[trainer.global_rank])
 
@@ -92,15 +101,17 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int):
-        self.every_n_train_steps = number("callbacks.last_checkpoint.every_n_train_steps", every_n_train_steps,
-                                          integer=True, at_least=1)
+        self.every_n_train_steps = number(
+            "callbacks.last_checkpoint.every_n_train_steps", every_n_train_steps, integer=True, at_least=1
+        )
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps)
         self._after_validation = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loop = trainer.fit_loop  # its own test of whether a validation follows this batch
         if trainer.global_step % self.every_n_train_steps == 0 and loop.epoch_loop._should_check_val_fx(
-                loop._data_fetcher):
+            loop._data_fetcher
+        ):
             self._after_validation = not self._should_skip_saving_checkpoint(trainer)
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

@@ -75,23 +75,30 @@ def load_trained(cfg: DictConfig) -> SinkflowModule:
     saved = OmegaConf.create(trained.config)
     strategy_cfg = saved.sink_strategy if cfg.use_checkpoint_strategy else cfg.sink_strategy
     trained_with, routed_with = strategy_name(saved.sink_strategy), strategy_name(strategy_cfg)
-    hint = "" if routed_with == trained_with else (
-        f" (it was trained with strategy {trained_with}; routing it with {routed_with} needs a checkpoint trained "
-        "with a training-free strategy, e.g. `make train ARGS=sink_strategy=none`)")
+    hint = (
+        ""
+        if routed_with == trained_with
+        else (
+            f" (it was trained with strategy {trained_with}; routing it with {routed_with} needs a checkpoint trained "
+            "with a training-free strategy, e.g. `make train ARGS=sink_strategy=none`)"
+        )
+    )
     # Replace (not merge) the groups: the checkpoint's model may have keys the default model config lacks.
     with open_dict(cfg):
         cfg.model, cfg.sink_strategy = saved.model, strategy_cfg
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=trained.state is not None,
-                                        init_from=trained.init_from, hint=hint)
+    module = SinkflowModule.from_config(
+        cfg.model, cfg.sink_strategy, train=trained.state is not None, init_from=trained.init_from, hint=hint
+    )
     if trained.state is not None:
         module.load_trainable(trained.state, trained.path, hint)
     return module
 
 
-def fit_and_test(cfg: DictConfig, module: SinkflowModule, *, fit: bool, test: bool,
-                 callbacks: list | None = None) -> dict[str, float]:
+def fit_and_test(
+    cfg: DictConfig, module: SinkflowModule, *, fit: bool, test: bool, callbacks: list | None = None
+) -> dict[str, float]:
     """What train.py and evaluate.py share: one trainer with the predictions scorer, fit (when asked), then answer
     the questions not yet in predictions.jsonl, score the whole file into metrics.json and print the table."""
     predictions = Path(cfg.paths.output_dir) / "predictions.jsonl"

@@ -33,8 +33,11 @@ def sweep_table(sweep_dir: Path, metrics: list[str], swept: list[str]) -> str:
     for job in jobs:
         path = job / "metrics.json"
         values = json.loads(path.read_text()) if path.exists() else None
-        cells = ["failed"] * len(metrics) if values is None else [
-            f"{values[m]:.3f}" if m in values else "—" for m in metrics]
+        cells = (
+            ["failed"] * len(metrics)
+            if values is None
+            else [f"{values[m]:.3f}" if m in values else "—" for m in metrics]
+        )
         lines.append(f"| {job_label(job, swept)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-
 # Set at import, before any test module imports huggingface_hub (which reads HF_HUB_OFFLINE once, at import).
 _TMP = Path(tempfile.mkdtemp(prefix="sinkflow-tests-"))
 HERMETIC_ENV = {
@@ -77,7 +76,7 @@ def assert_parity():
         with torch.no_grad():
             ids = reference.generate(**expected, max_new_tokens=module.generation.max_new_tokens, do_sample=False)
         tokenizer = module.processor.tokenizer
-        assert generated == tokenizer.batch_decode(ids[:, expected["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert generated == tokenizer.batch_decode(ids[:, expected["input_ids"].shape[1] :], skip_special_tokens=True)
         assert all(len(text) > 0 for text in generated)
         return generated
 
@@ -92,13 +91,23 @@ def tiny_encoder(tmp_path_factory) -> str:
 
     path = tmp_path_factory.mktemp("encoder")
     words = BertWordPieceTokenizer(lowercase=True)
-    words.train_from_iterator(["What is the background color? How many shapes are there? Is there a red circle?",
-                               "Which of these shapes is in the image? left right yes no"], vocab_size=200,
-                              show_progress=False)
+    words.train_from_iterator(
+        [
+            "What is the background color? How many shapes are there? Is there a red circle?",
+            "Which of these shapes is in the image? left right yes no",
+        ],
+        vocab_size=200,
+        show_progress=False,
+    )
     words.save_model(str(path))
     BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
-    config = BertConfig(vocab_size=words.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64)
+    config = BertConfig(
+        vocab_size=words.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     BertModel(config).save_pretrained(path)
     return str(path)
 
@@ -113,10 +122,17 @@ def image_question_batches(shapes_root):
     from sinkflow.data.templates import VicunaV1
 
     def make(processor, n_samples: int, question: str) -> DataLoader:
-        samples = [{"id": f"q{i}", "image": str(shapes_root / "eval_images" / f"eval_{i // 2:05d}.png"),
-                    "conversations": [{"from": "human", "value": f"<image>\n{question}"}],
-                    "meta": {"image": f"eval_{i // 2:05d}.png"}} for i in range(n_samples)]
+        samples = [
+            {
+                "id": f"q{i}",
+                "image": str(shapes_root / "eval_images" / f"eval_{i // 2:05d}.png"),
+                "conversations": [{"from": "human", "value": f"<image>\n{question}"}],
+                "meta": {"image": f"eval_{i // 2:05d}.png"},
+            }
+            for i in range(n_samples)
+        ]
         return DataLoader(samples, batch_size=4, collate_fn=Collator(processor, VicunaV1(), generate=True))
+
     return make
 
 
@@ -143,8 +159,10 @@ def mme_fixtures() -> Path:
     folder = _REPO.parent / "shared" / "fixtures"
     if all((folder / name).exists() for name in _MME_FIXTURES):
         return folder
-    pytest.skip("MME fixtures not found: set SINKFLOW_FIXTURES to a folder with mme_eval_tool/ (Your_Results/ of "
-                "the official MME eval_tool, tools/eval_tool.zip in BradyFU/Awesome-Multimodal-Large-Language-Models), "
-                "mme_lavin_results/ (its LaVIN/ folder) and mme_lavin_results/expected_official.json (the flat "
-                "mme/<subtask>/{acc,acc_plus,score}, mme/perception and mme/cognition that its calculation.py "
-                "prints for LaVIN/); see tests/fixtures/README.md")
+    pytest.skip(
+        "MME fixtures not found: set SINKFLOW_FIXTURES to a folder with mme_eval_tool/ (Your_Results/ of "
+        "the official MME eval_tool, tools/eval_tool.zip in BradyFU/Awesome-Multimodal-Large-Language-Models), "
+        "mme_lavin_results/ (its LaVIN/ folder) and mme_lavin_results/expected_official.json (the flat "
+        "mme/<subtask>/{acc,acc_plus,score}, mme/perception and mme/cognition that its calculation.py "
+        "prints for LaVIN/); see tests/fixtures/README.md"
+    )

@@ -42,14 +42,23 @@ def run(ctx: AnalysisContext) -> dict:
         raise ValueError(f"dataset has no images in its {split!r} split to calibrate on")
     norms_all = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
     detector = module.detector
-    summary = summarise(norms_all, lengths=lengths, configured=detector, min_ratio=settings.min_ratio,
-                        planted=torch.nn.utils.rnn.pad_sequence(planted, batch_first=True) if planted else None)
+    summary = summarise(
+        norms_all,
+        lengths=lengths,
+        configured=detector,
+        min_ratio=settings.min_ratio,
+        planted=torch.nn.utils.rnn.pad_sequence(planted, batch_first=True) if planted else None,
+    )
     summary = {"model": module.source, "split": split, **summary}
-    lines = {"suggested tau": summary["suggested_tau"],
-             "configured tau": detector.tau if isinstance(detector, NormThreshold) else None}
+    lines = {
+        "suggested tau": summary["suggested_tau"],
+        "configured tau": detector.tau if isinstance(detector, NormThreshold) else None,
+    }
     title = f"{Path(module.source).name}: {len(rows)} images"
-    figures = {"norm_histogram": plot_norm_histogram(torch.cat(rows), lines, title),
-               "sorted_norms": plot_sorted_norms(rows, lines, title)}
+    figures = {
+        "norm_histogram": plot_norm_histogram(torch.cat(rows), lines, title),
+        "sorted_norms": plot_sorted_norms(rows, lines, title),
+    }
     ctx.write(summary, figures, summary_name="calibration")
     Console().print_json(json.dumps(summary))
     return summary
@@ -70,13 +79,19 @@ def plot_sorted_norms(norms: list[torch.Tensor], lines: dict[str, float | None],
     for row in ranked[:200]:
         ax.plot(np.arange(1, len(row) + 1), row, color="tab:blue", alpha=0.08, linewidth=0.8)
     shortest = min(len(row) for row in ranked)  # the median over images runs over the ranks every image has
-    ax.plot(np.arange(1, shortest + 1), np.median([row[:shortest] for row in ranked], axis=0), color="black",
-            linewidth=2, label="median over images")
+    ax.plot(
+        np.arange(1, shortest + 1),
+        np.median([row[:shortest] for row in ranked], axis=0),
+        color="black",
+        linewidth=2,
+        label="median over images",
+    )
     return _finish(fig, ax, ("rank within the image", "token L2 norm"), title, lines, vertical=False)
 
 
-def _finish(fig: plt.Figure, ax: plt.Axes, labels: tuple[str, str], title: str, lines: dict[str, float | None],
-            vertical: bool) -> plt.Figure:
+def _finish(
+    fig: plt.Figure, ax: plt.Axes, labels: tuple[str, str], title: str, lines: dict[str, float | None], vertical: bool
+) -> plt.Figure:
     """Log-log axes, labels, the threshold lines (vertical on the norm axis), legend, tight layout."""
     ax.set_xscale("log")
     ax.set_yscale("log")

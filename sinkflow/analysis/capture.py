@@ -108,21 +108,25 @@ class AttentionRows:
 
 
 @contextmanager
-def visual_layer_inputs(model: nn.Module, rows: torch.Tensor, columns: torch.Tensor,
-                        reduce: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+def visual_layer_inputs(
+    model: nn.Module, rows: torch.Tensor, columns: torch.Tensor, reduce: Callable[[int, torch.Tensor], None]
+) -> Iterator[None]:
     """During forwards inside, call `reduce(layer, states)` with each decoder layer's input at the visual tokens.
 
     `states` [n_images, S, D] float32 are the layer inputs at `rows[i]`, `columns[i, s]` — what
     `output_hidden_states=True` returns as `hidden_states[layer]` there, without keeping every layer's [B, T, D].
     """
+
     def hook(layer: int):
         def capture(_module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             reduce(layer, hidden[rows[:, None], columns].float())
+
         return capture
 
-    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True)
-               for i, layer in enumerate(decoder_layers(model))]
+    handles = [
+        layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(decoder_layers(model))
+    ]
     try:
         yield
     finally:

@@ -23,8 +23,8 @@ from sinkflow.checks import number
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.datamodule import LVLMDataModule
 from sinkflow.data.templates import IMAGE_TOKEN
-from sinkflow.pathway import VisualFeatures
 from sinkflow.module import SinkflowModule
+from sinkflow.pathway import VisualFeatures
 from sinkflow.plotting import pyplot
 from sinkflow.sinks.detectors.base import token_norms
 
@@ -65,8 +65,12 @@ class AnalysisContext:
                 for figure_name, path in paths.items():
                     logger.log_image(key=f"{self.task}/{figure_name}", images=[str(path)])
             logger.save()
-        log.info("%s written to %s (%s)", self.task, self.output_dir,
-                 ", ".join([f"{summary_name}.json", *(p.name for p in paths.values())]))
+        log.info(
+            "%s written to %s (%s)",
+            self.task,
+            self.output_dir,
+            ", ".join([f"{summary_name}.json", *(p.name for p in paths.values())]),
+        )
         return summary
 
 
@@ -128,11 +132,18 @@ def visual_tokens(module: SinkflowModule, batch: dict) -> VisualTokens:
     start = 0
     for i, n in enumerate(slots):
         rows[i] = placeholders[start, 0]
-        columns[i, :n] = placeholders[start:start + n, 1].cpu()
+        columns[i, :n] = placeholders[start : start + n, 1].cpu()
         start += n
     device = visual.features.device
-    return VisualTokens(inputs=inputs, visual=visual, sinks=seen.sinks, norms=token_vit_norms(module, visual),
-                        valid=visual.valid()[:, ::visual.group], rows=rows.to(device), columns=columns.to(device))
+    return VisualTokens(
+        inputs=inputs,
+        visual=visual,
+        sinks=seen.sinks,
+        norms=token_vit_norms(module, visual),
+        valid=visual.valid()[:, :: visual.group],
+        rows=rows.to(device),
+        columns=columns.to(device),
+    )
 
 
 def token_vit_norms(module: SinkflowModule, visual: VisualFeatures) -> torch.Tensor:
@@ -156,16 +167,21 @@ def image_names(batch: dict) -> list[str]:
     return [str(meta.get("image", key)) for meta, key in zip(batch["meta"], batch["image_keys"])]
 
 
-def analysis_context(cfg: DictConfig, module: SinkflowModule, datamodule: LVLMDataModule,
-                     loggers: list) -> AnalysisContext:
+def analysis_context(
+    cfg: DictConfig, module: SinkflowModule, datamodule: LVLMDataModule, loggers: list
+) -> AnalysisContext:
     """The context of `cfg.task`: `batches()` over the dataset's evaluation prompts (the first `max_samples`, the
     task's own or the shared one; with `one_question_per_image`, only the first question about each image), and
     `images(split, max_images)` over the distinct images of a split; both in batches of `batch_size` (the task's
     own or the shared one). A split is loaded the first time a task reads it."""
     settings = cfg[cfg.task]
     datamodule.prepare_data()
-    batch_size = number(f"{cfg.task}.batch_size" if "batch_size" in settings else "batch_size",
-                        settings.get("batch_size", cfg.batch_size), integer=True, at_least=1)
+    batch_size = number(
+        f"{cfg.task}.batch_size" if "batch_size" in settings else "batch_size",
+        settings.get("batch_size", cfg.batch_size),
+        integer=True,
+        at_least=1,
+    )
     collate = datamodule.generation_collator()
     # No `max_length` for image-only prompts: it bounds the dataset's real prompts, and an image alone may exceed it
     # (LLaVA-1.5's 576 image tokens against shapes' 512).
@@ -176,7 +192,7 @@ def analysis_context(cfg: DictConfig, module: SinkflowModule, datamodule: LVLMDa
         return datamodule.train_set if split == "train" else datamodule.test_set
 
     def collated(samples: list[dict], collate_chunk: Collator, what: str) -> Iterator[dict]:
-        chunks = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+        chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
         for chunk in track(chunks, description=f"{cfg.task}: {len(samples)} {what}"):
             yield batch_to(collate_chunk(chunk), module.device)
 
@@ -192,8 +208,15 @@ def analysis_context(cfg: DictConfig, module: SinkflowModule, datamodule: LVLMDa
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    return AnalysisContext(module=module, batches=batches, settings=settings, output_dir=output_dir,
-                           loggers=loggers, task=cfg.task, images=images)
+    return AnalysisContext(
+        module=module,
+        batches=batches,
+        settings=settings,
+        output_dir=output_dir,
+        loggers=loggers,
+        task=cfg.task,
+        images=images,
+    )
 
 
 def distinct_images(samples: list[dict]) -> list[dict]:
@@ -203,5 +226,7 @@ def distinct_images(samples: list[dict]) -> list[dict]:
     for sample in samples:
         if sample.get("image"):
             first_ids.setdefault(sample["image"], sample["id"])
-    return [{"id": sample_id, "image": image, "conversations": [{"from": "human", "value": IMAGE_TOKEN}]}
-            for image, sample_id in first_ids.items()]
+    return [
+        {"id": sample_id, "image": image, "conversations": [{"from": "human", "value": IMAGE_TOKEN}]}
+        for image, sample_id in first_ids.items()
+    ]

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 KINDS = ("sink", "nonsink")
 
 
-def isolated_logits(model, tokens: torch.Tensor, bos: torch.Tensor | None = None,
-                    chunk_size: int = 256) -> torch.Tensor:
+def isolated_logits(
+    model, tokens: torch.Tensor, bos: torch.Tensor | None = None, chunk_size: int = 256
+) -> torch.Tensor:
     """LM-head logits [n, V] of each token embedding [n, D] run through the LLM on its own (after `bos` [D])."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     out = []
@@ -54,7 +55,7 @@ def first_token_ids(tokenizer, words: tuple[str, ...], key: str) -> torch.Tensor
     ids = []
     for word in words:
         full = tokenizer(f"a {word}", add_special_tokens=False)["input_ids"]
-        if full[:len(prefix)] != prefix or len(full) == len(prefix):
+        if full[: len(prefix)] != prefix or len(full) == len(prefix):
             raise ValueError(f"{key}: cannot isolate the tokens of {word!r} (they merge with the text before it)")
         ids.append(full[len(prefix)])
     clashes = {w: i for w, i in zip(words, ids) if ids.count(i) > 1}
@@ -124,8 +125,10 @@ def run(ctx: AnalysisContext) -> dict:
             for i, image_logits, image_valid, image_sinks in zip(new, logits, valid, sinks):
                 is_sink = image_sinks[image_valid].cpu()
                 ranked = top_words(tokenizer, image_logits, settings.top_k)
-                by_kind = {"sink": [r for r, s in zip(ranked, is_sink.tolist()) if s],
-                           "nonsink": [r for r, s in zip(ranked, is_sink.tolist()) if not s]}
+                by_kind = {
+                    "sink": [r for r, s in zip(ranked, is_sink.tolist()) if s],
+                    "nonsink": [r for r, s in zip(ranked, is_sink.tolist()) if not s],
+                }
                 for kind in KINDS:
                     words[kind].update(r[0] for r in by_kind[kind])
                 if len(examples) < 8:
@@ -141,18 +144,32 @@ def run(ctx: AnalysisContext) -> dict:
                 hits["nonsink"].append(hit[~is_sink])
     if not seen:
         raise ValueError("decode: the dataset gave no images")
-    summary = {"model": module.source, "images": len(seen), "bos": bos is not None, "top_k": settings.top_k,
-               "tokens": {kind: sum(words[kind].values()) for kind in KINDS},
-               "top1_words": {kind: [[w, n / max(sum(words[kind].values()), 1)] for w, n in words[kind].most_common(10)]
-                              for kind in KINDS},
-               "examples": examples}
+    summary = {
+        "model": module.source,
+        "images": len(seen),
+        "bos": bos is not None,
+        "top_k": settings.top_k,
+        "tokens": {kind: sum(words[kind].values()) for kind in KINDS},
+        "top1_words": {
+            kind: [[w, n / max(sum(words[kind].values()), 1)] for w, n in words[kind].most_common(10)] for kind in KINDS
+        },
+        "examples": examples,
+    }
     if scenes is not None:
         if unlabelled:
-            log.warning("decode: %d images have no %s label in %s and are not ranked", unlabelled, settings.label,
-                        settings.scenes)
-        summary["main_object"] = {"label": settings.label, "candidates": list(target.vocabulary),
-                                  "rank1_rate": {kind: rank1_rate(hits[kind]) for kind in KINDS},
-                                  "chance": 1 / len(target.vocabulary), "unlabelled": unlabelled}
+            log.warning(
+                "decode: %d images have no %s label in %s and are not ranked",
+                unlabelled,
+                settings.label,
+                settings.scenes,
+            )
+        summary["main_object"] = {
+            "label": settings.label,
+            "candidates": list(target.vocabulary),
+            "rank1_rate": {kind: rank1_rate(hits[kind]) for kind in KINDS},
+            "chance": 1 / len(target.vocabulary),
+            "unlabelled": unlabelled,
+        }
     return ctx.write(summary, {"decode_words": plot_decode(summary)})
 
 

@@ -52,8 +52,10 @@ class MassiveCriterion:
     def check_depth(self, n_layers: int, key: str) -> None:
         """Refuse a `min_layer` that leaves none of the LLM's `n_layers` layers to judge."""
         if self.min_layer >= n_layers:
-            raise ValueError(f"{key}.min_layer={self.min_layer} leaves none of the LLM's {n_layers} layers (layers "
-                             f"0-{n_layers - 1}; VAR's 2 is for 32-layer LLMs)")
+            raise ValueError(
+                f"{key}.min_layer={self.min_layer} leaves none of the LLM's {n_layers} layers (layers "
+                f"0-{n_layers - 1}; VAR's 2 is for 32-layer LLMs)"
+            )
 
     def spikes(self, layer: int, normalised: torch.Tensor) -> torch.Tensor:
         """[...] bool: which tokens of one layer's normalised states [..., D] are massive."""
@@ -93,8 +95,9 @@ class MassiveActivations:
             self.profile += normalised
 
 
-def measure(module: SinkflowModule, batch: dict,
-            criterion: MassiveCriterion) -> tuple[VisualTokens, MassiveActivations]:
+def measure(
+    module: SinkflowModule, batch: dict, criterion: MassiveCriterion
+) -> tuple[VisualTokens, MassiveActivations]:
     """One prompt forward (hidden states of image tokens do not depend on later tokens) with the reducer on."""
     tokens = visual_tokens(module, batch)
     layers = len(decoder_layers(module.hf))
@@ -113,7 +116,8 @@ def top_dims(values: torch.Tensor, k: int) -> list[dict]:
 def preflight(settings: DictConfig, n_layers: int) -> None:
     """The settings checks that need only the LLM's depth, run before the model and data load."""
     MassiveCriterion(tau=settings.tau, min_layer=settings.min_layer, dims=settings.dims).check_depth(
-        n_layers, "massive_dims")
+        n_layers, "massive_dims"
+    )
 
 
 def run(ctx: AnalysisContext) -> dict:
@@ -148,21 +152,33 @@ def run(ctx: AnalysisContext) -> dict:
         "criterion": {"tau": criterion.tau, "min_layer": criterion.min_layer, "dims": criterion.dims},
         "visual_tokens": tokens_seen,
         "vit_sinks": sinks_seen,
-        "per_layer": [{"layer": layer,
-                       "vit_sinks": top_dims(means[layer, 0], settings.top_k) if counts[0] else [],
-                       "non_sinks": top_dims(means[layer, 1], settings.top_k)} for layer in range(n_layers)],
-        "groups": {name: {"tokens": group_counts[name],
-                          "dims": top_dims(group_sums[name] / (group_counts[name] * judged), settings.top_k)
-                          if group_counts[name] else []}
-                   for name in group_sums},
+        "per_layer": [
+            {
+                "layer": layer,
+                "vit_sinks": top_dims(means[layer, 0], settings.top_k) if counts[0] else [],
+                "non_sinks": top_dims(means[layer, 1], settings.top_k),
+            }
+            for layer in range(n_layers)
+        ],
+        "groups": {
+            name: {
+                "tokens": group_counts[name],
+                "dims": top_dims(group_sums[name] / (group_counts[name] * judged), settings.top_k)
+                if group_counts[name]
+                else [],
+            }
+            for name in group_sums
+        },
     }
     if planted_match is not None:
         summary["vit_sinks_equal_planted"] = planted_match
     summary["propagated_dims"] = [d["dim"] for d in summary["groups"]["propagated"]["dims"]]
     summary["emerged_dims"] = [d["dim"] for d in summary["groups"]["emerged"]["dims"]]
-    Console().print(f"massive dims: propagated ViT sinks {summary['propagated_dims']} "
-                    f"({group_counts['propagated']} tokens), LLM-emerged {summary['emerged_dims']} "
-                    f"({group_counts['emerged']} tokens)")
+    Console().print(
+        f"massive dims: propagated ViT sinks {summary['propagated_dims']} "
+        f"({group_counts['propagated']} tokens), LLM-emerged {summary['emerged_dims']} "
+        f"({group_counts['emerged']} tokens)"
+    )
     return ctx.write(summary, {"massive_dims": heatmap(means, settings.top_k, counts)})
 
 
@@ -170,10 +186,16 @@ def heatmap(means: torch.Tensor, k: int, counts: torch.Tensor) -> plt.Figure:
     """Layer x dimension heatmaps of mean |h / rms(h)| for ViT sinks and for other visual tokens, on the dims
     that rank in the top k of any layer (for either group), log-scaled colours."""
     shown = [g for g in range(2) if counts[g] > 0]
-    dims = sorted({int(d) for g in shown for layer in means[:, g] for d in torch.topk(layer, min(k, len(layer)))
-                   .indices})
-    fig, axes = plt.subplots(1, len(shown), figsize=(2.5 + 0.4 * len(dims) * len(shown), 2.5 + 0.25 * len(means)),
-                             squeeze=False, layout="constrained")
+    dims = sorted(
+        {int(d) for g in shown for layer in means[:, g] for d in torch.topk(layer, min(k, len(layer))).indices}
+    )
+    fig, axes = plt.subplots(
+        1,
+        len(shown),
+        figsize=(2.5 + 0.4 * len(dims) * len(shown), 2.5 + 0.25 * len(means)),
+        squeeze=False,
+        layout="constrained",
+    )
     values = means[:, :, dims].clamp_min(1e-3).numpy()
     norm = LogNorm(vmin=float(values[:, shown].min()), vmax=float(values[:, shown].max()))
     for ax, group in zip(axes[0], shown):

@@ -52,8 +52,9 @@ class LogisticProbe:
         return self.logits(x).argmax(dim=-1)
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1e-2,
-                 max_iter: int = 200) -> LogisticProbe:
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1e-2, max_iter: int = 200
+) -> LogisticProbe:
     """Minimise mean cross-entropy + l2/2 * |W|^2 (bias unpenalised) with L-BFGS, in float64.
 
     Standardising first (train mean and std) makes one l2 fit features of any scale, e.g. sinks of norm 150.
@@ -63,8 +64,15 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1
     z = (x - mean) / scale
     weight = torch.zeros(z.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7,
-                                  tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def objective():
         optimizer.zero_grad()
@@ -77,8 +85,9 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1
     return LogisticProbe(weight.detach(), bias.detach(), mean, scale)
 
 
-def logistic_objective(z: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                       l2: float) -> torch.Tensor:
+def logistic_objective(
+    z: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, l2: float
+) -> torch.Tensor:
     """The regularised loss `fit_logistic` minimises (exposed so tests can check its optimality)."""
     return torch.nn.functional.cross_entropy(z @ weight + bias, y) + 0.5 * l2 * weight.pow(2).sum()
 
@@ -90,19 +99,23 @@ def split(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.
     return order[n_test:], order[:n_test]
 
 
-def probe_accuracy(features: torch.Tensor, labels: list[str], train: torch.Tensor, test: torch.Tensor,
-                   l2: float) -> dict[str, float]:
+def probe_accuracy(
+    features: torch.Tensor, labels: list[str], train: torch.Tensor, test: torch.Tensor, l2: float
+) -> dict[str, float]:
     """Held-out accuracy of a logistic probe and of the train split's majority class, for one feature set."""
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(label) for label in labels])
     probe = fit_logistic(features[train], y[train], len(classes), l2=l2)
     majority = Counter(y[train].tolist()).most_common(1)[0][0]
-    return {"accuracy": float((probe.predict(features[test]) == y[test]).double().mean()),
-            "majority": float((y[test] == majority).double().mean())}
+    return {
+        "accuracy": float((probe.predict(features[test]) == y[test]).double().mean()),
+        "majority": float((y[test] == majority).double().mean()),
+    }
 
 
-def token_summaries(features: torch.Tensor, sinks: torch.Tensor, valid: torch.Tensor,
-                    generator: torch.Generator) -> dict[str, torch.Tensor]:
+def token_summaries(
+    features: torch.Tensor, sinks: torch.Tensor, valid: torch.Tensor, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """Per image [n_images, D]: mean of its sink patches, mean of its non-sink patches, one random non-sink.
 
     Rows of images without a sink (or without a non-sink) are NaN in the affected summaries.
@@ -121,16 +134,19 @@ def token_summaries(features: torch.Tensor, sinks: torch.Tensor, valid: torch.Te
     return {"sink_mean": mean_over(sinks & valid), "nonsink_mean": mean_over(nonsinks), "nonsink_random": chosen}
 
 
-def probe_table(summaries: dict[str, torch.Tensor], labels: dict[str, list[str | None]], test_fraction: float,
-                seed: int, l2: float) -> dict[str, dict]:
+def probe_table(
+    summaries: dict[str, torch.Tensor], labels: dict[str, list[str | None]], test_fraction: float, seed: int, l2: float
+) -> dict[str, dict]:
     """{target: {token type: accuracy, ..., majority, n_train, n_test}} over the images every summary covers."""
     usable = torch.stack([~v.isnan().any(dim=1) for v in summaries.values()]).all(dim=0)
     table = {}
     for target, values in labels.items():
         keep = [i for i, v in enumerate(values) if v is not None and bool(usable[i])]
         if len(keep) < 4 or len({values[i] for i in keep}) < 2:
-            raise ValueError(f"probe target {target!r}: {len(keep)} labelled images with sinks and "
-                             f"{len({values[i] for i in keep})} classes; raise probe.max_images")
+            raise ValueError(
+                f"probe target {target!r}: {len(keep)} labelled images with sinks and "
+                f"{len({values[i] for i in keep})} classes; raise probe.max_images"
+            )
         kept_labels = [values[i] for i in keep]
         train, test = split(len(keep), test_fraction, seed)
         row: dict = {"n_train": len(train), "n_test": len(test)}
@@ -149,7 +165,7 @@ def collect(module, paths: list[Path], batch_size: int, seed: int) -> tuple[dict
     generator = torch.Generator().manual_seed(seed)
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in TOKEN_TYPES}
     without = 0
-    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     with torch.no_grad():
         for chunk in track(chunks, description=f"ViT features of {len(paths)} images"):
             inputs = module.processor.image_processor([load_image(str(p)) for p in chunk], return_tensors="pt")
@@ -195,16 +211,23 @@ def run(ctx: AnalysisContext) -> dict:
     relative = sorted(scenes)
     order = torch.randperm(len(relative), generator=torch.Generator().manual_seed(settings.seed))
     chosen = [relative[i] for i in order[: settings.max_images].tolist()]
-    summaries, without = collect(ctx.module, [scenes_path.parent / r for r in chosen], settings.batch_size,
-                                 settings.seed)
+    summaries, without = collect(
+        ctx.module, [scenes_path.parent / r for r in chosen], settings.batch_size, settings.seed
+    )
     labels = {t: [SCENE_TARGETS[t].read(scenes[r]) for r in chosen] for t in settings.targets}
     table = probe_table(summaries, labels, settings.test_fraction, settings.seed, settings.l2)
     if without:
         log.warning("probe: %d of %d images have no sink by the detector and are left out", without, len(chosen))
-    summary = {"model": ctx.module.source, "images": len(chosen), "images_without_sinks": without,
-               "simulated_sinks": ctx.module.simulated_sinks is not None, "accuracy": table}
-    title = f"linear probes on {len(chosen) - without} images" + (" (SIMULATED sinks)"
-                                                                  if summary["simulated_sinks"] else "")
+    summary = {
+        "model": ctx.module.source,
+        "images": len(chosen),
+        "images_without_sinks": without,
+        "simulated_sinks": ctx.module.simulated_sinks is not None,
+        "accuracy": table,
+    }
+    title = f"linear probes on {len(chosen) - without} images" + (
+        " (SIMULATED sinks)" if summary["simulated_sinks"] else ""
+    )
     return ctx.write(summary, {"probe_accuracy": plot_probe(table, title)})
 
 

@@ -39,8 +39,9 @@ plt = pyplot()
 Queries = Literal["generated", "prompt"]  # the answer's tokens, or the prompt text after the image
 
 
-def query_inputs(module: SinkflowModule, tokens: VisualTokens, queries: str,
-                 max_new_tokens: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+def query_inputs(
+    module: SinkflowModule, tokens: VisualTokens, queries: str, max_new_tokens: int
+) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """(LLM inputs of the sequence the queries belong to, query columns [B, Q], which are real [B, Q])."""
     inputs = dict(tokens.inputs)
     mask = inputs["attention_mask"]
@@ -56,8 +57,13 @@ def query_inputs(module: SinkflowModule, tokens: VisualTokens, queries: str,
             inputs["position_ids"] = generation_positions(mask)
         return inputs, columns.contiguous(), columns >= after[:, None]
     tokenizer = module.processor.tokenizer
-    generated = module.hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    generated = module.hf.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     generated = generated[:, -max_new_tokens:] if generated.shape[1] > max_new_tokens else generated
     ended = (generated == tokenizer.eos_token_id).long().cumsum(dim=1)
     real = (ended == 0) | ((ended == 1) & (generated == tokenizer.eos_token_id))  # up to the first EOS
@@ -70,8 +76,11 @@ def query_inputs(module: SinkflowModule, tokens: VisualTokens, queries: str,
     else:  # M-RoPE: generate continues every axis from the prompt's last id (left padding: the last column)
         steps = positions[..., -1:] + 1 + torch.arange(n_new, device=mask.device)
         positions = torch.cat([positions, steps], dim=2)
-    inputs.update(inputs_embeds=torch.cat([inputs["inputs_embeds"], embeds], dim=1), attention_mask=full_mask,
-                  position_ids=positions)
+    inputs.update(
+        inputs_embeds=torch.cat([inputs["inputs_embeds"], embeds], dim=1),
+        attention_mask=full_mask,
+        position_ids=positions,
+    )
     columns = (length + torch.arange(n_new, device=mask.device)).expand(mask.shape[0], -1).contiguous()
     return inputs, columns, real
 
@@ -88,15 +97,21 @@ def measure(module: SinkflowModule, batch: dict, settings, criterion: MassiveCri
     inputs, columns, real = query_inputs(module, tokens, settings.queries, settings.max_new_tokens)
     layers = layer_range(len(decoder_layers(module.hf)), settings.layers, "propagation.layers")
     massive = MassiveActivations(criterion, tokens, len(decoder_layers(module.hf)))
-    with AttentionRows(module.hf, layers, columns, inputs["attention_mask"]) as rows, \
-            visual_layer_inputs(module.hf, tokens.rows, tokens.columns, massive):
+    with (
+        AttentionRows(module.hf, layers, columns, inputs["attention_mask"]) as rows,
+        visual_layer_inputs(module.hf, tokens.rows, tokens.columns, massive),
+    ):
         module.hf(**inputs, use_cache=False, logits_to_keep=1)
     n_real = real.sum(dim=1)
     per_row = (rows.total * real[..., None]).sum(dim=1) / (n_real.clamp_min(1)[:, None] * len(layers))  # [B, T]
     attention = per_row[tokens.rows[:, None], tokens.columns]
     keep = tokens.valid & (n_real[tokens.rows] > 0)[:, None]
-    out = {"norms": tokens.norms[keep], "attention": attention[keep], "vit_sink": tokens.sinks[keep],
-           "emerged": (massive.massive & ~tokens.sinks)[keep]}
+    out = {
+        "norms": tokens.norms[keep],
+        "attention": attention[keep],
+        "vit_sink": tokens.sinks[keep],
+        "emerged": (massive.massive & ~tokens.sinks)[keep],
+    }
     if tokens.planted is not None:
         out["planted"] = tokens.planted[keep]
     return {k: v.cpu() for k, v in out.items()}
@@ -118,27 +133,40 @@ def correlation(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def summarise(norms: torch.Tensor, attention: torch.Tensor, vit_sink: torch.Tensor, emerged: torch.Tensor,
-              bin_width: float) -> dict:
+def summarise(
+    norms: torch.Tensor, attention: torch.Tensor, vit_sink: torch.Tensor, emerged: torch.Tensor, bin_width: float
+) -> dict:
     """Binned mean attention by ViT norm, mean attention per token type (in %), norm-attention correlations."""
     if bin_width <= 0:
         raise ValueError(f"propagation.bin_width must be > 0, got {bin_width}")
     norms_np, attention_np = norms.double().numpy(), attention.double().numpy()
     types = {"non_sink": ~vit_sink & ~emerged, "vit_sink": vit_sink, "emerged_sink": emerged}
-    per_type = {name: {"tokens": int(mask.sum()),
-                       "mean_attention_percent": float(100 * attention_np[mask.numpy()].mean()) if mask.any()
-                       else None} for name, mask in types.items()}
+    per_type = {
+        name: {
+            "tokens": int(mask.sum()),
+            "mean_attention_percent": float(100 * attention_np[mask.numpy()].mean()) if mask.any() else None,
+        }
+        for name, mask in types.items()
+    }
     index = np.floor(norms_np / bin_width).astype(np.int64)
-    bins = [{"norm_from": float(b * bin_width), "norm_to": float((b + 1) * bin_width),
-             "tokens": int((index == b).sum()),
-             "mean_attention_percent": float(100 * attention_np[index == b].mean())} for b in np.unique(index)]
+    bins = [
+        {
+            "norm_from": float(b * bin_width),
+            "norm_to": float((b + 1) * bin_width),
+            "tokens": int((index == b).sum()),
+            "mean_attention_percent": float(100 * attention_np[index == b].mean()),
+        }
+        for b in np.unique(index)
+    ]
     base, sink = per_type["non_sink"]["mean_attention_percent"], per_type["vit_sink"]["mean_attention_percent"]
     return {
         "tokens": len(norms_np),
         "mean_attention_percent": per_type,
         "vit_sink_over_non_sink": sink / base if sink is not None and base else None,
-        "correlation": {"pearson": correlation(norms_np, attention_np),
-                        "spearman": correlation(average_ranks(norms_np), average_ranks(attention_np))},
+        "correlation": {
+            "pearson": correlation(norms_np, attention_np),
+            "spearman": correlation(average_ranks(norms_np), average_ranks(attention_np)),
+        },
         "bins": bins,
     }
 
@@ -148,7 +176,8 @@ def preflight(settings: DictConfig, n_layers: int) -> None:
     choice("propagation.queries", settings.queries, Queries)
     emerged = settings.emerged
     MassiveCriterion(tau=emerged.tau, min_layer=emerged.min_layer, dims=emerged.dims).check_depth(
-        n_layers, "propagation.emerged")
+        n_layers, "propagation.emerged"
+    )
     layer_range(n_layers, settings.layers, "propagation.layers")
 
 
@@ -177,9 +206,14 @@ def run(ctx: AnalysisContext) -> dict:
     if "planted" in seen:  # simulated sinks: does the detector report exactly the planted tokens?
         summary["vit_sinks_equal_planted"] = bool(torch.equal(seen["vit_sink"], seen["planted"]))
     shares = summary["mean_attention_percent"]
-    Console().print("mean attention per visual token (%): " + ", ".join(
-        f"{name} {v['mean_attention_percent']:.4g} ({v['tokens']})" for name, v in shares.items()
-        if v["mean_attention_percent"] is not None))
+    Console().print(
+        "mean attention per visual token (%): "
+        + ", ".join(
+            f"{name} {v['mean_attention_percent']:.4g} ({v['tokens']})"
+            for name, v in shares.items()
+            if v["mean_attention_percent"] is not None
+        )
+    )
     return ctx.write(summary, {"propagation": figure(summary)})
 
 
@@ -197,8 +231,11 @@ def figure(summary: dict) -> plt.Figure:
     by_norm.set_title(f"{summary['queries']} queries, LLM layers {summary['layers'][0]}-{summary['layers'][1] - 1}")
     shown = [(name, v) for name, v in summary["mean_attention_percent"].items() if v["mean_attention_percent"]]
     colours = {"non_sink": "tab:gray", "vit_sink": "tab:red", "emerged_sink": "tab:orange"}
-    by_type.bar([f"{name}\n({v['tokens']})" for name, v in shown], [v["mean_attention_percent"] for _, v in shown],
-                color=[colours[name] for name, _ in shown])
+    by_type.bar(
+        [f"{name}\n({v['tokens']})" for name, v in shown],
+        [v["mean_attention_percent"] for _, v in shown],
+        color=[colours[name] for name, _ in shown],
+    )
     by_type.set_yscale("log")
     by_type.set_ylabel("mean attention received (%)")
     by_type.set_title("by token type")

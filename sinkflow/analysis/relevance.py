@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 Heads = Literal["mean", "all"]  # one map averaged over the heads, or one map per head
 
 
-def softmax_column(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
-                   target: int) -> torch.Tensor:
+def softmax_column(
+    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float | None, target: int
+) -> torch.Tensor:
     """[heads, n]: the attention every query of one sequence ([heads, n, d]) pays to key `target`."""
     key = key.repeat_interleave(query.shape[0] // key.shape[0], 0)
     scores = (query.float() @ key.float().transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
@@ -74,8 +75,9 @@ class Captured:
         full = self.query.new_zeros(self.query.shape[0], self.query.shape[1], dtype=torch.float32)
         for (start, end), mask in zip(self.chunks, self.masks):
             if start <= target < end:  # only queries in the target's chunk (image or window) can attend to it
-                full[:, start:end] = softmax_column(self.query[:, start:end], self.key[:, start:end], mask,
-                                                    self.scaling, target - start)
+                full[:, start:end] = softmax_column(
+                    self.query[:, start:end], self.key[:, start:end], mask, self.scaling, target - start
+                )
         return full[:, self.grids[image]]
 
     def cell(self, image: int, feature: int) -> tuple[int, int] | None:
@@ -96,14 +98,24 @@ def capture(model: nn.Module, family, batch: dict, layer: int | None) -> Capture
     # Every call's batch entries end to end: one call of all images (CLIP), or one per image / window (Qwen).
     queries = [q for query, _, _, _ in calls for q in query]
     keys = [k for _, key, _, _ in calls for k in key]
-    masks = [None if mask is None else mask[b if mask.shape[0] > 1 else 0, 0]
-             for query, _, mask, _ in calls for b in range(len(query))]
+    masks = [
+        None if mask is None else mask[b if mask.shape[0] > 1 else 0, 0]
+        for query, _, mask, _ in calls
+        for b in range(len(query))
+    ]
     lengths = [q.shape[1] for q in queries]
     bounds = np.cumsum([0, *lengths]).tolist()
     feature_index, grids = family.attention_positions(model, batch, visual, lengths)
-    return Captured(visual=visual, query=torch.cat(queries, dim=1), key=torch.cat(keys, dim=1),
-                    chunks=list(zip(bounds[:-1], bounds[1:])), masks=masks, scaling=calls[0][3], grids=grids,
-                    feature_index=feature_index)
+    return Captured(
+        visual=visual,
+        query=torch.cat(queries, dim=1),
+        key=torch.cat(keys, dim=1),
+        chunks=list(zip(bounds[:-1], bounds[1:])),
+        masks=masks,
+        scaling=calls[0][3],
+        grids=grids,
+        feature_index=feature_index,
+    )
 
 
 def parse_token(token) -> str | int:
@@ -113,8 +125,9 @@ def parse_token(token) -> str | int:
     raise ValueError(f"relevance.tokens entries must be sink|nonsink|<int>, got {token!r}")
 
 
-def choose_targets(features: torch.Tensor, lengths: list[int], sinks: torch.Tensor | None,
-                   token: str | int) -> tuple[list[int], list[bool]]:
+def choose_targets(
+    features: torch.Tensor, lengths: list[int], sinks: torch.Tensor | None, token: str | int
+) -> tuple[list[int], list[bool]]:
     """Per image the feature index to map, and whether `sink` fell back to the highest norm (no sink found)."""
     norms = token_norms(features)
     targets, fallbacks = [], []
@@ -156,8 +169,7 @@ def spread(relevance: torch.Tensor, cell: tuple[int, int] | None) -> tuple[float
 def plot_relevance(panels: list[dict], heads: str, title: str) -> plt.Figure:
     """One row per image: the image, then the relevance map(s) laid over it, the target patch outlined."""
     n_maps = panels[0]["maps"].shape[0] if heads == "all" else 1
-    fig, axes = plt.subplots(len(panels), n_maps + 1, figsize=(2.2 * (n_maps + 1), 2.2 * len(panels)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(panels), n_maps + 1, figsize=(2.2 * (n_maps + 1), 2.2 * len(panels)), squeeze=False)
     for ax_row, panel in zip(axes, panels):
         image, maps, cell = panel["image"], panel["maps"], panel["cell"]
         shown = maps if heads == "all" else maps.mean(dim=0, keepdim=True)
@@ -166,12 +178,25 @@ def plot_relevance(panels: list[dict], heads: str, title: str) -> plt.Figure:
         ax_row[0].set_title(panel["label"], fontsize=7)
         for h, (ax, relevance) in enumerate(zip(ax_row[1:], shown)):
             ax.imshow(image)
-            ax.imshow(relevance.cpu().numpy(), cmap="inferno", alpha=0.6, extent=(0, width, height, 0),
-                      interpolation="nearest")
+            ax.imshow(
+                relevance.cpu().numpy(),
+                cmap="inferno",
+                alpha=0.6,
+                extent=(0, width, height, 0),
+                interpolation="nearest",
+            )
             if cell is not None:
                 step_y, step_x = height / relevance.shape[0], width / relevance.shape[1]
-                ax.add_patch(Rectangle((cell[1] * step_x, cell[0] * step_y), step_x, step_y, fill=False,
-                                       edgecolor="cyan", linewidth=1.5))
+                ax.add_patch(
+                    Rectangle(
+                        (cell[1] * step_x, cell[0] * step_y),
+                        step_x,
+                        step_y,
+                        fill=False,
+                        edgecolor="cyan",
+                        linewidth=1.5,
+                    )
+                )
             ax.set_title(f"head {h}" if heads == "all" else "mean over heads", fontsize=7)
         for ax in ax_row:
             ax.set_axis_off()
@@ -215,24 +240,35 @@ def run(ctx: AnalysisContext) -> dict:
                 stats[token].append([spread(m, cell) for m in maps])
                 is_sink = bool(sinks[i, target]) if sinks is not None else False
                 kind = "sink" if is_sink else "highest-norm (no sink)" if fell_back[i] else "non-sink"
-                panels[token].append({"image": images[i], "maps": maps, "cell": cell,
-                                      "label": f"{name}\n{kind} #{target}, norm {float(norms[i, target]):.1f}"})
+                panels[token].append(
+                    {
+                        "image": images[i],
+                        "maps": maps,
+                        "cell": cell,
+                        "label": f"{name}\n{kind} #{target}, norm {float(norms[i, target]):.1f}",
+                    }
+                )
     if not seen:
         raise ValueError("relevance: the dataset gave no images")
     if fallbacks:
-        log.warning("relevance: %d of %d images have no ViT sink by the detector; their highest-norm token is "
-                    "mapped instead (simulated sinks are planted after the ViT and never seen by its attention)",
-                    fallbacks, len(seen))
+        log.warning(
+            "relevance: %d of %d images have no ViT sink by the detector; their highest-norm token is "
+            "mapped instead (simulated sinks are planted after the ViT and never seen by its attention)",
+            fallbacks,
+            len(seen),
+        )
     block = family.feature_block(hf) if layer is None else layer % len(family.vision_attentions(hf))
-    summary = {"model": module.source, "images": len(seen), "sink_fallbacks": fallbacks, "layer": block,
-               "tokens": {}}
+    summary = {"model": module.source, "images": len(seen), "sink_fallbacks": fallbacks, "layer": block, "tokens": {}}
     figures = {}
     for token in tokens:
         per_head = torch.tensor(stats[token]).nanmean(dim=0)  # [heads, 2]: (entropy, distance) over images
         summary["tokens"][str(token)] = {
-            "entropy": float(per_head[:, 0].mean()), "distance": float(per_head[:, 1].mean()),
-            "per_head": {f"head_{h}": {"entropy": float(e), "distance": float(d)}
-                         for h, (e, d) in enumerate(per_head.tolist())}}
+            "entropy": float(per_head[:, 0].mean()),
+            "distance": float(per_head[:, 1].mean()),
+            "per_head": {
+                f"head_{h}": {"entropy": float(e), "distance": float(d)} for h, (e, d) in enumerate(per_head.tolist())
+            },
+        }
         title = f"ViT block {block}: attention paid to the {token} token (cyan)"
         figures[f"relevance_{token}"] = plot_relevance(panels[token], settings.heads, title)
     return ctx.write(summary, figures)

@@ -23,9 +23,11 @@ class SceneTarget:
 
 def _largest_shape(scene: dict) -> str:
     """The shape of largest box area (the 'main object'); ties go to the object listed first."""
+
     def area(o: dict) -> int:
         x0, y0, x1, y1 = o["box"]
         return (x1 - x0) * (y1 - y0)
+
     return max(scene["objects"], key=area)["shape"]
 
 
@@ -52,8 +54,10 @@ def read_scenes(path: str | Path, key: str) -> dict[str, dict]:
     """scenes.json: each image's scene keyed by its path relative to the dataset root; `key` names the setting."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{key}: no scenes file at {path}; image labels come from the shapes dataset's "
-                                "scenes.json (set it to <dataset root>/scenes.json)")
+        raise FileNotFoundError(
+            f"{key}: no scenes file at {path}; image labels come from the shapes dataset's "
+            "scenes.json (set it to <dataset root>/scenes.json)"
+        )
     return json.loads(path.read_text("utf-8"))
 
 

@@ -21,9 +21,11 @@ from sinkflow.data.files import question_rows
 def data_files(path: Path) -> list[Path]:
     """The parquet or arrow files of a dataset path."""
     if not path.exists():
-        raise FileNotFoundError(f"Hugging Face dataset not found: {path} (a .parquet file, a folder of parquet "
-                                "files, or a datasets.save_to_disk folder); e.g. `hf download <repo> "
-                                "--repo-type dataset --local-dir <path>`")
+        raise FileNotFoundError(
+            f"Hugging Face dataset not found: {path} (a .parquet file, a folder of parquet "
+            "files, or a datasets.save_to_disk folder); e.g. `hf download <repo> "
+            "--repo-type dataset --local-dir <path>`"
+        )
     if path.is_file():
         return [path]
     files = sorted(path.rglob("*.parquet")) or sorted(f for f in path.rglob("*.arrow") if "cache-" not in f.name)

@@ -1,5 +1,6 @@
 """MME: the official eval_tool layout (`<subtask>.txt`: image, question, answer[, response]), its release folders
 and `lmms-lab/MME`, its yes/no parsing per parser, and its scores (docs/benchmarks.md#mme)."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -33,8 +34,9 @@ def _read_subtask(path: Path, root: Path, check_images: bool, suffix: str = SHOR
         fields = line.split("\t")
         # The official tool appends the model response as a 4th column; it is not ground truth.
         if len(fields) not in (3, 4):
-            raise DataFormatError(path, line_no, "<line>",
-                                  f"expected 3 tab-separated fields (image, question, answer), got {len(fields)}")
+            raise DataFormatError(
+                path, line_no, "<line>", f"expected 3 tab-separated fields (image, question, answer), got {len(fields)}"
+            )
         image, question, answer = fields[:3]
         response = fields[3] if len(fields) == 4 else None
         if not image:
@@ -52,8 +54,9 @@ def mme_items(path: Path, subtask: str, rows: list[tuple], root: Path, check_ima
     items, seen = [], set()
     for k, (line_no, image, question, answer, response) in enumerate(rows):
         if k % 2 and image != rows[k - 1][1]:
-            raise DataFormatError(path, line_no, "image",
-                                  f"expected {rows[k - 1][1]!r} (pair of line {rows[k - 1][0]}), got {image!r}")
+            raise DataFormatError(
+                path, line_no, "image", f"expected {rows[k - 1][1]!r} (pair of line {rows[k - 1][0]}), got {image!r}"
+            )
         if k % 2 == 0 and image in seen:
             raise DataFormatError(path, line_no, "image", f"image {image!r} already has its two questions")
         seen.add(image)
@@ -76,8 +79,9 @@ def mme_items(path: Path, subtask: str, rows: list[tuple], root: Path, check_ima
     return items
 
 
-def load_mme(directory: str | Path, image_root: str | Path, check_images: bool = False,
-             suffix: str = SHORT_ANSWER) -> list[dict]:
+def load_mme(
+    directory: str | Path, image_root: str | Path, check_images: bool = False, suffix: str = SHORT_ANSWER
+) -> list[dict]:
     """Load every `<subtask>.txt` of an MME eval_tool directory as evaluation items, in subtask order."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -89,8 +93,9 @@ def load_mme(directory: str | Path, image_root: str | Path, check_images: bool =
     if not files:
         raise DataFormatError(directory, None, "<files>", "expected <subtask>.txt files")
     root = Path(image_root).resolve()
-    return [item for name in SUBTASKS if name in files
-            for item in _read_subtask(files[name], root, check_images, suffix)]
+    return [
+        item for name in SUBTASKS if name in files for item in _read_subtask(files[name], root, check_images, suffix)
+    ]
 
 
 def load_mme_results(directory: str | Path) -> list[dict]:
@@ -98,8 +103,12 @@ def load_mme_results(directory: str | Path) -> list[dict]:
     records = load_mme(directory, directory)
     missing = [r for r in records if "prediction" not in r]
     if missing:
-        raise DataFormatError(Path(directory) / f"{missing[0]['category']}.txt", None, "response",
-                              f"{len(missing)} lines have no 4th (model response) column: not a results folder")
+        raise DataFormatError(
+            Path(directory) / f"{missing[0]['category']}.txt",
+            None,
+            "response",
+            f"{len(missing)} lines have no 4th (model response) column: not a results folder",
+        )
     return records
 
 
@@ -112,8 +121,9 @@ def load_mme_release(root: str | Path, check_images: bool = False, suffix: str =
     `question<TAB>answer` lines. Ids and pairing are those of the eval_tool layout."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"MME release not found: {root} (expected MME_Benchmark_release_version/ with one "
-                                "folder per subtask)")
+        raise FileNotFoundError(
+            f"MME release not found: {root} (expected MME_Benchmark_release_version/ with one folder per subtask)"
+        )
     items = []
     for subtask in SUBTASKS:
         folder = root / subtask
@@ -129,8 +139,9 @@ def load_mme_release(root: str | Path, check_images: bool = False, suffix: str =
             for line_no, line in read_lines(path):
                 fields = line.split("\t")
                 if len(fields) != 2:
-                    raise DataFormatError(path, line_no, "<line>", f"expected question<TAB>answer, got {len(fields)} "
-                                                                   "fields")
+                    raise DataFormatError(
+                        path, line_no, "<line>", f"expected question<TAB>answer, got {len(fields)} fields"
+                    )
                 if fields[1] not in ("Yes", "No"):
                     raise DataFormatError(path, line_no, "answer", f"expected 'Yes' or 'No', got {fields[1]!r}")
                 rows.append((line_no, image, fields[0], fields[1], None))
@@ -157,9 +168,14 @@ def load_mme_hf(path: str | Path, image_dir: str | Path | None = None, suffix: s
         by_subtask[subtask][image].append((row, image, obj["question"], obj["answer"], None))
         where[subtask] = file
     root = folder.resolve()
-    return [item for subtask in SUBTASKS if subtask in by_subtask
-            for item in mme_items(where[subtask], subtask, [r for pair in by_subtask[subtask].values() for r in pair],
-                                  root, False, suffix)]
+    return [
+        item
+        for subtask in SUBTASKS
+        if subtask in by_subtask
+        for item in mme_items(
+            where[subtask], subtask, [r for pair in by_subtask[subtask].values() for r in pair], root, False, suffix
+        )
+    ]
 
 
 def parse_mme(text: str, parser: Parser = "official") -> str | None:
@@ -203,8 +219,9 @@ class MME(Benchmark, name="mme"):
             # Fraction first, then x100, in the official tool's order (the last decimal depends on it).
             acc = sum(right) / len(right) * 100
             acc_plus = sum(all(pair) for pair in answers.values()) / len(answers) * 100
-            out.update({f"mme/{subtask}/acc": acc, f"mme/{subtask}/acc_plus": acc_plus,
-                        f"mme/{subtask}/score": acc + acc_plus})
+            out.update(
+                {f"mme/{subtask}/acc": acc, f"mme/{subtask}/acc_plus": acc_plus, f"mme/{subtask}/score": acc + acc_plus}
+            )
         for name, group in (("perception", PERCEPTION), ("cognition", COGNITION)):
             scores = [out[f"mme/{s}/score"] for s in group if f"mme/{s}/score" in out]
             if scores:

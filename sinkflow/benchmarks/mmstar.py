@@ -1,5 +1,6 @@
 """MMStar: JSON lines (the `Lin-Chen/MMStar` columns, with the image as a file name) and `Lin-Chen/MMStar` itself,
 its answer checks per parser, and its micro / macro accuracies (docs/benchmarks.md#mmstar)."""
+
 from __future__ import annotations
 
 import re
@@ -37,19 +38,22 @@ def letter_prompt(question: str, suffix: str = LETTER_ANSWER) -> str:
     return question.strip() + suffix
 
 
-def load_mmstar(path: str | Path, image_root: str | Path, check_images: bool = False,
-                suffix: str = LETTER_ANSWER) -> list[dict]:
+def load_mmstar(
+    path: str | Path, image_root: str | Path, check_images: bool = False, suffix: str = LETTER_ANSWER
+) -> list[dict]:
     """Load MMStar questions from a JSON-lines file as evaluation items."""
     path, root = Path(path), Path(image_root).resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"MMStar questions not found: {path} (JSON lines of index, question, image, answer, "
-                                "category, l2_category)")
+        raise FileNotFoundError(
+            f"MMStar questions not found: {path} (JSON lines of index, question, image, answer, category, l2_category)"
+        )
     seen: dict[int, int] = {}
     return [mmstar_item(obj, path, line_no, root, check_images, suffix, seen) for line_no, obj in read_jsonl(path)]
 
 
-def mmstar_item(obj: dict, path: Path, line_no: int, root: Path, check_images: bool, suffix: str,
-                seen: dict[int, int]) -> dict:
+def mmstar_item(
+    obj: dict, path: Path, line_no: int, root: Path, check_images: bool, suffix: str, seen: dict[int, int]
+) -> dict:
     """One MMStar row (`index`, `question`, `image`, `answer`, `category`, `l2_category`) as an evaluation item."""
     index = field(obj, "index", int, path, line_no)
     question = field(obj, "question", str, path, line_no)
@@ -65,8 +69,12 @@ def mmstar_item(obj: dict, path: Path, line_no: int, root: Path, check_images: b
     if category not in CATEGORIES:
         raise DataFormatError(path, line_no, "category", f"expected one of {tuple(CATEGORIES)}, got {category!r}")
     if l2_category not in CATEGORIES[category]:
-        raise DataFormatError(path, line_no, "l2_category",
-                              f"expected one of {CATEGORIES[category]} for {category!r}, got {l2_category!r}")
+        raise DataFormatError(
+            path,
+            line_no,
+            "l2_category",
+            f"expected one of {CATEGORIES[category]} for {category!r}, got {l2_category!r}",
+        )
     return {
         "benchmark": "mmstar",
         "id": str(index),
@@ -105,8 +113,9 @@ def mmstar_official_correct(text: str, answer: str) -> bool:
     return any(pred.startswith(p) and len(pred) > len(p) and pred[len(p)] == ans for p in _OFFICIAL_PREFIXES)
 
 
-_PHRASES = re.compile(r"(?:the answer is|answer is|the correct answer is|i choose|i select|i pick)\s*\(?([A-D])\b",
-                      re.IGNORECASE)
+_PHRASES = re.compile(
+    r"(?:the answer is|answer is|the correct answer is|i choose|i select|i pick)\s*\(?([A-D])\b", re.IGNORECASE
+)
 # (pattern, priority): lmms-eval's tiers as documented in docs/benchmarks.md#mmstar-parsing; letters are case-sensitive.
 _TIERS = (
     (re.compile(r"^([A-D])\b"), 10),

@@ -4,6 +4,7 @@ One object per line: `question_id` (int, unique in the file), `image` (path unde
 `answer` (a single word or phrase) and `category`. The prompt is LLaVA-1.5's short-answer prompt, as for GQA and
 VQAv2; scoring is an exact match of the first word (`Benchmark`'s default), the same under every parser.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,32 +19,36 @@ def load_open_qa(path: str | Path, image_root: str | Path, check_images: bool = 
     """Load open questions as evaluation items of the benchmark `open`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"open questions not found: {path} (JSON lines of question_id, image, question, "
-                                "answer, category)")
+        raise FileNotFoundError(
+            f"open questions not found: {path} (JSON lines of question_id, image, question, answer, category)"
+        )
     root = Path(image_root).resolve()
     items, seen = [], {}
     for line_no, obj in read_jsonl(path):
         question_id = field(obj, "question_id", int, path, line_no)
         if question_id in seen:
-            raise DataFormatError(path, line_no, "question_id", f"duplicate id {question_id} (first at line "
-                                                                f"{seen[question_id]})")
+            raise DataFormatError(
+                path, line_no, "question_id", f"duplicate id {question_id} (first at line {seen[question_id]})"
+            )
         seen[question_id] = line_no
         image = field(obj, "image", str, path, line_no)
         question = field(obj, "question", str, path, line_no)
         answer = field(obj, "answer", str, path, line_no)
         if not answer.strip():
             raise DataFormatError(path, line_no, "answer", "empty answer")
-        items.append({
-            "benchmark": "open",
-            "id": str(question_id),
-            "question_id": question_id,
-            "category": field(obj, "category", str, path, line_no),
-            "question": question,
-            "answer": answer,
-            "image": image,
-            "image_path": image_path(root, image, check_images, path, line_no),
-            "prompt": short_answer_prompt(question),
-        })
+        items.append(
+            {
+                "benchmark": "open",
+                "id": str(question_id),
+                "question_id": question_id,
+                "category": field(obj, "category", str, path, line_no),
+                "question": question,
+                "answer": answer,
+                "image": image,
+                "image_path": image_path(root, image, check_images, path, line_no),
+                "prompt": short_answer_prompt(question),
+            }
+        )
     return items
 
 

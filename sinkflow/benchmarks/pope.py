@@ -1,5 +1,6 @@
 """POPE: its question files (`*_pope_<category>.json`, JSON lines) and `lmms-lab/POPE`, its yes/no parsing per
 parser, and its metrics (docs/benchmarks.md#pope)."""
+
 from __future__ import annotations
 
 import re
@@ -27,7 +28,9 @@ def pope_files(directory: str | Path) -> list[Path]:
 
 
 def load_pope(
-    paths: str | Path | Sequence[str | Path], image_root: str | Path, check_images: bool = False,
+    paths: str | Path | Sequence[str | Path],
+    image_root: str | Path,
+    check_images: bool = False,
     suffix: str = SHORT_ANSWER,
 ) -> list[dict]:
     """Load POPE questions from a directory or a list of files as evaluation items."""
@@ -44,15 +47,24 @@ def load_pope(
         match = _NAME.search(path.name)
         category = match.group(1) if match else None
         if category not in CATEGORIES:
-            raise DataFormatError(path, None, "<file name>",
-                                  f"expected *_pope_<category>.json with category in {CATEGORIES}")
+            raise DataFormatError(
+                path, None, "<file name>", f"expected *_pope_<category>.json with category in {CATEGORIES}"
+            )
         for line_no, obj in read_jsonl(path):
             items.append(pope_item(obj, category, path, line_no, root, check_images, suffix, seen))
     return items
 
 
-def pope_item(obj: dict, category: str, path: Path, line_no: int, root: Path, check_images: bool, suffix: str,
-              seen: dict[str, tuple[Path, int]]) -> dict:
+def pope_item(
+    obj: dict,
+    category: str,
+    path: Path,
+    line_no: int,
+    root: Path,
+    check_images: bool,
+    suffix: str,
+    seen: dict[str, tuple[Path, int]],
+) -> dict:
     """One POPE question (`question_id`, `image`, `text`, `label`) of `category` as an evaluation item."""
     if category not in CATEGORIES:
         raise DataFormatError(path, line_no, "category", f"expected one of {CATEGORIES}, got {category!r}")
@@ -65,8 +77,9 @@ def pope_item(obj: dict, category: str, path: Path, line_no: int, root: Path, ch
     item_id = f"{category}/{question_id}"
     if item_id in seen:
         first = seen[item_id]
-        raise DataFormatError(path, line_no, "question_id",
-                              f"duplicate id {item_id!r} (first at {first[0]}:{first[1]})")
+        raise DataFormatError(
+            path, line_no, "question_id", f"duplicate id {item_id!r} (first at {first[0]}:{first[1]})"
+        )
     seen[item_id] = (path, line_no)
     return {
         "benchmark": "pope",
@@ -89,8 +102,7 @@ def load_pope_hf(path: str | Path, image_dir: str | Path | None = None, suffix: 
         if not str(obj["question_id"]).isdigit():
             raise DataFormatError(file, row, "question_id", f"expected an integer, got {obj['question_id']!r}")
         image = save_image(obj["image"], folder, f"{obj['image_source']}.jpg", file, row)
-        line = {"question_id": int(obj["question_id"]), "image": image, "text": obj["question"],
-                "label": obj["answer"]}
+        line = {"question_id": int(obj["question_id"]), "image": image, "text": obj["question"], "label": obj["answer"]}
         items.append(pope_item(line, obj["category"], file, row, folder.resolve(), False, suffix, seen))
     return items
 
@@ -138,10 +150,15 @@ class POPE(Benchmark, name="pope"):
             precision = tp / (tp + fp) if tp + fp else 0.0
             recall = tp / (tp + fn) if tp + fn else 0.0
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            out.update({f"pope/{category}/accuracy": sum(pred == gt for gt, pred in pairs) / len(pairs),
-                        f"pope/{category}/precision": precision, f"pope/{category}/recall": recall,
-                        f"pope/{category}/f1": f1,
-                        f"pope/{category}/yes_ratio": sum(pred == "yes" for _, pred in pairs) / len(pairs)})
+            out.update(
+                {
+                    f"pope/{category}/accuracy": sum(pred == gt for gt, pred in pairs) / len(pairs),
+                    f"pope/{category}/precision": precision,
+                    f"pope/{category}/recall": recall,
+                    f"pope/{category}/f1": f1,
+                    f"pope/{category}/yes_ratio": sum(pred == "yes" for _, pred in pairs) / len(pairs),
+                }
+            )
             f1s.append(f1)
         if f1s:
             out["pope/f1_mean"] = sum(f1s) / len(f1s)

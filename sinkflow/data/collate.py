@@ -88,8 +88,9 @@ class Collator:
         batch["meta"] = [dict(s.get("meta", {}), id=s["id"], prompt=p) for s, p in zip(samples, prompts)]
         # One stable key per image: per-image random choices (random_control) are seeded by it, sink statistics count
         # each image once by it, and routing decisions find their record by it.
-        batch["image_keys"] = [sample_key(dict(s.get("meta", {}), id=s["id"])) for s in samples
-                               if s.get("image") is not None]
+        batch["image_keys"] = [
+            sample_key(dict(s.get("meta", {}), id=s["id"])) for s in samples if s.get("image") is not None
+        ]
         # The question asked about each image (its first user turn), for question-conditioned routers.
         batch["image_questions"] = [first_question(s["conversations"]) for s in samples if s.get("image") is not None]
         return batch
@@ -106,8 +107,9 @@ class Collator:
                 try:
                     self.processor.image_processor([image], return_tensors="pt")
                 except Exception as err:
-                    raise ValueError(f"cannot process image {sample['image']}{_question_suffix(sample['id'])}: "
-                                     f"{err}") from err
+                    raise ValueError(
+                        f"cannot process image {sample['image']}{_question_suffix(sample['id'])}: {err}"
+                    ) from err
             raise  # no single image fails: the batch as a whole does
 
     def ask(self, batch: dict, questions: list[str]) -> dict:
@@ -161,14 +163,14 @@ class Collator:
         if self.generate:
             raise ValueError(f"a prompt exceeds dataset.max_length={self.max_length}; raise it for evaluation")
         image_id = self.processor.tokenizer.convert_tokens_to_ids(self.image_token)
-        tail = batch["input_ids"][:, self.max_length:]
+        tail = batch["input_ids"][:, self.max_length :]
         if (tail == image_id).any():
             raise ValueError(
                 f"dataset.max_length={self.max_length} would cut image placeholder tokens; raise it above the "
                 "number of image tokens plus the prompt"
             )
         # Counted in the batch (not on the collator) so that the count survives DataLoader worker processes.
-        batch["n_truncated"] = int(batch["attention_mask"][:, self.max_length:].any(dim=1).sum())
+        batch["n_truncated"] = int(batch["attention_mask"][:, self.max_length :].any(dim=1).sum())
         for key in ("input_ids", "attention_mask", "labels"):
             batch[key] = batch[key][:, : self.max_length]
 
@@ -186,8 +188,9 @@ def key_hash(key: str) -> int:
 
 def first_question(conversations: list[dict]) -> str:
     """The first user turn without the image placeholder."""
-    return next((t["value"] for t in conversations if t["from"] in ("human", "user")), "").replace(
-        IMAGE_TOKEN, "").strip()
+    return (
+        next((t["value"] for t in conversations if t["from"] in ("human", "user")), "").replace(IMAGE_TOKEN, "").strip()
+    )
 
 
 def _expand(text: str, spans: list[tuple[int, int]], token: str, expansion: str):
@@ -195,4 +198,4 @@ def _expand(text: str, spans: list[tuple[int, int]], token: str, expansion: str)
     at = text.index(token)
     shift = len(expansion) - len(token)
     moved = [(s + shift, e + shift) if s >= at else (s, e) for s, e in spans]
-    return text[:at] + expansion + text[at + len(token):], moved
+    return text[:at] + expansion + text[at + len(token) :], moved

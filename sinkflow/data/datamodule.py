@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 from sinkflow.checks import number
 from sinkflow.data.collate import Collator
 from sinkflow.data.instruct import load_instruct
-from sinkflow.data.resumable import ResumableLoader
 from sinkflow.data.predictions import load_for_resume, record_key
+from sinkflow.data.resumable import ResumableLoader
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,25 @@ def eval_sample(item: dict, with_image: bool = True) -> dict:
 class LVLMDataModule(L.LightningDataModule):
     """Train / val from an instruct JSON; test from benchmark loaders. Call `bind` before use."""
 
-    def __init__(self, train_json: str | None, image_root: str | None, eval_sets: dict[str, Callable] | None = None,
-                 prepare: Callable | None = None, annotate: Callable | None = None, batch_size: int = 8,
-                 eval_batch_size: int = 16, num_workers: int = 0, val_fraction: float = 0.05,
-                 max_length: int | None = 2048, limit_train: int | None = None, limit_eval: int | None = None,
-                 seed: int = 0, skip_predicted: str | None = None, without_images: bool = False,
-                 obtain: dict[str, str] | None = None):
+    def __init__(
+        self,
+        train_json: str | None,
+        image_root: str | None,
+        eval_sets: dict[str, Callable] | None = None,
+        prepare: Callable | None = None,
+        annotate: Callable | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        val_fraction: float = 0.05,
+        max_length: int | None = 2048,
+        limit_train: int | None = None,
+        limit_eval: int | None = None,
+        seed: int = 0,
+        skip_predicted: str | None = None,
+        without_images: bool = False,
+        obtain: dict[str, str] | None = None,
+    ):
         super().__init__()
         self.train_json, self.image_root = train_json, image_root
         # A set configured as null (`dataset.eval_sets.pope=null`) is left out.
@@ -93,8 +106,10 @@ class LVLMDataModule(L.LightningDataModule):
 
     def _load_eval(self) -> list[dict]:
         if not self.eval_sets:
-            raise ValueError("dataset.eval_sets names no evaluation set: there is nothing to evaluate (train.py "
-                             "test=false skips the test phase)")
+            raise ValueError(
+                "dataset.eval_sets names no evaluation set: there is nothing to evaluate (train.py "
+                "test=false skips the test phase)"
+            )
         items = []
         for name, loader in self.eval_sets.items():
             try:
@@ -112,8 +127,12 @@ class LVLMDataModule(L.LightningDataModule):
         if self.skip_predicted:
             done = {record_key(r) for r in load_for_resume(self.skip_predicted)}
             kept = [s for s in samples if record_key(s["meta"]) not in done]
-            log.info("resuming: %d of %d questions already predicted in %s", len(samples) - len(kept),
-                     len(samples), self.skip_predicted)
+            log.info(
+                "resuming: %d of %d questions already predicted in %s",
+                len(samples) - len(kept),
+                len(samples),
+                self.skip_predicted,
+            )
             samples = kept
         return samples
 
@@ -129,16 +148,27 @@ class LVLMDataModule(L.LightningDataModule):
     def _loader(self, data, batch_size, generate):
         # Its own generator: creating an iterator draws the workers' base seed from it, not from the global RNG that
         # training draws from, so validating (or resuming, which may set a validation up) shifts no training draw.
-        return DataLoader(data, batch_size=batch_size, num_workers=self.num_workers,
-                          collate_fn=self._collator(generate), persistent_workers=self.num_workers > 0,
-                          generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self._collator(generate),
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def train_dataloader(self):
         # Under DDP, this process's share (as Lightning's DistributedSampler would give it).
         sharding = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
-        self.train_loader = ResumableLoader(self.train_set, batch_size=self.batch_size, seed=self.seed,
-                                            num_workers=self.num_workers, collate_fn=self._collator(False),
-                                            persistent_workers=self.num_workers > 0, **sharding)
+        self.train_loader = ResumableLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            num_workers=self.num_workers,
+            collate_fn=self._collator(False),
+            persistent_workers=self.num_workers > 0,
+            **sharding,
+        )
         if self._resume is not None:
             self.train_loader.load_state_dict(self._resume)
             self._resume = None
@@ -161,4 +191,3 @@ class LVLMDataModule(L.LightningDataModule):
 
     def predict_dataloader(self):
         return self.test_dataloader()
-

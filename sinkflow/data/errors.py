@@ -1,4 +1,5 @@
 """The error raised for malformed data files."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """Reading question files: UTF-8 lines and JSON lines numbered for error messages, checked fields and image
 paths (the benchmark loaders and the predictions file read through these)."""
+
 from __future__ import annotations
 
 import json

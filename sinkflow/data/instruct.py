@@ -1,4 +1,5 @@
 """Loader for LLaVA instruct data (a JSON list of {id, image?, conversations})."""
+
 from __future__ import annotations
 
 import json
@@ -28,18 +29,24 @@ def _check_record(record, index: int, path: Path, root: Path) -> dict:
             raise DataFormatError(path, where, name, f"expected an object with 'from' and 'value', got {turn!r}")
         expected = ROLES[t % 2]
         if turn.get("from") != expected:
-            raise DataFormatError(path, where, f"{name}.from", f"expected {expected!r} (turns alternate human/gpt "
-                                  f"starting with human), got {turn.get('from')!r}")
+            raise DataFormatError(
+                path,
+                where,
+                f"{name}.from",
+                f"expected {expected!r} (turns alternate human/gpt starting with human), got {turn.get('from')!r}",
+            )
         if not isinstance(turn.get("value"), str):
             raise DataFormatError(path, where, f"{name}.value", f"expected a string, got {turn.get('value')!r}")
     if len(turns) % 2:
-        raise DataFormatError(path, where, "conversations",
-                              "expected the last turn to be from 'gpt' (an even number of turns)")
+        raise DataFormatError(
+            path, where, "conversations", "expected the last turn to be from 'gpt' (an even number of turns)"
+        )
     image = record.get("image")
     if image is None:
         if any(IMAGE_TOKEN in turn["value"] for turn in turns):
-            raise DataFormatError(path, where, "image",
-                                  f"expected an image field: the conversation contains {IMAGE_TOKEN}")
+            raise DataFormatError(
+                path, where, "image", f"expected an image field: the conversation contains {IMAGE_TOKEN}"
+            )
         return {"id": record_id, "image": None, "conversations": turns}
     if not isinstance(image, str):
         raise DataFormatError(path, where, "image", f"expected a string file name, got {image!r}")
@@ -63,8 +70,12 @@ def load_instruct(json_path: str | Path, image_root: str | Path) -> list[dict]:
     for index, raw in enumerate(data):
         record = _check_record(raw, index, path, root)
         if record["id"] in first_index:
-            raise DataFormatError(path, f"record {index} (id {record['id']!r})", "id",
-                                  f"duplicate id, first used by record {first_index[record['id']]}")
+            raise DataFormatError(
+                path,
+                f"record {index} (id {record['id']!r})",
+                "id",
+                f"duplicate id, first used by record {first_index[record['id']]}",
+            )
         first_index[record["id"]] = index
         records.append(record)
     return records

@@ -73,10 +73,16 @@ def read_numbered_predictions(path: str | Path) -> list[tuple[int, dict]]:
             continue
         first_line, earlier = first[key]
         if record != earlier:
-            differ = [k for k in {**earlier, **record}
-                      if k not in earlier or k not in record or earlier[k] != record[k]]
-            raise DataFormatError(path, line_no, "id", f"duplicate id {key[1]!r} of {key[0]} with a different "
-                                                       f"{', '.join(differ)} (first at line {first_line})")
+            differ = [
+                k for k in {**earlier, **record} if k not in earlier or k not in record or earlier[k] != record[k]
+            ]
+            raise DataFormatError(
+                path,
+                line_no,
+                "id",
+                f"duplicate id {key[1]!r} of {key[0]} with a different "
+                f"{', '.join(differ)} (first at line {first_line})",
+            )
         repeats += 1
     if repeats:
         log.warning("%s: %d record(s) repeat an earlier line exactly; each is counted once", path, repeats)
@@ -106,8 +112,11 @@ def drop_torn_tail(path: Path) -> None:
             f.write(b"\n")
             return
         f.truncate(start)
-    log.warning("%s:%d: dropped a torn last line (the run stopped while writing it); its question is asked again",
-                path, data.count(b"\n") + 1)
+    log.warning(
+        "%s:%d: dropped a torn last line (the run stopped while writing it); its question is asked again",
+        path,
+        data.count(b"\n") + 1,
+    )
 
 
 def load_for_resume(path: str | Path) -> list[dict]:

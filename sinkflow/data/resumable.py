@@ -38,8 +38,9 @@ class ResumableLoader(DataLoader):
     """
 
     def __init__(self, dataset, *, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0, **kwargs):
-        super().__init__(dataset, batch_size=batch_size, sampler=EpochShuffle(dataset, seed, num_replicas, rank),
-                         **kwargs)
+        super().__init__(
+            dataset, batch_size=batch_size, sampler=EpochShuffle(dataset, seed, num_replicas, rank), **kwargs
+        )
         self.seed = seed
         self.epoch = 0
         self.batches = 0

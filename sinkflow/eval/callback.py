@@ -67,8 +67,15 @@ class PredictionsCallback(L.Callback):
             self.answered_before = len(earlier)
         self.start_scores(pl_module.device, earlier)
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: list[dict], batch: dict,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: list[dict],
+        batch: dict,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self.scores.update(outputs)
         records = gather_objects(outputs)
         if trainer.is_global_zero:
@@ -80,11 +87,18 @@ class PredictionsCallback(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The module's epoch-end logs (sink statistics) have reached callback_metrics by now.
-        measured = {key.removeprefix("test/"): float(value) for key, value in trainer.callback_metrics.items()
-                    if key.startswith("test/")}
+        measured = {
+            key.removeprefix("test/"): float(value)
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith("test/")
+        }
         if measured and self.answered_before:
-            log.warning("resumed: %s cover the questions answered now, not the %d already in %s",
-                        ", ".join(sorted({k.split("/")[0] + "/*" for k in measured})), self.answered_before, self.path)
+            log.warning(
+                "resumed: %s cover the questions answered now, not the %d already in %s",
+                ", ".join(sorted({k.split("/")[0] + "/*" for k in measured})),
+                self.answered_before,
+                self.path,
+            )
         self.report(trainer, measured)
 
     def rescore(self, trainer: L.Trainer) -> None:
@@ -104,8 +118,11 @@ class PredictionsCallback(L.Callback):
         if keep_previous and metrics_path.is_file():
             measured = {k: v for k, v in json.loads(metrics_path.read_text()).items() if k not in scores}
             if measured:
-                log.warning("kept %s from %s: measured when its questions were answered",
-                            ", ".join(sorted({k.split("/")[0] + "/*" for k in measured})), metrics_path)
+                log.warning(
+                    "kept %s from %s: measured when its questions were answered",
+                    ", ".join(sorted({k.split("/")[0] + "/*" for k in measured})),
+                    metrics_path,
+                )
         self.metrics = dict(sorted({**measured, **scores}.items()))
         metrics_path.write_text(json.dumps(self.metrics, indent=2))
         for logger in trainer.loggers:

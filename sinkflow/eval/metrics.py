@@ -41,8 +41,10 @@ def benchmark_problem(name: str, allow_unknown: bool = False) -> str | None:
     if not allow_unknown:
         return f"unknown benchmark {name!r}; expected one of {tuple(BENCHMARKS.names())}"
     if not name or "/" in name or name == "all":
-        return (f"an unknown benchmark's name prefixes its metric keys, so it must not be empty, 'all' or contain "
-                f"'/', got {name!r}")
+        return (
+            f"an unknown benchmark's name prefixes its metric keys, so it must not be empty, 'all' or contain "
+            f"'/', got {name!r}"
+        )
     return None
 
 
@@ -115,8 +117,10 @@ class BenchmarkScores(Metric):
     def update(self, records: list[dict]) -> None:
         if not records:
             return
-        lines = "".join(json.dumps({k: v for k, v in record.items() if k not in UNSCORED_FIELDS}, ensure_ascii=False)
-                        + "\n" for record in records)
+        lines = "".join(
+            json.dumps({k: v for k, v in record.items() if k not in UNSCORED_FIELDS}, ensure_ascii=False) + "\n"
+            for record in records
+        )
         self.encoded.append(torch.frombuffer(bytearray(lines.encode("utf-8")), dtype=torch.uint8).to(self.device))
 
     def records(self) -> list[dict]:
@@ -130,8 +134,12 @@ class BenchmarkScores(Metric):
         return score_records(self.records(), self.parser)
 
 
-def multimodal_gain(with_image: dict[str, float], without_image: dict[str, float],
-                    text_only: dict[str, float] | None = None, key: str = "mmstar/overall") -> dict[str, float]:
+def multimodal_gain(
+    with_image: dict[str, float],
+    without_image: dict[str, float],
+    text_only: dict[str, float] | None = None,
+    key: str = "mmstar/overall",
+) -> dict[str, float]:
     """MMStar's MG = S_v - S_wv (the same LVLM with and without images) and, given the base LLM's text-only
     score S_t, ML = max(0, S_wv - S_t)."""
     for name, scores in (("with-image", with_image), ("without-image", without_image), ("text-only", text_only)):

@@ -60,14 +60,17 @@ def print_table(metrics: dict[str, float], title: str) -> None:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m sinkflow.eval.score", description=__doc__.splitlines()[0])
     parser.add_argument("predictions", type=Path, help="predictions .jsonl or an MME eval_tool results folder")
-    parser.add_argument("--parser", choices=get_args(Parser), default="official",
-                        help="answer parser (default official)")
+    parser.add_argument(
+        "--parser", choices=get_args(Parser), default="official", help="answer parser (default official)"
+    )
     parser.add_argument("--out", type=Path, help="write the metrics as flat JSON here")
     parser.add_argument("--without-image", type=Path, help="the same model's MMStar answers without images (MG)")
     parser.add_argument("--text-only", type=Path, help="the base LLM's MMStar answers without images (ML)")
-    parser.add_argument("--allow-unknown", action="store_true",
-                        help=f"score benchmarks other than {', '.join(BENCHMARKS.names())} by first-word exact "
-                             "match, outside all/*")
+    parser.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help=f"score benchmarks other than {', '.join(BENCHMARKS.names())} by first-word exact match, outside all/*",
+    )
     args = parser.parse_args(argv)
 
     def score(path: Path) -> dict[str, float]:
@@ -75,8 +78,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     metrics = score(args.predictions)
     if args.without_image:
-        metrics.update(multimodal_gain(metrics, score(args.without_image),
-                                       score(args.text_only) if args.text_only else None))
+        metrics.update(
+            multimodal_gain(metrics, score(args.without_image), score(args.text_only) if args.text_only else None)
+        )
     elif args.text_only:
         parser.error("--text-only needs --without-image (leakage compares the two)")
     print_table(metrics, f"{args.predictions} ({args.parser} parser)")

@@ -20,8 +20,13 @@ from sinkflow.eval.metrics import BenchmarkScores
 class BenchmarkValidation(L.Callback):
     """Official benchmark metrics on a fixed subset of the evaluation sets at validation end."""
 
-    def __init__(self, every_n_epochs: int = 1, limit: int | None = 32, batch_size: int | None = None,
-                 parser: Parser = "official"):
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        limit: int | None = 32,
+        batch_size: int | None = None,
+        parser: Parser = "official",
+    ):
         self.parser = choice("parser", parser, Parser)
         if every_n_epochs < 1:
             raise ValueError(f"callbacks.benchmark_validation.every_n_epochs must be >= 1, got {every_n_epochs}")
@@ -44,13 +49,14 @@ class BenchmarkValidation(L.Callback):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         datamodule = trainer.datamodule
-        share = self.questions(datamodule)[trainer.global_rank::trainer.world_size]
+        share = self.questions(datamodule)[trainer.global_rank :: trainer.world_size]
         collate = datamodule.generation_collator()
         size = self.batch_size or datamodule.eval_batch_size
         scores = BenchmarkScores(self.parser).to(pl_module.device)
         for start in range(0, len(share), size):
-            batch = trainer.strategy.batch_to_device(collate(share[start:start + size]))
-            scores.update([dict(meta, prediction=text.strip())
-                           for meta, text in zip(batch["meta"], pl_module.generate(batch))])
+            batch = trainer.strategy.batch_to_device(collate(share[start : start + size]))
+            scores.update(
+                [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], pl_module.generate(batch))]
+            )
         metrics = scores.compute()
         pl_module.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=False)

@@ -54,8 +54,14 @@ def resolve_checkpoint(model_cfg: DictConfig) -> str:
     return str(instantiate(source)) if isinstance(source, DictConfig) else str(source)
 
 
-def load_pretrained(source: str | Path, *, family: VisualFamily | None = None, dtype: str = "float32",
-                    attn_implementation: str | None = None, trust_remote_code: bool = False):
+def load_pretrained(
+    source: str | Path,
+    *,
+    family: VisualFamily | None = None,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+):
     """Load an image-text-to-text model and its processor (the family's way) from a hub id or a local directory."""
     choice("model.dtype", dtype, DTYPES)
     local = local_directory(str(source))
@@ -64,8 +70,11 @@ def load_pretrained(source: str | Path, *, family: VisualFamily | None = None, d
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        processor = (family.load_processor(source, trust_remote_code) if family is not None
-                     else AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code))
+        processor = (
+            family.load_processor(source, trust_remote_code)
+            if family is not None
+            else AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        )
         model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     except OSError as err:
         if local:
@@ -88,17 +97,28 @@ def local_directory(source: str) -> str | None:
             raise FileNotFoundError(f"model.checkpoint={source}: no such directory")
         return None
     if not path.is_dir():
-        raise NotADirectoryError(f"model.checkpoint={source}: not a directory (expected a Hugging Face model "
-                                 "directory, as save_pretrained writes it)")
+        raise NotADirectoryError(
+            f"model.checkpoint={source}: not a directory (expected a Hugging Face model "
+            "directory, as save_pretrained writes it)"
+        )
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model.checkpoint={source}: the directory has no config.json (expected a Hugging "
-                                "Face model directory, as save_pretrained writes it)")
+        raise FileNotFoundError(
+            f"model.checkpoint={source}: the directory has no config.json (expected a Hugging "
+            "Face model directory, as save_pretrained writes it)"
+        )
     return str(path)
 
 
-def prepare_for_training(model: nn.Module, family: VisualFamily, *, freeze_vision: bool = True,
-                         train_projector: bool = True, lora: LoraSpec | dict | None = None,
-                         train_language_model: bool = False, adapter: str | Path | None = None) -> nn.Module:
+def prepare_for_training(
+    model: nn.Module,
+    family: VisualFamily,
+    *,
+    freeze_vision: bool = True,
+    train_projector: bool = True,
+    lora: LoraSpec | dict | None = None,
+    train_language_model: bool = False,
+    adapter: str | Path | None = None,
+) -> nn.Module:
     """Freeze the ViT, keep the projector trainable, put LoRA on the language model only.
 
     `train_language_model` is full fine-tuning instead of LoRA (TinyLLaVA-Factory's recipe): every weight of the
@@ -148,9 +168,11 @@ def check_adapter(config: LoraConfig, lora: LoraSpec, family: VisualFamily, adap
     expected = {"r": lora.r, "lora_alpha": lora.alpha, "target_modules": lora_target_regex(family, lora.target_modules)}
     differ = {key: (getattr(config, key), value) for key, value in expected.items() if getattr(config, key) != value}
     if differ:
-        raise ValueError(f"init_from adapter {adapter} does not match model.lora: " + ", ".join(
-            f"{key} is {have!r} there, {want!r} here" for key, (have, want) in differ.items())
-            + " (set model.lora to match, or model.lora=null to apply it frozen)")
+        raise ValueError(
+            f"init_from adapter {adapter} does not match model.lora: "
+            + ", ".join(f"{key} is {have!r} there, {want!r} here" for key, (have, want) in differ.items())
+            + " (set model.lora to match, or model.lora=null to apply it frozen)"
+        )
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -13,8 +13,10 @@ import torch
 
 from sinkflow.models.export import Export
 
-EXPECTED = ("expected a sinkflow checkpoint (a run's checkpoints/last.ckpt, written by train.py) or, for evaluate.py, "
-            "its export directory (checkpoints/export/)")
+EXPECTED = (
+    "expected a sinkflow checkpoint (a run's checkpoints/last.ckpt, written by train.py) or, for evaluate.py, "
+    "its export directory (checkpoints/export/)"
+)
 
 
 class CheckpointError(ValueError):
@@ -32,8 +34,10 @@ def read_checkpoint(path: str | Path) -> dict:
         text = str(err)
         named = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
         if named:  # the weights-only unpickler met a function or class to import: code would run
-            raise CheckpointError(f"{path}: refused: loading it would call {named.group(1)}, and sinkflow never runs "
-                                  f"code from a checkpoint; {EXPECTED}") from None
+            raise CheckpointError(
+                f"{path}: refused: loading it would call {named.group(1)}, and sinkflow never runs "
+                f"code from a checkpoint; {EXPECTED}"
+            ) from None
         detail = text.split("WeightsUnpickler error:", 1)[-1].strip() if "WeightsUnpickler error:" in text else text
         first = (detail.strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")  # torch's advice trimmed off
         reason = f"{type(err).__name__}: {first[:200]}"

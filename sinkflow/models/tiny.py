@@ -78,10 +78,17 @@ class TinyLlavaSpec:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
 
-def build_tokenizer(vocab_size: int, *, specials: list[str] = SPECIAL_TOKENS, bos: str | None = "<s>",
-                    eos: str = "</s>", pad: str = "<pad>", unk: str | None = "<unk>",
-                    extra_special_tokens: dict[str, str] | None = None,
-                    chat_template: str = VICUNA_CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    vocab_size: int,
+    *,
+    specials: list[str] = SPECIAL_TOKENS,
+    bos: str | None = "<s>",
+    eos: str = "</s>",
+    pad: str = "<pad>",
+    unk: str | None = "<unk>",
+    extra_special_tokens: dict[str, str] | None = None,
+    chat_template: str = VICUNA_CHAT_TEMPLATE,
+) -> PreTrainedTokenizerFast:
     """Train a deterministic byte-level BPE tokenizer offline and wrap it for transformers.
 
     With a `bos` token every encoding starts with it (Llama style); without one nothing is added (Qwen style).
@@ -99,8 +106,9 @@ def build_tokenizer(vocab_size: int, *, specials: list[str] = SPECIAL_TOKENS, bo
     post = [processors.ByteLevel(trim_offsets=False)]
     if bos is not None:
         bos_id = tok.token_to_id(bos)
-        post.append(processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                  special_tokens=[(bos, bos_id)]))
+        post.append(
+            processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+        )
     tok.post_processor = processors.Sequence(post)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

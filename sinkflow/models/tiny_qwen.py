@@ -23,8 +23,15 @@ from sinkflow.checks import choice
 from sinkflow.models.processor import ImageTextProcessor
 from sinkflow.models.tiny import TinyLlavaSpec, build_tokenizer, save_once
 
-QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                 "<|image_pad|>", "<|video_pad|>"]
+QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 # Qwen2-VL's ChatML layout (default system prompt, image as vision_start / image_pad / vision_end).
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -35,8 +42,10 @@ QWEN_CHAT_TEMPLATE = (
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-VARIANTS = {"qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
-            "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration)}
+VARIANTS = {
+    "qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
+    "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration),
+}
 
 
 @dataclass(frozen=True)
@@ -54,35 +63,74 @@ def build_tiny_qwen(spec: TinyQwenSpec):
     """Build the tiny model and its processor in memory (random weights seeded by `spec.seed`)."""
     choice("model.checkpoint.variant", spec.variant, VARIANTS)
     tokenizer = build_tokenizer(
-        spec.vocab_size, specials=QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None,
+        spec.vocab_size,
+        specials=QWEN_SPECIALS,
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        unk=None,
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-        chat_template=QWEN_CHAT_TEMPLATE)
-    image_processor = Qwen2VLImageProcessor(min_pixels=spec.min_pixels, max_pixels=spec.max_pixels,
-                                            patch_size=spec.patch_size, temporal_patch_size=2, merge_size=2)
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=spec.min_pixels,
+        max_pixels=spec.max_pixels,
+        patch_size=spec.patch_size,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     head_dim = spec.text_hidden // spec.text_heads
     quarter = head_dim // 8  # mrope_section (t, h, w) must sum to head_dim / 2
     text = {
-        "vocab_size": len(tokenizer), "hidden_size": spec.text_hidden, "intermediate_size": 4 * spec.text_hidden,
-        "num_hidden_layers": spec.text_layers, "num_attention_heads": spec.text_heads,
-        "num_key_value_heads": spec.text_kv_heads, "max_position_embeddings": 1024,
+        "vocab_size": len(tokenizer),
+        "hidden_size": spec.text_hidden,
+        "intermediate_size": 4 * spec.text_hidden,
+        "num_hidden_layers": spec.text_layers,
+        "num_attention_heads": spec.text_heads,
+        "num_key_value_heads": spec.text_kv_heads,
+        "max_position_embeddings": 1024,
         "initializer_range": spec.text_hidden**-0.5,  # see tiny.py: 0.02 is for 4096-wide models
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                            "mrope_section": [2 * quarter, quarter, quarter]},
-        "bos_token_id": None, "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [2 * quarter, quarter, quarter],
+        },
+        "bos_token_id": None,
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
     }
-    vision = {"depth": spec.vision_layers, "embed_dim": spec.vision_hidden, "hidden_size": spec.text_hidden,
-              "num_heads": spec.vision_heads, "patch_size": spec.patch_size, "spatial_merge_size": 2,
-              "temporal_patch_size": 2}
+    vision = {
+        "depth": spec.vision_layers,
+        "embed_dim": spec.vision_hidden,
+        "hidden_size": spec.text_hidden,
+        "num_heads": spec.vision_heads,
+        "patch_size": spec.patch_size,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
     if spec.variant == "qwen2_5_vl":
-        vision = {"depth": spec.vision_layers, "hidden_size": spec.vision_hidden, "out_hidden_size": spec.text_hidden,
-                  "intermediate_size": 4 * spec.vision_hidden, "num_heads": spec.vision_heads,
-                  "patch_size": spec.patch_size, "spatial_merge_size": 2, "temporal_patch_size": 2,
-                  "window_size": 4 * spec.patch_size, "fullatt_block_indexes": [spec.vision_layers - 1]}
+        vision = {
+            "depth": spec.vision_layers,
+            "hidden_size": spec.vision_hidden,
+            "out_hidden_size": spec.text_hidden,
+            "intermediate_size": 4 * spec.vision_hidden,
+            "num_heads": spec.vision_heads,
+            "patch_size": spec.patch_size,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 4 * spec.patch_size,
+            "fullatt_block_indexes": [spec.vision_layers - 1],
+        }
     config_cls, model_cls = VARIANTS[spec.variant]
-    config = config_cls(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                        vision_end_token_id=ids["<|vision_end|>"])
+    config = config_cls(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = model_cls(config)

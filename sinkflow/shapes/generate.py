@@ -1,5 +1,6 @@
 """Writing a shapes dataset: one random stream per part (so changing n_train leaves the evaluation sets unchanged,
 and vice versa), the official file formats, and the manifest that lets a finished dataset be reused."""
+
 from __future__ import annotations
 
 import json
@@ -50,6 +51,7 @@ class ShapesData:
 
 def build_shapes(*, seed: int, n_train: int, n_eval: int, image_size: int, turns_per_image: int) -> ShapesData:
     """Every scene and question of the dataset `generate_shapes` writes for these parameters."""
+
     def stream(name: str) -> random.Random:
         return random.Random(f"shapes/{seed}/{name}")
 
@@ -59,7 +61,8 @@ def build_shapes(*, seed: int, n_train: int, n_eval: int, image_size: int, turns
     turns_rng = stream("train_turns")
     yes = balanced_yes(turns_rng)
     return ShapesData(
-        train_scenes, eval_scenes,
+        train_scenes,
+        eval_scenes,
         train=[train_questions(scene, turns_rng, turns_per_image, yes) for scene in train_scenes],
         pope={c: pope_questions(c, eval_scenes, stream(f"pope_{c}")) for c in POPE_CATEGORIES},
         mme={s: mme_questions(s, eval_scenes, stream(f"mme_{s}")) for s in MME_SUBTASK_KINDS},
@@ -76,8 +79,10 @@ def _train_record(index: int, questions: list[Question]) -> dict:
     """One LLaVA-format record: the image, then its turns (the placeholder before the first question)."""
     conversations = []
     for t, question in enumerate(questions):
-        conversations += [{"from": "human", "value": ("<image>\n" if t == 0 else "") + question.text},
-                          {"from": "gpt", "value": question.answer}]
+        conversations += [
+            {"from": "human", "value": ("<image>\n" if t == 0 else "") + question.text},
+            {"from": "gpt", "value": question.answer},
+        ]
     return {"id": f"shapes_train_{index:05d}", "image": f"images/train_{index:05d}.png", "conversations": conversations}
 
 
@@ -88,8 +93,11 @@ def _routing_record(index: int, record: dict, first: Question, image_prompt: str
         prompt, answer = image_prompt, "symbolic"
     else:
         prompt, answer = question_prompt.replace("{question}", first_question(record["conversations"])), first.scope
-    return {"id": f"{record['id']}_routing", "image": record["image"],
-            "conversations": [{"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": answer}]}
+    return {
+        "id": f"{record['id']}_routing",
+        "image": record["image"],
+        "conversations": [{"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": answer}],
+    }
 
 
 def _write_json(path: Path, obj: dict | list) -> None:
@@ -132,13 +140,21 @@ def generate_shapes(
     # Every scene supports 4 distinct questions, no more.
     number("dataset.prepare.turns_per_image", turns_per_image, integer=True, at_least=1, at_most=4)
     root = Path(root)
-    params = {"version": VERSION, "seed": seed, "n_train": n_train, "n_eval": n_eval,
-              "image_size": image_size, "turns_per_image": turns_per_image}
+    params = {
+        "version": VERSION,
+        "seed": seed,
+        "n_train": n_train,
+        "n_eval": n_eval,
+        "image_size": image_size,
+        "turns_per_image": turns_per_image,
+    }
     if routing_questions:  # absent when off, so that existing datasets stay valid
         if image_prompt is None or question_prompt is None or "{question}" not in question_prompt:
-            raise ValueError("routing_questions needs `dataset.prepare.image_prompt` and `dataset.prepare."
-                             "question_prompt` (with '{question}'; conf/routing/), got "
-                             f"{image_prompt!r} and {question_prompt!r}")
+            raise ValueError(
+                "routing_questions needs `dataset.prepare.image_prompt` and `dataset.prepare."
+                "question_prompt` (with '{question}'; conf/routing/), got "
+                f"{image_prompt!r} and {question_prompt!r}"
+            )
         params.update(routing_questions=True, image_prompt=image_prompt, question_prompt=question_prompt)
     manifest = root / "manifest.json"
     if not overwrite and manifest.is_file() and json.loads(manifest.read_text("utf-8")).get("params") == params:
@@ -151,52 +167,84 @@ def generate_shapes(
             path.unlink()
     root.mkdir(parents=True, exist_ok=True)
 
-    data = build_shapes(seed=seed, n_train=n_train, n_eval=n_eval, image_size=image_size,
-                        turns_per_image=turns_per_image)
+    data = build_shapes(
+        seed=seed, n_train=n_train, n_eval=n_eval, image_size=image_size, turns_per_image=turns_per_image
+    )
     _write_images(root / "images", "train", data.train_scenes, image_size)
     _write_images(root / "eval_images", "eval", data.eval_scenes, image_size)
     records = [_train_record(i, questions) for i, questions in enumerate(data.train)]
     if routing_questions:
-        records += [_routing_record(i, record, questions[0], image_prompt, question_prompt)
-                    for i, (record, questions) in enumerate(zip(records, data.train))]
+        records += [
+            _routing_record(i, record, questions[0], image_prompt, question_prompt)
+            for i, (record, questions) in enumerate(zip(records, data.train))
+        ]
     _write_json(root / "train.json", records)
-    _write_json(root / "scenes.json", {
-        **{f"images/train_{i:05d}.png": s.to_json() for i, s in enumerate(data.train_scenes)},
-        **{f"eval_images/{_eval_image(i)}": s.to_json() for i, s in enumerate(data.eval_scenes)},
-    })
+    _write_json(
+        root / "scenes.json",
+        {
+            **{f"images/train_{i:05d}.png": s.to_json() for i, s in enumerate(data.train_scenes)},
+            **{f"eval_images/{_eval_image(i)}": s.to_json() for i, s in enumerate(data.eval_scenes)},
+        },
+    )
 
-    counts = {"train_images": n_train, "train_turns": n_train * turns_per_image, "eval_images": n_eval,
-              "pope": {}, "mme": {}}
+    counts = {
+        "train_images": n_train,
+        "train_turns": n_train * turns_per_image,
+        "eval_images": n_eval,
+        "pope": {},
+        "mme": {},
+    }
     (root / "pope").mkdir()
     for category, asked in data.pope.items():
-        _write_jsonl(root / "pope" / f"shapes_pope_{category}.json", [
-            {"question_id": n + 1, "image": _eval_image(i), "text": q.text, "label": q.answer}
-            for n, (i, q) in enumerate(asked)])
+        _write_jsonl(
+            root / "pope" / f"shapes_pope_{category}.json",
+            [
+                {"question_id": n + 1, "image": _eval_image(i), "text": q.text, "label": q.answer}
+                for n, (i, q) in enumerate(asked)
+            ],
+        )
         counts["pope"][category] = len(asked)
     (root / "mme").mkdir()
     for subtask, asked in data.mme.items():
         if asked:  # a few images may ask no question of a subtask; an empty file would be a loading error
             (root / "mme" / f"{subtask}.txt").write_text(
-                "".join(f"{_eval_image(i)}\t{q.text}{YES_NO_SUFFIX}\t{q.answer}\n" for i, q in asked),
-                encoding="utf-8")
+                "".join(f"{_eval_image(i)}\t{q.text}{YES_NO_SUFFIX}\t{q.answer}\n" for i, q in asked), encoding="utf-8"
+            )
             counts["mme"][subtask] = len(asked)
     (root / "mmstar").mkdir()
-    _write_jsonl(root / "mmstar" / "mmstar.jsonl", [
-        {"index": n, "question": q.text, "image": _eval_image(i), "answer": q.answer,
-         "category": MMSTAR_CATEGORIES[q.kind][0], "l2_category": MMSTAR_CATEGORIES[q.kind][1]}
-        for n, (i, q) in enumerate(data.mmstar)])
+    _write_jsonl(
+        root / "mmstar" / "mmstar.jsonl",
+        [
+            {
+                "index": n,
+                "question": q.text,
+                "image": _eval_image(i),
+                "answer": q.answer,
+                "category": MMSTAR_CATEGORIES[q.kind][0],
+                "l2_category": MMSTAR_CATEGORIES[q.kind][1],
+            }
+            for n, (i, q) in enumerate(data.mmstar)
+        ],
+    )
     counts["mmstar"] = len(data.mmstar)
     (root / "open").mkdir()
-    _write_jsonl(root / "open" / "open.jsonl", [
-        {"question_id": n, "image": _eval_image(i), "question": q.text, "answer": q.answer, "category": q.kind}
-        for n, (i, q) in enumerate(data.open)])
+    _write_jsonl(
+        root / "open" / "open.jsonl",
+        [
+            {"question_id": n, "image": _eval_image(i), "question": q.text, "answer": q.answer, "category": q.kind}
+            for n, (i, q) in enumerate(data.open)
+        ],
+    )
     counts["open"] = len(data.open)
 
     # Written last: a manifest marks a complete dataset.
-    _write_json(manifest, {
-        "params": params,
-        "counts": counts,
-        "scopes": {kind: question_scope(kind) for kind in GLOBAL_KINDS + LOCAL_KINDS},
-        "palettes": {"shape_colors": list(SHAPE_COLORS), "backgrounds": list(BACKGROUNDS), "shapes": list(SHAPES)},
-    })
+    _write_json(
+        manifest,
+        {
+            "params": params,
+            "counts": counts,
+            "scopes": {kind: question_scope(kind) for kind in GLOBAL_KINDS + LOCAL_KINDS},
+            "palettes": {"shape_colors": list(SHAPE_COLORS), "backgrounds": list(BACKGROUNDS), "shapes": list(SHAPES)},
+        },
+    )
     return root

@@ -6,6 +6,7 @@ downstream reads a kind back from question text. An evaluation file cannot alway
 image, question, answer), so each file's category decides it: `EVAL_KINDS` lists the kinds each category's builder
 asks, and `scope_of` gives their common scope.
 """
+
 from __future__ import annotations
 
 import random
@@ -28,8 +29,12 @@ GLOBAL_KINDS: tuple[str, ...] = get_args(GlobalKind)
 LOCAL_KINDS: tuple[str, ...] = get_args(LocalKind)
 
 # What each evaluation category asks. MME's colour subtask asks the dominant colour or the background.
-MME_SUBTASK_KINDS = {"existence": ("existence",), "count": ("count",), "position": ("position",),
-                     "color": ("background", "dominant_color")}
+MME_SUBTASK_KINDS = {
+    "existence": ("existence",),
+    "count": ("count",),
+    "position": ("position",),
+    "color": ("background", "dominant_color"),
+}
 MMSTAR_CATEGORIES = {
     "background": ("coarse perception", "image scene and topic"),
     "count": ("fine-grained perception", "object counting"),
@@ -58,8 +63,9 @@ def scope_of(benchmark: str, category: str, l2_category: str | None = None) -> S
     """'global' or 'local' for a shapes evaluation item, from its benchmark, category and (MMStar) l2 category."""
     key = (benchmark, l2_category if benchmark == "mmstar" else category)
     if key not in EVAL_KINDS:
-        raise ValueError(f"no shapes scope for benchmark={benchmark!r} category={category!r} "
-                         f"l2_category={l2_category!r}")
+        raise ValueError(
+            f"no shapes scope for benchmark={benchmark!r} category={category!r} l2_category={l2_category!r}"
+        )
     (scope,) = {question_scope(kind) for kind in EVAL_KINDS[key]}  # a category never mixes scopes
     return scope
 
@@ -98,8 +104,9 @@ def _exists(color: str, shape: str, answer: str) -> Question:
 
 
 def _count(n: int, answer: str) -> Question:
-    return Question("count", "Is there 1 shape in the image?" if n == 1 else f"Are there {n} shapes in the image?",
-                    answer)
+    return Question(
+        "count", "Is there 1 shape in the image?" if n == 1 else f"Are there {n} shapes in the image?", answer
+    )
 
 
 def _absent(scene: Scene) -> list[tuple[str, str]]:
@@ -145,19 +152,25 @@ def _yes_no_pair(kind: str, scene: Scene, rng: random.Random) -> tuple[Question,
         if not dominant:
             return None
         other = rng.choice([c for c in SHAPE_COLORS if c != dominant])
-        return (Question(kind, f"Is the dominant color of the shapes {dominant}?", "Yes"),
-                Question(kind, f"Is the dominant color of the shapes {other}?", "No"))
+        return (
+            Question(kind, f"Is the dominant color of the shapes {dominant}?", "Yes"),
+            Question(kind, f"Is the dominant color of the shapes {other}?", "No"),
+        )
     if kind == "background":
         other = rng.choice([b for b in BACKGROUNDS if b != scene.background])
-        return (Question(kind, f"Is the background {scene.background}?", "Yes"),
-                Question(kind, f"Is the background {other}?", "No"))
+        return (
+            Question(kind, f"Is the background {scene.background}?", "Yes"),
+            Question(kind, f"Is the background {other}?", "No"),
+        )
     sided = [o for o in scene.objects if o.side]
     if not sided:
         return None
     o = rng.choice(sided)
     wrong = "right" if o.side == "left" else "left"
-    return (Question("position", f"Is the {o.name} on the {o.side} of the image?", "Yes"),
-            Question("position", f"Is the {o.name} on the {wrong} of the image?", "No"))
+    return (
+        Question("position", f"Is the {o.name} on the {o.side} of the image?", "Yes"),
+        Question("position", f"Is the {o.name} on the {wrong} of the image?", "No"),
+    )
 
 
 def mme_questions(subtask: str, scenes: list[Scene], rng: random.Random) -> list[Asked]:
@@ -201,8 +214,12 @@ def _choice_question(kind: str, scene: Scene, rng: random.Random) -> Question | 
 
 def mmstar_questions(scenes: list[Scene], rng: random.Random) -> list[Asked]:
     """MMStar questions: one per image and kind the image supports."""
-    return [Asked(i, question) for i, scene in enumerate(scenes) for kind in MMSTAR_CATEGORIES
-            if (question := _choice_question(kind, scene, rng)) is not None]
+    return [
+        Asked(i, question)
+        for i, scene in enumerate(scenes)
+        for kind in MMSTAR_CATEGORIES
+        if (question := _choice_question(kind, scene, rng)) is not None
+    ]
 
 
 def _open_question(kind: str, scene: Scene, rng: random.Random) -> Question | None:
@@ -223,8 +240,12 @@ def _open_question(kind: str, scene: Scene, rng: random.Random) -> Question | No
 
 def open_questions(scenes: list[Scene], rng: random.Random) -> list[Asked]:
     """Open short-answer questions (the training `open` style): one per image and kind the image supports."""
-    return [Asked(i, question) for i, scene in enumerate(scenes) for kind in OPEN_KINDS
-            if (question := _open_question(kind, scene, rng)) is not None]
+    return [
+        Asked(i, question)
+        for i, scene in enumerate(scenes)
+        for kind in OPEN_KINDS
+        if (question := _open_question(kind, scene, rng)) is not None
+    ]
 
 
 def balanced_yes(rng: random.Random) -> Iterator[bool]:
@@ -260,9 +281,12 @@ def train_questions(scene: Scene, rng: random.Random, turns: int, yes: Iterator[
     for _ in range(turns):
         # Random style, then random kind, skipping what the scene cannot ask. Every scene supports at least two
         # unused (style, kind) pairs per scope (background and count; existence), enough for turns_per_image <= 4.
-        options = [(style, kind) for style in rng.sample(TRAIN_STYLES, len(TRAIN_STYLES))
-                   for kind in rng.sample(_STYLE_KINDS[style], len(_STYLE_KINDS[style]))
-                   if question_scope(kind) == scope and (style, kind) not in used]
+        options = [
+            (style, kind)
+            for style in rng.sample(TRAIN_STYLES, len(TRAIN_STYLES))
+            for kind in rng.sample(_STYLE_KINDS[style], len(_STYLE_KINDS[style]))
+            if question_scope(kind) == scope and (style, kind) not in used
+        ]
         for style, kind in options:
             made = _train_turn(style, kind, scene, rng, yes)
             if made:

@@ -1,5 +1,6 @@
 """Drawing a scene with PIL: filled shapes on a flat background, no anti-aliasing, so every pixel is a palette
 colour."""
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,12 @@ def render_scene(scene: Scene, image_size: int) -> Image.Image:
         elif o.shape == "diamond":
             draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
         else:  # star: ten points alternating between the outer and inner radius
-            points = [(cx + r * (1 if k % 2 == 0 else 0.45) * math.sin(math.pi * k / 5),
-                       cy - r * (1 if k % 2 == 0 else 0.45) * math.cos(math.pi * k / 5)) for k in range(10)]
+            points = [
+                (
+                    cx + r * (1 if k % 2 == 0 else 0.45) * math.sin(math.pi * k / 5),
+                    cy - r * (1 if k % 2 == 0 else 0.45) * math.cos(math.pi * k / 5),
+                )
+                for k in range(10)
+            ]
             draw.polygon(points, fill=fill)
     return image

@@ -1,4 +1,5 @@
 """What a shapes image shows: the palettes, the 3x3 grid the shapes sit in, and how a random scene is drawn."""
+
 from __future__ import annotations
 
 import random
@@ -68,8 +69,12 @@ class Scene:
 
     def to_json(self) -> dict:
         """The scene as a JSON-ready dict (written to scenes.json)."""
-        return {"background": self.background, "objects": [
-            {"shape": o.shape, "color": o.color, "cell": [o.row, o.col], "box": list(o.box)} for o in self.objects]}
+        return {
+            "background": self.background,
+            "objects": [
+                {"shape": o.shape, "color": o.color, "cell": [o.row, o.col], "box": list(o.box)} for o in self.objects
+            ],
+        }
 
 
 def sample_scene(rng: random.Random, image_size: int) -> Scene:

@@ -43,17 +43,20 @@ def valley_tau(norms: torch.Tensor, bins: int = BINS) -> float | None:
     smooth = torch.nn.functional.conv1d(counts.view(1, 1, -1), kernel, padding=SMOOTHING // 2).view(-1)
     bulk = int(smooth.argmax())
     padded = torch.cat([smooth.new_zeros(1), smooth, smooth.new_zeros(1)])
-    peaks = [i for i in range(bulk + 1, bins) if padded[i + 1] > 0 and padded[i + 1] >= padded[i]
-             and padded[i + 1] > padded[i + 2]]
+    peaks = [
+        i
+        for i in range(bulk + 1, bins)
+        if padded[i + 1] > 0 and padded[i + 1] >= padded[i] and padded[i + 1] > padded[i + 2]
+    ]
     if not peaks:
         return None
     # A mode counts when the histogram dips below half its height between it and the bulk; a bump on the bulk's
     # shoulder does not. The highest such mode is the sinks'.
-    accepted = [(smooth[i].item(), i) for i in peaks if smooth[bulk:i + 1].min() <= 0.5 * smooth[i]]
+    accepted = [(smooth[i].item(), i) for i in peaks if smooth[bulk : i + 1].min() <= 0.5 * smooth[i]]
     if not accepted:
         return None
     upper = max(accepted)[1]
-    between = smooth[bulk:upper + 1]
+    between = smooth[bulk : upper + 1]
     flat = (between == between.min()).nonzero().squeeze(1)
     middle = bulk + int(flat[len(flat) // 2])
     return 10 ** ((edges[middle] + edges[middle + 1]).item() / 2)
@@ -61,12 +64,20 @@ def valley_tau(norms: torch.Tensor, bins: int = BINS) -> float | None:
 
 def count_summary(counts: torch.Tensor) -> dict:
     """Mean sinks per image and the histogram {count: images}."""
-    return {"mean": counts.float().mean().item(),
-            "histogram": {int(k): v for k, v in sorted(Counter(counts.tolist()).items())}}
+    return {
+        "mean": counts.float().mean().item(),
+        "histogram": {int(k): v for k, v in sorted(Counter(counts.tolist()).items())},
+    }
 
 
-def summarise(norms: torch.Tensor, *, lengths: list[int] | None = None, configured: SinkDetector | None = None,
-              min_ratio: float = 2.0, planted: torch.Tensor | None = None) -> dict:
+def summarise(
+    norms: torch.Tensor,
+    *,
+    lengths: list[int] | None = None,
+    configured: SinkDetector | None = None,
+    min_ratio: float = 2.0,
+    planted: torch.Tensor | None = None,
+) -> dict:
     """Calibration summary of norms [n_images, N] (float32, rows padded after `lengths`): quantiles, suggested tau,
     sinks per image."""
     number("calibrate.min_ratio", min_ratio, above=1)  # before the detector's check, which names its own key
@@ -92,8 +103,11 @@ def summarise(norms: torch.Tensor, *, lengths: list[int] | None = None, configur
     summary["sinks_per_image_at_suggestion"] = count_summary(suggested.sum(dim=1))
     if configured is not None:
         found = configured.mask(norms, lengths)
-        summary["configured_detector"] = {"mode": configured.name, **configured.options(),
-                                          **count_summary(found.sum(dim=1))}
+        summary["configured_detector"] = {
+            "mode": configured.name,
+            **configured.options(),
+            **count_summary(found.sum(dim=1)),
+        }
     if planted is not None:
         tp = (suggested & planted).sum().item()
         summary["simulated_sinks"] = {

@@ -35,19 +35,32 @@ class SinkStats(Metric):
         self.add_state("token_images", default=[], dist_reduce_fx="cat")
         self.instances = 0  # images seen by this process: with the rank, a unique id per image instance
 
-    def update(self, norms: torch.Tensor, sinks: torch.Tensor, planted: torch.Tensor | None = None,
-               keys: list[str] | None = None, valid: torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        norms: torch.Tensor,
+        sinks: torch.Tensor,
+        planted: torch.Tensor | None = None,
+        keys: list[str] | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> None:
         """`norms` [n_images, N] float (real tokens where `valid`, default all), `sinks` / `planted` [n_images, M]
         bool, `keys` one id per image (default: every image distinct)."""
         n_images = len(sinks)
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         instance = (rank << 40) + self.instances + torch.arange(n_images, device=sinks.device)
         self.instances += n_images
-        key = (torch.tensor([key_hash(k) for k in keys], device=sinks.device) if keys is not None else instance)
+        key = torch.tensor([key_hash(k) for k in keys], device=sinks.device) if keys is not None else instance
         counts = sinks.sum(dim=1)
         if planted is not None:
-            hits = torch.stack([(sinks & planted).sum(1), (sinks & ~planted).sum(1), (~sinks & planted).sum(1),
-                                torch.ones_like(counts)], dim=1)
+            hits = torch.stack(
+                [
+                    (sinks & planted).sum(1),
+                    (sinks & ~planted).sum(1),
+                    (~sinks & planted).sum(1),
+                    torch.ones_like(counts),
+                ],
+                dim=1,
+            )
         else:
             hits = torch.zeros(n_images, 4, dtype=torch.long, device=sinks.device)
         self.images.append(torch.cat([torch.stack([key, instance, counts], dim=1), hits], dim=1).long())
@@ -92,9 +105,12 @@ def log_histograms(loggers, samples: dict[str, torch.Tensor], step: int, stage: 
         if isinstance(logger, WandbLogger):
             import wandb
 
-            logger.experiment.log({
-                f"{stage}/sinks/per_image_hist": wandb.Histogram(samples["counts"].cpu().numpy()),
-                f"{stage}/sinks/log10_norm_hist":
-                    wandb.Histogram(samples["norms"].clamp_min(1e-6).log10().cpu().numpy()),
-                "trainer/global_step": step,
-            })
+            logger.experiment.log(
+                {
+                    f"{stage}/sinks/per_image_hist": wandb.Histogram(samples["counts"].cpu().numpy()),
+                    f"{stage}/sinks/log10_norm_hist": wandb.Histogram(
+                        samples["norms"].clamp_min(1e-6).log10().cpu().numpy()
+                    ),
+                    "trainer/global_step": step,
+                }
+            )

@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from sinkflow.analysis.task import ANALYSES
-
 from test_entry_points import ROOT, SMALL_DATA, run
 
 pytestmark = pytest.mark.slow  # every test runs analyze.py in a subprocess
@@ -23,8 +22,12 @@ SUMMARY_NAMES = {"calibrate": "calibration"}  # the JSON a task writes, when not
 @pytest.mark.parametrize("task", sorted(ANALYSES))
 def test_task_writes_summary_and_figure(task, model, tmp_path, env):
     out = tmp_path / task
-    run("analyze.py", [f"task={task}", f"model={model}", *SMALL_DATA, *TASK_ARGS.get(task, []),
-                       f"hydra.run.dir={out}"], tmp_path, env)
+    run(
+        "analyze.py",
+        [f"task={task}", f"model={model}", *SMALL_DATA, *TASK_ARGS.get(task, []), f"hydra.run.dir={out}"],
+        tmp_path,
+        env,
+    )
     summary = json.loads((out / f"{SUMMARY_NAMES.get(task, task)}.json").read_text())
     figures = list(out.glob("*.png"))
     assert figures and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
@@ -44,13 +47,21 @@ def test_task_writes_summary_and_figure(task, model, tmp_path, env):
         assert summary["simulated_sinks"]["recall_at_suggestion"] == 1.0
 
 
-@pytest.mark.parametrize("task,setting,message", [
-    ("massive_dims", "massive_dims.min_layer=2", "massive_dims.min_layer=2 leaves none of the LLM's 2 layers"),
-    ("propagation", "propagation.layers=[5,6]", "propagation.layers=[5, 6] selects none of the LLM's 2 layers"),
-])
+@pytest.mark.parametrize(
+    "task,setting,message",
+    [
+        ("massive_dims", "massive_dims.min_layer=2", "massive_dims.min_layer=2 leaves none of the LLM's 2 layers"),
+        ("propagation", "propagation.layers=[5,6]", "propagation.layers=[5, 6] selects none of the LLM's 2 layers"),
+    ],
+)
 def test_a_setting_the_model_cannot_take_fails_before_anything_loads(task, setting, message, tmp_path, env):
-    proc = subprocess.run([sys.executable, str(ROOT / "analyze.py"), f"task={task}", setting,
-                           f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "analyze.py"), f"task={task}", setting, f"hydra.run.dir={tmp_path / 'out'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode != 0 and message in proc.stderr
     assert not (tmp_path / "data").exists(), "the dataset must not be generated for a run that cannot start"

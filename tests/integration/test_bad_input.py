@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow  # every test runs train.py or evaluate.py in a su
 
 def fails(script, args, cwd, env) -> str:
     """Run an entry point that must fail; its stderr."""
-    proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode != 0, f"{script} succeeded:\n{proc.stdout[-3000:]}"
     return proc.stderr
 
@@ -37,17 +38,29 @@ def test_a_file_that_is_not_a_checkpoint_gets_one_line(script, tmp_path, env):
     path = tmp_path / "notes.ckpt"
     path.write_text("not a checkpoint\n")
     stderr = fails(script, [f"ckpt_path={path}", *SMALL_DATA, f"hydra.run.dir={tmp_path / 'out'}"], tmp_path, env)
-    assert (f"\nsinkflow.models.checkpoint.CheckpointError: {path}: not a readable checkpoint (UnpicklingError: "
-            "Unsupported operand 110); expected a sinkflow checkpoint (a run's checkpoints/last.ckpt, written by "
-            "train.py) or, for evaluate.py, its export directory (checkpoints/export/)\n") in stderr
+    assert (
+        f"\nsinkflow.models.checkpoint.CheckpointError: {path}: not a readable checkpoint (UnpicklingError: "
+        "Unsupported operand 110); expected a sinkflow checkpoint (a run's checkpoints/last.ckpt, written by "
+        "train.py) or, for evaluate.py, its export directory (checkpoints/export/)\n"
+    ) in stderr
 
 
 def test_a_diverging_run_stops_exits_non_zero_and_keeps_only_finite_weights(tmp_path, env):
     out = tmp_path / "run"
-    stderr = fails("train.py", ["logger=none", "model.optim.lr=1e6", "model.optim.projector_lr=1e6",
-                                "trainer.max_steps=20", "callbacks.last_checkpoint.every_n_train_steps=1",
-                                *SMALL_DATA,
-                                f"hydra.run.dir={out}"], tmp_path, env)
+    stderr = fails(
+        "train.py",
+        [
+            "logger=none",
+            "model.optim.lr=1e6",
+            "model.optim.projector_lr=1e6",
+            "trainer.max_steps=20",
+            "callbacks.last_checkpoint.every_n_train_steps=1",
+            *SMALL_DATA,
+            f"hydra.run.dir={out}",
+        ],
+        tmp_path,
+        env,
+    )
     assert "TrainingDiverged: training diverged at step " in stderr and "non-finite gradients" in stderr
     assert f"the last checkpoint, with finite weights, is {out / 'checkpoints' / 'last.ckpt'}" in stderr
     checkpoints = sorted((out / "checkpoints").glob("*.ckpt"))
@@ -65,21 +78,36 @@ def test_an_empty_benchmark_file_is_an_error_naming_it(tmp_path, env):
     pope.mkdir()
     (pope / "coco_pope_random.json").write_text("")
     out = tmp_path / "out"
-    stderr = fails("evaluate.py", ["dataset=benchmarks", f"dataset.eval_sets.pope.paths={pope}",
-                                   f"dataset.eval_sets.pope.image_root={tmp_path}", "~dataset.eval_sets.mme",
-                                   "~dataset.eval_sets.mmstar", f"hydra.run.dir={out}"], tmp_path, env)
+    stderr = fails(
+        "evaluate.py",
+        [
+            "dataset=benchmarks",
+            f"dataset.eval_sets.pope.paths={pope}",
+            f"dataset.eval_sets.pope.image_root={tmp_path}",
+            "~dataset.eval_sets.mme",
+            "~dataset.eval_sets.mmstar",
+            f"hydra.run.dir={out}",
+        ],
+        tmp_path,
+        env,
+    )
     assert f"{pope / 'coco_pope_random.json'}: <file>: no questions: the file holds none" in stderr
     assert not (out / "metrics.json").exists()
 
 
 def test_a_local_checkpoint_path_that_does_not_exist_is_not_sent_to_the_hub(tmp_path, env):
-    stderr = fails("evaluate.py", [f"model.checkpoint={tmp_path / 'no' / 'such' / 'model'}", *SMALL_DATA,
-                                   f"hydra.run.dir={tmp_path / 'out'}"], tmp_path, env)
+    stderr = fails(
+        "evaluate.py",
+        [f"model.checkpoint={tmp_path / 'no' / 'such' / 'model'}", *SMALL_DATA, f"hydra.run.dir={tmp_path / 'out'}"],
+        tmp_path,
+        env,
+    )
     assert f"model.checkpoint={tmp_path / 'no' / 'such' / 'model'}: no such directory" in stderr
     assert "hf download" not in stderr
 
 
 def test_a_numeric_option_out_of_range_names_its_key(tmp_path, env):
-    stderr = fails("train.py", ["sink_strategy.detector.tau=-1", *SMALL_DATA, f"hydra.run.dir={tmp_path / 'out'}"],
-                   tmp_path, env)
+    stderr = fails(
+        "train.py", ["sink_strategy.detector.tau=-1", *SMALL_DATA, f"hydra.run.dir={tmp_path / 'out'}"], tmp_path, env
+    )
     assert "`sink_strategy.detector.tau` must be a number > 0, got -1" in stderr

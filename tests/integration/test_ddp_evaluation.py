@@ -14,13 +14,24 @@ pytestmark = pytest.mark.slow  # two processes (DDP, gloo) running evaluate.py /
 ROOT = Path(__file__).resolve().parents[2]
 # 7 questions per set of three (the open set left out), 21 in all, batch 4: an odd count, so the distributed
 # sampler pads with duplicates that must not count.
-ARGS = ["dataset.prepare.n_train=8", "dataset.prepare.n_eval=4", "dataset.limit_eval=7", "dataset.eval_batch_size=4",
-        "~dataset.eval_sets.open"]
+ARGS = [
+    "dataset.prepare.n_train=8",
+    "dataset.prepare.n_eval=4",
+    "dataset.limit_eval=7",
+    "dataset.eval_batch_size=4",
+    "~dataset.eval_sets.open",
+]
 
 
 def evaluate(out, extra, tmp_path, env):
-    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *ARGS, *extra, f"hydra.run.dir={out}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), *ARGS, *extra, f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     records = {(r["benchmark"], r["id"]): r for r in read_predictions(out / "predictions.jsonl")}
     return records, (out / "metrics.json").read_text(), proc.stdout + proc.stderr
@@ -29,8 +40,12 @@ def evaluate(out, extra, tmp_path, env):
 def test_ddp_predictions_and_metrics_equal_single_process(tmp_path, hermetic_env):
     env = {**os.environ, **hermetic_env, "SINKFLOW_ROOT": str(tmp_path)}
     single, single_metrics, _ = evaluate(tmp_path / "single", [], tmp_path, env)
-    ddp, ddp_metrics, log = evaluate(tmp_path / "ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                                                   "trainer.precision=32-true"], tmp_path, env)
+    ddp, ddp_metrics, log = evaluate(
+        tmp_path / "ddp",
+        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"],
+        tmp_path,
+        env,
+    )
     assert "MEMBER: 2/2" in log, "the DDP run must really use two processes"
     assert len(single) == 21
     assert len(read_predictions(tmp_path / "ddp" / "predictions.jsonl")) == 21  # no padded duplicates written
@@ -44,10 +59,26 @@ def test_ddp_training_runs_on_two_processes_and_tests_every_question_once(tmp_pa
     env = {**os.environ, **hermetic_env, "SINKFLOW_ROOT": str(tmp_path)}
     out = tmp_path / "train"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-         "trainer.precision=32-true", "trainer.max_steps=4", "trainer.max_epochs=10", "logger=csv",
-         "dataset.batch_size=4", *ARGS,
-         f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+            "trainer.max_steps=4",
+            "trainer.max_epochs=10",
+            "logger=csv",
+            "dataset.batch_size=4",
+            *ARGS,
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

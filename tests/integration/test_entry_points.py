@@ -19,8 +19,9 @@ CONTRACT = {"benchmark", "id", "question", "answer", "prediction", "prompt", "ca
 
 def run(script, args, cwd, env):
     """Run an entry point in a fresh interpreter; fail with its output if it fails."""
-    proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
@@ -52,8 +53,20 @@ def trained_run(tmp_path_factory, hermetic_env):
     tmp = tmp_path_factory.mktemp("trained")
     env = {**os.environ, **hermetic_env, "SINKFLOW_ROOT": str(tmp), "HYDRA_FULL_ERROR": "1"}
     out = tmp / "run"
-    run("train.py", ["logger=wandb", "sink_strategy=none", "trainer.max_steps=6", "trainer.val_check_interval=3",
-                     *SMALL_DATA, "dataset.limit_eval=16", f"hydra.run.dir={out}"], tmp, env)
+    run(
+        "train.py",
+        [
+            "logger=wandb",
+            "sink_strategy=none",
+            "trainer.max_steps=6",
+            "trainer.val_check_interval=3",
+            *SMALL_DATA,
+            "dataset.limit_eval=16",
+            f"hydra.run.dir={out}",
+        ],
+        tmp,
+        env,
+    )
     return tmp, env, out
 
 
@@ -104,15 +117,25 @@ def test_evaluate_checkpoint_reproduces_train_predictions_and_resumes(trained_ru
 def test_evaluate_from_the_export_equals_evaluate_from_the_checkpoint(trained_run):
     tmp, env, out = trained_run
     exported = tmp / "from_export"
-    run("evaluate.py", [f"ckpt_path={out / 'checkpoints' / 'export'}", *SMALL_DATA, "dataset.limit_eval=16",
-                        f"hydra.run.dir={exported}"], tmp, env)
+    run(
+        "evaluate.py",
+        [
+            f"ckpt_path={out / 'checkpoints' / 'export'}",
+            *SMALL_DATA,
+            "dataset.limit_eval=16",
+            f"hydra.run.dir={exported}",
+        ],
+        tmp,
+        env,
+    )
     assert read_predictions(exported / "predictions.jsonl") == read_predictions(out / "predictions.jsonl")
 
 
 def test_multirun_sweep_writes_one_run_per_job_under_the_working_dir(tmp_path, env):
     env = {k: v for k, v in env.items() if k != "SINKFLOW_ROOT"}  # default root: the working directory
-    proc = run("train.py", ["-m", "trainer=debug", "logger=none", *SMALL_DATA, "model.optim.lr=1e-3,2e-3"],
-               tmp_path, env)
+    proc = run(
+        "train.py", ["-m", "trainer=debug", "logger=none", *SMALL_DATA, "model.optim.lr=1e-3,2e-3"], tmp_path, env
+    )
     assert "Launching 2 jobs locally" in proc.stdout + proc.stderr
     jobs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/*/metrics.json"))
     assert [p.parent.name for p in jobs] == ["0", "1"]
@@ -125,8 +148,18 @@ def test_training_free_sweep_tabulates_every_strategy(trained_run):
     training_free = {name for name, cls in STRATEGIES.items() if cls.training_free}
     tmp, env, out = trained_run
     sweep = tmp / "sweep"
-    proc = run("evaluate.py", ["experiment=training_free_sweep", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
-                               *SMALL_DATA, "dataset.limit_eval=16", f"hydra.sweep.dir={sweep}"], tmp, env)
+    proc = run(
+        "evaluate.py",
+        [
+            "experiment=training_free_sweep",
+            f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+            *SMALL_DATA,
+            "dataset.limit_eval=16",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp,
+        env,
+    )
     assert f"Launching {len(training_free)} jobs locally" in proc.stdout + proc.stderr
     rows = {line.split(" | ")[0].strip("| "): line for line in (sweep / "table.md").read_text().splitlines()[2:]}
     assert set(rows) == training_free
@@ -143,9 +176,20 @@ def test_cot_route_records_each_decision_and_logs_the_routing_time(trained_run):
 
     tmp, env, out = trained_run
     routed = tmp / "cot_route"
-    run("evaluate.py", ["sink_strategy=cot_route", "use_checkpoint_strategy=false", "logger=csv", *SMALL_DATA,
-                        f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "dataset.limit_eval=4",
-                        f"hydra.run.dir={routed}"], tmp, env)
+    run(
+        "evaluate.py",
+        [
+            "sink_strategy=cot_route",
+            "use_checkpoint_strategy=false",
+            "logger=csv",
+            *SMALL_DATA,
+            f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+            "dataset.limit_eval=4",
+            f"hydra.run.dir={routed}",
+        ],
+        tmp,
+        env,
+    )
     records = read_predictions(routed / "predictions.jsonl")
     assert len(records) == 16 and all(r["routing"]["route"] in ("sinks_only", "others_only", "both") for r in records)
     assert all({"image", "question", "image_answer", "question_answer"} <= set(r["routing"]) for r in records)
@@ -177,8 +221,19 @@ def test_tiny_qwen_runs_the_default_pipeline_and_its_checkpoint_evaluates_the_sa
     import csv
 
     out = tmp_path / "qwen"
-    run("train.py", ["model=tiny_qwen2_vl", "logger=csv", "trainer.max_steps=4", *SMALL_DATA, "dataset.limit_eval=8",
-                     f"hydra.run.dir={out}"], tmp_path, env)
+    run(
+        "train.py",
+        [
+            "model=tiny_qwen2_vl",
+            "logger=csv",
+            "trainer.max_steps=4",
+            *SMALL_DATA,
+            "dataset.limit_eval=8",
+            f"hydra.run.dir={out}",
+        ],
+        tmp_path,
+        env,
+    )
     export = json.loads((out / "checkpoints" / "export" / "export.json").read_text())
     assert export["projector_module"] == "model.visual.merger"
     trained = {(r["benchmark"], r["id"]): r["prediction"] for r in read_predictions(out / "predictions.jsonl")}
@@ -187,8 +242,17 @@ def test_tiny_qwen_runs_the_default_pipeline_and_its_checkpoint_evaluates_the_sa
     rows = list(csv.DictReader((out / "csv" / "version_0" / "metrics.csv").read_text().splitlines()))
     assert any(r.get("val/sinks/precision") == "1.0" for r in rows), "the simulated sinks are found on Qwen too"
     evaluated = tmp_path / "qwen_eval"
-    run("evaluate.py", [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", *SMALL_DATA, "dataset.limit_eval=8",
-                        f"hydra.run.dir={evaluated}"], tmp_path, env)
+    run(
+        "evaluate.py",
+        [
+            f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+            *SMALL_DATA,
+            "dataset.limit_eval=8",
+            f"hydra.run.dir={evaluated}",
+        ],
+        tmp_path,
+        env,
+    )
     reproduced = read_predictions(evaluated / "predictions.jsonl")
     assert {(r["benchmark"], r["id"]): r["prediction"] for r in reproduced} == trained
 
@@ -200,25 +264,43 @@ def test_evaluate_on_the_real_pope_files_with_stand_in_images(tmp_path, env, pop
     fixtures = pope_coco
     images = tmp_path / "coco"
     images.mkdir()
-    needed = {json.loads(line)["image"] for f in fixtures.glob("coco_pope_*.json")
-              for line in f.read_text().splitlines()[:5]}
+    needed = {
+        json.loads(line)["image"] for f in fixtures.glob("coco_pope_*.json") for line in f.read_text().splitlines()[:5]
+    }
     for i, name in enumerate(sorted(needed)):
         Image.new("RGB", (64, 64), (40 * i % 255, 90, 160)).save(images / name)
     out = tmp_path / "pope"
-    run("evaluate.py", ["dataset=benchmarks", f"dataset.eval_sets.pope.paths={fixtures}",
-                        f"dataset.eval_sets.pope.image_root={images}", "~dataset.eval_sets.mme",
-                        "~dataset.eval_sets.mmstar", "dataset.limit_eval=5", f"hydra.run.dir={out}"], tmp_path, env)
+    run(
+        "evaluate.py",
+        [
+            "dataset=benchmarks",
+            f"dataset.eval_sets.pope.paths={fixtures}",
+            f"dataset.eval_sets.pope.image_root={images}",
+            "~dataset.eval_sets.mme",
+            "~dataset.eval_sets.mmstar",
+            "dataset.limit_eval=5",
+            f"hydra.run.dir={out}",
+        ],
+        tmp_path,
+        env,
+    )
     records = read_predictions(out / "predictions.jsonl")
     assert len(records) == 5 and {r["category"] for r in records} == {"random"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert {k for k in metrics if not k.startswith("sinks/")} == {
-        f"pope/random/{m}" for m in ("accuracy", "precision", "recall", "f1", "yes_ratio")} | {"pope/f1_mean"}
+        f"pope/random/{m}" for m in ("accuracy", "precision", "recall", "f1", "yes_ratio")
+    } | {"pope/f1_mean"}
 
 
 def test_a_missing_benchmark_says_what_to_download(tmp_path, env):
-    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "dataset=benchmarks",
-                           f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), "dataset=benchmarks", f"hydra.run.dir={tmp_path / 'out'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode != 0
     assert "evaluation set 'pope': POPE questions not found" in proc.stderr
     assert "To obtain pope: coco_pope_{random,popular,adversarial}.json from github.com/RUCAIBox/POPE" in proc.stderr
@@ -234,13 +316,26 @@ def test_diysink_two_stages_then_rew_run_end_to_end(tmp_path, env):
     exported = {}
     for stage in ("sinks", "others"):
         out = tmp_path / stage
-        run("train.py", ["experiment=diysink_stage1", f"sink_strategy.strategy.stage={stage}", *short,
-                         f"hydra.run.dir={out}"], tmp_path, env)
+        run(
+            "train.py",
+            ["experiment=diysink_stage1", f"sink_strategy.strategy.stage={stage}", *short, f"hydra.run.dir={out}"],
+            tmp_path,
+            env,
+        )
         exported[stage] = out / "checkpoints" / "export" / "strategy.safetensors"
     out = tmp_path / "stage2"
-    run("train.py", ["experiment=diysink_stage2", f"sink_strategy.strategy.sink_projector_from={exported['sinks']}",
-                     f"sink_strategy.strategy.other_projector_from={exported['others']}", *short,
-                     f"hydra.run.dir={out}"], tmp_path, env)
+    run(
+        "train.py",
+        [
+            "experiment=diysink_stage2",
+            f"sink_strategy.strategy.sink_projector_from={exported['sinks']}",
+            f"sink_strategy.strategy.other_projector_from={exported['others']}",
+            *short,
+            f"hydra.run.dir={out}",
+        ],
+        tmp_path,
+        env,
+    )
     stage2 = load_file(out / "checkpoints" / "export" / "strategy.safetensors")
     assert (out / "checkpoints" / "export" / "adapter" / "adapter_config.json").exists()  # LoRA in stage 2
     assert set(stage2) == set(load_file(exported["sinks"]))  # both projectors, same layout
@@ -251,9 +346,21 @@ def test_diysink_two_stages_then_rew_run_end_to_end(tmp_path, env):
     trained = torch.load(rew / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert trained and all(key.startswith("strategy.router.") for key in trained)  # the router alone trained
     # Routing it with a strategy that needs the model's own projector fails, naming why.
-    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "sink_strategy=sink_front",
-                           "use_checkpoint_strategy=false", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
-                           *SMALL_DATA, f"hydra.run.dir={tmp_path / 'routed'}"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "evaluate.py"),
+            "sink_strategy=sink_front",
+            "use_checkpoint_strategy=false",
+            f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+            *SMALL_DATA,
+            f"hydra.run.dir={tmp_path / 'routed'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode != 0
     assert "it was trained with strategy dual_mlp; routing it with sink_front needs a checkpoint trained" in proc.stderr

@@ -33,14 +33,29 @@ def trained(tiny_checkpoint, shapes_root, tmp_path_factory):
     model, processor = load_pretrained(tiny_checkpoint)
     family = LlavaFamily()
     model = prepare_for_training(model, family, lora=LoraSpec(r=8, alpha=16, dropout=0.0))
-    module = SinkflowModule(model, processor, family, NoneStrategy(),
-                            optim=OptimSpec(lr=3e-3, projector_lr=3e-3, warmup_ratio=0.03), source=tiny_checkpoint)
-    data = LVLMDataModule(str(shapes_root / "train.json"), str(shapes_root), batch_size=8, val_fraction=0.0,
-                          limit_train=32).bind(processor, VicunaV1())
+    module = SinkflowModule(
+        model,
+        processor,
+        family,
+        NoneStrategy(),
+        optim=OptimSpec(lr=3e-3, projector_lr=3e-3, warmup_ratio=0.03),
+        source=tiny_checkpoint,
+    )
+    data = LVLMDataModule(
+        str(shapes_root / "train.json"), str(shapes_root), batch_size=8, val_fraction=0.0, limit_train=32
+    ).bind(processor, VicunaV1())
     recorder = LossRecorder()
-    trainer = L.Trainer(max_steps=200, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[recorder], default_root_dir=tmp_path_factory.mktemp("fit"))
+    trainer = L.Trainer(
+        max_steps=200,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[recorder],
+        default_root_dir=tmp_path_factory.mktemp("fit"),
+    )
     trainer.fit(module, datamodule=data)
     return module.eval(), data, recorder.losses
 

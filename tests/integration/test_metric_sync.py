@@ -10,15 +10,44 @@ import torch.multiprocessing as mp
 
 pytestmark = pytest.mark.slow  # two processes (gloo)
 ANSWERS, PREDICTIONS = ["yes", "no", "yes", "no", "yes"], ["yes", "yes", "yes", "no", "no"]
-POPE = [{"benchmark": "pope", "id": f"random/{i}", "category": "random", "answer": a, "prediction": p,
-         "scope": "local", "prompt": "p"} for i, (a, p) in enumerate(zip(ANSWERS, PREDICTIONS))]
+POPE = [
+    {
+        "benchmark": "pope",
+        "id": f"random/{i}",
+        "category": "random",
+        "answer": a,
+        "prediction": p,
+        "scope": "local",
+        "prompt": "p",
+    }
+    for i, (a, p) in enumerate(zip(ANSWERS, PREDICTIONS))
+]
 # MME: image a.jpg's two questions land on different ranks (strided sharding splits every pair).
-MME = [{"benchmark": "mme", "id": f"count/{img}/{k % 2}", "category": "count", "image": img, "answer": a,
-        "prediction": p, "scope": "global"}
-       for k, (img, a, p) in enumerate([("a.jpg", "Yes", "Yes"), ("a.jpg", "No", "No"), ("b.jpg", "Yes", "No"),
-                                        ("b.jpg", "No", "No")])]
-OPEN = [{"benchmark": "open", "id": str(i), "category": "count", "answer": "3", "prediction": p,
-         "routing": {"route": "both", "seconds": 0.1 * (i + 1)}} for i, p in enumerate(["3", "4", "3."])]
+MME = [
+    {
+        "benchmark": "mme",
+        "id": f"count/{img}/{k % 2}",
+        "category": "count",
+        "image": img,
+        "answer": a,
+        "prediction": p,
+        "scope": "global",
+    }
+    for k, (img, a, p) in enumerate(
+        [("a.jpg", "Yes", "Yes"), ("a.jpg", "No", "No"), ("b.jpg", "Yes", "No"), ("b.jpg", "No", "No")]
+    )
+]
+OPEN = [
+    {
+        "benchmark": "open",
+        "id": str(i),
+        "category": "count",
+        "answer": "3",
+        "prediction": p,
+        "routing": {"route": "both", "seconds": 0.1 * (i + 1)},
+    }
+    for i, p in enumerate(["3", "4", "3."])
+]
 
 
 def _free_port() -> int:

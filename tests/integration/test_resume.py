@@ -17,12 +17,20 @@ pytestmark = pytest.mark.slow  # every test runs train.py in subprocesses
 
 ROOT = Path(__file__).resolve().parents[2]
 # 30 training conversations in batches of 8: 4 steps per epoch, a validation every 2 steps; 14 steps = 3.5 epochs.
-ARGS = ["dataset.prepare.n_train=32", "dataset.prepare.n_eval=6", "dataset.batch_size=8", "trainer.max_steps=14",
-        "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
-        "model.lora.dropout=0.1",  # dropout draws from the global RNG: its state must be restored exactly
-        "callbacks.last_checkpoint.every_n_train_steps=5",  # step 5: epoch 1, batch 1; step 10: after a validation
-        "callbacks.model_checkpoint.save_top_k=-1",  # every validation's checkpoint, to resume from
-        "~callbacks.benchmark_validation", "logger=csv", "test=false"]
+ARGS = [
+    "dataset.prepare.n_train=32",
+    "dataset.prepare.n_eval=6",
+    "dataset.batch_size=8",
+    "trainer.max_steps=14",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "model.lora.dropout=0.1",  # dropout draws from the global RNG: its state must be restored exactly
+    "callbacks.last_checkpoint.every_n_train_steps=5",  # step 5: epoch 1, batch 1; step 10: after a validation
+    "callbacks.model_checkpoint.save_top_k=-1",  # every validation's checkpoint, to resume from
+    "~callbacks.benchmark_validation",
+    "logger=csv",
+    "test=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +41,14 @@ def env(tmp_path_factory, hermetic_env):
 
 
 def train(args: list[str], run_dir: Path, env: dict) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *ARGS, *args, f"hydra.run.dir={run_dir}"],
-                          cwd=env["SINKFLOW_ROOT"], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *ARGS, *args, f"hydra.run.dir={run_dir}"],
+        cwd=env["SINKFLOW_ROOT"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
 
 
@@ -52,8 +66,9 @@ def load(path: Path) -> dict:
 def logged(run_dir: Path, version: int) -> dict[str, dict[int, str]]:
     """{metric: {step: value as written}} of train/loss, val/loss and the LoRA learning rate."""
     rows = list(csv.DictReader((run_dir / "csv" / f"version_{version}" / "metrics.csv").read_text().splitlines()))
-    return {key: {int(r["step"]): r[key] for r in rows if r.get(key)}
-            for key in ("train/loss", "val/loss", "lr-AdamW/lora")}
+    return {
+        key: {int(r["step"]): r[key] for r in rows if r.get(key)} for key in ("train/loss", "val/loss", "lr-AdamW/lora")
+    }
 
 
 def assert_equal(a, b, where: str) -> None:
@@ -95,8 +110,13 @@ def kill_after_first_last_checkpoint(run_dir: Path, env: dict) -> int:
     """Start train.py and SIGKILL it as soon as `last.ckpt` exists; the step that checkpoint holds."""
     last, log = run_dir / "checkpoints" / "last.ckpt", Path(env["SINKFLOW_ROOT"]) / "killed.log"
     with open(log, "w") as output:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS, f"hydra.run.dir={run_dir}"],
-                                cwd=env["SINKFLOW_ROOT"], env=env, stdout=output, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *ARGS, f"hydra.run.dir={run_dir}"],
+            cwd=env["SINKFLOW_ROOT"],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
         try:
             while not last.exists():  # it appears whole: Lightning renames a finished temporary file
                 assert proc.poll() is None, f"train.py ended (rc {proc.returncode}) before last.ckpt: {log}"

@@ -19,8 +19,14 @@ def test_write_saves_files_and_logs_scalars_and_images(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     wandb = WandbLogger(save_dir=str(tmp_path / "wb"), offline=True, project="sinkflow-test")
     csv = CSVLogger(str(tmp_path / "csv"))
-    ctx = AnalysisContext(module=None, batches=lambda: iter(()), settings=OmegaConf.create({}),
-                          output_dir=tmp_path / "out", loggers=[wandb, csv], task="probe")
+    ctx = AnalysisContext(
+        module=None,
+        batches=lambda: iter(()),
+        settings=OmegaConf.create({}),
+        output_dir=tmp_path / "out",
+        loggers=[wandb, csv],
+        task="probe",
+    )
     figure, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     summary = {"accuracy": {"sink_mean": 0.9}, "images": 12}

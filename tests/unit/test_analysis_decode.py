@@ -47,9 +47,13 @@ def test_batched_isolation_on_qwen_equals_language_model_one_by_one():
 
 
 def test_main_object_rank_on_hand_built_logits():
-    logits = torch.tensor([[0.0, 5.0, 1.0, 2.0, 9.0],   # candidates (ids 1, 2, 3) -> 5, 1, 2: id 1 first
-                           [0.0, 1.0, 3.0, 2.0, 9.0],   # id 2 first
-                           [0.0, 2.0, 2.0, 0.0, 0.0]])  # tie between ids 1 and 2: the first wins
+    logits = torch.tensor(
+        [
+            [0.0, 5.0, 1.0, 2.0, 9.0],  # candidates (ids 1, 2, 3) -> 5, 1, 2: id 1 first
+            [0.0, 1.0, 3.0, 2.0, 9.0],  # id 2 first
+            [0.0, 2.0, 2.0, 0.0, 0.0],
+        ]
+    )  # tie between ids 1 and 2: the first wins
     candidates = torch.tensor([1, 2, 3])
     hits = decode.main_object_hits(logits, candidates, torch.tensor([0, 0, 0]))
     assert hits.tolist() == [True, False, True]
@@ -66,15 +70,23 @@ def test_candidate_words_must_start_with_different_tokens(tiny_llava):
         decode.first_token_ids(processor.tokenizer, ("circle", "circles"), "decode.label")
 
 
-def test_run_decodes_each_image_once_and_ranks_the_main_object(tiny_llava, shapes_root, tmp_path,
-                                                               image_question_batches):
+def test_run_decodes_each_image_once_and_ranks_the_main_object(
+    tiny_llava, shapes_root, tmp_path, image_question_batches
+):
     model, processor = tiny_llava
-    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), NormThreshold(tau=100.0),
-                            simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
+    module = SinkflowModule(
+        model,
+        processor,
+        LlavaFamily(),
+        NoneStrategy(),
+        NormThreshold(tau=100.0),
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+    ).eval()
     # Two questions per image, as in the evaluation sets: each image is decoded once.
     loader = image_question_batches(processor, 10, "How many shapes are there?")
-    settings = OmegaConf.create({"max_images": 4, "top_k": 3, "bos": True, "label": "largest_shape",
-                                 "scenes": str(shapes_root / "scenes.json")})
+    settings = OmegaConf.create(
+        {"max_images": 4, "top_k": 3, "bos": True, "label": "largest_shape", "scenes": str(shapes_root / "scenes.json")}
+    )
     summary = decode.run(AnalysisContext(module, lambda: iter(loader), settings, tmp_path, task="decode"))
     assert summary["images"] == 4 and summary["bos"]
     assert summary["tokens"] == {"sink": 8, "nonsink": 56}  # 2 planted sinks of 16 tokens per image
@@ -87,5 +99,4 @@ def test_run_decodes_each_image_once_and_ranks_the_main_object(tiny_llava, shape
     assert (tmp_path / "decode_words.png").stat().st_size > 0
     labels = "('background', 'count', 'dominant_color', 'largest_shape')"
     with pytest.raises(ValueError, match=re.escape(f"`decode.label` must be one of {labels}, got 'cat'")):
-        decode.run(AnalysisContext(module, lambda: iter(loader), OmegaConf.merge(settings, {"label": "cat"}),
-                                   tmp_path))
+        decode.run(AnalysisContext(module, lambda: iter(loader), OmegaConf.merge(settings, {"label": "cat"}), tmp_path))

@@ -66,10 +66,14 @@ def test_token_summaries_on_hand_made_features():
 
 
 def test_scene_labels_and_bad_settings(tmp_path):
-    scene = {"background": "gray", "objects": [
-        {"shape": "star", "color": "red", "cell": [0, 0], "box": [0, 0, 10, 10]},
-        {"shape": "circle", "color": "red", "cell": [0, 1], "box": [20, 0, 32, 12]},
-        {"shape": "square", "color": "blue", "cell": [1, 1], "box": [20, 20, 30, 30]}]}
+    scene = {
+        "background": "gray",
+        "objects": [
+            {"shape": "star", "color": "red", "cell": [0, 0], "box": [0, 0, 10, 10]},
+            {"shape": "circle", "color": "red", "cell": [0, 1], "box": [20, 0, 32, 12]},
+            {"shape": "square", "color": "blue", "cell": [1, 1], "box": [20, 20, 30, 30]},
+        ],
+    }
     reads = {name: target.read(scene) for name, target in scene_labels.SCENE_TARGETS.items()}
     assert reads == {"background": "gray", "count": "3", "dominant_color": "red", "largest_shape": "circle"}
     allowed = "('background', 'count', 'dominant_color', 'largest_shape')"
@@ -85,10 +89,25 @@ def test_sinks_beat_an_ordinary_token_on_background_colour(tmp_path):
     reported but not compared."""
     root = generate_shapes(tmp_path / "shapes", seed=0, n_train=200, n_eval=1)
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=2))
-    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), NormThreshold(tau=100.0),
-                            simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
-    settings = OmegaConf.create({"targets": ["background"], "test_fraction": 0.3, "max_images": 200, "seed": 0,
-                                 "scenes": str(root / "scenes.json"), "batch_size": 100, "l2": 1e-2})
+    module = SinkflowModule(
+        model,
+        processor,
+        LlavaFamily(),
+        NoneStrategy(),
+        NormThreshold(tau=100.0),
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+    ).eval()
+    settings = OmegaConf.create(
+        {
+            "targets": ["background"],
+            "test_fraction": 0.3,
+            "max_images": 200,
+            "seed": 0,
+            "scenes": str(root / "scenes.json"),
+            "batch_size": 100,
+            "l2": 1e-2,
+        }
+    )
     summary = probe.run(AnalysisContext(module, lambda: iter([]), settings, tmp_path / "out", task="probe"))
     scores = summary["accuracy"]["background"]
     assert summary["images"] == 200 and summary["images_without_sinks"] == 0

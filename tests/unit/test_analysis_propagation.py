@@ -26,8 +26,11 @@ from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy
 
-QUESTIONS = ["What is the background color?", "How many shapes are there in this picture? Count every one.",
-             "Is there a red circle?"]
+QUESTIONS = [
+    "What is the background color?",
+    "How many shapes are there in this picture? Count every one.",
+    "Is there a red circle?",
+]
 
 
 @pytest.fixture(scope="module", params=["llava", "qwen2_vl"])
@@ -39,10 +42,23 @@ def family_case(request, tiny_checkpoint, shapes_root, tmp_path_factory):
         path = ensure_tiny_qwen(tmp_path_factory.mktemp("qwen"), seed=3)
         family, template = Qwen2VLFamily(), ProcessorChatTemplate()
     model, processor = load_pretrained(path, family=family)
-    module = SinkflowModule(model.eval(), processor, family, NoneStrategy(), NormThreshold(tau=100.0),
-                            generation={"max_new_tokens": 6}, simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
-    samples = [{"id": str(i), "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"),
-                "conversations": [{"from": "human", "value": "<image>\n" + q}]} for i, q in enumerate(QUESTIONS)]
+    module = SinkflowModule(
+        model.eval(),
+        processor,
+        family,
+        NoneStrategy(),
+        NormThreshold(tau=100.0),
+        generation={"max_new_tokens": 6},
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+    ).eval()
+    samples = [
+        {
+            "id": str(i),
+            "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"),
+            "conversations": [{"from": "human", "value": "<image>\n" + q}],
+        }
+        for i, q in enumerate(QUESTIONS)
+    ]
     batch = Collator(processor, template, generate=True)(samples)
     assert (batch["attention_mask"] == 0).any(), "the batch must exercise left padding"
     return module, batch
@@ -87,15 +103,16 @@ def test_attention_received_equals_output_attentions(family_case, queries, layer
         for image in range(len(tokens.rows)):
             row = int(tokens.rows[image])
             after = int(tokens.columns[image].max()) + 1
-            assert [int(c) for c, ok in zip(columns[row], real[row]) if ok] == list(range(after, batch[
-                "input_ids"].shape[1]))
+            assert [int(c) for c, ok in zip(columns[row], real[row]) if ok] == list(
+                range(after, batch["input_ids"].shape[1])
+            )
 
 
 def massive_reference(hidden_states, tokens, criterion):
     """Brute force: visual-token states of every layer input, RMS-normalised, judged by the criterion."""
     states = torch.stack([h[tokens.rows[:, None], tokens.columns] for h in hidden_states[:-1]])  # [L, I, S, D]
     normalised = (states / states.pow(2).mean(dim=-1, keepdim=True).sqrt()).abs()
-    judged = normalised[criterion.min_layer:]
+    judged = normalised[criterion.min_layer :]
     if criterion.dims is not None:
         judged = judged[..., criterion.dims]
     massive = (judged.amax(dim=-1) > criterion.tau).any(dim=0) & tokens.valid
@@ -131,8 +148,9 @@ def test_emerged_sinks_in_propagation_are_massive_non_sinks(family_case):
         measured = propagation.measure(module, batch, settings(), criterion)
         tokens = visual_tokens(module, batch)
         inputs, _, _ = query_inputs(module, tokens, "generated", 6)
-    _, massive = massive_reference(eager_forward(module, inputs, output_hidden_states=True).hidden_states, tokens,
-                                   criterion)
+    _, massive = massive_reference(
+        eager_forward(module, inputs, output_hidden_states=True).hidden_states, tokens, criterion
+    )
     assert torch.equal(measured["emerged"], (massive & ~tokens.sinks)[tokens.valid])
     assert measured["emerged"].any()
 
@@ -152,12 +170,16 @@ def test_the_reported_vit_sinks_are_the_planted_ones(family_case):
 def test_task_summaries_report_the_planted_sinks_and_the_brute_force_dims(family_case, tmp_path):
     module, batch = family_case
     criterion = {"tau": 2.5, "min_layer": 1, "dims": None}
-    task_settings = {"propagation": {**settings(), "emerged": criterion},
-                     "massive_dims": {**criterion, "top_k": 3}}
+    task_settings = {"propagation": {**settings(), "emerged": criterion}, "massive_dims": {**criterion, "top_k": 3}}
     summaries = {}
     for task, run in (("propagation", propagation.run), ("massive_dims", massive_dims.run)):
-        ctx = AnalysisContext(module=module, batches=lambda: iter([batch]), settings=OmegaConf.create(
-            task_settings[task]), output_dir=tmp_path, task=task)
+        ctx = AnalysisContext(
+            module=module,
+            batches=lambda: iter([batch]),
+            settings=OmegaConf.create(task_settings[task]),
+            output_dir=tmp_path,
+            task=task,
+        )
         with torch.no_grad():
             summaries[task] = run(ctx)
         assert (tmp_path / f"{task}.json").exists() and (tmp_path / f"{task}.png").read_bytes()[:4] == b"\x89PNG"
@@ -205,7 +227,8 @@ def test_summary_statistics_equal_a_direct_computation():
     spearman = 1 - 6 * ((rx - ry) ** 2).sum() / (n * (n**2 - 1))
     assert summary["correlation"]["spearman"] == pytest.approx(spearman)
     assert summary["vit_sink_over_non_sink"] == pytest.approx(
-        attention[vit_sink].double().mean().item() / attention[non_sink].double().mean().item())
+        attention[vit_sink].double().mean().item() / attention[non_sink].double().mean().item()
+    )
 
 
 def test_ties_share_their_mean_rank_and_bad_settings_are_named():
@@ -230,7 +253,12 @@ def test_the_answer_forward_sees_the_positions_generate_used(family_case):
         inputs, columns, real = query_inputs(module, tokens, "generated", 6)
         logits = module.hf(**inputs, use_cache=False).logits
         tokenizer = module.processor.tokenizer
-        answer = module.hf.generate(**dict(tokens.inputs), max_new_tokens=6, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        answer = module.hf.generate(
+            **dict(tokens.inputs),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     predicted = logits[:, columns[0] - 1].argmax(dim=-1)  # the token at column c is predicted at c - 1
-    assert torch.equal(predicted[real], answer[:, -columns.shape[1]:][real])
+    assert torch.equal(predicted[real], answer[:, -columns.shape[1] :][real])

@@ -24,8 +24,10 @@ KNOWN = {"calibrate", "propagation", "massive_dims", "relevance", "decode", "pro
 def compose_analyze(overrides: list[str], tmp_path: Path):
     """conf/analyze.yaml as `analyze.py` composes it, its data and output under `tmp_path`."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="analyze", overrides=[f"paths.root_dir={tmp_path}",
-                                                         f"paths.output_dir={tmp_path / 'out'}", *overrides])
+        return compose(
+            config_name="analyze",
+            overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}", *overrides],
+        )
 
 
 def test_every_registered_task_has_a_settings_section_and_every_section_a_task():
@@ -43,7 +45,7 @@ def test_the_readme_table_of_analyses_names_every_registered_task():
     assert KNOWN <= rows and rows == set(ANALYSES)
 
 
-TOY = '''
+TOY = """
 import torch
 
 from sinkflow.analysis.task import ANALYSES, Analysis
@@ -61,7 +63,7 @@ def run(ctx):
 
 
 ANALYSES.register("toy", Analysis(run, preflight=preflight))
-'''
+"""
 
 
 def test_a_new_task_module_runs_through_analyze_without_editing_any_list(tmp_path, monkeypatch):

@@ -53,7 +53,8 @@ def brute_force_qwen(model, batch, block):
     seen = {}
     hook = tower.blocks[block].attn.register_forward_pre_hook(
         lambda module, args, kwargs: seen.update(kwargs, hidden=args[0] if args else kwargs["hidden_states"]),
-        with_kwargs=True)
+        with_kwargs=True,
+    )
     with torch.no_grad():
         tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
     hook.remove()
@@ -63,7 +64,7 @@ def brute_force_qwen(model, batch, block):
     probs = torch.zeros(attn.num_heads, len(hidden), len(hidden))
     bounds = seen["cu_seqlens"].tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
-        scores = torch.einsum("qhd,khd->hqk", q[start:end], k[start:end]) * attn.head_dim ** -0.5
+        scores = torch.einsum("qhd,khd->hqk", q[start:end], k[start:end]) * attn.head_dim**-0.5
         probs[:, start:end, start:end] = scores.softmax(dim=-1)
     return probs
 
@@ -135,8 +136,14 @@ def test_spread_of_a_point_and_a_flat_map():
 
 def test_run_writes_summary_and_figure(tmp_path, image_question_batches):
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=2))
-    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), NormThreshold(tau=100.0),
-                            simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
+    module = SinkflowModule(
+        model,
+        processor,
+        LlavaFamily(),
+        NoneStrategy(),
+        NormThreshold(tau=100.0),
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+    ).eval()
     loader = image_question_batches(processor, 6, "What is the background color?")
     settings = OmegaConf.create({"tokens": ["sink", "nonsink"], "heads": "all", "max_images": 2, "layer": None})
     ctx = AnalysisContext(module, lambda: iter(loader), settings, tmp_path, task="relevance")
@@ -149,5 +156,6 @@ def test_run_writes_summary_and_figure(tmp_path, image_question_batches):
         assert (tmp_path / f"relevance_{token}.png").stat().st_size > 0
     assert json.loads((tmp_path / "relevance.json").read_text())["images"] == 2
     with pytest.raises(ValueError, match=r"^`relevance.heads` must be one of \('mean', 'all'\), got 'max'$"):
-        relevance.run(AnalysisContext(module, lambda: iter(loader), OmegaConf.merge(settings, {"heads": "max"}),
-                                      tmp_path))
+        relevance.run(
+            AnalysisContext(module, lambda: iter(loader), OmegaConf.merge(settings, {"heads": "max"}), tmp_path)
+        )

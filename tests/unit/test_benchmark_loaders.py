@@ -1,5 +1,6 @@
 """POPE, MME and MMStar loaders on the real fixture files (tests/fixtures/README.md), and their errors on planted
 format faults."""
+
 import json
 from collections import Counter
 from pathlib import Path
@@ -15,9 +16,20 @@ from sinkflow.data.errors import DataFormatError
 SHORT = "\nAnswer the question using a single word or phrase."
 # docs/benchmarks.md#mme-subtasks: questions per subtask.
 MME_QUESTIONS = {
-    "existence": 60, "count": 60, "position": 60, "color": 60, "posters": 294, "celebrity": 340, "scene": 400,
-    "landmark": 400, "artwork": 400, "OCR": 40, "commonsense_reasoning": 140, "numerical_calculation": 40,
-    "text_translation": 40, "code_reasoning": 40,
+    "existence": 60,
+    "count": 60,
+    "position": 60,
+    "color": 60,
+    "posters": 294,
+    "celebrity": 340,
+    "scene": 400,
+    "landmark": 400,
+    "artwork": 400,
+    "OCR": 40,
+    "commonsense_reasoning": 140,
+    "numerical_calculation": 40,
+    "text_translation": 40,
+    "code_reasoning": 40,
 }
 
 
@@ -37,8 +49,12 @@ def test_real_pope_files_load_as_items(tmp_path, pope_coco):
     assert len({i["id"] for i in items}) == 9000
     first = items[0]
     assert first == {
-        "benchmark": "pope", "id": "random/1", "question_id": 1, "category": "random",
-        "question": "Is there a snowboard in the image?", "answer": "yes",
+        "benchmark": "pope",
+        "id": "random/1",
+        "question_id": 1,
+        "category": "random",
+        "question": "Is there a snowboard in the image?",
+        "answer": "yes",
         "image": "COCO_val2014_000000310196.jpg",
         "image_path": str(tmp_path.resolve() / "COCO_val2014_000000310196.jpg"),
         "prompt": "Is there a snowboard in the image?" + SHORT,
@@ -76,12 +92,25 @@ def test_mme_images_resolve_in_the_release_layout(tmp_path):
 
 
 MMSTAR_ROWS = [
-    {"index": 0, "question": "Which option describes the object relationship in the image correctly?\nOptions: "
-     "A: The suitcase is on the book., B: The suitcase is beneath the cat., C: The suitcase is beneath the bed., "
-     "D: The suitcase is beneath the book.", "image": "0.jpg", "answer": "A",
-     "category": "coarse perception", "l2_category": "image scene and topic", "meta_info": {"source": "x"}},
-    {"index": 1, "question": "What is the voltage?\nOptions: A: 1V, B: 2V, C: 3V, D: 4V", "image": "1.jpg",
-     "answer": "D", "category": "science & technology", "l2_category": "electronics & energy & mechanical eng."},
+    {
+        "index": 0,
+        "question": "Which option describes the object relationship in the image correctly?\nOptions: "
+        "A: The suitcase is on the book., B: The suitcase is beneath the cat., C: The suitcase is beneath the bed., "
+        "D: The suitcase is beneath the book.",
+        "image": "0.jpg",
+        "answer": "A",
+        "category": "coarse perception",
+        "l2_category": "image scene and topic",
+        "meta_info": {"source": "x"},
+    },
+    {
+        "index": 1,
+        "question": "What is the voltage?\nOptions: A: 1V, B: 2V, C: 3V, D: 4V",
+        "image": "1.jpg",
+        "answer": "D",
+        "category": "science & technology",
+        "l2_category": "electronics & energy & mechanical eng.",
+    },
 ]
 
 
@@ -94,9 +123,15 @@ def test_mmstar_rows_load_as_items(tmp_path):
     items = load_mmstar(_jsonl(tmp_path / "mmstar.jsonl", MMSTAR_ROWS), tmp_path)
     assert [i["id"] for i in items] == ["0", "1"]
     assert items[1] == {
-        "benchmark": "mmstar", "id": "1", "index": 1, "category": "science & technology",
-        "l2_category": "electronics & energy & mechanical eng.", "question": MMSTAR_ROWS[1]["question"],
-        "answer": "D", "image": "1.jpg", "image_path": str(tmp_path.resolve() / "1.jpg"),
+        "benchmark": "mmstar",
+        "id": "1",
+        "index": 1,
+        "category": "science & technology",
+        "l2_category": "electronics & energy & mechanical eng.",
+        "question": MMSTAR_ROWS[1]["question"],
+        "answer": "D",
+        "image": "1.jpg",
+        "image_path": str(tmp_path.resolve() / "1.jpg"),
         "prompt": MMSTAR_ROWS[1]["question"] + "\nAnswer with the option's letter from the given choices directly.",
     }
 
@@ -166,8 +201,13 @@ def test_mmstar_errors_name_file_line_and_field(tmp_path, change, field):
     _raises(load_mmstar, path, tmp_path, where=f"{path}:2", field=field)
 
 
-OPEN_LINE = {"question_id": 0, "image": "a.jpg", "question": "What is the background color?", "answer": "white",
-             "category": "background"}
+OPEN_LINE = {
+    "question_id": 0,
+    "image": "a.jpg",
+    "question": "What is the background color?",
+    "answer": "white",
+    "category": "background",
+}
 
 
 def test_open_questions_load_with_the_short_answer_prompt(tmp_path):
@@ -194,8 +234,10 @@ def test_open_question_errors_name_file_line_and_field(tmp_path, second, field):
 
 def test_mme_release_folders_load_like_the_eval_tool_layout(tmp_path):
     release = tmp_path / "MME_Benchmark_release_version"
-    pairs = {"artwork": {"10002": ("Is this artwork by Vermeer?", "Is this artwork by Monet?")},
-             "count": {"000000006040": ("Is there a train?", "Are there two trains?")}}
+    pairs = {
+        "artwork": {"10002": ("Is this artwork by Vermeer?", "Is this artwork by Monet?")},
+        "count": {"000000006040": ("Is there a train?", "Are there two trains?")},
+    }
     tool = tmp_path / "eval_tool"
     tool.mkdir()
     for subtask, images in pairs.items():
@@ -207,15 +249,22 @@ def test_mme_release_folders_load_like_the_eval_tool_layout(tmp_path):
         lines = []
         for stem, (yes_q, no_q) in images.items():
             (img_dir / f"{stem}.jpg").write_bytes(b"jpg")
-            (qa_dir / f"{stem}.txt").write_text(f"{yes_q} Please answer yes or no.\tYes\n"
-                                                f"{no_q} Please answer yes or no.\tNo\n")
-            lines += [f"{stem}.jpg\t{yes_q} Please answer yes or no.\tYes\n",
-                      f"{stem}.jpg\t{no_q} Please answer yes or no.\tNo\n"]
+            (qa_dir / f"{stem}.txt").write_text(
+                f"{yes_q} Please answer yes or no.\tYes\n{no_q} Please answer yes or no.\tNo\n"
+            )
+            lines += [
+                f"{stem}.jpg\t{yes_q} Please answer yes or no.\tYes\n",
+                f"{stem}.jpg\t{no_q} Please answer yes or no.\tNo\n",
+            ]
         (tool / f"{subtask}.txt").write_text("".join(lines))
     items = load_mme_release(release, check_images=True)
     assert items == load_mme(tool, release, check_images=True)
-    assert [i["id"] for i in items] == ["count/000000006040.jpg/0", "count/000000006040.jpg/1",
-                                        "artwork/10002.jpg/0", "artwork/10002.jpg/1"]
+    assert [i["id"] for i in items] == [
+        "count/000000006040.jpg/0",
+        "count/000000006040.jpg/1",
+        "artwork/10002.jpg/0",
+        "artwork/10002.jpg/1",
+    ]
     (release / "count" / "000000006040.jpg").unlink()
     with pytest.raises(DataFormatError, match="000000006040.txt: image: expected 000000006040.jpg or .png"):
         load_mme_release(release)

@@ -62,22 +62,38 @@ def toy_benchmark(tmp_path, monkeypatch, request):
 @pytest.mark.parametrize("toy_benchmark", [True, False], indirect=True)
 def test_a_benchmark_module_outside_the_package_is_scored_under_its_own_name(toy_benchmark, tmp_path):
     questions = tmp_path / "toy.jsonl"
-    questions.write_text("".join(json.dumps({"n": n, "q": "Which colour?", "colour": colour, "shade": shade}) + "\n"
-                                 for n, (colour, shade) in enumerate([("red", "dark"), ("blue", "dark"),
-                                                                      ("green", "light")])))
-    records = [dict(item, prediction=prediction) for item, prediction in
-               zip(toy_benchmark.load_toy(questions), ["It is red.", "Green", "green"])]
-    pope = {"benchmark": "pope", "id": "random/1", "category": "random", "question": "q", "answer": "yes",
-            "prediction": "No", "prompt": "p", "scope": "global"}
+    questions.write_text(
+        "".join(
+            json.dumps({"n": n, "q": "Which colour?", "colour": colour, "shade": shade}) + "\n"
+            for n, (colour, shade) in enumerate([("red", "dark"), ("blue", "dark"), ("green", "light")])
+        )
+    )
+    records = [
+        dict(item, prediction=prediction)
+        for item, prediction in zip(toy_benchmark.load_toy(questions), ["It is red.", "Green", "green"])
+    ]
+    pope = {
+        "benchmark": "pope",
+        "id": "random/1",
+        "category": "random",
+        "question": "q",
+        "answer": "yes",
+        "prediction": "No",
+        "prompt": "p",
+        "scope": "global",
+    }
     scores = score_records(records + [pope])
     metric = BenchmarkScores()
     metric.update(records[:1])
     metric.update(records[1:] + [pope])
     assert metric.compute() == scores
     assert {k: v for k, v in scores.items() if k.startswith(("toy/", "all/"))} == {
-        "toy/hits": 2.0, "toy/dark/hits": 1.0, "toy/global/accuracy": 2 / 3,
+        "toy/hits": 2.0,
+        "toy/dark/hits": 1.0,
+        "toy/global/accuracy": 2 / 3,
         # POPE's record is wrong; the toy's right answers count here only when its class says so
-        "all/global/accuracy": 2 / 4 if toy_benchmark.Toy.counts_in_all else 0.0}
+        "all/global/accuracy": 2 / 4 if toy_benchmark.Toy.counts_in_all else 0.0,
+    }
     # The predictions file checks the fields the toy declares.
     path = tmp_path / "predictions.jsonl"
     path.write_text(json.dumps({k: v for k, v in records[0].items() if k != "shade"}) + "\n")

@@ -12,20 +12,33 @@ from sinkflow.eval.metrics import BenchmarkScores, score_records
 from sinkflow.eval.score import main as score_main
 
 POPE_LABELS = ["yes", "yes", "yes", "no", "no", "no", "yes", "no"]
-POPE_RAW = ["Yes, there is a dog in the image.", "Yes", "No, there is no cat.", "No", "Yes.",
-            "There is not a car in the image.", "I think so.", "no"]
+POPE_RAW = [
+    "Yes, there is a dog in the image.",
+    "Yes",
+    "No, there is no cat.",
+    "No",
+    "Yes.",
+    "There is not a car in the image.",
+    "I think so.",
+    "no",
+]
 
 
 def pope(answers, predictions, category="random"):
-    return [{"benchmark": "pope", "id": f"{category}/{i}", "category": category, "answer": a, "prediction": p}
-            for i, (a, p) in enumerate(zip(answers, predictions))]
+    return [
+        {"benchmark": "pope", "id": f"{category}/{i}", "category": category, "answer": a, "prediction": p}
+        for i, (a, p) in enumerate(zip(answers, predictions))
+    ]
 
 
-@pytest.mark.parametrize("parser,parsed", [
-    ("official", ["yes", "yes", "no", "no", "yes", "no", "yes", "no"]),
-    ("lmms_eval", [None, "yes", None, "no", None, None, None, "no"]),
-    ("vlmevalkit", ["yes", "yes", "no", "no", "yes", None, None, "no"]),
-])
+@pytest.mark.parametrize(
+    "parser,parsed",
+    [
+        ("official", ["yes", "yes", "no", "no", "yes", "no", "yes", "no"]),
+        ("lmms_eval", [None, "yes", None, "no", None, None, None, "no"]),
+        ("vlmevalkit", ["yes", "yes", "no", "no", "yes", None, None, "no"]),
+    ],
+)
 def test_g_pope_2_parsing(parser, parsed):
     assert [parse_pope(r, parser) for r in POPE_RAW] == parsed
 
@@ -56,16 +69,25 @@ def test_g_pope_1_real_confusion_matrix_and_mean_f1():
     assert scores["pope/f1_mean"] == scores["pope/random/f1"]
 
 
-G_MME_1 = [("existence", "a.jpg", "Yes", "Yes"), ("existence", "a.jpg", "No", "No"),
-           ("existence", "b.jpg", "Yes", "Yes"), ("existence", "b.jpg", "No", "Yes"),
-           ("existence", "c.jpg", "Yes", "no"), ("existence", "c.jpg", "No", "No"),
-           ("code_reasoning", "x.png", "Yes", "yes, it is python"), ("code_reasoning", "x.png", "No", "No."),
-           ("code_reasoning", "y.png", "Yes", "I am not sure"), ("code_reasoning", "y.png", "No", "no")]
+G_MME_1 = [
+    ("existence", "a.jpg", "Yes", "Yes"),
+    ("existence", "a.jpg", "No", "No"),
+    ("existence", "b.jpg", "Yes", "Yes"),
+    ("existence", "b.jpg", "No", "Yes"),
+    ("existence", "c.jpg", "Yes", "no"),
+    ("existence", "c.jpg", "No", "No"),
+    ("code_reasoning", "x.png", "Yes", "yes, it is python"),
+    ("code_reasoning", "x.png", "No", "No."),
+    ("code_reasoning", "y.png", "Yes", "I am not sure"),
+    ("code_reasoning", "y.png", "No", "no"),
+]
 
 
 def mme(rows):
-    return [{"benchmark": "mme", "id": f"{c}/{img}/{i}", "category": c, "image": img, "answer": a, "prediction": p}
-            for i, (c, img, a, p) in enumerate(rows)]
+    return [
+        {"benchmark": "mme", "id": f"{c}/{img}/{i}", "category": c, "image": img, "answer": a, "prediction": p}
+        for i, (c, img, a, p) in enumerate(rows)
+    ]
 
 
 @pytest.mark.parametrize("parser", ["official", "lmms_eval"])
@@ -80,39 +102,74 @@ def test_g_mme_1(parser):
 
 @pytest.mark.parametrize("parser,score", [("official", 100.0), ("lmms_eval", 200.0)])
 def test_g_mme_2_parsers_diverge(parser, score):
-    records = mme([("count", "1.jpg", "Yes", "Y"), ("count", "1.jpg", "No", "N"),
-                   ("count", "2.jpg", "Yes", "Yes."), ("count", "2.jpg", "No", "No, there are three.")])
+    records = mme(
+        [
+            ("count", "1.jpg", "Yes", "Y"),
+            ("count", "1.jpg", "No", "N"),
+            ("count", "2.jpg", "Yes", "Yes."),
+            ("count", "2.jpg", "No", "No, there are three."),
+        ]
+    )
     assert MME.score(records, parser)["mme/count/score"] == score
 
 
-@pytest.mark.parametrize("response,official,lmms,pope_rule", [
-    ("The answer is no", None, None, "no"), ("Nope.", "no", "no", "yes"), ("None of them", "no", "no", "yes"),
-    ("Y", None, "yes", "yes"), ("I am not sure", None, None, "no"),
-])
+@pytest.mark.parametrize(
+    "response,official,lmms,pope_rule",
+    [
+        ("The answer is no", None, None, "no"),
+        ("Nope.", "no", "no", "yes"),
+        ("None of them", "no", "no", "yes"),
+        ("Y", None, "yes", "yes"),
+        ("I am not sure", None, None, "no"),
+    ],
+)
 def test_g_mme_3_parser_table(response, official, lmms, pope_rule):
     assert parse_mme(response, "official") == official
     assert parse_mme(response, "lmms_eval") == lmms
     assert parse_pope(response, "official") == pope_rule
 
 
-@pytest.mark.parametrize("response,answer,official,lmms", [
-    ("A", "A", True, "A"), ("(B) the cat", "B", True, "B"), ("Option C", "C", True, "C"),
-    ("The answer is D.", "D", True, "D"), ("B. Paris", "B", True, "B"), ("Answer: B", "B", False, "B"),
-    ("b", "B", True, ""), ("I think the answer is C", "C", False, "C"), ("", "A", False, ""),
-    ("A and B are wrong, so D", "D", False, "A"),
-])
+@pytest.mark.parametrize(
+    "response,answer,official,lmms",
+    [
+        ("A", "A", True, "A"),
+        ("(B) the cat", "B", True, "B"),
+        ("Option C", "C", True, "C"),
+        ("The answer is D.", "D", True, "D"),
+        ("B. Paris", "B", True, "B"),
+        ("Answer: B", "B", False, "B"),
+        ("b", "B", True, ""),
+        ("I think the answer is C", "C", False, "C"),
+        ("", "A", False, ""),
+        ("A and B are wrong, so D", "D", False, "A"),
+    ],
+)
 def test_g_mms_1_extraction(response, answer, official, lmms):
     assert mmstar_official_correct(response, answer) is official
     assert mmstar_lmms_eval_letter(response) == lmms
 
 
 def test_g_mms_2_micro_and_macro_aggregation():
-    scores = [("math", "geometry", [1, 0, 0]), ("math", "numeric commonsense and calculation", [1]),
-              ("math", "statistical reasoning", [0]), ("coarse perception", "image emotion", [1]),
-              ("coarse perception", "image scene and topic", [1])]
-    records = [{"benchmark": "mmstar", "id": f"{l2}/{i}", "category": core, "l2_category": l2, "answer": "A",
-                "question": "q", "prediction": "A" if hit else "B"}
-               for core, l2, hits in scores for i, hit in enumerate(hits)]
+    scores = [
+        ("math", "geometry", [1, 0, 0]),
+        ("math", "numeric commonsense and calculation", [1]),
+        ("math", "statistical reasoning", [0]),
+        ("coarse perception", "image emotion", [1]),
+        ("coarse perception", "image scene and topic", [1]),
+    ]
+    records = [
+        {
+            "benchmark": "mmstar",
+            "id": f"{l2}/{i}",
+            "category": core,
+            "l2_category": l2,
+            "answer": "A",
+            "question": "q",
+            "prediction": "A" if hit else "B",
+        }
+        for core, l2, hits in scores
+        for i, hit in enumerate(hits)
+    ]
     micro, macro = MMStar.score(records, "official"), MMStar.score(records, "lmms_eval")
     assert micro["mmstar/math/accuracy"] == 0.4 and micro["mmstar/coarse perception/accuracy"] == 1.0
     assert micro["mmstar/overall"] == 4 / 7
@@ -149,8 +206,19 @@ def test_score_cli_reads_a_predictions_file_and_names_bad_input(tmp_path):
 
 
 def mmstar_file(path, hits):
-    rows = [{"benchmark": "mmstar", "id": str(i), "category": "math", "l2_category": "geometry", "answer": "A",
-             "question": "q", "prompt": "p", "prediction": "A" if hit else "B"} for i, hit in enumerate(hits)]
+    rows = [
+        {
+            "benchmark": "mmstar",
+            "id": str(i),
+            "category": "math",
+            "l2_category": "geometry",
+            "answer": "A",
+            "question": "q",
+            "prompt": "p",
+            "prediction": "A" if hit else "B",
+        }
+        for i, hit in enumerate(hits)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 
@@ -172,17 +240,26 @@ def test_prompt_suffixes_are_configurable(tmp_path):
     from sinkflow.benchmarks.mmstar import load_mmstar
     from sinkflow.benchmarks.pope import load_pope
 
-    (tmp_path / "x_pope_random.json").write_text(json.dumps(
-        {"question_id": 1, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "yes"}) + "\n")
+    (tmp_path / "x_pope_random.json").write_text(
+        json.dumps({"question_id": 1, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "yes"}) + "\n"
+    )
     assert load_pope(tmp_path, tmp_path)[0]["prompt"].endswith("\nAnswer the question using a single word or phrase.")
     assert load_pope(tmp_path, tmp_path, suffix=" Please answer yes or no.")[0]["prompt"] == (
-        "Is there a cat in the image? Please answer yes or no.")
-    row = {"index": 0, "question": "Which?\nOptions: A: x, B: y, C: z, D: w", "image": "a.jpg", "answer": "A",
-           "category": "math", "l2_category": "geometry"}
+        "Is there a cat in the image? Please answer yes or no."
+    )
+    row = {
+        "index": 0,
+        "question": "Which?\nOptions: A: x, B: y, C: z, D: w",
+        "image": "a.jpg",
+        "answer": "A",
+        "category": "math",
+        "l2_category": "geometry",
+    }
     (tmp_path / "mmstar.jsonl").write_text(json.dumps(row) + "\n")
     official = load_mmstar(tmp_path / "mmstar.jsonl", tmp_path)[0]["prompt"]
-    lmms = load_mmstar(tmp_path / "mmstar.jsonl", tmp_path,
-                       suffix="\nAnswer with the option's letter from the given choices directly")[0]["prompt"]
+    lmms = load_mmstar(
+        tmp_path / "mmstar.jsonl", tmp_path, suffix="\nAnswer with the option's letter from the given choices directly"
+    )[0]["prompt"]
     assert official.endswith("directly.") and lmms.endswith("directly") and official == lmms + "."
 
 
@@ -199,14 +276,38 @@ def test_questions_can_be_asked_without_their_image():
 def mixed_records() -> list[dict]:
     """Every benchmark, scopes, and routing times whose plain float sum depends on the order they are added in."""
     records = pope(POPE_LABELS, POPE_RAW) + pope(POPE_LABELS[:5], POPE_RAW[3:], "adversarial") + mme(G_MME_1)
-    records += [{"benchmark": "mmstar", "id": str(i), "category": "math", "l2_category": l2, "answer": "A",
-                 "question": "Which? Options: A: red, B: blue", "prediction": prediction}
-                for i, (l2, prediction) in enumerate([("geometry", "A"), ("geometry", "B"), ("statistical reasoning",
-                                                      "(A) red"), ("numeric commonsense and calculation", "red")])]
-    records += [{"benchmark": "open", "id": str(i), "category": "count", "answer": "3", "prediction": prediction,
-                 "routing": {"route": route, "seconds": seconds}}
-                for i, (prediction, route, seconds) in enumerate([("3", "both", 0.1), ("4", "sinks_only", 0.2),
-                                                                   ("3.", "both", 0.7), ("", "both", 1e-3)])]
+    records += [
+        {
+            "benchmark": "mmstar",
+            "id": str(i),
+            "category": "math",
+            "l2_category": l2,
+            "answer": "A",
+            "question": "Which? Options: A: red, B: blue",
+            "prediction": prediction,
+        }
+        for i, (l2, prediction) in enumerate(
+            [
+                ("geometry", "A"),
+                ("geometry", "B"),
+                ("statistical reasoning", "(A) red"),
+                ("numeric commonsense and calculation", "red"),
+            ]
+        )
+    ]
+    records += [
+        {
+            "benchmark": "open",
+            "id": str(i),
+            "category": "count",
+            "answer": "3",
+            "prediction": prediction,
+            "routing": {"route": route, "seconds": seconds},
+        }
+        for i, (prediction, route, seconds) in enumerate(
+            [("3", "both", 0.1), ("4", "sinks_only", 0.2), ("3.", "both", 0.7), ("", "both", 1e-3)]
+        )
+    ]
     for k, record in enumerate(records):
         record["scope"] = ("global", "local")[k % 2]
     return records

@@ -23,10 +23,14 @@ def test_validation_end_logs_official_scores_of_the_first_questions(shapes_root)
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=5))
     module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), generation={"max_new_tokens": 3})
     datamodule = LVLMDataModule(
-        train_json=str(shapes_root / "train.json"), image_root=str(shapes_root), val_fraction=0.1, batch_size=4,
-        eval_sets={"pope": partial(load_pope, shapes_root / "pope", shapes_root / "eval_images"),
-                   "mmstar": partial(load_mmstar, shapes_root / "mmstar" / "mmstar.jsonl",
-                                     shapes_root / "eval_images")},
+        train_json=str(shapes_root / "train.json"),
+        image_root=str(shapes_root),
+        val_fraction=0.1,
+        batch_size=4,
+        eval_sets={
+            "pope": partial(load_pope, shapes_root / "pope", shapes_root / "eval_images"),
+            "mmstar": partial(load_mmstar, shapes_root / "mmstar" / "mmstar.jsonl", shapes_root / "eval_images"),
+        },
     ).bind(processor, VicunaV1())
     callback = BenchmarkValidation(every_n_epochs=1, limit=5)
     trainer = L.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False, enable_checkpointing=False)
@@ -44,9 +48,13 @@ def test_validation_end_logs_official_scores_of_the_first_questions(shapes_root)
 
 def test_an_evaluation_set_configured_as_null_is_left_out(shapes_root):
     datamodule = LVLMDataModule(
-        train_json=None, image_root=str(shapes_root),
-        eval_sets={"pope": None, "mmstar": partial(load_mmstar, shapes_root / "mmstar" / "mmstar.jsonl",
-                                                   shapes_root / "eval_images")})
+        train_json=None,
+        image_root=str(shapes_root),
+        eval_sets={
+            "pope": None,
+            "mmstar": partial(load_mmstar, shapes_root / "mmstar" / "mmstar.jsonl", shapes_root / "eval_images"),
+        },
+    )
     datamodule.setup("test")
     assert list(datamodule.eval_sets) == ["mmstar"]
     assert datamodule.test_set and {s["meta"]["benchmark"] for s in datamodule.test_set} == {"mmstar"}

@@ -17,8 +17,17 @@ def test_uncached_hub_id_fails_offline_with_a_hint():
 
 
 # Absolute, relative, home-relative, more than one separator, a trailing separator: none is a hub id.
-@pytest.mark.parametrize("source", ["/a/local/path/that/does/not/exist", "./missing", "../missing",
-                                    "~/missing-sinkflow", "models/llava/missing", "missing/"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/a/local/path/that/does/not/exist",
+        "./missing",
+        "../missing",
+        "~/missing-sinkflow",
+        "models/llava/missing",
+        "missing/",
+    ],
+)
 def test_a_missing_local_path_is_not_taken_for_a_hub_id(source, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -27,12 +36,17 @@ def test_a_missing_local_path_is_not_taken_for_a_hub_id(source, tmp_path, monkey
 
 
 def test_a_local_directory_must_be_a_hugging_face_model_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match=re.escape(
-            f"model.checkpoint={tmp_path}: the directory has no config.json (expected a Hugging Face model directory")):
+    with pytest.raises(
+        FileNotFoundError,
+        match=re.escape(
+            f"model.checkpoint={tmp_path}: the directory has no config.json (expected a Hugging Face model directory"
+        ),
+    ):
         load_pretrained(tmp_path)
     (tmp_path / "weights.bin").write_bytes(b"")
-    with pytest.raises(NotADirectoryError, match=re.escape(f"model.checkpoint={tmp_path / 'weights.bin'}: not a "
-                                                           "directory")):
+    with pytest.raises(
+        NotADirectoryError, match=re.escape(f"model.checkpoint={tmp_path / 'weights.bin'}: not a directory")
+    ):
         load_pretrained(str(tmp_path / "weights.bin"))
 
 

@@ -28,8 +28,9 @@ def bimodal(n_images=200, n_tokens=64, sinks_per_image=3, seed=0):
     """Bulk norms around 20, a few sinks per image around 400 (log-normal), like CLIP ViT-L features."""
     generator = torch.Generator().manual_seed(seed)
     norms = torch.exp(torch.randn(n_images, n_tokens, generator=generator) * 0.2 + torch.log(torch.tensor(20.0)))
-    sinks = torch.exp(torch.randn(n_images, sinks_per_image, generator=generator) * 0.1
-                      + torch.log(torch.tensor(400.0)))
+    sinks = torch.exp(
+        torch.randn(n_images, sinks_per_image, generator=generator) * 0.1 + torch.log(torch.tensor(400.0))
+    )
     norms[:, :sinks_per_image] = sinks
     return norms
 
@@ -82,28 +83,44 @@ def test_a_shoulder_on_the_bulk_does_not_hide_a_small_sink_mode():
 def calibrate_over(module: SinkflowModule, questions: list[tuple[str, str]], tmp_path) -> dict:
     """The `calibrate` task over an evaluation set of (id, image path) questions, through the analysis context."""
     items = [{"id": question_id, "image_path": path, "prompt": "What is it?"} for question_id, path in questions]
-    datamodule = LVLMDataModule(None, None, eval_sets={"toy": lambda: items}).bind(module.processor,
-                                                                                   ProcessorChatTemplate())
-    cfg = OmegaConf.create({"task": "calibrate", "max_samples": 64, "batch_size": 8, "one_question_per_image": True,
-                            "paths": {"output_dir": str(tmp_path)},
-                            "calibrate": {"split": "eval", "max_images": None, "batch_size": 2, "min_ratio": 2.0}})
+    datamodule = LVLMDataModule(None, None, eval_sets={"toy": lambda: items}).bind(
+        module.processor, ProcessorChatTemplate()
+    )
+    cfg = OmegaConf.create(
+        {
+            "task": "calibrate",
+            "max_samples": 64,
+            "batch_size": 8,
+            "one_question_per_image": True,
+            "paths": {"output_dir": str(tmp_path)},
+            "calibrate": {"split": "eval", "max_images": None, "batch_size": 2, "min_ratio": 2.0},
+        }
+    )
     with torch.no_grad():
         return calibrate.run(analysis_context(cfg, module, datamodule, loggers=[]))
 
 
 def test_the_task_reads_each_image_once_and_names_an_image_the_processor_rejects(shapes_root, tmp_path):
     model, processor = build_tiny_qwen(TinyQwenSpec())
-    module = SinkflowModule(model, processor, Qwen2VLFamily(), NoneStrategy(), NormThreshold(tau=100.0),
-                            source="tiny/qwen2_vl", simulated_sinks=SimulatedSinks(k=2, norm=150.0)).eval()
+    module = SinkflowModule(
+        model,
+        processor,
+        Qwen2VLFamily(),
+        NoneStrategy(),
+        NormThreshold(tau=100.0),
+        source="tiny/qwen2_vl",
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+    ).eval()
     images = [str(shapes_root / "eval_images" / f"eval_{i:05d}.png") for i in range(3)]
     # Three images, the first asked about twice: each image's norms count once, in batches of 2.
-    summary = calibrate_over(module, [("a", images[0]), ("b", images[0]), ("c", images[1]), ("d", images[2])],
-                             tmp_path)
+    summary = calibrate_over(module, [("a", images[0]), ("b", images[0]), ("c", images[1]), ("d", images[2])], tmp_path)
     with torch.no_grad():
-        visual = module.visual(processor.image_processor([Image.open(p).convert("RGB") for p in images],
-                                                         return_tensors="pt"))
-    direct = summarise(token_norms(visual.features), lengths=visual.lengths, configured=module.detector,
-                       planted=visual.planted)
+        visual = module.visual(
+            processor.image_processor([Image.open(p).convert("RGB") for p in images], return_tensors="pt")
+        )
+    direct = summarise(
+        token_norms(visual.features), lengths=visual.lengths, configured=module.detector, planted=visual.planted
+    )
     assert summary == {"model": module.source, "split": "eval", **direct} and summary["images"] == 3
     assert json.loads((tmp_path / "calibration.json").read_text()) == json.loads(json.dumps(summary))
     for name in ("norm_histogram.png", "sorted_norms.png"):
@@ -111,8 +128,7 @@ def test_the_task_reads_each_image_once_and_names_an_image_the_processor_rejects
     # Qwen2-VL's processor refuses an aspect ratio above 200: the error names the file and the question.
     thin = tmp_path / "thin.png"
     Image.new("RGB", (1, 300)).save(thin)
-    message = (f"cannot process image {thin} (question 'e'): absolute aspect ratio must be smaller than 200, "
-               "got 300.0")
+    message = f"cannot process image {thin} (question 'e'): absolute aspect ratio must be smaller than 200, got 300.0"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         calibrate_over(module, [("a", images[0]), ("e", str(thin))], tmp_path)
     with pytest.raises(ValueError, match=r"^`calibrate.split` must be one of \('eval', 'train'\), got 'val'$"):

@@ -38,12 +38,15 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content,reason", [
-    (b"hello, not a checkpoint\n", "not a readable checkpoint"),
-    (b"", "not a readable checkpoint"),
-    ("truncated", "not a readable checkpoint"),
-    ("foreign", "not a sinkflow checkpoint (it holds ['model', 'optimizer'], no 'sinkflow' entry)"),
-])
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"hello, not a checkpoint\n", "not a readable checkpoint"),
+        (b"", "not a readable checkpoint"),
+        ("truncated", "not a readable checkpoint"),
+        ("foreign", "not a sinkflow checkpoint (it holds ['model', 'optimizer'], no 'sinkflow' entry)"),
+    ],
+)
 def test_a_file_that_is_not_a_sinkflow_checkpoint_gets_one_line(tmp_path, content, reason):
     path = tmp_path / "x.ckpt"
     if content == "truncated":
@@ -57,8 +60,10 @@ def test_a_file_that_is_not_a_sinkflow_checkpoint_gets_one_line(tmp_path, conten
         read_checkpoint(path)
     message = str(error.value)
     assert message.startswith(f"{path}: {reason}") and "\n" not in message
-    assert message.endswith("expected a sinkflow checkpoint (a run's checkpoints/last.ckpt, written by train.py) or, "
-                            "for evaluate.py, its export directory (checkpoints/export/)")
+    assert message.endswith(
+        "expected a sinkflow checkpoint (a run's checkpoints/last.ckpt, written by train.py) or, "
+        "for evaluate.py, its export directory (checkpoints/export/)"
+    )
 
 
 def test_a_missing_checkpoint_is_named(tmp_path):

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from sinkflow.data.collate import Collator
-from sinkflow.pathway import IGNORE_INDEX
 from sinkflow.data.templates import VICUNA_V1_SYSTEM, ProcessorChatTemplate, VicunaV1
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
+from sinkflow.pathway import IGNORE_INDEX
 
 N_IMAGE_TOKENS = 16
 
@@ -20,12 +20,16 @@ def processor():
 
 
 def conversation(image):
-    return {"id": "s1", "image": image, "conversations": [
-        {"from": "human", "value": "<image>\nWhat is the background color?"},
-        {"from": "gpt", "value": "white"},
-        {"from": "human", "value": "How many shapes are there?"},
-        {"from": "gpt", "value": "3"},
-    ]}
+    return {
+        "id": "s1",
+        "image": image,
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is the background color?"},
+            {"from": "gpt", "value": "white"},
+            {"from": "human", "value": "How many shapes are there?"},
+            {"from": "gpt", "value": "3"},
+        ],
+    }
 
 
 def test_vicuna_v1_rendering_matches_llava():
@@ -35,8 +39,11 @@ def test_vicuna_v1_rendering_matches_llava():
     class Proc:
         tokenizer = Tok()
 
-    rendered = VicunaV1().render(Proc(), [("user", "<image>\nQ1"), ("assistant", "A1"), ("user", "Q2"),
-                                          ("assistant", "A2")], add_generation_prompt=False)
+    rendered = VicunaV1().render(
+        Proc(),
+        [("user", "<image>\nQ1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2")],
+        add_generation_prompt=False,
+    )
     assert rendered.text == f"{VICUNA_V1_SYSTEM} USER: <image>\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>"
     assert [rendered.text[s:e] for s, e in rendered.supervised] == ["A1</s>", "A2</s>"]
     prompt = VicunaV1().render(Proc(), [("user", "Q")], add_generation_prompt=True)
@@ -68,8 +75,11 @@ def test_label_masking_exact_positions(processor, image_path):
 
 
 def test_padding_and_image_positions_are_ignored(processor, image_path):
-    short = {"id": "s2", "image": image_path,
-             "conversations": [{"from": "human", "value": "<image>\nHow many?"}, {"from": "gpt", "value": "2"}]}
+    short = {
+        "id": "s2",
+        "image": image_path,
+        "conversations": [{"from": "human", "value": "<image>\nHow many?"}, {"from": "gpt", "value": "2"}],
+    }
     batch = Collator(processor, VicunaV1())([conversation(image_path), short])
     pad = batch["attention_mask"] == 0
     assert pad[1].any() and not pad[0].any()
@@ -130,8 +140,9 @@ def test_an_unreadable_image_names_the_file_and_the_question(processor, tmp_path
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_text("not an image")
     sample = dict(conversation(str(corrupt)), id="random/3")
-    with pytest.raises(OSError, match=re.escape(f"cannot read image {corrupt} (question 'random/3'): cannot identify "
-                                                "image file")) as caught:
+    with pytest.raises(
+        OSError, match=re.escape(f"cannot read image {corrupt} (question 'random/3'): cannot identify image file")
+    ) as caught:
         Collator(processor, VicunaV1())([sample])
     assert isinstance(caught.value.__cause__, OSError)
 
@@ -187,7 +198,14 @@ def test_a_batch_failure_no_single_image_explains_is_raised_as_it_was(processor,
 def test_image_keys_are_unique_across_evaluation_sets(processor, image_path):
     """An MMStar index and an open-set question id can be equal: the key says which set (sink statistics count an
     image once by it, routing decisions find their record by it)."""
-    samples = [{"id": "3", "image": image_path, "conversations": [{"from": "human", "value": "<image>\nQ?"}],
-                "meta": {"benchmark": benchmark}} for benchmark in ("mmstar", "open")]
+    samples = [
+        {
+            "id": "3",
+            "image": image_path,
+            "conversations": [{"from": "human", "value": "<image>\nQ?"}],
+            "meta": {"benchmark": benchmark},
+        }
+        for benchmark in ("mmstar", "open")
+    ]
     samples.append({"id": "t0", "image": image_path, "conversations": [{"from": "human", "value": "<image>\nQ?"}]})
     assert Collator(processor, VicunaV1(), generate=True)(samples)["image_keys"] == ["mmstar/3", "open/3", "t0"]

@@ -28,16 +28,29 @@ from sinkflow.models.tiny import build_tokenizer
 from test_configs import compose_cfg  # pytest puts tests/unit on sys.path (no __init__.py)
 
 IMAGE, PATCH = 36, 8  # 4x4 patches; 36 is not a multiple of 8, like so400m's 384 px in 14 px patches
-VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-          "image_size": IMAGE, "patch_size": PATCH}
+VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": IMAGE,
+    "patch_size": PATCH,
+}
 PROMPT = "USER: <image>\nWhat is the background color? ASSISTANT:"
 
 
 def qwen_tokenizer():
     """Qwen2 base style: no bos, `<|endoftext|>` as eos and pad, ChatML markers as extra special tokens."""
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    return build_tokenizer(300, specials=specials, bos=None, eos="<|endoftext|>", pad="<|endoftext|>", unk=None,
-                           extra_special_tokens=specials[1:])
+    return build_tokenizer(
+        300,
+        specials=specials,
+        bos=None,
+        eos="<|endoftext|>",
+        pad="<|endoftext|>",
+        unk=None,
+        extra_special_tokens=specials[1:],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,22 +61,48 @@ def sources(tmp_path_factory):
     siglip = SiglipImageProcessor(size={"height": IMAGE, "width": IMAGE})
     models = {
         "siglip": (SiglipVisionModel(SiglipVisionConfig(**VISION)), siglip),
-        "siglip_full": (SiglipModel(SiglipConfig(vision_config=VISION, text_config={
-            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-            "vocab_size": 64})), siglip),
-        "clip": (CLIPVisionModel(CLIPVisionConfig(**VISION)),
-                 CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})),
+        "siglip_full": (
+            SiglipModel(
+                SiglipConfig(
+                    vision_config=VISION,
+                    text_config={
+                        "hidden_size": 32,
+                        "intermediate_size": 64,
+                        "num_hidden_layers": 1,
+                        "num_attention_heads": 2,
+                        "vocab_size": 64,
+                    },
+                )
+            ),
+            siglip,
+        ),
+        "clip": (
+            CLIPVisionModel(CLIPVisionConfig(**VISION)),
+            CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}),
+        ),
     }
     tokenizer = qwen_tokenizer()
-    lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                      tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                                      pad_token_id=tokenizer.pad_token_id, bos_token_id=None))
+    lm = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None,
+        )
+    )
     models["qwen"] = (lm, tokenizer)
     models["qwen_no_tokenizer"] = (lm, None)
     # Qwen2-0.5B's embedding has rows past its tokenizer (151936 for 151646 tokens): the image token takes one.
-    models["qwen_padded"] = (Qwen2ForCausalLM(Qwen2Config(**{**lm.config.to_dict(), "vocab_size": len(tokenizer) + 8})),
-                             tokenizer)
+    models["qwen_padded"] = (
+        Qwen2ForCausalLM(Qwen2Config(**{**lm.config.to_dict(), "vocab_size": len(tokenizer) + 8})),
+        tokenizer,
+    )
     dirs = {}
     for name, (model, extra) in models.items():
         dirs[name] = str(root / name)
@@ -123,8 +162,9 @@ def test_the_processor_expands_the_image_token_to_the_features_the_model_makes(s
 def test_the_chat_template_renders_like_the_vicuna_template_with_the_lm_eos(composed):
     _, processor = load_pretrained(composed, family=LlavaFamily())
     turns = [("user", "<image>\nWhat is this?"), ("assistant", "A cat."), ("user", "And the color?")]
-    ours, theirs = (t.render(processor, turns, add_generation_prompt=True)
-                    for t in (VicunaV1(), ProcessorChatTemplate()))
+    ours, theirs = (
+        t.render(processor, turns, add_generation_prompt=True) for t in (VicunaV1(), ProcessorChatTemplate())
+    )
     assert ours.text == theirs.text and "A cat.<|endoftext|>USER:" in ours.text
 
 
@@ -139,13 +179,16 @@ def test_composing_again_reuses_the_saved_checkpoint(sources, composed, monkeypa
         compose.compose_llava(cache, sources["siglip"], sources["qwen"], seed=1)
 
 
-@pytest.mark.parametrize("vision,language,kwargs,error,message", [
-    ("missing", "qwen", {}, OSError, "could not load the vision checkpoint .*hf download"),
-    ("qwen", "qwen", {}, ValueError, "is a 'qwen2' model; compose_llava takes a SigLIP or CLIP checkpoint"),
-    ("siglip", "siglip_full", {}, ValueError, "is a 'siglip' model, not a causal LM"),
-    ("siglip", "qwen_no_tokenizer", {}, ValueError, "has no tokenizer"),
-    ("siglip", "qwen", {"projector": "mlp3x_gelu"}, ValueError, "`model.checkpoint.projector` must be one of"),
-])
+@pytest.mark.parametrize(
+    "vision,language,kwargs,error,message",
+    [
+        ("missing", "qwen", {}, OSError, "could not load the vision checkpoint .*hf download"),
+        ("qwen", "qwen", {}, ValueError, "is a 'qwen2' model; compose_llava takes a SigLIP or CLIP checkpoint"),
+        ("siglip", "siglip_full", {}, ValueError, "is a 'siglip' model, not a causal LM"),
+        ("siglip", "qwen_no_tokenizer", {}, ValueError, "has no tokenizer"),
+        ("siglip", "qwen", {"projector": "mlp3x_gelu"}, ValueError, "`model.checkpoint.projector` must be one of"),
+    ],
+)
 def test_bad_sources_fail_clearly(sources, vision, language, kwargs, error, message, tmp_path):
     paths = dict(sources, missing=str(tmp_path / "no-such-checkpoint"))
     with pytest.raises(error, match=message):
@@ -171,7 +214,10 @@ def test_the_tinyllava_diysink_stages_carry_the_recipe(stage, lr, batch, accumul
     assert cfg.sink_strategy.strategy._target_.endswith("DualMLP")
     assert cfg.model.optim.projector_lr == lr and cfg.model.optim.warmup_ratio == 0.03
     assert (cfg.dataset.batch_size, cfg.trainer.accumulate_grad_batches, cfg.trainer.max_epochs) == (
-        batch, accumulate, 1)
+        batch,
+        accumulate,
+        1,
+    )
     assert (cfg.model.lora is None) == (stage == 1) and cfg.model.train_projector is False
     assert cfg.sink_strategy.detector._target_.endswith(".AdaptiveDrop")  # tau = 100 is CLIP's
     if stage == 2:

@@ -26,20 +26,23 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 QUESTIONS = ["What is the background color?", "Is there a red circle in the image?"]
 
 
-@pytest.mark.parametrize("image_answer, question_answer, image, scope, route", [
-    ("symbolic", "global", "symbolic", "global", "sinks_only"),
-    ("Symbolic.", "Global", "symbolic", "global", "sinks_only"),
-    ("It is a simple diagram.", "holistic understanding", "symbolic", "global", "sinks_only"),
-    ("real-world", "local", "real_world", "local", "others_only"),
-    ("A complex real world photo", "It needs local detail.", "real_world", "local", "others_only"),
-    ("not symbolic, a real-world photo", "local", "real_world", "local", "others_only"),
-    ("symbolic, not a real-world photo", "not global but local", "symbolic", "local", "both"),
-    ("real-world", "global", "real_world", "global", "both"),
-    ("symbolic", "local", "symbolic", "local", "both"),
-    ("", "", "unknown", "unknown", "both"),
-    ("banana", "globally", "unknown", "unknown", "both"),  # whole words only: "globally" is not "global"
-    ("realistic", "the whole image", "unknown", "global", "both"),
-])
+@pytest.mark.parametrize(
+    "image_answer, question_answer, image, scope, route",
+    [
+        ("symbolic", "global", "symbolic", "global", "sinks_only"),
+        ("Symbolic.", "Global", "symbolic", "global", "sinks_only"),
+        ("It is a simple diagram.", "holistic understanding", "symbolic", "global", "sinks_only"),
+        ("real-world", "local", "real_world", "local", "others_only"),
+        ("A complex real world photo", "It needs local detail.", "real_world", "local", "others_only"),
+        ("not symbolic, a real-world photo", "local", "real_world", "local", "others_only"),
+        ("symbolic, not a real-world photo", "not global but local", "symbolic", "local", "both"),
+        ("real-world", "global", "real_world", "global", "both"),
+        ("symbolic", "local", "symbolic", "local", "both"),
+        ("", "", "unknown", "unknown", "both"),
+        ("banana", "globally", "unknown", "unknown", "both"),  # whole words only: "globally" is not "global"
+        ("realistic", "the whole image", "unknown", "global", "both"),
+    ],
+)
 def test_answers_parse_to_decisions(image_answer, question_answer, image, scope, route):
     decision = decide(image_answer, question_answer)
     assert (decision["image"], decision["question"], decision["route"]) == (image, scope, route)
@@ -48,24 +51,39 @@ def test_answers_parse_to_decisions(image_answer, question_answer, image, scope,
 
 def wrap(strategy, seed=4):
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=seed))
-    return SinkflowModule(model, processor, LlavaFamily(), strategy, NormThreshold(tau=100.0),
-                          simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-                          question_collator=Collator(processor, VicunaV1(), generate=True)).eval()
+    return SinkflowModule(
+        model,
+        processor,
+        LlavaFamily(),
+        strategy,
+        NormThreshold(tau=100.0),
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+        question_collator=Collator(processor, VicunaV1(), generate=True),
+    ).eval()
 
 
 def samples_for(shapes_root, questions, images=(0, 1)):
-    return [{"id": str(i), "image": str(shapes_root / "eval_images" / f"eval_{img:05d}.png"),
-             "conversations": [{"from": "human", "value": "<image>\n" + q}]}
-            for i, (img, q) in enumerate(zip(images, questions))]
+    return [
+        {
+            "id": str(i),
+            "image": str(shapes_root / "eval_images" / f"eval_{img:05d}.png"),
+            "conversations": [{"from": "human", "value": "<image>\n" + q}],
+        }
+        for i, (img, q) in enumerate(zip(images, questions))
+    ]
 
 
-@pytest.mark.parametrize("answers, reference", [
-    (("symbolic", "global"), SinksOnly()),
-    (("real-world", "local"), DropSinks()),
-    (("symbolic", "local"), SinkFront()),
-])
-def test_with_copied_projectors_each_route_is_the_training_free_strategy(shapes_root, routing_prompts, answers,
-                                                                         reference):
+@pytest.mark.parametrize(
+    "answers, reference",
+    [
+        (("symbolic", "global"), SinksOnly()),
+        (("real-world", "local"), DropSinks()),
+        (("symbolic", "local"), SinkFront()),
+    ],
+)
+def test_with_copied_projectors_each_route_is_the_training_free_strategy(
+    shapes_root, routing_prompts, answers, reference
+):
     """Copies of the model's projector: sinks only == sinks_only, non-sinks only == drop_sinks, both == sink_front."""
     module, plain = wrap(CotRoute(**routing_prompts)), wrap(reference)
     batch = Collator(module.processor, VicunaV1(), generate=True)(samples_for(shapes_root, QUESTIONS))
@@ -114,8 +132,11 @@ def test_decisions_are_recorded_per_prediction_and_training_sees_both_blocks(sha
     decisions = seen.routed.decisions
     per_image = seen.routed.decision_seconds / 2  # each decision carries its image's share of the deciding time
     assert per_image > 0
-    assert [r.get("routing") for r in records] == [dict(decisions[0], seconds=per_image), None,
-                                                   dict(decisions[1], seconds=per_image)]
+    assert [r.get("routing") for r in records] == [
+        dict(decisions[0], seconds=per_image),
+        None,
+        dict(decisions[1], seconds=per_image),
+    ]
     module.train()
     seen = module.pathway(batch)
     assert seen.routed.decisions is None and [len(t) for t in seen.routed.tokens] == [16, 16]
@@ -157,35 +178,53 @@ def test_asking_needs_a_question_collator_and_one_question_per_image(shapes_root
         Collator(processor, VicunaV1()).ask(batch, QUESTIONS)
     with pytest.raises(ValueError, match="1 questions for the batch's 2 images"):
         Collator(processor, VicunaV1(), generate=True).ask(batch, QUESTIONS[:1])
-    module = SinkflowModule(model, processor, LlavaFamily(), CotRoute(**routing_prompts),
-                            NormThreshold(tau=100.0)).eval()
-    with pytest.raises(ValueError, match="strategy 'cot_route' asks the model questions: give SinkflowModule a "
-                                         "question_collator"):
+    module = SinkflowModule(
+        model, processor, LlavaFamily(), CotRoute(**routing_prompts), NormThreshold(tau=100.0)
+    ).eval()
+    with pytest.raises(
+        ValueError, match="strategy 'cot_route' asks the model questions: give SinkflowModule a question_collator"
+    ):
         module.generate(batch)
 
 
-def test_the_configured_prompts_are_what_cot_route_asks_and_what_the_shapes_routing_records_teach(tmp_path,
-                                                                                                   routing_prompts):
+def test_the_configured_prompts_are_what_cot_route_asks_and_what_the_shapes_routing_records_teach(
+    tmp_path, routing_prompts
+):
     """conf/routing/ is the one source: an edited prompt reaches the strategy, and regenerates the training data's
     routing records (same root: the prompts are in the manifest's parameters) while the other records stay."""
     edited = "Global or local: {question}"
     records = {}
-    for question_prompt, edit in ((routing_prompts["question_prompt"], []),
-                                  (edited, [f"routing.question_prompt='{edited}'"])):
+    for question_prompt, edit in (
+        (routing_prompts["question_prompt"], []),
+        (edited, [f"routing.question_prompt='{edited}'"]),
+    ):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=[
-                "sink_strategy=cot_route", "dataset.prepare.routing_questions=true", "dataset.prepare.n_train=6",
-                "dataset.prepare.n_eval=1", f"dataset.prepare.root={tmp_path / 'shapes'}", *edit])
+            cfg = compose(
+                config_name="train",
+                overrides=[
+                    "sink_strategy=cot_route",
+                    "dataset.prepare.routing_questions=true",
+                    "dataset.prepare.n_train=6",
+                    "dataset.prepare.n_eval=1",
+                    f"dataset.prepare.root={tmp_path / 'shapes'}",
+                    *edit,
+                ],
+            )
         strategy = instantiate(cfg.sink_strategy.strategy)
         assert (strategy.image_prompt, strategy.question_prompt) == (routing_prompts["image_prompt"], question_prompt)
         root = instantiate(cfg.dataset.prepare)()
         train = json.loads((root / "train.json").read_text())
         questions, routing = train[:6], train[6:]
         assert [r["conversations"][0]["value"] for r in routing] == [
-            "<image>\n" + (routing_prompts["image_prompt"] if i % 2
-                           else question_prompt.replace("{question}", first_question(r["conversations"])))
-            for i, r in enumerate(questions)]
+            "<image>\n"
+            + (
+                routing_prompts["image_prompt"]
+                if i % 2
+                else question_prompt.replace("{question}", first_question(r["conversations"]))
+            )
+            for i, r in enumerate(questions)
+        ]
         records[question_prompt] = questions, routing
     (default_questions, default_routing), (edited_questions, edited_routing) = records.values()
     assert edited_questions == default_questions

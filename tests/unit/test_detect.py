@@ -5,9 +5,9 @@ import re
 import pytest
 import torch
 
+from sinkflow.sinks.detectors.adaptive_drop import AdaptiveDrop
 from sinkflow.sinks.detectors.base import token_norms
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
-from sinkflow.sinks.detectors.adaptive_drop import AdaptiveDrop
 from sinkflow.sinks.detectors.topk import TopK
 
 
@@ -61,18 +61,25 @@ def test_norms_are_float32_even_for_bf16_features():
     assert torch.equal(NormThreshold(tau=100)(features), mask([[0, 1]]))
 
 
-@pytest.mark.parametrize("detector,kwargs,message", [
-    # Before, tau <= 0 made every token a sink and k = 0 found none, silently.
-    (NormThreshold, {"tau": -1}, "`sink_strategy.detector.tau` must be a number > 0, got -1"),
-    (NormThreshold, {"tau": 0}, "`sink_strategy.detector.tau` must be a number > 0, got 0"),
-    (NormThreshold, {"tau": "100"}, "`sink_strategy.detector.tau` must be a number > 0, got '100'"),
-    (NormThreshold, {"tau": float("nan")}, "`sink_strategy.detector.tau` must be a number > 0, got nan"),
-    (TopK, {"k": 0}, "`sink_strategy.detector.k` must be an integer >= 1, got 0"),
-    (TopK, {"k": 2.5}, "`sink_strategy.detector.k` must be an integer >= 1, got 2.5"),
-    (AdaptiveDrop, {"min_ratio": 1.0}, "`sink_strategy.detector.min_ratio` must be a number > 1, got 1.0"),
-    (NormThreshold, {"max_sinks": -2}, "`sink_strategy.detector.max_sinks` must be an integer >= 0 or null, got -2"),
-    (TopK, {"max_sinks": 1.5}, "`sink_strategy.detector.max_sinks` must be an integer >= 0 or null, got 1.5"),
-])
+@pytest.mark.parametrize(
+    "detector,kwargs,message",
+    [
+        # Before, tau <= 0 made every token a sink and k = 0 found none, silently.
+        (NormThreshold, {"tau": -1}, "`sink_strategy.detector.tau` must be a number > 0, got -1"),
+        (NormThreshold, {"tau": 0}, "`sink_strategy.detector.tau` must be a number > 0, got 0"),
+        (NormThreshold, {"tau": "100"}, "`sink_strategy.detector.tau` must be a number > 0, got '100'"),
+        (NormThreshold, {"tau": float("nan")}, "`sink_strategy.detector.tau` must be a number > 0, got nan"),
+        (TopK, {"k": 0}, "`sink_strategy.detector.k` must be an integer >= 1, got 0"),
+        (TopK, {"k": 2.5}, "`sink_strategy.detector.k` must be an integer >= 1, got 2.5"),
+        (AdaptiveDrop, {"min_ratio": 1.0}, "`sink_strategy.detector.min_ratio` must be a number > 1, got 1.0"),
+        (
+            NormThreshold,
+            {"max_sinks": -2},
+            "`sink_strategy.detector.max_sinks` must be an integer >= 0 or null, got -2",
+        ),
+        (TopK, {"max_sinks": 1.5}, "`sink_strategy.detector.max_sinks` must be an integer >= 0 or null, got 1.5"),
+    ],
+)
 def test_bad_settings_name_the_key(detector, kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         detector(**kwargs)

@@ -36,13 +36,20 @@ def tiny_module(lr: float, cls=SinkflowModule) -> SinkflowModule:
 
 
 def fit(module, shapes_root, tmp_path, guard: DivergenceGuard, *callbacks, max_steps: int = 6) -> L.Trainer:
-    data = LVLMDataModule(str(shapes_root / "train.json"), str(shapes_root), batch_size=4, val_fraction=0.0,
-                          limit_train=32).bind(module.processor, VicunaV1())
-    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, every_n_train_steps=1,
-                                  save_top_k=0)
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, callbacks=[guard, checkpoints, *callbacks],
-                        default_root_dir=tmp_path)
+    data = LVLMDataModule(
+        str(shapes_root / "train.json"), str(shapes_root), batch_size=4, val_fraction=0.0, limit_train=32
+    ).bind(module.processor, VicunaV1())
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, every_n_train_steps=1, save_top_k=0)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[guard, checkpoints, *callbacks],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=data)
     return trainer
 
@@ -79,9 +86,12 @@ def test_bad_steps_within_the_budget_are_skipped_then_training_stops(shapes_root
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             before_skip[trainer.global_step] = snapshot(pl_module)
 
-    with pytest.raises(TrainingDiverged, match=r"at step 4 \(epoch 0\) after skipping 1 bad step\(s\): "
-                                               r"train/loss = nan; non-finite gradients in parameter group\(s\) "
-                                               r"lora, projector"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"at step 4 \(epoch 0\) after skipping 1 bad step\(s\): "
+        r"train/loss = nan; non-finite gradients in parameter group\(s\) "
+        r"lora, projector",
+    ):
         fit(module, shapes_root, tmp_path / "one", DivergenceGuard(max_bad_steps=1), Watch())
     # Step 2's update was dropped (the weights entering step 3 are those entering step 2); step 1's was applied.
     assert all(torch.equal(before_skip[2][k], before_skip[3][k]) for k in before_skip[2])
@@ -101,8 +111,11 @@ def test_no_checkpoint_or_export_is_written_with_non_finite_weights(tmp_path):
         parameter[0, 0] = float("inf")
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, max_steps=1)
     trainer.strategy.connect(module)
-    with pytest.raises(NonFiniteWeights, match=rf"refusing to write a checkpoint at step 0: non-finite values in "
-                                               rf"{re.escape(name)}"):
+    with pytest.raises(
+        NonFiniteWeights,
+        match=rf"refusing to write a checkpoint at step 0: non-finite values in "
+        rf"{re.escape(name)}",
+    ):
         trainer.save_checkpoint(tmp_path / "bad.ckpt")
     assert not (tmp_path / "bad.ckpt").exists()
     with pytest.raises(NonFiniteWeights, match=r"refusing to write .*adapter: non-finite values in .*lora_B"):

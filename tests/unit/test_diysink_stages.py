@@ -19,16 +19,30 @@ from sinkflow.sinks.strategies.dual_mlp import DualMLP
 def wrap(strategy, lora=None):
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=7))
     model = prepare_for_training(model, LlavaFamily(), lora=lora, train_projector=False)
-    return SinkflowModule(model, processor, LlavaFamily(), strategy, NormThreshold(tau=100.0),
-                          simulated_sinks=SimulatedSinks(k=2, norm=150.0)).train()
+    return SinkflowModule(
+        model,
+        processor,
+        LlavaFamily(),
+        strategy,
+        NormThreshold(tau=100.0),
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+    ).train()
 
 
 @pytest.fixture(scope="module")
 def batch(shapes_root):
     _, processor = build_tiny_llava(TinyLlavaSpec(seed=7))
-    samples = [{"id": str(i), "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"),
-                "conversations": [{"from": "human", "value": "<image>\nWhat is the background color?"},
-                                  {"from": "gpt", "value": "white"}]} for i in range(2)]
+    samples = [
+        {
+            "id": str(i),
+            "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"),
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is the background color?"},
+                {"from": "gpt", "value": "white"},
+            ],
+        }
+        for i in range(2)
+    ]
     return Collator(processor, VicunaV1())(samples)
 
 
@@ -38,8 +52,9 @@ def trained_names(module, batch):
     return {n for n, p in module.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("stage,projector,n_visual",
-                         [("sinks", "sink_projector", 2), ("others", "other_projector", 14)])
+@pytest.mark.parametrize(
+    "stage,projector,n_visual", [("sinks", "sink_projector", 2), ("others", "other_projector", 14)]
+)
 def test_stage_one_trains_one_projector_on_its_own_tokens(batch, stage, projector, n_visual):
     module = wrap(DualMLP(init="random", stage=stage))
     with torch.no_grad():
@@ -59,8 +74,10 @@ def test_stage_two_starts_from_both_stage_one_files_and_trains_them_with_lora(ba
         files[stage] = tmp_path / f"{stage}.safetensors"
         save_file({k: v.contiguous() for k, v in stage_one.strategy.state_dict().items()}, files[stage])
         files[stage + "_module"] = stage_one
-    module = wrap(DualMLP(stage="both", sink_projector_from=str(files["sinks"]),
-                          other_projector_from=str(files["others"])), lora=LoraSpec(r=2, alpha=4, dropout=0.0))
+    module = wrap(
+        DualMLP(stage="both", sink_projector_from=str(files["sinks"]), other_projector_from=str(files["others"])),
+        lora=LoraSpec(r=2, alpha=4, dropout=0.0),
+    )
     for name, source in (("sink_projector", "sinks_module"), ("other_projector", "others_module")):
         pairs = zip(getattr(module.strategy, name).parameters(), getattr(files[source].strategy, name).parameters())
         assert all(torch.equal(a, b) for a, b in pairs)

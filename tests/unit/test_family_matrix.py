@@ -26,6 +26,7 @@ from sinkflow.sinks.strategies.base import STRATEGIES
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
 from sinkflow.sinks.strategies.sink_front import SinkFront
 
+
 def strategy_configs(*search: Path) -> list[str]:
     """The names of the `sink_strategy` configs in conf/ and in the extra config folders `search`."""
     folders = (CONF_DIR, *search)
@@ -85,8 +86,10 @@ def test_every_family_has_a_tiny_model_a_template_and_a_config():
 # What a CPU test adds to a strategy's config: the tiny sentence encoder (ReW), and trained projectors for the
 # strategies that expect a Dual-MLP run's (the tiny model has none).
 def config_overrides(strategy_name: str, tiny_encoder: str) -> list[str]:
-    return {"reweight": [f"sink_strategy.strategy.encoder={tiny_encoder}"],
-            "cot_route": ["sink_strategy.strategy.train_projectors=true"]}.get(strategy_name, [])
+    return {
+        "reweight": [f"sink_strategy.strategy.encoder={tiny_encoder}"],
+        "cot_route": ["sink_strategy.strategy.train_projectors=true"],
+    }.get(strategy_name, [])
 
 
 @pytest.mark.parametrize("strategy_name", strategy_configs())
@@ -98,7 +101,8 @@ def test_strategy_trains_a_step_and_generates(family_name, strategy_name, images
 
 def test_a_new_strategy_joins_the_matrix_with_no_list_edited(tmp_path, monkeypatch, images):
     """One class + one YAML, both outside the package: the registry and the matrix pick them up."""
-    (tmp_path / "toy_reverse.py").write_text(textwrap.dedent('''
+    (tmp_path / "toy_reverse.py").write_text(
+        textwrap.dedent("""
         import torch
 
         from sinkflow.sinks.strategies.base import SinkStrategy
@@ -109,7 +113,8 @@ def test_a_new_strategy_joins_the_matrix_with_no_list_edited(tmp_path, monkeypat
 
             def select(self, visual, sink_mask):
                 return [torch.arange(n - 1, -1, -1, device=visual.features.device) for n in visual.slots]
-    '''))
+    """)
+    )
     (tmp_path / "conf" / "sink_strategy").mkdir(parents=True)
     yaml = "strategy:\n  _target_: toy_reverse.ReverseTokens\n"
     (tmp_path / "conf" / "sink_strategy" / "toy_reverse.yaml").write_text(yaml)
@@ -126,9 +131,15 @@ def check_trains_and_generates(family_name: str, strategy_cfg: DictConfig, image
     model, processor, family, template = tiny(family_name)
     model = prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4, dropout=0.0))
     strategy = instantiate(strategy_cfg.strategy)
-    module = SinkflowModule(model, processor, family, strategy, NormThreshold(tau=100.0),
-                            simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-                            question_collator=Collator(processor, template, generate=True))  # cot_route asks
+    module = SinkflowModule(
+        model,
+        processor,
+        family,
+        strategy,
+        NormThreshold(tau=100.0),
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+        question_collator=Collator(processor, template, generate=True),
+    )  # cot_route asks
     module.train()
     optimizer = torch.optim.AdamW(module.parameter_groups(), lr=1e-2)
     loss = module(Collator(processor, template)(samples(images, answer=True))).loss
@@ -168,8 +179,14 @@ def test_copy_initialised_dual_mlp_equals_sink_front(family_name, images):
 def test_only_the_two_projectors_and_lora_train(family_name, images):
     model, processor, family, template = tiny(family_name)
     model = prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4, dropout=0.0))
-    module = SinkflowModule(model, processor, family, DualMLP(init="random"), NormThreshold(tau=100.0),
-                            simulated_sinks=SimulatedSinks(k=2, norm=150.0)).train()
+    module = SinkflowModule(
+        model,
+        processor,
+        family,
+        DualMLP(init="random"),
+        NormThreshold(tau=100.0),
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+    ).train()
     module(Collator(processor, template)(samples(images, answer=True))).loss.backward()
     with_grad = {n for n, p in module.named_parameters() if p.grad is not None}
     assert with_grad == {n for n, p in module.named_parameters() if p.requires_grad}

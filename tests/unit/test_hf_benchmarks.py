@@ -29,15 +29,33 @@ def same_items(hf_items, original_items):
 
 
 def test_pope_parquet_matches_the_original_files(tmp_path):
-    rows = [{"id": str(n), "question_id": str(q), "question": f"Is there a {obj} in the image?", "answer": a,
-             "image_source": f"COCO_{q}", "image": png((q * 20, 0, 0)), "category": c}
-            for n, (q, obj, a, c) in enumerate([(1, "dog", "yes", "random"), (2, "cat", "no", "random"),
-                                                 (1, "car", "no", "adversarial")])]
+    rows = [
+        {
+            "id": str(n),
+            "question_id": str(q),
+            "question": f"Is there a {obj} in the image?",
+            "answer": a,
+            "image_source": f"COCO_{q}",
+            "image": png((q * 20, 0, 0)),
+            "category": c,
+        }
+        for n, (q, obj, a, c) in enumerate(
+            [(1, "dog", "yes", "random"), (2, "cat", "no", "random"), (1, "car", "no", "adversarial")]
+        )
+    ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "test.parquet")
     items = load_pope_hf(tmp_path / "test.parquet")
     for category in ("random", "adversarial"):
-        lines = [{"question_id": int(r["question_id"]), "image": f"{r['image_source']}.jpg", "text": r["question"],
-                  "label": r["answer"]} for r in rows if r["category"] == category]
+        lines = [
+            {
+                "question_id": int(r["question_id"]),
+                "image": f"{r['image_source']}.jpg",
+                "text": r["question"],
+                "label": r["answer"],
+            }
+            for r in rows
+            if r["category"] == category
+        ]
         (tmp_path / f"x_pope_{category}.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
     original = load_pope([tmp_path / "x_pope_random.json", tmp_path / "x_pope_adversarial.json"], tmp_path)
     same_items(items, original)
@@ -45,10 +63,23 @@ def test_pope_parquet_matches_the_original_files(tmp_path):
 
 
 def test_mme_save_to_disk_pairs_questions_by_image(tmp_path):
-    rows = [{"question_id": f"count/{img}", "image": png((i, 9, 9)), "question": f"{q} Please answer yes or no.",
-             "answer": a, "category": "count"}
-            for i, (img, q, a) in enumerate([("1.jpg", "Two dogs?", "Yes"), ("2.jpg", "A cat?", "No"),
-                                             ("1.jpg", "Three dogs?", "No"), ("2.jpg", "Two cats?", "Yes")])]
+    rows = [
+        {
+            "question_id": f"count/{img}",
+            "image": png((i, 9, 9)),
+            "question": f"{q} Please answer yes or no.",
+            "answer": a,
+            "category": "count",
+        }
+        for i, (img, q, a) in enumerate(
+            [
+                ("1.jpg", "Two dogs?", "Yes"),
+                ("2.jpg", "A cat?", "No"),
+                ("1.jpg", "Three dogs?", "No"),
+                ("2.jpg", "Two cats?", "Yes"),
+            ]
+        )
+    ]
     folder = tmp_path / "mme"
     folder.mkdir()
     table = pa.Table.from_pylist(rows)
@@ -57,15 +88,23 @@ def test_mme_save_to_disk_pairs_questions_by_image(tmp_path):
     items = load_mme_hf(folder)
     (tmp_path / "tool").mkdir()
     paired = [rows[0], rows[2], rows[1], rows[3]]
-    (tmp_path / "tool" / "count.txt").write_text("".join(
-        f"{r['question_id'].split('/')[1]}\t{r['question']}\t{r['answer']}\n" for r in paired))
+    (tmp_path / "tool" / "count.txt").write_text(
+        "".join(f"{r['question_id'].split('/')[1]}\t{r['question']}\t{r['answer']}\n" for r in paired)
+    )
     same_items(items, load_mme(tmp_path / "tool", tmp_path))
     assert [i["id"] for i in items] == ["count/1.jpg/0", "count/1.jpg/1", "count/2.jpg/0", "count/2.jpg/1"]
 
 
 def test_mmstar_parquet_and_errors(tmp_path):
-    row = {"index": 7, "question": "Which?\nOptions: A: x, B: y, C: z, D: w", "image": png((0, 0, 200)),
-           "answer": "C", "category": "math", "l2_category": "geometry", "meta_info": {"source": "s"}}
+    row = {
+        "index": 7,
+        "question": "Which?\nOptions: A: x, B: y, C: z, D: w",
+        "image": png((0, 0, 200)),
+        "answer": "C",
+        "category": "math",
+        "l2_category": "geometry",
+        "meta_info": {"source": "s"},
+    }
     pq.write_table(pa.Table.from_pylist([row]), tmp_path / "val.parquet")
     items = load_mmstar_hf(tmp_path / "val.parquet", image_dir=tmp_path / "imgs")
     (tmp_path / "mmstar.jsonl").write_text(json.dumps(dict(row, image="7.png", meta_info=None)) + "\n")
@@ -81,11 +120,14 @@ def test_mmstar_parquet_and_errors(tmp_path):
         load_pope_hf(tmp_path / "missing")
 
 
-@pytest.mark.parametrize(("load", "columns"), [
-    (load_pope_hf, ("question_id", "question", "answer", "image_source", "image", "category")),
-    (load_mme_hf, ("question_id", "image", "question", "answer", "category")),
-    (load_mmstar_hf, ("index", "question", "image", "answer", "category", "l2_category")),
-])
+@pytest.mark.parametrize(
+    ("load", "columns"),
+    [
+        (load_pope_hf, ("question_id", "question", "answer", "image_source", "image", "category")),
+        (load_mme_hf, ("question_id", "image", "question", "answer", "category")),
+        (load_mmstar_hf, ("index", "question", "image", "answer", "category", "l2_category")),
+    ],
+)
 def test_a_table_without_rows_is_an_error(tmp_path, load, columns):
     """Every column present, no row: an evaluation would otherwise run on nothing and succeed."""
     pq.write_table(pa.table({c: pa.array([], pa.string()) for c in columns}), tmp_path / "test.parquet")

@@ -18,8 +18,9 @@ from test_configs import compose_cfg  # pytest puts tests/unit on sys.path (no _
 
 def build(tmp_path, overrides, **kwargs):
     cfg = compose_cfg("train", overrides, tmp_path)
-    return SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=True, init_from=cfg.get("init_from"),
-                                      **kwargs)
+    return SinkflowModule.from_config(
+        cfg.model, cfg.sink_strategy, train=True, init_from=cfg.get("init_from"), **kwargs
+    )
 
 
 def perturb(module, seed: int) -> None:
@@ -41,9 +42,17 @@ def batch(shapes_root, tiny_checkpoint):
     from sinkflow.models.build import load_pretrained
 
     _, processor = load_pretrained(tiny_checkpoint)
-    samples = [{"id": str(i), "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"),
-                "conversations": [{"from": "human", "value": "<image>\nWhat is the background color?"},
-                                  {"from": "gpt", "value": "red"}]} for i in range(2)]
+    samples = [
+        {
+            "id": str(i),
+            "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"),
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is the background color?"},
+                {"from": "gpt", "value": "red"},
+            ],
+        }
+        for i in range(2)
+    ]
     return Collator(processor, VicunaV1())(samples)
 
 
@@ -57,48 +66,74 @@ def stage2(tmp_path, tiny_checkpoint):
 
 
 def test_rew_trains_its_router_on_the_stage2_model_not_the_base_one(tmp_path, stage2, batch, tiny_encoder):
-    rew = build(tmp_path, ["experiment=diysink_rew", f"init_from={tmp_path / 'stage2'}",
-                           f"sink_strategy.strategy.encoder={tiny_encoder}"])
+    rew = build(
+        tmp_path,
+        [
+            "experiment=diysink_rew",
+            f"init_from={tmp_path / 'stage2'}",
+            f"sink_strategy.strategy.encoder={tiny_encoder}",
+        ],
+    )
     # The router starts at weights 1: ReW's model is exactly stage 2's, LoRA included.
     torch.testing.assert_close(logits(rew, batch), logits(stage2, batch), atol=0, rtol=0)
     trainable = {n for n, p in rew.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("strategy.router.") for n in trainable)
     assert any("lora_" in n for n, _ in rew.named_parameters()), "stage 2's adapter is on the LLM, frozen"
     assert rew.run_config["init_from"] == str((tmp_path / "stage2" / "checkpoints" / "export").resolve())
-    base = build(tmp_path, ["experiment=diysink_rew", "init_from=null",
-                            f"sink_strategy.strategy.encoder={tiny_encoder}"])
+    base = build(
+        tmp_path, ["experiment=diysink_rew", "init_from=null", f"sink_strategy.strategy.encoder={tiny_encoder}"]
+    )
     assert not torch.allclose(logits(base, batch), logits(stage2, batch), atol=1e-3)
 
 
 def test_a_run_started_from_an_export_evaluates_from_its_checkpoint_and_from_its_own_export(
-        tmp_path, stage2, batch, tiny_encoder):
-    rew = build(tmp_path, ["experiment=diysink_rew", f"init_from={tmp_path / 'stage2'}",
-                           f"sink_strategy.strategy.encoder={tiny_encoder}"])
+    tmp_path, stage2, batch, tiny_encoder
+):
+    rew = build(
+        tmp_path,
+        [
+            "experiment=diysink_rew",
+            f"init_from={tmp_path / 'stage2'}",
+            f"sink_strategy.strategy.encoder={tiny_encoder}",
+        ],
+    )
     perturb(rew, seed=2)
     expected = logits(rew, batch)
-    torch.save({"sinkflow": {"source": rew.source, "config": rew.run_config},
-                "state_dict": rew.trainable_state_dict()}, tmp_path / "rew.ckpt")
+    torch.save(
+        {"sinkflow": {"source": rew.source, "config": rew.run_config}, "state_dict": rew.trainable_state_dict()},
+        tmp_path / "rew.ckpt",
+    )
     export = export_trainable(rew, tmp_path / "rew_export")
     assert (export / "adapter" / "adapter_config.json").is_file(), "the frozen adapter travels with the export"
     for path in (tmp_path / "rew.ckpt", export):
         trained = read_trained(path)
         saved = OmegaConf.create(trained.config)
-        module = SinkflowModule.from_config(saved.model, saved.sink_strategy, train=trained.state is not None,
-                              init_from=trained.init_from)
+        module = SinkflowModule.from_config(
+            saved.model, saved.sink_strategy, train=trained.state is not None, init_from=trained.init_from
+        )
         if trained.state is not None:
             module.load_trainable(trained.state, trained.path)
         torch.testing.assert_close(logits(module, batch), expected, atol=0, rtol=0)
 
 
 def test_init_from_names_what_is_wrong(tmp_path, stage2):
-    with pytest.raises(FileNotFoundError, match=r"init_from=.*nowhere: expected an export directory \(with "
-                                                r"export.json\) or a run directory"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"init_from=.*nowhere: expected an export directory \(with "
+        r"export.json\) or a run directory",
+    ):
         build(tmp_path, [f"init_from={tmp_path / 'nowhere'}"])
-    with pytest.raises(ValueError, match=r"adapter .* does not match model.lora: r is 16 there, 4 here, lora_alpha "
-                                         r"is 32 there, 8 here"):
+    with pytest.raises(
+        ValueError,
+        match=r"adapter .* does not match model.lora: r is 16 there, 4 here, lora_alpha "
+        r"is 32 there, 8 here",
+    ):
         build(tmp_path, [f"init_from={tmp_path / 'stage2'}", "model.lora.r=4", "model.lora.alpha=8"])
-    with pytest.raises(ValueError, match=r"strategy.safetensors: weights that strategy SinkFront has no place for "
-                                         r".*trained with DualMLP\) \(a hint\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"strategy.safetensors: weights that strategy SinkFront has no place for "
+        r".*trained with DualMLP\) \(a hint\)",
+    ):
         build(tmp_path, [f"init_from={tmp_path / 'stage2'}", "sink_strategy=sink_front"], hint=" (a hint)")
 
 
@@ -107,20 +142,27 @@ def test_plain_transformers_refuses_an_export_it_cannot_apply(tmp_path, stage2, 
 
     plain = LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint)
     export = tmp_path / "stage2" / "checkpoints" / "export"
-    with pytest.raises(ValueError, match=r"trained with strategy DualMLP, whose weights \(strategy.safetensors\) "
-                                         r"route tokens by sink; plain transformers cannot apply them.*"
-                                         r"`python evaluate.py ckpt_path="):
+    with pytest.raises(
+        ValueError,
+        match=r"trained with strategy DualMLP, whose weights \(strategy.safetensors\) "
+        r"route tokens by sink; plain transformers cannot apply them.*"
+        r"`python evaluate.py ckpt_path=",
+    ):
         load_export(plain, export)
     front = build(tmp_path, ["sink_strategy=sink_front"])
     perturb(front, seed=3)
-    with pytest.warns(UserWarning, match=r"trained with sink routing SinkFront; plain transformers feeds the visual "
-                                         r"tokens in their original order"):
+    with pytest.warns(
+        UserWarning,
+        match=r"trained with sink routing SinkFront; plain transformers feeds the visual "
+        r"tokens in their original order",
+    ):
         load_export(plain, export_trainable(front, tmp_path / "front"))
     none = build(tmp_path, ["sink_strategy=none"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        load_export(LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint),
-                    export_trainable(none, tmp_path / "none"))
+        load_export(
+            LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint), export_trainable(none, tmp_path / "none")
+        )
     assert not [w for w in caught if "sink routing" in str(w.message)]
 
 

@@ -1,4 +1,5 @@
 """The LLaVA instruct loader: valid records load, and each malformed record is reported by file, record and field."""
+
 import json
 from pathlib import Path
 
@@ -28,8 +29,11 @@ GOOD = [
 
 def test_valid_records_load_with_absolute_image_paths(tmp_path):
     records = load_instruct(_write(tmp_path, GOOD), tmp_path)
-    assert records[0] == {"id": "a", "image": str((tmp_path / "img" / "a.png").resolve()),
-                          "conversations": GOOD[0]["conversations"]}
+    assert records[0] == {
+        "id": "a",
+        "image": str((tmp_path / "img" / "a.png").resolve()),
+        "conversations": GOOD[0]["conversations"],
+    }
     assert records[1]["image"] is None
 
 
@@ -41,8 +45,11 @@ def test_valid_records_load_with_absolute_image_paths(tmp_path):
         ({"id": "x", "conversations": _turns("Q", "A", "Q2")}, "conversations", "last turn"),
         ({"id": "x", "conversations": _turns("<image>\nQ", "A")}, "image", "image field"),
         ({"id": "x", "image": "img/missing.png", "conversations": _turns("<image>\nQ", "A")}, "image", "missing.png"),
-        ({"id": "x", "conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "A"}]},
-         "conversations[0].value", "expected a string"),
+        (
+            {"id": "x", "conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "A"}]},
+            "conversations[0].value",
+            "expected a string",
+        ),
         ({"id": 7, "conversations": _turns("Q", "A")}, "id", "expected a string"),
         ({"id": "a", "conversations": _turns("Q", "A")}, "id", "duplicate id, first used by record 0"),
     ],

@@ -55,8 +55,12 @@ GRAPH = {module_name(path): imports_of(path) for path in FILES}
 
 
 def layer_of(module: str) -> int:
-    matches = [(len(prefix), index) for index, layer in enumerate(LAYERS) for prefix in layer
-               if module == prefix or module.startswith(prefix + ".")]
+    matches = [
+        (len(prefix), index)
+        for index, layer in enumerate(LAYERS)
+        for prefix in layer
+        if module == prefix or module.startswith(prefix + ".")
+    ]
     if not matches:
         raise AssertionError(f"{module} is in no layer: add it to LAYERS here and in docs/architecture.md")
     return max(matches)[1]
@@ -105,9 +109,12 @@ def test_every_module_is_in_a_layer():
 
 
 def test_no_module_imports_a_higher_layer():
-    upward = sorted(f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})"
-                    for module, targets in GRAPH.items() for target in targets
-                    if target in MODULES and layer_of(target) > layer_of(module))
+    upward = sorted(
+        f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})"
+        for module, targets in GRAPH.items()
+        for target in targets
+        if target in MODULES and layer_of(target) > layer_of(module)
+    )
     assert not upward, "\n".join(upward)
 
 
@@ -117,16 +124,20 @@ def test_no_import_cycles():
 
 def test_the_pathway_module_imports_only_torch_and_the_standard_library():
     tree = ast.parse((PACKAGE / "pathway.py").read_text())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-             for alias in node.names}
+    roots = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
     roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert roots <= {"__future__", "collections", "dataclasses", "typing", "torch"}, roots
 
 
-@pytest.mark.parametrize("graph,expected", [
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
-    ({"a": {"b"}, "b": set()}, []),
-    ({"a": {"a"}}, [["a"]]),
-])
+@pytest.mark.parametrize(
+    "graph,expected",
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
+        ({"a": {"b"}, "b": set()}, []),
+        ({"a": {"a"}}, [["a"]]),
+    ],
+)
 def test_the_cycle_finder_finds_cycles(graph, expected):
     assert cycles(graph) == expected

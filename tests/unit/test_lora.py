@@ -68,8 +68,11 @@ def test_full_fine_tuning_trains_the_language_model_and_exports_it(tmp_path):
         prepare_for_training(model, family, lora=LoraSpec(r=4, alpha=8), train_language_model=True)
     model = prepare_for_training(model, family, lora=None, train_language_model=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    expected = {n for n, _ in model.named_parameters()
-                if n.startswith(("model.language_model.", "model.multi_modal_projector.", "lm_head."))}
+    expected = {
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith(("model.language_model.", "model.multi_modal_projector.", "lm_head."))
+    }
     assert trainable == expected and any(n.startswith("lm_head.") for n in trainable)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from sinkflow.models.build import LoraSpec, prepare_for_training
-from sinkflow.pathway import VisualFeatures
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule, cosine_with_warmup
-from sinkflow.pathway import Routed
+from sinkflow.pathway import Routed, VisualFeatures
 from sinkflow.sinks.strategies.none import NoneStrategy
 
 
@@ -34,8 +33,10 @@ def test_cosine_with_warmup_shape():
 
 def test_merge_checks_the_placeholders_against_the_images(module):
     image_id, width = module.hf.config.image_token_id, module.hf.config.text_config.hidden_size
-    batch = {"input_ids": torch.tensor([[1, image_id, image_id, 5]]),
-             "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.tensor([[1, image_id, image_id, 5]]),
+        "attention_mask": torch.ones(1, 4, dtype=torch.long),
+    }
     three_slots = VisualFeatures(torch.zeros(1, 3, 8))
     routed = Routed([torch.zeros(3, width)], [torch.arange(3)])
     with pytest.raises(ValueError, match="2 image placeholder tokens but its 1 images need 3"):
@@ -83,13 +84,20 @@ def test_resuming_from_a_checkpoint_of_another_strategy_says_so(module):
 
     model, processor = build_tiny_llava(TinyLlavaSpec())
     family = LlavaFamily()
-    dual = SinkflowModule(prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4)), processor, family,
-                          DualMLP(), NormThreshold())
-    checkpoint = {"state_dict": module.trainable_state_dict(),
-                  "sinkflow": {"config": {"sink_strategy": {"strategy": {
-                      "_target_": "sinkflow.sinks.strategies.none.NoneStrategy"}}}}}
-    with pytest.raises(ValueError, match=r"checkpoint: checkpoint does not fit the model: missing \['strategy\..*"
-                                         r"\(it was trained with strategy none, this run uses dual_mlp: "
-                                         r"resume with the arguments of the run that wrote it\)"):
+    dual = SinkflowModule(
+        prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4)), processor, family, DualMLP(), NormThreshold()
+    )
+    checkpoint = {
+        "state_dict": module.trainable_state_dict(),
+        "sinkflow": {
+            "config": {"sink_strategy": {"strategy": {"_target_": "sinkflow.sinks.strategies.none.NoneStrategy"}}}
+        },
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint: checkpoint does not fit the model: missing \['strategy\..*"
+        r"\(it was trained with strategy none, this run uses dual_mlp: "
+        r"resume with the arguments of the run that wrote it\)",
+    ):
         dual.on_load_checkpoint(checkpoint)
     module.on_load_checkpoint(checkpoint)  # its own checkpoint fits

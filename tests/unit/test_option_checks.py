@@ -29,6 +29,7 @@ cot_route = partial(CotRoute, "Symbolic or real-world?", "Global or local: {ques
 def data(**options) -> LVLMDataModule:
     return LVLMDataModule(train_json=None, image_root=None, **options)
 
+
 # (what is built, its arguments, the exact message). Every check runs before anything loads: the reweight and
 # encoder rows fail before looking for an encoder.
 CASES = [
@@ -62,8 +63,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("build,kwargs,message", CASES, ids=[m.split("`")[1] + f"={v!r}" for _, kw, m in CASES
-                                                             for v in kw.values()])
+@pytest.mark.parametrize(
+    "build,kwargs,message", CASES, ids=[m.split("`")[1] + f"={v!r}" for _, kw, m in CASES for v in kw.values()]
+)
 def test_a_bad_number_names_its_config_key(build, kwargs, message):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         build(**kwargs)

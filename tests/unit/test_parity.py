@@ -33,12 +33,19 @@ def pair(tmp_path_factory):
 def test_logits_and_generation_match_transformers(pair, shapes_root, assert_parity):
     module, reference, processor = pair
     images = [str(shapes_root / "eval_images" / f"eval_0000{i}.png") for i in range(2)]
-    samples = [{"id": str(i), "image": img, "conversations": [{"from": "human", "value": "<image>\n" + q}]}
-               for i, (img, q) in enumerate(zip(images, QUESTIONS))]
+    samples = [
+        {"id": str(i), "image": img, "conversations": [{"from": "human", "value": "<image>\n" + q}]}
+        for i, (img, q) in enumerate(zip(images, QUESTIONS))
+    ]
     batch = Collator(module.processor, VicunaV1(), generate=True)(samples)
     texts = [meta["prompt"] for meta in batch["meta"]]
-    expected = processor(images=[Image.open(p).convert("RGB") for p in images], text=texts, return_tensors="pt",
-                         padding=True, padding_side="left")
+    expected = processor(
+        images=[Image.open(p).convert("RGB") for p in images],
+        text=texts,
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
+    )
     assert torch.equal(batch["input_ids"], expected["input_ids"])
     assert (batch["attention_mask"] == 0).any(), "the batch must exercise padding"
 
@@ -53,7 +60,8 @@ def test_vision_feature_layer_override_changes_features(pair, image_path):
         hidden = reference.model.vision_tower(pixels, output_hidden_states=True).hidden_states
         default = LlavaFamily().encode(module.hf, {"pixel_values": pixels})
         last = LlavaFamily(vision_feature_layer=-1, vision_feature_select_strategy="full").encode(
-            module.hf, {"pixel_values": pixels})
+            module.hf, {"pixel_values": pixels}
+        )
     torch.testing.assert_close(default.features, hidden[-2][:, 1:], atol=0, rtol=0)
     torch.testing.assert_close(last.features, hidden[-1], atol=0, rtol=0)
     assert default.slots == [16] and default.group == 1

@@ -16,16 +16,27 @@ LOGGER = "sinkflow.data.predictions"
 
 
 def pope(i: int, prediction: str = "Yes", **extra) -> dict:
-    return {"benchmark": "pope", "id": f"random/{i}", "category": "random", "question": "q", "answer": "yes",
-            "prediction": prediction, "prompt": "p", **extra}
+    return {
+        "benchmark": "pope",
+        "id": f"random/{i}",
+        "category": "random",
+        "question": "q",
+        "answer": "yes",
+        "prediction": prediction,
+        "prompt": "p",
+        **extra,
+    }
 
 
 def lines(*records: dict) -> str:
     return "".join(json.dumps(r) + "\n" for r in records)
 
 
-@pytest.mark.parametrize("torn", [b'{"benchmark": "pope", "id": "rand', '{"prediction": "caf\u00e9'.encode()[:-1]],
-                         ids=["cut-json", "cut-utf8"])
+@pytest.mark.parametrize(
+    "torn",
+    [b'{"benchmark": "pope", "id": "rand', '{"prediction": "caf\u00e9'.encode()[:-1]],
+    ids=["cut-json", "cut-utf8"],
+)
 def test_a_torn_last_line_is_dropped_and_its_question_asked_again(tmp_path, caplog, torn):
     path = tmp_path / "predictions.jsonl"
     whole = lines(pope(1), pope(2)).encode()
@@ -34,7 +45,8 @@ def test_a_torn_last_line_is_dropped_and_its_question_asked_again(tmp_path, capl
         assert predictions.load_for_resume(path) == [pope(1), pope(2)]
         writer = PredictionsWriter(path)  # the second reader of the same run finds nothing torn
     assert [r.getMessage() for r in caplog.records] == [
-        f"{path}:3: dropped a torn last line (the run stopped while writing it); its question is asked again"]
+        f"{path}:3: dropped a torn last line (the run stopped while writing it); its question is asked again"
+    ]
     assert path.read_bytes() == whole  # truncated before anything is appended
     assert writer.done == {("pope", "random/1"), ("pope", "random/2")}
     writer.append([pope(3)])
@@ -55,10 +67,13 @@ def test_a_whole_last_record_without_its_newline_is_kept(tmp_path, caplog):
     assert read_predictions(path) == [pope(1), pope(2), pope(3)]
 
 
-@pytest.mark.parametrize(("text", "line"), [
-    (lines(pope(1)) + '{"benchmark": "po\n' + lines(pope(3)), 2),  # in the middle
-    (lines(pope(1), pope(2)) + '{"benchmark": "po\n', 3),  # last, but its newline was written: no kill tore it
-])
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (lines(pope(1)) + '{"benchmark": "po\n' + lines(pope(3)), 2),  # in the middle
+        (lines(pope(1), pope(2)) + '{"benchmark": "po\n', 3),  # last, but its newline was written: no kill tore it
+    ],
+)
 def test_a_malformed_line_that_no_kill_explains_is_still_an_error(tmp_path, text, line):
     path = tmp_path / "predictions.jsonl"
     path.write_text(text)
@@ -108,48 +123,80 @@ def test_the_writer_writes_a_batch_at_once_and_syncs_on_close(tmp_path, monkeypa
 
 
 def mme(i: int, **change) -> dict:
-    return {"benchmark": "mme", "id": f"count/{i}.jpg/0", "category": "count", "image": f"{i}.jpg", "question": "q",
-            "answer": "Yes", "prediction": "yes", "prompt": "p", **change}
+    return {
+        "benchmark": "mme",
+        "id": f"count/{i}.jpg/0",
+        "category": "count",
+        "image": f"{i}.jpg",
+        "question": "q",
+        "answer": "Yes",
+        "prediction": "yes",
+        "prompt": "p",
+        **change,
+    }
 
 
 def mmstar(i: int, **change) -> dict:
-    return {"benchmark": "mmstar", "id": str(i), "category": "math", "l2_category": "geometry", "question": "q",
-            "answer": "A", "prediction": "A", "prompt": "p", **change}
+    return {
+        "benchmark": "mmstar",
+        "id": str(i),
+        "category": "math",
+        "l2_category": "geometry",
+        "question": "q",
+        "answer": "A",
+        "prediction": "A",
+        "prompt": "p",
+        **change,
+    }
 
 
 def without(record: dict, name: str) -> dict:
     return {k: v for k, v in record.items() if k != name}
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    (pope(2, prediction=None), "prediction: expected a string, got None"),
-    (pope(2, benchmark=3), "benchmark: expected a string, got 3"),
-    (pope(2, id=True), "id: expected a string or an integer, got True"),
-    (pope(2, id=1.5), "id: expected a string or an integer, got 1.5"),
-    (pope(2, question=["q"]), "question: expected a string, got ['q']"),
-    (pope(2, answer=1), "answer: expected a string, got 1"),
-    (pope(2, prompt=None), "prompt: expected a string, got None"),
-    (pope(2, scope=1), "scope: expected a string, got 1"),
-    (without(pope(2), "prediction"), "prediction: missing field(s) of a prediction record"),
-    (without(pope(2), "category"), "category: missing field(s) that pope records need"),
-    (pope(2, category=None), "category: expected a string, got None"),
-    (without(mme(2), "image"), "image: missing field(s) that mme records need"),
-    (mme(2, image=7), "image: expected a string, got 7"),
-    (without(mmstar(2), "l2_category"), "l2_category: missing field(s) that mmstar records need"),
-    (mmstar(2, l2_category=None), "l2_category: expected a string, got None"),
-    ({**pope(2, benchmark="open"), "category": 3}, "category: expected a string, got 3"),
-    (pope(2, category="randm"), "category: expected one of ('random', 'popular', 'adversarial') for pope, got 'randm'"),
-    (pope(2, answer="maybe"), "answer: expected one of ('yes', 'no') for pope, got 'maybe'"),
-    (mme(2, category="counting"), "category: expected one of ('existence', 'count', 'position', 'color', 'posters', "
-                                  "'celebrity', 'scene', 'landmark', 'artwork', 'OCR', 'commonsense_reasoning', "
-                                  "'numerical_calculation', 'text_translation', 'code_reasoning') for mme, "
-                                  "got 'counting'"),
-    (mme(2, answer="Y"), "answer: expected one of ('yes', 'no') for mme, got 'Y'"),
-    (mmstar(2, l2_category="recognition"), "l2_category: expected one of ('geometry', 'numeric commonsense and "
-                                           "calculation', 'statistical reasoning') for 'math', got 'recognition'"),
-    (pope(2, routing={"image": "symbolic"}), "routing: expected an object with a 'route' string, got "
-                                             "{'image': 'symbolic'}"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (pope(2, prediction=None), "prediction: expected a string, got None"),
+        (pope(2, benchmark=3), "benchmark: expected a string, got 3"),
+        (pope(2, id=True), "id: expected a string or an integer, got True"),
+        (pope(2, id=1.5), "id: expected a string or an integer, got 1.5"),
+        (pope(2, question=["q"]), "question: expected a string, got ['q']"),
+        (pope(2, answer=1), "answer: expected a string, got 1"),
+        (pope(2, prompt=None), "prompt: expected a string, got None"),
+        (pope(2, scope=1), "scope: expected a string, got 1"),
+        (without(pope(2), "prediction"), "prediction: missing field(s) of a prediction record"),
+        (without(pope(2), "category"), "category: missing field(s) that pope records need"),
+        (pope(2, category=None), "category: expected a string, got None"),
+        (without(mme(2), "image"), "image: missing field(s) that mme records need"),
+        (mme(2, image=7), "image: expected a string, got 7"),
+        (without(mmstar(2), "l2_category"), "l2_category: missing field(s) that mmstar records need"),
+        (mmstar(2, l2_category=None), "l2_category: expected a string, got None"),
+        ({**pope(2, benchmark="open"), "category": 3}, "category: expected a string, got 3"),
+        (
+            pope(2, category="randm"),
+            "category: expected one of ('random', 'popular', 'adversarial') for pope, got 'randm'",
+        ),
+        (pope(2, answer="maybe"), "answer: expected one of ('yes', 'no') for pope, got 'maybe'"),
+        (
+            mme(2, category="counting"),
+            "category: expected one of ('existence', 'count', 'position', 'color', 'posters', "
+            "'celebrity', 'scene', 'landmark', 'artwork', 'OCR', 'commonsense_reasoning', "
+            "'numerical_calculation', 'text_translation', 'code_reasoning') for mme, "
+            "got 'counting'",
+        ),
+        (mme(2, answer="Y"), "answer: expected one of ('yes', 'no') for mme, got 'Y'"),
+        (
+            mmstar(2, l2_category="recognition"),
+            "l2_category: expected one of ('geometry', 'numeric commonsense and "
+            "calculation', 'statistical reasoning') for 'math', got 'recognition'",
+        ),
+        (
+            pope(2, routing={"image": "symbolic"}),
+            "routing: expected an object with a 'route' string, got {'image': 'symbolic'}",
+        ),
+    ],
+)
 def test_every_field_the_scorers_read_is_checked_with_its_line(tmp_path, bad, message):
     path = tmp_path / "predictions.jsonl"
     path.write_text(lines(pope(1), bad))
@@ -180,8 +227,9 @@ def test_a_repeated_id_with_another_prediction_is_an_error_naming_both_lines(tmp
     path.write_text(lines(pope(1), pope(3), pope(2), pope(3, prediction="No")))
     with pytest.raises(DataFormatError) as error:
         score_main([str(path)])
-    assert str(error.value) == (f"{path}:4: id: duplicate id 'random/3' of pope with a different prediction "
-                                "(first at line 2)")
+    assert str(error.value) == (
+        f"{path}:4: id: duplicate id 'random/3' of pope with a different prediction (first at line 2)"
+    )
 
 
 def test_identical_repeats_are_merged_with_a_notice(tmp_path, caplog):
@@ -190,7 +238,8 @@ def test_identical_repeats_are_merged_with_a_notice(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert score_main([str(path)]) == score_records([pope(1), pope(2, "No")])
     assert [r.getMessage() for r in caplog.records] == [
-        f"{path}: 3 record(s) repeat an earlier line exactly; each is counted once"]
+        f"{path}: 3 record(s) repeat an earlier line exactly; each is counted once"
+    ]
 
 
 def test_an_unknown_benchmark_is_an_error_unless_allowed(tmp_path):
@@ -198,14 +247,18 @@ def test_an_unknown_benchmark_is_an_error_unless_allowed(tmp_path):
     path.write_text(lines(pope(1, "No", scope="local"), pope(2, benchmark="popee", scope="local")))
     with pytest.raises(DataFormatError) as error:
         score_main([str(path)])
-    assert str(error.value) == (f"{path}:2: benchmark: unknown benchmark 'popee'; expected one of ('mme', 'mmstar', "
-                                "'open', 'pope') (--allow-unknown scores it by first-word exact match, outside "
-                                "all/*)")
+    assert str(error.value) == (
+        f"{path}:2: benchmark: unknown benchmark 'popee'; expected one of ('mme', 'mmstar', "
+        "'open', 'pope') (--allow-unknown scores it by first-word exact match, outside "
+        "all/*)"
+    )
     scores = score_main([str(path), "--allow-unknown"])
     assert scores["popee/accuracy"] == 1.0 and scores["popee/local/accuracy"] == 1.0
     assert scores["all/local/accuracy"] == 0.0  # the POPE record alone
     path.write_text(lines(pope(1), pope(2, benchmark="all")))
     with pytest.raises(DataFormatError) as error:
         score_main([str(path), "--allow-unknown"])
-    assert str(error.value) == (f"{path}:2: benchmark: an unknown benchmark's name prefixes its metric keys, so it "
-                                "must not be empty, 'all' or contain '/', got 'all'")
+    assert str(error.value) == (
+        f"{path}:2: benchmark: an unknown benchmark's name prefixes its metric keys, so it "
+        "must not be empty, 'all' or contain '/', got 'all'"
+    )

@@ -9,22 +9,37 @@ from sinkflow.eval.metrics import score_records
 
 
 def record(benchmark, id_, answer, prediction, **extra):
-    return {"benchmark": benchmark, "id": id_, "question": "q", "answer": answer, "prediction": prediction,
-            "prompt": "p", **extra}
+    return {
+        "benchmark": benchmark,
+        "id": id_,
+        "question": "q",
+        "answer": answer,
+        "prediction": prediction,
+        "prompt": "p",
+        **extra,
+    }
 
 
 def test_writer_dedupes_and_resumes(tmp_path):
     path = tmp_path / "predictions.jsonl"
     writer = PredictionsWriter(path)
     pope = {"category": "random"}
-    assert writer.append([record("pope", "random/1", "yes", "Yes", **pope),
-                          record("pope", "random/1", "yes", "No", **pope)]) == 1
+    assert (
+        writer.append(
+            [record("pope", "random/1", "yes", "Yes", **pope), record("pope", "random/1", "yes", "No", **pope)]
+        )
+        == 1
+    )
     mme = {"category": "count", "image": "a.jpg"}
     assert writer.append([record("mme", "random/1", "Yes", "No", **mme)]) == 1  # same id, other benchmark
     resumed = PredictionsWriter(path)
     assert resumed.done == {("pope", "random/1"), ("mme", "random/1")}
-    assert resumed.append([record("pope", "random/1", "yes", "No", **pope),
-                           record("pope", "random/2", "no", "No", **pope)]) == 1
+    assert (
+        resumed.append(
+            [record("pope", "random/1", "yes", "No", **pope), record("pope", "random/2", "no", "No", **pope)]
+        )
+        == 1
+    )
     assert [r["prediction"] for r in read_predictions(path)] == ["Yes", "No", "No"]
     fresh = PredictionsWriter(path, resume=False)
     assert fresh.done == set() and path.read_text() == ""  # started over
@@ -32,8 +47,10 @@ def test_writer_dedupes_and_resumes(tmp_path):
 
 def test_read_errors_name_file_line_and_field(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"benchmark": "pope", "id": "1", "question": "q", "answer": "yes", "prediction": "y", '
-                    '"prompt": "p", "category": "random"}\n{"benchmark": "pope", "id": "2"}\n')
+    path.write_text(
+        '{"benchmark": "pope", "id": "1", "question": "q", "answer": "yes", "prediction": "y", '
+        '"prompt": "p", "category": "random"}\n{"benchmark": "pope", "id": "2"}\n'
+    )
     with pytest.raises(DataFormatError, match=r"bad.jsonl:2: question, answer, prediction, prompt: missing"):
         read_predictions(path)
     path.write_text("not json\n")
@@ -41,8 +58,10 @@ def test_read_errors_name_file_line_and_field(tmp_path):
         read_predictions(path)
 
 
-@pytest.mark.parametrize("text,expected", [("Yes.", "yes"), ("  no, it is not", "no"), ("(B) a cat", "b"),
-                                           ("", ""), ("3", "3"), ("Left!", "left")])
+@pytest.mark.parametrize(
+    "text,expected",
+    [("Yes.", "yes"), ("  no, it is not", "no"), ("(B) a cat", "b"), ("", ""), ("3", "3"), ("Left!", "left")],
+)
 def test_first_word_is_lower_cased_without_punctuation(text, expected):
     assert first_word(text) == expected
 
@@ -52,8 +71,7 @@ def test_scores_group_by_benchmark_category_and_scope():
         record("pope", "random/1", "yes", "Yes.", category="random", scope="local"),
         record("pope", "random/2", "no", "Yes", category="random", scope="local"),
         record("pope", "popular/1", "no", "no", category="popular", scope="local"),
-        record("mmstar", "1", "B", "B. red", category="coarse perception", l2_category="image emotion",
-               scope="global"),
+        record("mmstar", "1", "B", "B. red", category="coarse perception", l2_category="image emotion", scope="global"),
         record("open", "1", "white", "White.", category="background", scope="global"),
         record("open", "2", "3", "4", category="count", scope="global"),
     ]
@@ -83,8 +101,11 @@ def test_wandb_gets_a_table_of_predictions_from_every_benchmark(tmp_path, hermet
     logger = WandbLogger(save_dir=str(tmp_path), offline=True)
     sent = []
     logger.experiment.log = lambda data, **kwargs: sent.append(data)
-    records = [{"benchmark": b, "id": str(i), "question": "q", "answer": "yes", "prediction": "no"}
-               for b in ("pope", "mme") for i in range(10)]
+    records = [
+        {"benchmark": b, "id": str(i), "question": "q", "answer": "yes", "prediction": "no"}
+        for b in ("pope", "mme")
+        for i in range(10)
+    ]
     log_prediction_table([CSVLogger(tmp_path), logger], records, size=4)
     table = sent[0]["test/predictions"]
     assert isinstance(table, wandb.Table) and table.columns == list(TABLE_COLUMNS)
@@ -97,23 +118,29 @@ def test_a_pope_answer_that_is_not_yes_or_no_is_named():
         score_records([record("pope", "random/1", "maybe", "yes", category="random")])
 
 
-UNKNOWN = [record("pope", "random/1", "yes", "No", category="random", scope="local"),
-           record("popee", "random/2", "no", "no.", category="random", scope="local")]
+UNKNOWN = [
+    record("pope", "random/1", "yes", "No", category="random", scope="local"),
+    record("popee", "random/2", "no", "no.", category="random", scope="local"),
+]
 
 
 def test_an_unknown_benchmark_is_refused_not_scored():
     """A misspelt benchmark used to be scored by exact match and mixed into all/*."""
     with pytest.raises(ValueError) as error:
         score_records(UNKNOWN)
-    assert str(error.value) == ("record 'random/2': benchmark: unknown benchmark 'popee'; expected one of ('mme', "
-                                "'mmstar', 'open', 'pope'); allow_unknown scores it by first-word exact match, "
-                                "outside all/*")
+    assert str(error.value) == (
+        "record 'random/2': benchmark: unknown benchmark 'popee'; expected one of ('mme', "
+        "'mmstar', 'open', 'pope'); allow_unknown scores it by first-word exact match, "
+        "outside all/*"
+    )
 
 
 def test_allowed_unknown_benchmarks_are_scored_outside_the_aggregates():
     scores = score_records(UNKNOWN, allow_unknown=True)
     assert {k: v for k, v in scores.items() if k.startswith(("popee/", "all/"))} == {
-        "popee/accuracy": 1.0, "popee/random/accuracy": 1.0, "popee/local/accuracy": 1.0,
+        "popee/accuracy": 1.0,
+        "popee/random/accuracy": 1.0,
+        "popee/local/accuracy": 1.0,
         "all/local/accuracy": 0.0,  # the POPE record alone
     }
 
@@ -122,18 +149,26 @@ def test_allowed_unknown_benchmarks_are_scored_outside_the_aggregates():
 def test_an_unknown_name_that_would_write_into_other_keys_is_refused(name):
     with pytest.raises(ValueError) as error:
         score_records([record(name, "1", "yes", "yes")], allow_unknown=True)
-    assert str(error.value) == (f"record '1': benchmark: an unknown benchmark's name prefixes its metric keys, so it "
-                                f"must not be empty, 'all' or contain '/', got {name!r}")
+    assert str(error.value) == (
+        f"record '1': benchmark: an unknown benchmark's name prefixes its metric keys, so it "
+        f"must not be empty, 'all' or contain '/', got {name!r}"
+    )
 
 
 def test_routing_shares_and_time_come_from_the_records_each_question_once():
     """cot_route's decisions: each route's share of the routed questions and the mean deciding time; a question
     written twice (a resumed file) counts once; records without a decision are not routed questions."""
+
     def routed(i, route, seconds):
         return record("open", str(i), "red", "red", routing={"route": route, "seconds": seconds})
 
-    records = [routed(0, "sinks_only", 0.1), routed(1, "both", 0.3), routed(2, "both", 0.2), routed(2, "both", 0.2),
-               record("open", "3", "red", "red")]
+    records = [
+        routed(0, "sinks_only", 0.1),
+        routed(1, "both", 0.3),
+        routed(2, "both", 0.2),
+        routed(2, "both", 0.2),
+        record("open", "3", "red", "red"),
+    ]
     metrics = {k: v for k, v in score_records(records).items() if k.startswith("routing/")}
     assert metrics.keys() == {"routing/sinks_only", "routing/both", "routing/seconds_per_image"}
     assert metrics["routing/sinks_only"] == pytest.approx(1 / 3) and metrics["routing/both"] == pytest.approx(2 / 3)

@@ -12,8 +12,8 @@ from sinkflow.models.families.qwen2_5_vl import Qwen25VLFamily
 from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
 from sinkflow.models.tiny_qwen import ensure_tiny_qwen
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.strategies.none import NoneStrategy
 from sinkflow.sinks.detectors.topk import TopK
+from sinkflow.sinks.strategies.none import NoneStrategy
 
 FAMILIES = {"qwen2_vl": Qwen2VLFamily, "qwen2_5_vl": Qwen25VLFamily}
 QUESTIONS = ["What is the background color?", "How many shapes are there in this picture? Count them."]
@@ -42,14 +42,18 @@ def two_sizes(shapes_root, tmp_path_factory):
 
 
 def samples(images):
-    return [{"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>\n" + q}]}
-            for i, (image, q) in enumerate(zip(images, QUESTIONS))]
+    return [
+        {"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>\n" + q}]}
+        for i, (image, q) in enumerate(zip(images, QUESTIONS))
+    ]
 
 
 def reference_inputs(model, batch):
     keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
-    return {**{k: batch[k] for k in keys},
-            "mm_token_type_ids": (batch["input_ids"] == model.config.image_token_id).int()}
+    return {
+        **{k: batch[k] for k in keys},
+        "mm_token_type_ids": (batch["input_ids"] == model.config.image_token_id).int(),
+    }
 
 
 def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity):
@@ -70,8 +74,9 @@ def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int 
             from transformers.vision_utils import get_vision_window_index
 
             visual = reference.model.visual
-            window_index, _ = get_vision_window_index(batch["image_grid_thw"], visual.spatial_merge_size,
-                                                      visual.window_size, visual.patch_size)
+            window_index, _ = get_vision_window_index(
+                batch["image_grid_thw"], visual.spatial_merge_size, visual.window_size, visual.patch_size
+            )
             states = states.view(-1, 4, states.shape[-1])[torch.argsort(window_index)].reshape(states.shape)
         patch_norms = states.norm(dim=-1).split(batch["image_grid_thw"].prod(-1).tolist())
         orders = []
@@ -83,8 +88,9 @@ def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int 
         ids, mask = batch["input_ids"], batch["attention_mask"]
         placeholders = ids == reference.config.image_token_id
         embeds = reference.get_input_embeddings()(ids).masked_scatter(placeholders.unsqueeze(-1), tokens)
-        rope, _ = reference.model.get_rope_index(ids, placeholders.int(), image_grid_thw=batch["image_grid_thw"],
-                                                 attention_mask=mask)
+        rope, _ = reference.model.get_rope_index(
+            ids, placeholders.int(), image_grid_thw=batch["image_grid_thw"], attention_mask=mask
+        )
         if position_mode == "original":
             for row, order in enumerate(orders):
                 block = placeholders[row].nonzero().squeeze(1)
@@ -96,8 +102,9 @@ def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int 
 
 @pytest.mark.parametrize("position_mode", ["contiguous", "original"])
 @pytest.mark.parametrize("place", ["front", "end"])
-def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_positions(pair, two_sizes, place,
-                                                                                  position_mode):
+def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_positions(
+    pair, two_sizes, place, position_mode
+):
     from sinkflow.sinks.strategies.sink_end import SinkEnd
     from sinkflow.sinks.strategies.sink_front import SinkFront
 
@@ -125,7 +132,9 @@ def test_patch_sinks_map_to_merged_tokens_any_patch_or_own_norm():
     detector = NormThreshold(tau=100.0)
     assert Qwen2VLFamily().token_sinks(detector, visual).tolist() == [[True, False, False], [False, False, False]]
     assert Qwen2VLFamily(sink_tokens="own_norm").token_sinks(detector, visual).tolist() == [
-        [True, True, False], [False, False, False]]
+        [True, True, False],
+        [False, False, False],
+    ]
     assert visual.slots == [3, 2]
     with pytest.raises(ValueError, match="`model.family.sink_tokens` must be one of"):
         Qwen2VLFamily(sink_tokens="mean")
@@ -145,8 +154,9 @@ def test_the_processor_chat_template_is_found_when_the_tokenizer_has_none(tmp_pa
     (tmp_path / layout).write_text(text)
     loaded = ImageTextProcessor.from_pretrained(tmp_path)
     assert loaded.chat_template == QWEN_CHAT_TEMPLATE
-    rendered = loaded.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                          add_generation_prompt=True)
+    rendered = loaded.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert rendered.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
 
 

@@ -23,7 +23,7 @@ def epoch(data_loader, number: int) -> list[list[int]]:
 
 def expected(number: int) -> list[list[int]]:
     order = torch.randperm(10, generator=torch.Generator().manual_seed(7 + number)).tolist()
-    return [order[i:i + 3] for i in range(0, 10, 3)]
+    return [order[i : i + 3] for i in range(0, 10, 3)]
 
 
 def test_each_epoch_order_depends_only_on_seed_and_epoch():
@@ -87,8 +87,9 @@ def test_the_data_module_carries_the_position_and_its_loaders_leave_the_global_r
     _, processor = build_tiny_llava(TinyLlavaSpec())
 
     def datamodule() -> LVLMDataModule:
-        data = LVLMDataModule(str(shapes_root / "train.json"), str(shapes_root), batch_size=8, val_fraction=0.1,
-                              limit_train=32, seed=3).bind(processor, VicunaV1())
+        data = LVLMDataModule(
+            str(shapes_root / "train.json"), str(shapes_root), batch_size=8, val_fraction=0.1, limit_train=32, seed=3
+        ).bind(processor, VicunaV1())
         data.setup("fit")
         return data
 

@@ -62,9 +62,18 @@ class Events(L.Callback):
 def test_last_checkpoint_is_written_every_n_steps_and_after_the_validation_that_follows_a_step(tmp_path):
     recorder = Events()
     last = LastCheckpoint(str(tmp_path), every_n_train_steps=1)
-    trainer = L.Trainer(max_steps=6, limit_train_batches=4, val_check_interval=2, limit_val_batches=1,
-                        num_sanity_val_steps=0, callbacks=[recorder, last], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=6,
+        limit_train_batches=4,
+        val_check_interval=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[recorder, last],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(BoringModel())
     expected = []
     for step in range(1, 7):

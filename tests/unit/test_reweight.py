@@ -20,14 +20,25 @@ def wrap(strategy, seed=6):
     """ReW's training setting: the model frozen (no LoRA, projector not trained); the strategy decides the rest."""
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=seed))
     model = prepare_for_training(model, LlavaFamily(), lora=None, train_projector=False)
-    return SinkflowModule(model, processor, LlavaFamily(), strategy, NormThreshold(tau=100.0),
-                          simulated_sinks=SimulatedSinks(k=2, norm=150.0))
+    return SinkflowModule(
+        model,
+        processor,
+        LlavaFamily(),
+        strategy,
+        NormThreshold(tau=100.0),
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+    )
 
 
 def batch_for(module, shapes_root, questions, images=(0, 1)):
-    samples = [{"id": str(i), "image": str(shapes_root / "eval_images" / f"eval_{img:05d}.png"),
-                "conversations": [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": "red"}]}
-               for i, (img, q) in enumerate(zip(images, questions))]
+    samples = [
+        {
+            "id": str(i),
+            "image": str(shapes_root / "eval_images" / f"eval_{img:05d}.png"),
+            "conversations": [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": "red"}],
+        }
+        for i, (img, q) in enumerate(zip(images, questions))
+    ]
     return Collator(module.processor, VicunaV1())(samples)
 
 
@@ -50,8 +61,9 @@ def test_router_reads_the_question_not_the_image(shapes_root, tiny_encoder):
     with torch.no_grad():
         a = module.pathway(batch_for(module, shapes_root, same, images=(0, 1)))
         b = module.pathway(batch_for(module, shapes_root, same, images=(2, 3)))
-        c = module.pathway(batch_for(module, shapes_root, ["What is the background color?",
-                                                               "Is there a red circle in the image?"]))
+        c = module.pathway(
+            batch_for(module, shapes_root, ["What is the background color?", "Is there a red circle in the image?"])
+        )
         weights = [module.strategy.block_weights(seen.visual, 2) for seen in (a, b, c)]
     torch.testing.assert_close(weights[0], weights[1], atol=0, rtol=0)  # other images, same questions
     assert torch.equal(weights[0][0], weights[0][1]) and not torch.allclose(weights[2][0], weights[2][1])

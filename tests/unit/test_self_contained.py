@@ -32,12 +32,16 @@ SIBLING = re.compile(r"\]\(([\w.-]+\.md)(?:#([\w-]+))?\)")
 def text_files() -> list[str]:
     """Tracked files, and new ones git does not ignore, that hold text worth checking (relative paths)."""
     try:
-        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                                capture_output=True, text=True, check=True).stdout.splitlines()
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: the files to check are the ones git lists")
-    return sorted({p for p in listed if (Path(p).suffix in SUFFIXES or Path(p).name in NAMES)
-                   and (ROOT / p).is_file()})
+    return sorted({p for p in listed if (Path(p).suffix in SUFFIXES or Path(p).name in NAMES) and (ROOT / p).is_file()})
 
 
 def slug(heading: str) -> str:
@@ -71,11 +75,14 @@ def outside_note(path: str, line: str) -> bool:
 
 
 def test_no_file_cites_documents_outside_the_repository():
-    offences = [f"{path}:{number}: {line.strip()}"
-                for path in text_files() if path not in ALLOWED
-                for number, line in lines(path)
-                if OUTSIDE.search(line) or outside_note(path, line)]
-    assert not offences, ("cite the repository's docs/ instead of documents outside it:\n" + "\n".join(offences))
+    offences = [
+        f"{path}:{number}: {line.strip()}"
+        for path in text_files()
+        if path not in ALLOWED
+        for number, line in lines(path)
+        if OUTSIDE.search(line) or outside_note(path, line)
+    ]
+    assert not offences, "cite the repository's docs/ instead of documents outside it:\n" + "\n".join(offences)
 
 
 def test_every_cited_doc_and_section_exists():

@@ -1,4 +1,5 @@
 """The synthetic shapes generator: determinism, caching, official formats and answers that match the pixels."""
+
 import json
 import re
 from collections import Counter
@@ -113,15 +114,22 @@ def test_routing_records_are_deterministic_and_answer_with_the_first_questions_s
     assert a == b
     plain = _files(root)
     assert {k: v for k, v in a.items() if k not in ("train.json", "manifest.json")} == {
-        k: v for k, v in plain.items() if k not in ("train.json", "manifest.json")}
+        k: v for k, v in plain.items() if k not in ("train.json", "manifest.json")
+    }
     records, n = json.loads(a["train.json"]), SMALL["n_train"]
     assert records[:n] == json.loads(plain["train.json"])
     for i, (record, routing, questions) in enumerate(zip(records[:n], records[n:], data.train, strict=True)):
         first = questions[0]
-        prompt, answer = ((ROUTING["image_prompt"], "symbolic") if i % 2 else
-                          (ROUTING["question_prompt"].replace("{question}", first.text), first.scope))
-        assert routing == {"id": f"{record['id']}_routing", "image": record["image"], "conversations": [
-            {"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": answer}]}
+        prompt, answer = (
+            (ROUTING["image_prompt"], "symbolic")
+            if i % 2
+            else (ROUTING["question_prompt"].replace("{question}", first.text), first.scope)
+        )
+        assert routing == {
+            "id": f"{record['id']}_routing",
+            "image": record["image"],
+            "conversations": [{"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": answer}],
+        }
     params = json.loads(a["manifest.json"])["params"]
     assert params == {**json.loads(plain["manifest.json"])["params"], "routing_questions": True, **ROUTING}
 
@@ -131,18 +139,27 @@ def test_every_question_carries_its_kind_and_a_scope_the_manifest_and_the_loaded
     benchmark and category, as not every file format can hold a kind), agree with the question behind each line."""
     scopes = json.loads((root / "manifest.json").read_text())["scopes"]
     train = [q for questions in data.train for q in questions]
-    evaluation = [*(a for asked in data.pope.values() for a in asked),
-                  *(a for asked in data.mme.values() for a in asked), *data.mmstar, *data.open]
+    evaluation = [
+        *(a for asked in data.pope.values() for a in asked),
+        *(a for asked in data.mme.values() for a in asked),
+        *data.mmstar,
+        *data.open,
+    ]
     assert {q.kind for q in train} == {a.question.kind for a in evaluation} == set(scopes)
     assert all(q.scope == scopes[q.kind] for q in train + [a.question for a in evaluation])
     images = root / "eval_images"
-    items = (load_pope(root / "pope", images) + load_mme(root / "mme", images)
-             + load_mmstar(root / "mmstar" / "mmstar.jsonl", images)
-             + load_open_qa(root / "open" / "open.jsonl", images))
+    items = (
+        load_pope(root / "pope", images)
+        + load_mme(root / "mme", images)
+        + load_mmstar(root / "mmstar" / "mmstar.jsonl", images)
+        + load_open_qa(root / "open" / "open.jsonl", images)
+    )
     assert len(items) == len(evaluation)
     for item, asked in zip(items, evaluation):
-        assert (item["image"], item["question"].removesuffix(YES_NO_SUFFIX)) == (f"eval_{asked.image:05d}.png",
-                                                                                 asked.question.text)
+        assert (item["image"], item["question"].removesuffix(YES_NO_SUFFIX)) == (
+            f"eval_{asked.image:05d}.png",
+            asked.question.text,
+        )
         assert annotate_scope(item) == {"scope": asked.question.scope}
 
 
@@ -247,14 +264,21 @@ def test_training_records_are_llava_format_with_correct_answers(root, scenes, da
 
 def test_training_prompts_are_the_evaluation_prompts_of_the_same_questions(root):
     """Training prompts are exactly what the loaders make of the shapes evaluation questions."""
-    items = (load_pope(root / "pope", root / "eval_images") + load_mme(root / "mme", root / "eval_images")
-             + load_mmstar(root / "mmstar" / "mmstar.jsonl", root / "eval_images"))
+    items = (
+        load_pope(root / "pope", root / "eval_images")
+        + load_mme(root / "mme", root / "eval_images")
+        + load_mmstar(root / "mmstar" / "mmstar.jsonl", root / "eval_images")
+    )
     words = "|".join([*SHAPE_COLORS, *BACKGROUNDS, *SHAPES, r"\d", r"[A-D]: [\w ]+"])
     generic = re.compile(rf"\b({words})\b")
     eval_prompts = {generic.sub("_", i["prompt"]) for i in items}
     train = json.loads((root / "train.json").read_text())
-    train_prompts = {generic.sub("_", t["value"].removeprefix("<image>\n"))
-                     for r in train for t in r["conversations"][0::2] if _style(t["value"]) != "open"}
+    train_prompts = {
+        generic.sub("_", t["value"].removeprefix("<image>\n"))
+        for r in train
+        for t in r["conversations"][0::2]
+        if _style(t["value"]) != "open"
+    }
     assert train_prompts <= eval_prompts
 
 

@@ -54,11 +54,25 @@ def test_an_image_seen_twice_counts_once():
 
 def test_every_validation_epoch_logs_sink_stats(shapes_root, tmp_path):
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=2))
-    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), NormThreshold(tau=100.0),
-                            simulated_sinks=SimulatedSinks(k=2, norm=150.0))
-    samples = [{"id": f"v{i}", "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"),
-                "conversations": [{"from": "human", "value": "<image>\nHow many shapes are there?"},
-                                  {"from": "gpt", "value": "2"}]} for i in range(6)]
+    module = SinkflowModule(
+        model,
+        processor,
+        LlavaFamily(),
+        NoneStrategy(),
+        NormThreshold(tau=100.0),
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+    )
+    samples = [
+        {
+            "id": f"v{i}",
+            "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"),
+            "conversations": [
+                {"from": "human", "value": "<image>\nHow many shapes are there?"},
+                {"from": "gpt", "value": "2"},
+            ],
+        }
+        for i in range(6)
+    ]
     loader = DataLoader(samples, batch_size=4, collate_fn=Collator(processor, VicunaV1()))
     logger = CSVLogger(tmp_path, name="csv")
     L.Trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False).validate(module, loader)
@@ -83,4 +97,3 @@ def test_wandb_gets_histograms(tmp_path, hermetic_env):
     assert isinstance(sent[0]["val/sinks/per_image_hist"], wandb.Histogram)
     assert sent[0]["val/sinks/log10_norm_hist"].histogram is not None
     wandb.finish()
-

@@ -8,10 +8,10 @@ from sinkflow.data.templates import VicunaV1
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
+from sinkflow.sinks.detectors.adaptive_drop import AdaptiveDrop
 from sinkflow.sinks.detectors.base import token_norms
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.detectors.topk import TopK
-from sinkflow.sinks.detectors.adaptive_drop import AdaptiveDrop
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.base import STRATEGIES
 from sinkflow.sinks.strategies.drop_sinks import DropSinks
@@ -40,8 +40,9 @@ def samples(shapes_root, n=3, answer=True):
         turns = [{"from": "human", "value": "<image>\n" + QUESTIONS[i % 3]}]
         if answer:
             turns.append({"from": "gpt", "value": ["red", "3", "No"][i % 3]})
-        out.append({"id": f"q{i}", "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"),
-                    "conversations": turns})
+        out.append(
+            {"id": f"q{i}", "image": str(shapes_root / "eval_images" / f"eval_{i:05d}.png"), "conversations": turns}
+        )
     return out
 
 
@@ -58,8 +59,9 @@ def test_registry_names_every_strategy_config():
     assert set(STRATEGIES) <= configs
 
 
-@pytest.mark.parametrize("detector", [NormThreshold(tau=100.0), TopK(k=2),
-                                      AdaptiveDrop(min_ratio=2.0)], ids=lambda d: d.name)
+@pytest.mark.parametrize(
+    "detector", [NormThreshold(tau=100.0), TopK(k=2), AdaptiveDrop(min_ratio=2.0)], ids=lambda d: d.name
+)
 def test_detector_finds_exactly_the_simulated_sinks(tiny, shapes_root, detector):
     module = wrap(tiny, SinkFront(), detector, SimulatedSinks(k=2, norm=150.0))
     batch = Collator(tiny[1], VicunaV1())(samples(shapes_root, n=12))
@@ -98,8 +100,12 @@ def reference_logits(tiny, batch, order_of, position_mode):
     """Plain transformers: project the ViT features, permute each image's tokens by hand, scatter, run the LLM."""
     model, _ = tiny
     with torch.no_grad():
-        out = model.model.get_image_features(batch["pixel_values"], vision_feature_layer=-2,
-                                             vision_feature_select_strategy="default", output_hidden_states=True)
+        out = model.model.get_image_features(
+            batch["pixel_values"],
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+            output_hidden_states=True,
+        )
         raw = out.hidden_states[-2][:, 1:]
         orders = [order_of(raw[i].norm(dim=-1)) for i in range(len(raw))]
         tokens = torch.cat([proj[order] for proj, order in zip(out.pooler_output, orders)])
@@ -111,25 +117,28 @@ def reference_logits(tiny, batch, order_of, position_mode):
             position_ids = torch.arange(ids.shape[1]).repeat(len(ids), 1)
             for row, order in enumerate(orders):
                 start = int(placeholders[row].nonzero()[0])
-                position_ids[row, start:start + len(order)] = start + order
+                position_ids[row, start : start + len(order)] = start + order
         return model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], position_ids=position_ids).logits
 
 
 def by_hand(place: str, sort_by_norm: bool, k: int = 3):
     """The permutation of one image's tokens: its k highest-norm tokens at the front or the end."""
+
     def order_of(norms):
         top = torch.topk(norms, k).indices
         sinks = top if sort_by_norm else top.sort().values
         rest = torch.tensor([i for i in range(len(norms)) if i not in set(top.tolist())])
         return torch.cat([sinks, rest] if place == "front" else [rest, sinks])
+
     return order_of
 
 
 @pytest.mark.parametrize("position_mode", ["contiguous", "original"])
 @pytest.mark.parametrize("order", ["raster", "norm"])
 @pytest.mark.parametrize("place, strategy_cls", [("front", SinkFront), ("end", SinkEnd)])
-def test_sink_front_and_end_equal_transformers_with_permuted_features(tiny, shapes_root, place, strategy_cls, order,
-                                                                      position_mode):
+def test_sink_front_and_end_equal_transformers_with_permuted_features(
+    tiny, shapes_root, place, strategy_cls, order, position_mode
+):
     module = wrap(tiny, strategy_cls(order=order, position_ids=position_mode), TopK(k=3))
     batch = Collator(tiny[1], VicunaV1())(samples(shapes_root))
     with torch.no_grad():
@@ -151,8 +160,11 @@ def expected_kept(strategy, visual, sinks):
     return [[i for i in range(n) if i not in p] for p in picked]
 
 
-@pytest.mark.parametrize("strategy", [DropSinks(), SinksOnly(), RandomControl(action="drop", seed=3),
-                                      RandomControl(action="keep", seed=3)], ids=lambda s: f"{s.name}")
+@pytest.mark.parametrize(
+    "strategy",
+    [DropSinks(), SinksOnly(), RandomControl(action="drop", seed=3), RandomControl(action="keep", seed=3)],
+    ids=lambda s: f"{s.name}",
+)
 def test_token_counts_labels_and_kept_tokens_are_exact(tiny, shapes_root, strategy):
     model, processor = tiny
     module = wrap(tiny, strategy, NormThreshold(tau=100.0), SimulatedSinks(k=2, norm=150.0))
@@ -171,18 +183,19 @@ def test_token_counts_labels_and_kept_tokens_are_exact(tiny, shapes_root, strate
         start = int(placeholders[row].nonzero()[0])
         n_kept = len(kept[row])
         assert int(merged["attention_mask"][row].sum()) == real - n_tokens + n_kept
-        block = merged["inputs_embeds"][row, start:start + n_kept]
+        block = merged["inputs_embeds"][row, start : start + n_kept]
         torch.testing.assert_close(block, projected[row, kept[row]], atol=0, rtol=0)
         with torch.no_grad():
-            text = embed(batch["input_ids"][row, start + n_tokens:real])
-        torch.testing.assert_close(merged["inputs_embeds"][row, start + n_kept:real - n_tokens + n_kept], text,
-                                   atol=0, rtol=0)
+            text = embed(batch["input_ids"][row, start + n_tokens : real])
+        torch.testing.assert_close(
+            merged["inputs_embeds"][row, start + n_kept : real - n_tokens + n_kept], text, atol=0, rtol=0
+        )
         # Labels: the same supervised tokens, shifted by the change in visual tokens, none inside the image block.
         old, new = batch["labels"][row], merged["labels"][row]
         old_at, new_at = (old != IGNORE_INDEX).nonzero().squeeze(1), (new != IGNORE_INDEX).nonzero().squeeze(1)
         assert torch.equal(old[old_at], new[new_at]) and len(new_at) > 0
         assert torch.equal(new_at, old_at - n_tokens + n_kept)
-        assert not merged["attention_mask"][row, real - n_tokens + n_kept:].any()  # right padding stays right
+        assert not merged["attention_mask"][row, real - n_tokens + n_kept :].any()  # right padding stays right
     if isinstance(strategy, RandomControl):
         picked = strategy.picked(visual, sinks)
         assert all(not (s[p]).any() and len(p) == int(s.sum()) for s, p in zip(sinks, picked))
@@ -210,8 +223,16 @@ def varied_threshold(norms: torch.Tensor) -> float:
     raise AssertionError(f"no threshold separates the images: {norms}")
 
 
-GENERATION_STRATEGIES = [SinkFront(), SinkFront(order="norm", position_ids="original"), SinkEnd(), DropSinks(),
-                         DropSinks(position_ids="original"), SinksOnly(), RandomControl(), RandomControl(action="keep")]
+GENERATION_STRATEGIES = [
+    SinkFront(),
+    SinkFront(order="norm", position_ids="original"),
+    SinkEnd(),
+    DropSinks(),
+    DropSinks(position_ids="original"),
+    SinksOnly(),
+    RandomControl(),
+    RandomControl(action="keep"),
+]
 
 
 @pytest.mark.parametrize("strategy", GENERATION_STRATEGIES, ids=lambda s: f"{s.name}-{s.position_ids}")
@@ -233,15 +254,24 @@ def test_a_strategy_that_needs_sinks_refuses_to_run_without_a_detector(tiny):
         wrap(tiny, DropSinks())
 
 
-@pytest.mark.parametrize("strategy", [DropSinks(), SinksOnly(), SinkFront(position_ids="original")],
-                         ids=lambda s: f"{s.name}-{s.position_ids}")
+@pytest.mark.parametrize(
+    "strategy",
+    [DropSinks(), SinksOnly(), SinkFront(position_ids="original")],
+    ids=lambda s: f"{s.name}-{s.position_ids}",
+)
 def test_training_backpropagates_through_routed_tokens(shapes_root, strategy):
     from sinkflow.models.build import LoraSpec, prepare_for_training
 
     model, processor = build_tiny_llava(TinyLlavaSpec(seed=1))
     model = prepare_for_training(model, LlavaFamily(), lora=LoraSpec(r=2, alpha=4))
-    module = SinkflowModule(model, processor, LlavaFamily(), strategy, NormThreshold(tau=100.0),
-                            simulated_sinks=SimulatedSinks(k=2, norm=150.0)).train()
+    module = SinkflowModule(
+        model,
+        processor,
+        LlavaFamily(),
+        strategy,
+        NormThreshold(tau=100.0),
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+    ).train()
     loss = module(Collator(processor, VicunaV1())(samples(shapes_root))).loss
     loss.backward()
     projector = [p for p in module.family.projector(module.hf).parameters()]

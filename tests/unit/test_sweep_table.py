@@ -14,8 +14,12 @@ def job(root, number, overrides, metrics=None):
 
 
 def test_rows_follow_job_order_with_values_and_failures(tmp_path):
-    job(tmp_path, 0, ["ckpt_path=a.ckpt", "sink_strategy=none"],
-        {"all/global/accuracy": 0.5, "all/local/accuracy": 0.25})
+    job(
+        tmp_path,
+        0,
+        ["ckpt_path=a.ckpt", "sink_strategy=none"],
+        {"all/global/accuracy": 0.5, "all/local/accuracy": 0.25},
+    )
     job(tmp_path, 1, ["ckpt_path=a.ckpt", "sink_strategy=drop_sinks"], {"all/global/accuracy": 0.125})
     job(tmp_path, 10, ["ckpt_path=a.ckpt", "sink_strategy=sinks_only"])
     (tmp_path / "multirun.yaml").write_text("not a job")

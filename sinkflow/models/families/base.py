@@ -78,8 +78,9 @@ class VisualFamily(ABC):
         """Run the ViT on the batch's images and return the projector-input features."""
 
     @abstractmethod
-    def project(self, model: nn.Module, visual: VisualFeatures,
-                projector: nn.Module | None = None) -> list[torch.Tensor]:
+    def project(
+        self, model: nn.Module, visual: VisualFeatures, projector: nn.Module | None = None
+    ) -> list[torch.Tensor]:
         """Every image's LLM tokens [slots_i, D_llm] through `projector` (by default the family's own; a strategy
         may pass a projector of the same architecture, e.g. DIYSink's second MLP)."""
 
@@ -103,8 +104,9 @@ class VisualFamily(ABC):
         """Index (into `vision_attentions`) of the block whose output the projector reads."""
         raise NotImplementedError(f"{type(self).__name__} does not say which ViT block feeds its projector")
 
-    def attention_positions(self, model: nn.Module, batch: dict, visual: VisualFeatures,
-                            chunks: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def attention_positions(
+        self, model: nn.Module, batch: dict, visual: VisualFeatures, chunks: list[int]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Where features and patches sit in the ViT's attention sequences laid end to end.
 
         `chunks` are the lengths of the sequences one block attends within (an image, or a window), in the order
@@ -124,8 +126,14 @@ class VisualFamily(ABC):
         """
         return None
 
-    def merge(self, model: nn.Module, batch: dict, visual: VisualFeatures | None, routed: Routed | None,
-              padding_side: PaddingSide = "right") -> dict[str, torch.Tensor]:
+    def merge(
+        self,
+        model: nn.Module,
+        batch: dict,
+        visual: VisualFeatures | None,
+        routed: Routed | None,
+        padding_side: PaddingSide = "right",
+    ) -> dict[str, torch.Tensor]:
         """LLM inputs: text embeddings with each image's placeholders replaced by its routed tokens, in order.
 
         When every image keeps its placeholder count and positions stay contiguous, the tokens are scattered in
@@ -151,8 +159,10 @@ class VisualFamily(ABC):
             return inputs
         n_slots, slots = int(placeholders.sum()), visual.slots
         if n_slots != sum(slots):
-            raise ValueError(f"the batch has {n_slots} image placeholder tokens but its {len(slots)} images need "
-                             f"{sum(slots)}; the placeholders must be expanded by the processor")
+            raise ValueError(
+                f"the batch has {n_slots} image placeholder tokens but its {len(slots)} images need "
+                f"{sum(slots)}; the placeholders must be expanded by the processor"
+            )
         if routed.position_ids == "contiguous" and [len(t) for t in routed.tokens] == slots:
             tokens = torch.cat(routed.tokens).to(inputs_embeds.device, inputs_embeds.dtype)
             inputs["inputs_embeds"] = inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), tokens)

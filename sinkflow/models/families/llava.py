@@ -12,7 +12,6 @@ from sinkflow.checks import choice
 from sinkflow.models.families.base import VisualFamily, unnormalise
 from sinkflow.pathway import VisualFeatures
 
-
 FeatureSelect = Literal["default", "full"]
 
 
@@ -23,8 +22,9 @@ class LlavaFamily(VisualFamily, name="llava"):
     overrides the config for this run (e.g. to study another layer).
     """
 
-    def __init__(self, vision_feature_layer: int | None = None,
-                 vision_feature_select_strategy: FeatureSelect | None = None):
+    def __init__(
+        self, vision_feature_layer: int | None = None, vision_feature_select_strategy: FeatureSelect | None = None
+    ):
         if vision_feature_select_strategy is not None:
             choice("model.family.vision_feature_select_strategy", vision_feature_select_strategy, FeatureSelect)
         self.vision_feature_layer = vision_feature_layer
@@ -72,8 +72,9 @@ class LlavaFamily(VisualFamily, name="llava"):
         features = torch.cat([hidden[i] if keep_cls else hidden[i][:, 1:] for i in layers], dim=-1)
         return VisualFeatures(features=features)
 
-    def project(self, model: nn.Module, visual: VisualFeatures,
-                projector: nn.Module | None = None) -> list[torch.Tensor]:
+    def project(
+        self, model: nn.Module, visual: VisualFeatures, projector: nn.Module | None = None
+    ) -> list[torch.Tensor]:
         return list((projector or self.projector(model))(visual.features))
 
     def patch_pixels(self, batch: dict, visual: VisualFeatures) -> torch.Tensor:
@@ -82,8 +83,10 @@ class LlavaFamily(VisualFamily, name="llava"):
         n_images, channels, height, width = pixels.shape
         side = math.isqrt(visual.features.shape[1])
         if side * side != visual.features.shape[1] or height % side or width % side:
-            raise ValueError(f"{visual.features.shape[1]} features do not tile {height}x{width} px images in a square "
-                             "patch grid (a CLS token kept? use vision_feature_select_strategy 'default')")
+            raise ValueError(
+                f"{visual.features.shape[1]} features do not tile {height}x{width} px images in a square "
+                "patch grid (a CLS token kept? use vision_feature_select_strategy 'default')"
+            )
         patches = pixels.reshape(n_images, channels, side, height // side, side, width // side)
         return patches.permute(0, 2, 4, 1, 3, 5).reshape(n_images, side * side, -1)
 
@@ -100,8 +103,9 @@ class LlavaFamily(VisualFamily, name="llava"):
             raise ValueError("the projector reads the ViT embeddings (vision_feature_layer 0): no attention block")
         return hidden - 1
 
-    def attention_positions(self, model: nn.Module, batch: dict, visual: VisualFeatures,
-                            chunks: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def attention_positions(
+        self, model: nn.Module, batch: dict, visual: VisualFeatures, chunks: list[int]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """One sequence per image: [CLS (when the tower has one), patches in raster order]."""
         patch = self.vision_tower(model).config.patch_size
         height, width = batch["pixel_values"].shape[-2:]

@@ -21,8 +21,12 @@ class Qwen25VLFamily(Qwen2VLFamily, name="qwen2_5_vl"):
 
     def merge_window_order(self, model: nn.Module, hidden: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         tower = self.vision_tower(model)
-        window_index, _ = get_vision_window_index(grid, spatial_merge_size=tower.spatial_merge_size,
-                                                  window_size=tower.window_size, patch_size=tower.patch_size)
+        window_index, _ = get_vision_window_index(
+            grid,
+            spatial_merge_size=tower.spatial_merge_size,
+            window_size=tower.window_size,
+            patch_size=tower.patch_size,
+        )
         group = tower.spatial_merge_size**2
         windows = hidden.view(-1, group, hidden.shape[-1])
         return windows[torch.argsort(window_index.to(hidden.device))].reshape(-1, hidden.shape[-1])

@@ -20,6 +20,7 @@ from sinkflow.models.families.base import SinkTokens, VisualFamily, unnormalise
 from sinkflow.models.processor import ImageTextProcessor
 from sinkflow.pathway import VisualFeatures
 
+
 class Qwen2VLFamily(VisualFamily, name="qwen2_vl"):
     """Qwen2-VL; `sink_tokens` says how patch sinks map to merged tokens (see `VisualFamily`)."""
 
@@ -69,8 +70,9 @@ class Qwen2VLFamily(VisualFamily, name="qwen2_vl"):
         features = pad_sequence(list(hidden.split(lengths)), batch_first=True)
         return VisualFeatures(features=features, lengths=lengths, group=tower.spatial_merge_size**2)
 
-    def project(self, model: nn.Module, visual: VisualFeatures,
-                projector: nn.Module | None = None) -> list[torch.Tensor]:
+    def project(
+        self, model: nn.Module, visual: VisualFeatures, projector: nn.Module | None = None
+    ) -> list[torch.Tensor]:
         merged = (projector or self.projector(model))(visual.features[visual.valid()])
         return list(merged.split(visual.slots))
 
@@ -84,8 +86,9 @@ class Qwen2VLFamily(VisualFamily, name="qwen2_vl"):
     def feature_block(self, model: nn.Module) -> int:
         return len(self.vision_attentions(model)) - 1  # the last block, before the merger
 
-    def attention_positions(self, model: nn.Module, batch: dict, visual: VisualFeatures,
-                            chunks: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def attention_positions(
+        self, model: nn.Module, batch: dict, visual: VisualFeatures, chunks: list[int]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The blocks see every image's patches in merge-window order (Qwen2.5-VL: windows permuted too)."""
         grid = batch["image_grid_thw"]
         if (grid[:, 0] != 1).any():
@@ -97,7 +100,7 @@ class Qwen2VLFamily(VisualFamily, name="qwen2_vl"):
         position = self.merge_window_order(model, order, grid)[:, 0].long()
         features, grids, start = [], [], 0
         for _, height, width in grid.tolist():
-            features.append(position[start:start + height * width])
+            features.append(position[start : start + height * width])
             grids.append(position[start + merge_window_cells(height, width, merge).to(device)])
             start += height * width
         return features, grids
@@ -108,10 +111,11 @@ class Qwen2VLFamily(VisualFamily, name="qwen2_vl"):
         merge = image_processor.merge_size
         side, pixels, images, start = image_processor.patch_size, batch["pixel_values"].float().cpu(), [], 0
         for _, height, width in batch["image_grid_thw"].tolist():
-            patches = pixels[start:start + height * width].view(height * width, 3, -1, side, side)[:, :, 0]
+            patches = pixels[start : start + height * width].view(height * width, 3, -1, side, side)[:, :, 0]
             placed = patches[merge_window_cells(height, width, merge).flatten()]  # raster order
-            images.append(placed.view(height, width, 3, side, side).permute(2, 0, 3, 1, 4)
-                          .reshape(3, height * side, width * side))
+            images.append(
+                placed.view(height, width, 3, side, side).permute(2, 0, 3, 1, 4).reshape(3, height * side, width * side)
+            )
             start += height * width
         return unnormalise(images, image_processor)
 
@@ -126,8 +130,9 @@ class Qwen2VLFamily(VisualFamily, name="qwen2_vl"):
         if batch.get("image_grid_thw") is None:
             return text[None].expand(4, -1, -1)
         mm_token_type_ids = (input_ids == self.image_token_id(model)).int()
-        rope, _ = model.model.get_rope_index(input_ids, mm_token_type_ids, image_grid_thw=batch["image_grid_thw"],
-                                             attention_mask=mask)
+        rope, _ = model.model.get_rope_index(
+            input_ids, mm_token_type_ids, image_grid_thw=batch["image_grid_thw"], attention_mask=mask
+        )
         return torch.cat([text[None], rope.to(text.device)])
 
 

@@ -57,7 +57,7 @@ class SinkDetector(nn.Module):
         # Ragged images: each row on its own (a padded zero norm would count in top-k and drop ratios).
         mask = torch.zeros_like(norms, dtype=torch.bool)
         for i, n in enumerate(lengths):
-            mask[i, :n] = self.from_norms(norms[i:i + 1, :n])[0]
+            mask[i, :n] = self.from_norms(norms[i : i + 1, :n])[0]
         return mask
 
     def from_norms(self, norms: torch.Tensor) -> torch.Tensor:

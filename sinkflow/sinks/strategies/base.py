@@ -55,8 +55,9 @@ class SinkStrategy(nn.Module):
         """Per image, the LLM-token indices to send to the LLM, in order."""
         raise NotImplementedError
 
-    def forward(self, visual: VisualFeatures, sink_mask: torch.Tensor | None, project: Project,
-                ask: Ask | None = None) -> Routed:
+    def forward(
+        self, visual: VisualFeatures, sink_mask: torch.Tensor | None, project: Project, ask: Ask | None = None
+    ) -> Routed:
         """`sink_mask` [n_images, M] marks LLM tokens (see `VisualFamily.token_sinks`); `ask` lets a strategy
         question the model about the images before routing (see `Ask`)."""
         projected = project(visual)
@@ -72,8 +73,9 @@ class OrderedSinks(SinkStrategy):
         self.order = choice("sink_strategy.strategy.order", order, SinkOrder)
 
 
-def split_sinks(visual: VisualFeatures, sink_mask: torch.Tensor,
-                order: SinkOrder = "raster") -> list[tuple[torch.Tensor, torch.Tensor]]:
+def split_sinks(
+    visual: VisualFeatures, sink_mask: torch.Tensor, order: SinkOrder = "raster"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per image, (sink token indices, other token indices): others in raster order, sinks in `order`.
 
     `norm` orders sinks by their token's norm, highest first (a merged token's norm covers all its patches).

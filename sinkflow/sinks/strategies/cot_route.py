@@ -46,7 +46,7 @@ def parse_label(answer: str, keywords: dict[str, tuple[str, ...]]) -> str:
     for label, words in keywords.items():
         for word in words:
             for match in re.finditer(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text):
-                if not re.search(NEGATION, text[:match.start()]):
+                if not re.search(NEGATION, text[: match.start()]):
                     found.append((match.start(), label))
     return min(found)[1] if found else "unknown"
 
@@ -54,8 +54,13 @@ def parse_label(answer: str, keywords: dict[str, tuple[str, ...]]) -> str:
 def decide(image_answer: str, question_answer: str) -> dict:
     """The routing decision for one image from the model's two answers."""
     image, scope = parse_label(image_answer, IMAGE_KEYWORDS), parse_label(question_answer, QUESTION_KEYWORDS)
-    return {"image": image, "question": scope, "route": ROUTES.get((image, scope), "both"),
-            "image_answer": image_answer, "question_answer": question_answer}
+    return {
+        "image": image,
+        "question": scope,
+        "route": ROUTES.get((image, scope), "both"),
+        "image_answer": image_answer,
+        "question_answer": question_answer,
+    }
 
 
 class CotRoute(DualMLP, name="cot_route"):
@@ -63,38 +68,53 @@ class CotRoute(DualMLP, name="cot_route"):
 
     decides = True
 
-    def __init__(self, image_prompt: str, question_prompt: str, max_new_tokens: int = 8,
-                 projectors: str | None = None, init: Init = "copy", order: SinkOrder = "raster",
-                 position_ids: PositionIds = "contiguous", train_projectors: bool = False):
+    def __init__(
+        self,
+        image_prompt: str,
+        question_prompt: str,
+        max_new_tokens: int = 8,
+        projectors: str | None = None,
+        init: Init = "copy",
+        order: SinkOrder = "raster",
+        position_ids: PositionIds = "contiguous",
+        train_projectors: bool = False,
+    ):
         super().__init__(init, order, position_ids, sink_projector_from=projectors, other_projector_from=projectors)
         self.trains_projectors = train_projectors
         if "{question}" not in question_prompt:
-            raise ValueError("`sink_strategy.strategy.question_prompt` must contain '{question}' (the user's "
-                             f"question), got {question_prompt!r}")
+            raise ValueError(
+                "`sink_strategy.strategy.question_prompt` must contain '{question}' (the user's "
+                f"question), got {question_prompt!r}"
+            )
         number("sink_strategy.strategy.max_new_tokens", max_new_tokens, integer=True, at_least=1)
         self.image_prompt, self.question_prompt, self.max_new_tokens = image_prompt, question_prompt, max_new_tokens
 
-    def forward(self, visual: VisualFeatures, sink_mask: torch.Tensor | None, project: Project,
-                ask: Ask | None = None) -> Routed:
+    def forward(
+        self, visual: VisualFeatures, sink_mask: torch.Tensor | None, project: Project, ask: Ask | None = None
+    ) -> Routed:
         both = super().forward(visual, sink_mask, project)
         if self.training:  # routing is an inference-time choice: training sees the full Dual-MLP input
             return both
         if len(visual.questions) != len(both.tokens):
-            raise ValueError(f"cot_route needs the question of every image: {len(visual.questions)} questions for "
-                             f"{len(both.tokens)} images")
+            raise ValueError(
+                f"cot_route needs the question of every image: {len(visual.questions)} questions for "
+                f"{len(both.tokens)} images"
+            )
         if ask is None:
             raise RuntimeError("cot_route asks the model about each image: run it through SinkflowModule (ask=...)")
         start = time.perf_counter()
         image_answers = ask([self.image_prompt] * len(both.tokens), both, self.max_new_tokens)
-        question_answers = ask([self.question_prompt.replace("{question}", q) for q in visual.questions], both,
-                               self.max_new_tokens)
+        question_answers = ask(
+            [self.question_prompt.replace("{question}", q) for q in visual.questions], both, self.max_new_tokens
+        )
         seconds = time.perf_counter() - start  # answers are decoded text, so the device work is done
         decisions = [decide(a, q) for a, q in zip(image_answers, question_answers)]
         tokens, sources = [], []
         for i, decision in enumerate(decisions):
-            n_sinks = int(sink_mask[i, :visual.slots[i]].sum())
-            keep = {"sinks_only": slice(0, n_sinks), "others_only": slice(n_sinks, None)}.get(decision["route"],
-                                                                                           slice(None))
+            n_sinks = int(sink_mask[i, : visual.slots[i]].sum())
+            keep = {"sinks_only": slice(0, n_sinks), "others_only": slice(n_sinks, None)}.get(
+                decision["route"], slice(None)
+            )
             tokens.append(both.tokens[i][keep])
             sources.append(both.sources[i][keep])
         return Routed(tokens, sources, self.position_ids, decisions, seconds)

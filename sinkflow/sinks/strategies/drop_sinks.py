@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from sinkflow.sinks.strategies.base import SinkStrategy, split_sinks
 from sinkflow.pathway import VisualFeatures
+from sinkflow.sinks.strategies.base import SinkStrategy, split_sinks
 
 
 class DropSinks(SinkStrategy, name="drop_sinks"):

@@ -36,9 +36,15 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
     training_free = False
     trains_projectors: bool = True  # False: both projectors come trained (from a Dual-MLP run) and stay frozen
 
-    def __init__(self, init: Init = "copy", order: SinkOrder = "raster", position_ids: PositionIds = "contiguous",
-                 stage: Stage = "both", sink_projector_from: str | None = None,
-                 other_projector_from: str | None = None):
+    def __init__(
+        self,
+        init: Init = "copy",
+        order: SinkOrder = "raster",
+        position_ids: PositionIds = "contiguous",
+        stage: Stage = "both",
+        sink_projector_from: str | None = None,
+        other_projector_from: str | None = None,
+    ):
         super().__init__(order, position_ids)
         self.init = choice("sink_strategy.strategy.init", init, Init)
         self.stage = choice("sink_strategy.strategy.stage", stage, Stage)
@@ -60,7 +66,7 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
         for name, path in self.weight_files.items():
             if path:
                 prefix = f"{name}."
-                state = {k[len(prefix):]: v for k, v in load_file(path).items() if k.startswith(prefix)}
+                state = {k[len(prefix) :]: v for k, v in load_file(path).items() if k.startswith(prefix)}
                 if not state:
                     raise ValueError(f"{path}: no {name} weights (expected a dual_mlp run's strategy.safetensors)")
                 getattr(self, name).load_state_dict(state)
@@ -73,8 +79,9 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
         """[n_images, 2] weights of the (sink, other) blocks; fixed at 1 for the plain Dual-MLP."""
         return visual.features.new_ones(batch_size, 2)
 
-    def forward(self, visual: VisualFeatures, sink_mask: torch.Tensor | None, project: Project,
-                ask: Ask | None = None) -> Routed:
+    def forward(
+        self, visual: VisualFeatures, sink_mask: torch.Tensor | None, project: Project, ask: Ask | None = None
+    ) -> Routed:
         if self.sink_projector is None:
             raise RuntimeError("dual_mlp has no projectors yet: SinkflowModule calls strategy.setup(model, family)")
         pairs = split_sinks(visual, sink_mask, self.order)
@@ -84,7 +91,14 @@ class DualMLP(OrderedSinks, name="dual_mlp"):
         if self.stage != "sinks":
             blocks.append((project(visual, self.other_projector), [o for _, o in pairs], 1))
         weights = self.block_weights(visual, len(pairs))
-        tokens = [torch.cat([projected[i][index[i]] * weights[i, column].to(projected[i].dtype)
-                             for projected, index, column in blocks]) for i in range(len(pairs))]
+        tokens = [
+            torch.cat(
+                [
+                    projected[i][index[i]] * weights[i, column].to(projected[i].dtype)
+                    for projected, index, column in blocks
+                ]
+            )
+            for i in range(len(pairs))
+        ]
         sources = [torch.cat([index[i] for _, index, _ in blocks]) for i in range(len(pairs))]
         return Routed(tokens, sources, self.position_ids)

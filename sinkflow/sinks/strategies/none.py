@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sinkflow.sinks.strategies.base import SinkStrategy
 from sinkflow.pathway import VisualFeatures
+from sinkflow.sinks.strategies.base import SinkStrategy
 
 
 class NoneStrategy(SinkStrategy, name="none"):

@@ -15,8 +15,8 @@ from typing import Literal
 import torch
 
 from sinkflow.checks import choice, number
-from sinkflow.sinks.strategies.base import SinkStrategy, split_sinks
 from sinkflow.pathway import PositionIds, VisualFeatures
+from sinkflow.sinks.strategies.base import SinkStrategy, split_sinks
 
 Action = Literal["drop", "keep"]
 

@@ -31,9 +31,18 @@ ACTIVATIONS = {
 class Reweight(DualMLP, name="reweight"):
     """Question-conditioned weights for the (sink, other) blocks of a Dual-MLP."""
 
-    def __init__(self, encoder: str = "minilm", hidden: int = 256, activation: Activation = "softplus",
-                 projectors: str | None = None, init: Init = "copy", order: SinkOrder = "raster",
-                 position_ids: PositionIds = "contiguous", cache_size: int = 100_000, train_projectors: bool = False):
+    def __init__(
+        self,
+        encoder: str = "minilm",
+        hidden: int = 256,
+        activation: Activation = "softplus",
+        projectors: str | None = None,
+        init: Init = "copy",
+        order: SinkOrder = "raster",
+        position_ids: PositionIds = "contiguous",
+        cache_size: int = 100_000,
+        train_projectors: bool = False,
+    ):
         super().__init__(init, order, position_ids, sink_projector_from=projectors, other_projector_from=projectors)
         self.trains_projectors = train_projectors  # the paper trains the router alone, on a trained Dual-MLP
         choice("sink_strategy.strategy.activation", activation, Activation)
@@ -46,7 +55,8 @@ class Reweight(DualMLP, name="reweight"):
 
     def block_weights(self, visual: VisualFeatures, batch_size: int) -> torch.Tensor:
         if len(visual.questions) != batch_size:
-            raise ValueError(f"reweight needs the question of every image: {len(visual.questions)} questions for "
-                             f"{batch_size} images")
+            raise ValueError(
+                f"reweight needs the question of every image: {len(visual.questions)} questions for {batch_size} images"
+            )
         embedded = self.encoder(visual.questions).to(self.router[0].weight.dtype)
         return ACTIVATIONS[self.activation][0](self.router(embedded))
