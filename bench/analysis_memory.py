@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from common import device_label
+from common import SIZES, device_label
 from sinkflow.analysis.capture import AttentionRows, decoder_layers, visual_layer_inputs
 from sinkflow.analysis.context import visual_tokens
 from sinkflow.analysis.massive_dims import MassiveActivations, MassiveCriterion
@@ -41,16 +41,6 @@ from sinkflow.shapes import generate_shapes
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy
-
-SIZES = {
-    "vision_hidden": 256,
-    "vision_layers": 4,
-    "vision_heads": 4,
-    "text_hidden": 512,
-    "text_layers": 4,
-    "text_heads": 8,
-    "text_kv_heads": 4,
-}
 
 
 def peak_bytes(function: Callable[[], None], device: torch.device) -> int:

@@ -1,4 +1,4 @@
-"""Helpers shared by the bench scripts: device label, timing that waits for the GPU."""
+"""Helpers shared by the bench scripts: the bench model size, device label, timing that waits for the GPU."""
 
 from __future__ import annotations
 
@@ -6,6 +6,17 @@ import time
 from collections.abc import Callable
 
 import torch
+
+# The tiny architectures at bench size (ViT 4x256, LLM 4x512): big enough that routing is a small share of a step.
+SIZES = {
+    "vision_hidden": 256,
+    "vision_layers": 4,
+    "vision_heads": 4,
+    "text_hidden": 512,
+    "text_layers": 4,
+    "text_heads": 8,
+    "text_kv_heads": 4,
+}
 
 
 def device_label(device: torch.device) -> str:

@@ -25,7 +25,7 @@ import tempfile
 import torch
 from hydra.utils import instantiate
 
-from common import device_label, timed
+from common import SIZES, device_label, timed
 from sinkflow.config import compose_config
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.instruct import load_instruct
@@ -55,17 +55,6 @@ def round_robin(modules: dict, measure, batch: dict, device: torch.device, args)
             if repeat >= args.warmup:
                 times[name].append(elapsed)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-SIZES = {
-    "vision_hidden": 256,
-    "vision_layers": 4,
-    "vision_heads": 4,
-    "text_hidden": 512,
-    "text_layers": 4,
-    "text_heads": 8,
-    "text_kv_heads": 4,
-}
 
 
 def measure(family: str, args, device: torch.device) -> dict:

@@ -112,6 +112,29 @@ def tiny_encoder(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def simulated_llava():
+    """`simulated_llava(strategy, seed=2, prepare=None, model=None, **module_options)`: a SinkflowModule over a tiny
+    LLaVA (seeded, or the given `(model, processor)`) with planted sinks (k = 2, norm 150) that the paper's detector
+    (tau = 100) finds; `prepare(model)` may freeze or LoRA the model first."""
+    from sinkflow.models.families.llava import LlavaFamily
+    from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
+    from sinkflow.module import SinkflowModule
+    from sinkflow.sinks.detectors.norm_threshold import NormThreshold
+    from sinkflow.sinks.simulated import SimulatedSinks
+
+    def build(strategy, seed=2, prepare=None, model=None, **module_options):
+        model, processor = model or build_tiny_llava(TinyLlavaSpec(seed=seed))
+        if prepare is not None:
+            model = prepare(model)
+        detector, sinks = NormThreshold(tau=100.0), SimulatedSinks(k=2, norm=150.0)
+        return SinkflowModule(
+            model, processor, LlavaFamily(), strategy, detector, simulated_sinks=sinks, **module_options
+        )
+
+    return build
+
+
 @pytest.fixture()
 def image_question_batches(shapes_root):
     """make(processor, n_samples, question) -> a loader of generation batches asking `question` of the shapes

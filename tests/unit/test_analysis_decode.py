@@ -9,12 +9,8 @@ from omegaconf import OmegaConf
 
 from sinkflow.analysis import decode
 from sinkflow.analysis.context import AnalysisContext
-from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
-from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detectors.norm_threshold import NormThreshold
-from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy
 
 
@@ -71,17 +67,10 @@ def test_candidate_words_must_start_with_different_tokens(tiny_llava):
 
 
 def test_run_decodes_each_image_once_and_ranks_the_main_object(
-    tiny_llava, shapes_root, tmp_path, image_question_batches
+    tiny_llava, shapes_root, tmp_path, image_question_batches, simulated_llava
 ):
     model, processor = tiny_llava
-    module = SinkflowModule(
-        model,
-        processor,
-        LlavaFamily(),
-        NoneStrategy(),
-        NormThreshold(tau=100.0),
-        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-    ).eval()
+    module = simulated_llava(NoneStrategy(), model=tiny_llava).eval()
     # Two questions per image, as in the evaluation sets: each image is decoded once.
     loader = image_question_batches(processor, 10, "How many shapes are there?")
     settings = OmegaConf.create(

@@ -10,12 +10,7 @@ from omegaconf import OmegaConf
 
 from sinkflow.analysis import probe, scene_labels
 from sinkflow.analysis.context import AnalysisContext
-from sinkflow.models.families.llava import LlavaFamily
-from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
-from sinkflow.module import SinkflowModule
 from sinkflow.shapes import generate_shapes
-from sinkflow.sinks.detectors.norm_threshold import NormThreshold
-from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy
 
 
@@ -83,20 +78,12 @@ def test_scene_labels_and_bad_settings(tmp_path):
         scene_labels.read_scenes(tmp_path / "scenes.json", "probe.scenes")
 
 
-def test_sinks_beat_an_ordinary_token_on_background_colour(tmp_path):
+def test_sinks_beat_an_ordinary_token_on_background_colour(tmp_path, simulated_llava):
     """SIMULATED sinks (each image's mean feature) carry the global background colour better than one
     ordinary token does. The mean of the non-sinks is the same global summary in this simulation, so it is
     reported but not compared."""
     root = generate_shapes(tmp_path / "shapes", seed=0, n_train=200, n_eval=1)
-    model, processor = build_tiny_llava(TinyLlavaSpec(seed=2))
-    module = SinkflowModule(
-        model,
-        processor,
-        LlavaFamily(),
-        NoneStrategy(),
-        NormThreshold(tau=100.0),
-        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-    ).eval()
+    module = simulated_llava(NoneStrategy()).eval()
     settings = OmegaConf.create(
         {
             "targets": ["background"],

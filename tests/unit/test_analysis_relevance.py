@@ -12,14 +12,12 @@ from transformers.vision_utils import get_vision_window_index
 
 from sinkflow.analysis import relevance
 from sinkflow.analysis.context import AnalysisContext
+from sinkflow.models.families.base import FAMILIES
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.families.qwen2_5_vl import Qwen25VLFamily
 from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
-from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detectors.norm_threshold import NormThreshold
-from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy
 
 
@@ -98,13 +96,12 @@ def test_qwen_column_equals_brute_force_on_the_image_grid(shapes_root, variant, 
         assert (captured.column(0, 0)[:, 4:, :] == 0).all() and (captured.column(0, 0)[:, :, 4:] == 0).all()
 
 
-@pytest.mark.parametrize("family_name", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("family_name", FAMILIES.names())
 def test_images_are_redrawn_as_the_vit_saw_them(shapes_root, family_name):
-    """CLIP's pixels un-normalised; Qwen's flattened merge-window patches put back on the grid."""
-    if family_name == "llava":
-        (_, processor), family = build_tiny_llava(TinyLlavaSpec(seed=2)), LlavaFamily()
-    else:
-        (_, processor), family = build_tiny_qwen(TinyQwenSpec(seed=2)), Qwen2VLFamily()
+    """Every family's images come back as the ViT saw them (CLIP's pixels un-normalised; Qwen's flattened
+    merge-window patches put back on the grid)."""
+    family_cls = FAMILIES[family_name]
+    (_, processor), family = family_cls.build_tiny(seed=2), family_cls()
     image = images(shapes_root, 1)[0]  # 64 px: neither processor resizes it
     batch = dict(processor.image_processor([image], return_tensors="pt"))
     drawn = family.seen_images(batch, processor)[0]
@@ -134,16 +131,9 @@ def test_spread_of_a_point_and_a_flat_map():
     assert entropy == pytest.approx(1.0) and distance > 2
 
 
-def test_run_writes_summary_and_figure(tmp_path, image_question_batches):
-    model, processor = build_tiny_llava(TinyLlavaSpec(seed=2))
-    module = SinkflowModule(
-        model,
-        processor,
-        LlavaFamily(),
-        NoneStrategy(),
-        NormThreshold(tau=100.0),
-        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-    ).eval()
+def test_run_writes_summary_and_figure(tmp_path, image_question_batches, simulated_llava):
+    module = simulated_llava(NoneStrategy()).eval()
+    processor = module.processor
     loader = image_question_batches(processor, 6, "What is the background color?")
     settings = OmegaConf.create({"tokens": ["sink", "nonsink"], "heads": "all", "max_images": 2, "layer": None})
     ctx = AnalysisContext(module, lambda: iter(loader), settings, tmp_path, task="relevance")

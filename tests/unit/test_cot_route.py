@@ -16,7 +16,6 @@ from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
-from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.cot_route import CotRoute, decide
 from sinkflow.sinks.strategies.drop_sinks import DropSinks
 from sinkflow.sinks.strategies.sink_front import SinkFront
@@ -43,23 +42,22 @@ QUESTIONS = ["What is the background color?", "Is there a red circle in the imag
         ("realistic", "the whole image", "unknown", "global", "both"),
     ],
 )
-def test_answers_parse_to_decisions(image_answer, question_answer, image, scope, route):
+def test_answers_parse_to_decisions(image_answer, question_answer, image, scope, route, wrap):
     decision = decide(image_answer, question_answer)
     assert (decision["image"], decision["question"], decision["route"]) == (image, scope, route)
     assert (decision["image_answer"], decision["question_answer"]) == (image_answer, question_answer)
 
 
-def wrap(strategy, seed=4):
-    model, processor = build_tiny_llava(TinyLlavaSpec(seed=seed))
-    return SinkflowModule(
-        model,
-        processor,
-        LlavaFamily(),
-        strategy,
-        NormThreshold(tau=100.0),
-        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-        question_collator=Collator(processor, VicunaV1(), generate=True),
-    ).eval()
+@pytest.fixture()
+def wrap(simulated_llava):
+    """A module that can ask the model (a generation collator with LLaVA's template)."""
+
+    def build(strategy, seed=4):
+        module = simulated_llava(strategy, seed=seed).eval()
+        module.question_collator = Collator(module.processor, VicunaV1(), generate=True)
+        return module
+
+    return build
 
 
 def samples_for(shapes_root, questions, images=(0, 1)):
@@ -82,7 +80,7 @@ def samples_for(shapes_root, questions, images=(0, 1)):
     ],
 )
 def test_with_copied_projectors_each_route_is_the_training_free_strategy(
-    shapes_root, routing_prompts, answers, reference
+    shapes_root, routing_prompts, answers, reference, wrap
 ):
     """Copies of the model's projector: sinks only == sinks_only, non-sinks only == drop_sinks, both == sink_front."""
     module, plain = wrap(CotRoute(**routing_prompts)), wrap(reference)
@@ -105,7 +103,7 @@ def test_with_copied_projectors_each_route_is_the_training_free_strategy(
     assert all(torch.equal(a, b) for a, b in zip(routed.tokens, expected.tokens))
 
 
-def test_the_routing_pass_answers_as_if_the_routing_question_were_asked(shapes_root, routing_prompts):
+def test_the_routing_pass_answers_as_if_the_routing_question_were_asked(shapes_root, routing_prompts, wrap):
     """`ask` equals generating from a batch collated with the routing question, through the full Dual-MLP input."""
     module, front = wrap(CotRoute(**routing_prompts)), wrap(SinkFront())
     image_prompt = routing_prompts["image_prompt"]
@@ -121,7 +119,7 @@ def test_the_routing_pass_answers_as_if_the_routing_question_were_asked(shapes_r
     assert answers == expected
 
 
-def test_decisions_are_recorded_per_prediction_and_training_sees_both_blocks(shapes_root, routing_prompts):
+def test_decisions_are_recorded_per_prediction_and_training_sees_both_blocks(shapes_root, routing_prompts, wrap):
     module = wrap(CotRoute(**routing_prompts))
     samples = samples_for(shapes_root, QUESTIONS)
     samples.insert(1, {"id": "text", "image": None, "conversations": [{"from": "human", "value": "Hello?"}]})
@@ -142,7 +140,7 @@ def test_decisions_are_recorded_per_prediction_and_training_sees_both_blocks(sha
     assert seen.routed.decisions is None and [len(t) for t in seen.routed.tokens] == [16, 16]
 
 
-def test_projectors_stay_frozen_unless_asked_and_bad_prompts_are_named(routing_prompts):
+def test_projectors_stay_frozen_unless_asked_and_bad_prompts_are_named(routing_prompts, wrap):
     assert not any(p.requires_grad for p in wrap(CotRoute(**routing_prompts)).strategy.parameters())
     assert all(p.requires_grad for p in wrap(CotRoute(**routing_prompts, train_projectors=True)).strategy.parameters())
     with pytest.raises(ValueError, match=r"question_prompt` must contain '\{question\}'"):

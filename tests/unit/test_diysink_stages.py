@@ -1,6 +1,8 @@
 """DIYSink two-stage training: stage 1 trains one projector on its own token type, stage 2 both from stage 1's
 files; each stage trains exactly its parameters and its checkpoint reloads to the same logits."""
 
+from functools import partial
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -10,23 +12,16 @@ from sinkflow.data.templates import VicunaV1
 from sinkflow.models.build import LoraSpec, prepare_for_training
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
-from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detectors.norm_threshold import NormThreshold
-from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
 
 
-def wrap(strategy, lora=None):
-    model, processor = build_tiny_llava(TinyLlavaSpec(seed=7))
-    model = prepare_for_training(model, LlavaFamily(), lora=lora, train_projector=False)
-    return SinkflowModule(
-        model,
-        processor,
-        LlavaFamily(),
-        strategy,
-        NormThreshold(tau=100.0),
-        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-    ).train()
+@pytest.fixture()
+def wrap(simulated_llava):
+    def build(strategy, lora=None):
+        prepare = partial(prepare_for_training, family=LlavaFamily(), lora=lora, train_projector=False)
+        return simulated_llava(strategy, seed=7, prepare=prepare).train()
+
+    return build
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +50,7 @@ def trained_names(module, batch):
 @pytest.mark.parametrize(
     "stage,projector,n_visual", [("sinks", "sink_projector", 2), ("others", "other_projector", 14)]
 )
-def test_stage_one_trains_one_projector_on_its_own_tokens(batch, stage, projector, n_visual):
+def test_stage_one_trains_one_projector_on_its_own_tokens(batch, stage, projector, n_visual, wrap):
     module = wrap(DualMLP(init="random", stage=stage))
     with torch.no_grad():
         merged = module.pathway(batch).inputs
@@ -64,7 +59,7 @@ def test_stage_one_trains_one_projector_on_its_own_tokens(batch, stage, projecto
     assert {n.split(".")[1] for n in trained_names(module, batch)} == {projector}
 
 
-def test_stage_two_starts_from_both_stage_one_files_and_trains_them_with_lora(batch, tmp_path):
+def test_stage_two_starts_from_both_stage_one_files_and_trains_them_with_lora(batch, tmp_path, wrap):
     files = {}
     for stage in ("sinks", "others"):
         stage_one = wrap(DualMLP(init="random", stage=stage))
@@ -91,7 +86,7 @@ def test_stage_two_starts_from_both_stage_one_files_and_trains_them_with_lora(ba
 
 
 @pytest.mark.parametrize("stage", ["sinks", "both"])
-def test_a_stage_checkpoint_reloads_to_the_same_logits(batch, tmp_path, stage):
+def test_a_stage_checkpoint_reloads_to_the_same_logits(batch, tmp_path, stage, wrap):
     lora = LoraSpec(r=2, alpha=4, dropout=0.0) if stage == "both" else None
     trained = wrap(DualMLP(init="random", stage=stage), lora=lora)
     with torch.no_grad():

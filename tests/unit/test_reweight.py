@@ -1,5 +1,7 @@
 """DIYSink ReW: question-conditioned block weights that start at 1, ignore the image, and are all that trains."""
 
+from functools import partial
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -8,26 +10,19 @@ from sinkflow.data.collate import Collator
 from sinkflow.data.templates import VicunaV1
 from sinkflow.models.build import prepare_for_training
 from sinkflow.models.families.llava import LlavaFamily
-from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
-from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detectors.norm_threshold import NormThreshold
-from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
 from sinkflow.sinks.strategies.reweight import Reweight
 
 
-def wrap(strategy, seed=6):
+@pytest.fixture()
+def wrap(simulated_llava):
     """ReW's training setting: the model frozen (no LoRA, projector not trained); the strategy decides the rest."""
-    model, processor = build_tiny_llava(TinyLlavaSpec(seed=seed))
-    model = prepare_for_training(model, LlavaFamily(), lora=None, train_projector=False)
-    return SinkflowModule(
-        model,
-        processor,
-        LlavaFamily(),
-        strategy,
-        NormThreshold(tau=100.0),
-        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-    )
+
+    def build(strategy, seed=6):
+        prepare = partial(prepare_for_training, family=LlavaFamily(), lora=None, train_projector=False)
+        return simulated_llava(strategy, seed=seed, prepare=prepare)
+
+    return build
 
 
 def batch_for(module, shapes_root, questions, images=(0, 1)):
@@ -43,7 +38,7 @@ def batch_for(module, shapes_root, questions, images=(0, 1)):
 
 
 @pytest.mark.parametrize("activation", ["softplus", "sigmoid2", "exp"])
-def test_weights_start_at_one_so_rew_starts_as_dual_mlp(shapes_root, tiny_encoder, activation):
+def test_weights_start_at_one_so_rew_starts_as_dual_mlp(shapes_root, tiny_encoder, activation, wrap):
     rew, dual = wrap(Reweight(encoder=tiny_encoder, activation=activation)), wrap(DualMLP())
     batch = batch_for(rew, shapes_root, ["What is the background color?", "How many shapes are there?"])
     with torch.no_grad():
@@ -54,7 +49,7 @@ def test_weights_start_at_one_so_rew_starts_as_dual_mlp(shapes_root, tiny_encode
     torch.testing.assert_close(seen.inputs["inputs_embeds"], theirs["inputs_embeds"], atol=0, rtol=0)
 
 
-def test_router_reads_the_question_not_the_image(shapes_root, tiny_encoder):
+def test_router_reads_the_question_not_the_image(shapes_root, tiny_encoder, wrap):
     module = wrap(Reweight(encoder=tiny_encoder)).eval()
     torch.nn.init.normal_(module.strategy.router[-1].weight, std=1.0)  # a trained router, not the identity start
     same = ["What is the background color?"] * 2
@@ -69,7 +64,7 @@ def test_router_reads_the_question_not_the_image(shapes_root, tiny_encoder):
     assert torch.equal(weights[0][0], weights[0][1]) and not torch.allclose(weights[2][0], weights[2][1])
 
 
-def test_only_the_router_trains_and_projectors_load_from_a_dual_mlp_run(shapes_root, tiny_encoder, tmp_path):
+def test_only_the_router_trains_and_projectors_load_from_a_dual_mlp_run(shapes_root, tiny_encoder, tmp_path, wrap):
     dual = wrap(DualMLP())
     with torch.no_grad():
         for p in dual.strategy.parameters():

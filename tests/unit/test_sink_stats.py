@@ -11,11 +11,6 @@ from torch.utils.data import DataLoader
 
 from sinkflow.data.collate import Collator
 from sinkflow.data.templates import VicunaV1
-from sinkflow.models.families.llava import LlavaFamily
-from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
-from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detectors.norm_threshold import NormThreshold
-from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.stats import SinkStats, log_histograms
 from sinkflow.sinks.strategies.none import NoneStrategy
 
@@ -52,16 +47,9 @@ def test_an_image_seen_twice_counts_once():
     assert once.compute()[1]["norms"].tolist() == sorted([*norms.flatten().tolist(), 7.0, 300.0])
 
 
-def test_every_validation_epoch_logs_sink_stats(shapes_root, tmp_path):
-    model, processor = build_tiny_llava(TinyLlavaSpec(seed=2))
-    module = SinkflowModule(
-        model,
-        processor,
-        LlavaFamily(),
-        NoneStrategy(),
-        NormThreshold(tau=100.0),
-        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-    )
+def test_every_validation_epoch_logs_sink_stats(shapes_root, tmp_path, simulated_llava):
+    module = simulated_llava(NoneStrategy())
+    processor = module.processor
     samples = [
         {
             "id": f"v{i}",

@@ -1,5 +1,7 @@
 """Training-free strategies on the tiny LLaVA: against plain transformers, exact token sets, batched generation."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -259,19 +261,12 @@ def test_a_strategy_that_needs_sinks_refuses_to_run_without_a_detector(tiny):
     [DropSinks(), SinksOnly(), SinkFront(position_ids="original")],
     ids=lambda s: f"{s.name}-{s.position_ids}",
 )
-def test_training_backpropagates_through_routed_tokens(shapes_root, strategy):
+def test_training_backpropagates_through_routed_tokens(shapes_root, strategy, simulated_llava):
     from sinkflow.models.build import LoraSpec, prepare_for_training
 
-    model, processor = build_tiny_llava(TinyLlavaSpec(seed=1))
-    model = prepare_for_training(model, LlavaFamily(), lora=LoraSpec(r=2, alpha=4))
-    module = SinkflowModule(
-        model,
-        processor,
-        LlavaFamily(),
-        strategy,
-        NormThreshold(tau=100.0),
-        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-    ).train()
+    prepare = partial(prepare_for_training, family=LlavaFamily(), lora=LoraSpec(r=2, alpha=4))
+    module = simulated_llava(strategy, seed=1, prepare=prepare).train()
+    processor = module.processor
     loss = module(Collator(processor, VicunaV1())(samples(shapes_root))).loss
     loss.backward()
     projector = [p for p in module.family.projector(module.hf).parameters()]
