@@ -54,7 +54,8 @@ MODULES = {module_name(path) for path in FILES}
 GRAPH = {module_name(path): imports_of(path) for path in FILES}
 
 
-def layer_of(module: str) -> int:
+def layer_of(module: str) -> int | None:
+    """The index of the module's layer (its longest matching prefix), or None."""
     matches = [
         (len(prefix), index)
         for index, layer in enumerate(LAYERS)
@@ -62,7 +63,7 @@ def layer_of(module: str) -> int:
         if module == prefix or module.startswith(prefix + ".")
     ]
     if not matches:
-        raise AssertionError(f"{module} is in no layer: add it to LAYERS here and in docs/architecture.md")
+        return None
     return max(matches)[1]
 
 
@@ -104,8 +105,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_every_module_is_in_a_layer():
-    for module in MODULES:
-        layer_of(module)
+    unplaced = sorted(module for module in MODULES if layer_of(module) is None)
+    assert len(MODULES) > 50 and not unplaced, f"add {unplaced} to LAYERS here and in docs/architecture.md"
+    assert layer_of("sinkflow.pathway") == 0 and layer_of("sinkflow.data.datamodule") > layer_of("sinkflow.benchmarks")
 
 
 def test_no_module_imports_a_higher_layer():
