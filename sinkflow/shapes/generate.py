@@ -13,6 +13,7 @@ from sinkflow.benchmarks.mme import YES_NO_SUFFIX
 from sinkflow.benchmarks.pope import CATEGORIES as POPE_CATEGORIES
 from sinkflow.checks import number
 from sinkflow.data.collate import first_question
+from sinkflow.shapes.formats.base import FORMATS
 from sinkflow.shapes.questions import (
     GLOBAL_KINDS,
     LOCAL_KINDS,
@@ -32,7 +33,7 @@ from sinkflow.shapes.render import render_scene
 from sinkflow.shapes.scene import BACKGROUNDS, SHAPE_COLORS, SHAPES, Scene, sample_scene
 
 VERSION = 3  # bump when the generated content changes, so cached datasets are regenerated
-_OUTPUTS = ("images", "eval_images", "pope", "mme", "mmstar", "open", "train.json", "scenes.json", "manifest.json")
+_BUILT_IN = ("images", "eval_images", "pope", "mme", "mmstar", "open", "train.json", "scenes.json", "manifest.json")
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,8 @@ def generate_shapes(
         "image_size": image_size,
         "turns_per_image": turns_per_image,
     }
+    if FORMATS.names():  # absent while no format is registered, so that existing datasets stay valid
+        params["formats"] = FORMATS.names()
     if routing_questions:  # absent when off, so that existing datasets stay valid
         if image_prompt is None or question_prompt is None or "{question}" not in question_prompt:
             raise ValueError(
@@ -159,7 +162,7 @@ def generate_shapes(
     manifest = root / "manifest.json"
     if not overwrite and manifest.is_file() and json.loads(manifest.read_text("utf-8")).get("params") == params:
         return root
-    for name in _OUTPUTS:  # only our own outputs: root may hold other files
+    for name in (*_BUILT_IN, *(fmt.folder for _, fmt in FORMATS.items())):  # only ours: root may hold other files
         path = root / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -236,6 +239,11 @@ def generate_shapes(
         ],
     )
     counts["open"] = len(data.open)
+    for name, fmt in FORMATS.items():
+        (root / fmt.folder).mkdir()
+        counts[name] = fmt.write(
+            root / fmt.folder, data.eval_scenes, random.Random(f"shapes/{seed}/{name}"), _eval_image
+        )
 
     # Written last: a manifest marks a complete dataset.
     _write_json(

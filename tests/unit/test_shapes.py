@@ -407,3 +407,27 @@ def test_a_one_image_evaluation_set_writes_no_empty_question_file(tmp_path, seed
     assert len(load_pope(root / "pope", images)) == sum(counts["pope"].values())
     assert len(load_mmstar(root / "mmstar" / "mmstar.jsonl", images)) == counts["mmstar"]
     assert len(load_open_qa(root / "open" / "open.jsonl", images)) == counts["open"]
+
+
+def test_a_registered_format_is_written_with_its_own_stream_and_changes_no_other_file(tmp_path, monkeypatch):
+    """The extension point of new benchmarks: a format module registers a writer; the built-in files stay
+    byte-identical, the manifest counts its questions and names it (so cached datasets regenerate)."""
+    from sinkflow.shapes.formats.base import FORMATS, ShapesFormat
+
+    def write_toy(folder, scenes, rng, image_name):
+        lines = [f"{image_name(i)}\t{scene.background}\t{rng.random():.6f}\n" for i, scene in enumerate(scenes)]
+        (folder / "toy.tsv").write_text("".join(lines))
+        return len(lines)
+
+    plain = generate_shapes(tmp_path / "plain", seed=3, n_train=4, n_eval=5)
+    monkeypatch.setattr(FORMATS, "_entries", dict(FORMATS._entries))  # forget the toy after the test
+    FORMATS.register("toy", ShapesFormat(folder="toy", write=write_toy))
+    with_toy = generate_shapes(tmp_path / "toy", seed=3, n_train=4, n_eval=5)
+    rows = [row.split("\t")[:2] for row in (with_toy / "toy" / "toy.tsv").read_text().splitlines()]
+    scenes = json.loads((with_toy / "scenes.json").read_text())
+    assert rows == [[f"eval_{i:05d}.png", scenes[f"eval_images/eval_{i:05d}.png"]["background"]] for i in range(5)]
+    manifest = json.loads((with_toy / "manifest.json").read_text())
+    assert manifest["counts"]["toy"] == 5 and "toy" in manifest["params"]["formats"]
+    for path in plain.rglob("*"):
+        if path.is_file() and path.name != "manifest.json":
+            assert path.read_bytes() == (with_toy / path.relative_to(plain)).read_bytes(), path
