@@ -19,6 +19,7 @@ from sinkflow.benchmarks.common import short_answer_prompt
 from sinkflow.benchmarks.mmstar import LETTERS, letter_prompt
 from sinkflow.benchmarks.pope import CATEGORIES as POPE_CATEGORIES
 from sinkflow.checks import choice
+from sinkflow.shapes.formats.base import FORMATS
 from sinkflow.shapes.scene import ALL_OBJECTS, BACKGROUNDS, CORNERS, MAX_OBJECTS, SHAPE_COLORS, Scene
 
 GlobalKind = Literal["background", "dominant_color", "count"]
@@ -71,7 +72,11 @@ def scope_of(benchmark: str, category: str, l2_category: str | None = None) -> S
 
 
 def annotate_scope(item: dict) -> dict:
-    """Extra metadata for an evaluation item: its `scope` (global / local), scored separately."""
+    """Extra metadata for an evaluation item: its `scope` (global / local), scored separately (a registered shapes
+    format says it for its own items, or leaves them without one)."""
+    if item["benchmark"] in FORMATS:
+        scope = FORMATS[item["benchmark"]].scope
+        return {"scope": scope(item)} if scope is not None else {}
     return {"scope": scope_of(item["benchmark"], item["category"], item.get("l2_category"))}
 
 

@@ -8,7 +8,8 @@ A format module registers a `ShapesFormat` under its benchmark's name:
 with the folder created, a random stream of its own (so adding a format changes no other file) and
 `image_name(i)`, the file name of evaluation image i under `eval_images/`. `write` returns how many questions it
 wrote (recorded in the manifest). The registered names are part of the manifest's params, so adding a format
-regenerates cached datasets.
+regenerates cached datasets. `scope(item)`, when given, says whether a loaded item asks a global or a local
+question (`annotate_scope`; the shapes scores per scope); without it the format's items carry no scope.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ShapesFormat:
 
     folder: str
     write: Writer
+    scope: Callable[[dict], str] | None = None
 
 
 FORMATS: Registry[ShapesFormat] = Registry("shapes format", "sinkflow.shapes.formats")
