@@ -1,5 +1,6 @@
-"""MathVista testmini: the release's `testmini.json` and `AI4Math/MathVista`, the two prompts (the dataset's `query`,
-lmms-eval's format-prompt), answer extraction and matching per parser, and the accuracies (docs/benchmarks.md#mathvista).
+"""MathVista testmini: the release's `testmini.json` and `AI4Math/MathVista`, the two prompts (the dataset's
+`query`, lmms-eval's format-prompt), answer extraction and matching per parser, and the accuracies
+(docs/benchmarks.md#mathvista).
 
 Every toolkit extracts the answer with a GPT judge after a few rules. sinkflow applies the toolkit's rules, then its
 own deterministic ones in place of the judge; what neither extracts is wrong and counted in `mathvista/unextracted`,

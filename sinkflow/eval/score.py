@@ -8,6 +8,9 @@ apply those toolkits' answer rules (and, for MMStar under lmms_eval, its macro a
 Records of a benchmark the scorer does not know (a misspelt name) are an error; `--allow-unknown` scores them by
 first-word exact match under `<name>/accuracy`, outside the `all/*` aggregates.
 
+MathVista answers that no rule extracts count as wrong (`mathvista/unextracted`); `--judge PATH` asks a local
+causal LM for them with the official extraction prompt.
+
 MMStar's multi-modal gain and leakage: score the with-image file and pass the same model's answers without images
 (`evaluate.py dataset.without_images=true`) as `--without-image`, and the base LLM's as `--text-only`.
 """
@@ -23,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sinkflow.benchmarks.base import BENCHMARKS, Parser
+from sinkflow.benchmarks.mathvista_judge import LocalJudge, judge_records
 from sinkflow.benchmarks.mme import load_mme_results
 from sinkflow.data.errors import DataFormatError
 from sinkflow.data.predictions import read_numbered_predictions
@@ -71,10 +75,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         action="store_true",
         help=f"score benchmarks other than {', '.join(BENCHMARKS.names())} by first-word exact match, outside all/*",
     )
+    parser.add_argument(
+        "--judge",
+        type=Path,
+        help="a local causal LM that extracts the MathVista answers no rule extracts (default none)",
+    )
     args = parser.parse_args(argv)
+    judge = LocalJudge(args.judge) if args.judge else None
 
     def score(path: Path) -> dict[str, float]:
-        return score_records(load_records(path, args.allow_unknown), args.parser, args.allow_unknown)
+        records = load_records(path, args.allow_unknown)
+        if judge is not None:
+            records = judge_records(records, args.parser, judge)
+        return score_records(records, args.parser, args.allow_unknown)
 
     metrics = score(args.predictions)
     if args.without_image:
