@@ -100,12 +100,14 @@ def build_prompt(item: dict, style: PromptStyle) -> str:
     return "\n".join(line for line in lines if line).strip()
 
 
-def _check(ok: bool, path: Path, where: str, name: str, message: str) -> None:
+def _check(ok: bool, path: Path, where: int | str | None, name: str, message: str) -> None:
     if not ok:
         raise DataFormatError(path, where, name, message)
 
 
-def mathvista_item(obj: dict, path: Path, where: str, root: Path, check_images: bool, prompt: PromptStyle) -> dict:
+def mathvista_item(
+    obj: dict, path: Path, where: int | str, root: Path, check_images: bool, prompt: PromptStyle
+) -> dict:
     """One MathVista problem (the release's fields) as an evaluation item; `where` names it in errors."""
     pid = field(obj, "pid", str, path, where)
     question = field(obj, "question", str, path, where)
@@ -251,7 +253,8 @@ def _option_letter(answer: str, options: dict[str, str]) -> str | None:
 
 
 def can_infer(answer: str, options: dict[str, str]) -> str | None:
-    """VLMEvalKit's `can_infer` (letter -> option text): a letter, 'Z' (a refusal), or None."""
+    """VLMEvalKit's `can_infer` over `options` (letter -> text): `_option_letter`, else (unless the answer is longer
+    than twice the options' total length) the one option whose text the answer contains; else None."""
     if "Failed to obtain answer via API" not in answer:  # that message skips to the option texts
         letter = _option_letter(answer, options)
         if letter:
