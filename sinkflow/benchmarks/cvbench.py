@@ -145,16 +145,16 @@ def load_cvbench_hf(
 _OFFICIAL_KEYWORDS = ("answer is", "answer is:", "answer:")
 
 
-def official_letter(text: str, source: str) -> str:
-    """Cambrian-1's `extract_mcq_answer` (lower-case): the text after the last "answer is" / "answer:", stripped of
-    a trailing "." (Omni3D: of trailing ".", ":" and ","), one leading "(" and trailing ")"; then its first
-    character. The 2D and 3D scripts differ only in that trailing set."""
+def official_letter(text: str) -> str:
+    """Cambrian-1's `extract_mcq_answer` (lower-case): the text after the last "answer is" / "answer:", stripped,
+    without a trailing "." and then a leading "(" and a trailing ")"; its first character.
+    The 3D script also strips a trailing ":" and ","; only the first character counts and a letter is never
+    stripped, so no verdict differs and one rule serves both."""
     text = text.lower().strip()
-    for keyword in _OFFICIAL_KEYWORDS:  # in turn, each on what the previous left
+    for keyword in _OFFICIAL_KEYWORDS:  # in turn, each on what the previous one left
         if keyword in text:
             text = text.split(keyword)[-1]
-    text = text.strip().rstrip(".:," if source == "Omni3D" else ".").lstrip("(").rstrip(")")
-    return text[0] if len(text) > 1 else text
+    return text.strip().rstrip(".").lstrip("(").rstrip(")")[:1]
 
 
 # Case-insensitive [A-Z] also matches four non-ASCII letters (İ ı ſ K); the same pattern keeps that behaviour.
@@ -220,10 +220,10 @@ class CVBench(Benchmark, name="cvbench"):
     def correct(record: dict, parser: Parser) -> bool:
         letter, choices = record["answer"][1], record["choices"]
         if parser == "official":
-            pred = official_letter(record["prediction"], record["source"])
+            pred = official_letter(record["prediction"])
             # The 3D script also accepts the right choice's text, which a one-character reading matches only when
             # that text is a single character.
-            return pred == letter.lower() or (record["source"] == "Omni3D" and pred == choices[ord(letter) - 65])
+            return pred == letter.lower() or (record["source"] == "Omni3D" and pred == choices[ord(letter) - ord("A")])
         if parser == "lmms_eval":
             return lmms_eval_letter(record["prediction"]) == letter
         lettered = {chr(ord("A") + i): option for i, option in enumerate(choices)}

@@ -12,14 +12,15 @@ from sinkflow.data.predictions import read_predictions
 pytestmark = pytest.mark.slow  # two processes (DDP, gloo) running evaluate.py / train.py
 
 ROOT = Path(__file__).resolve().parents[2]
-# 7 questions per set of three (the open set left out), 21 in all, batch 4: an odd count, so the distributed
-# sampler pads with duplicates that must not count.
+# 7 questions per set of three (the open and cvbench sets left out), 21 in all, batch 4: an odd count, so the
+# distributed sampler pads with duplicates that must not count.
 ARGS = [
     "dataset.prepare.n_train=8",
     "dataset.prepare.n_eval=4",
     "dataset.limit_eval=7",
     "dataset.eval_batch_size=4",
     "~dataset.eval_sets.open",
+    "~dataset.eval_sets.cvbench",
 ]
 
 

@@ -278,6 +278,7 @@ def test_evaluate_on_the_real_pope_files_with_stand_in_images(tmp_path, env, pop
             f"dataset.eval_sets.pope.image_root={images}",
             "~dataset.eval_sets.mme",
             "~dataset.eval_sets.mmstar",
+            "~dataset.eval_sets.cvbench",
             "dataset.limit_eval=5",
             f"hydra.run.dir={out}",
         ],
