@@ -34,6 +34,17 @@ def cvbench_prompt(prompt: str, n_choices: int, style: Parser) -> str:
     return prompt
 
 
+def choices_problem(choices: object, answer: str) -> tuple[str, str] | None:
+    """`(field, what is wrong)` when `choices` is not a list of 2 to 26 strings or `answer` not one of their
+    parenthesised letters, else None."""
+    if not isinstance(choices, list) or not 2 <= len(choices) <= 26 or not all(isinstance(c, str) for c in choices):
+        return "choices", f"expected a list of 2 to 26 strings, got {choices!r}"
+    letter = _ANSWER.fullmatch(answer)
+    if letter is None or ord(letter.group(1)) - ord("A") >= len(choices):
+        return "answer", f"expected '(A)' to '({chr(ord('A') + len(choices) - 1)})', got {answer!r}"
+    return None
+
+
 def _filename(obj: dict, path: Path, line_no: int) -> str:
     """The row's image path relative to the dataset root (the HF loader writes the embedded image there)."""
     name = field(obj, "filename", str, path, line_no)
@@ -61,13 +72,9 @@ def cvbench_item(
         raise DataFormatError(path, line_no, "task", f"expected one of {TASKS[kind]} for {kind}, got {task!r}")
     if source not in SOURCES[kind]:
         raise DataFormatError(path, line_no, "source", f"expected one of {SOURCES[kind]} for {kind}, got {source!r}")
-    if not 2 <= len(choices) <= 26 or not all(isinstance(c, str) for c in choices):
-        raise DataFormatError(path, line_no, "choices", f"expected 2 to 26 strings, got {choices!r}")
-    letter = _ANSWER.fullmatch(answer)
-    if letter is None or ord(letter.group(1)) - ord("A") >= len(choices):
-        raise DataFormatError(
-            path, line_no, "answer", f"expected '(A)' to '({chr(ord('A') + len(choices) - 1)})', got {answer!r}"
-        )
+    problem = choices_problem(choices, answer)
+    if problem:
+        raise DataFormatError(path, line_no, *problem)
     if idx in seen:
         raise DataFormatError(path, line_no, "idx", f"duplicate idx {idx} (first at {seen[idx]})")
     seen[idx] = f"{path}:{line_no}"
@@ -234,15 +241,10 @@ class CVBench(Benchmark, name="cvbench"):
         problem = super().record_problem(record)
         if problem:
             return problem
-        kind, choices = record["type"], record.get("choices")
+        kind = record["type"]
         if record["category"] not in TASKS[kind] or record["source"] not in SOURCES[kind]:
             return "type", f"expected tasks {TASKS[kind]} and sources {SOURCES[kind]} for {kind}"
-        if not isinstance(choices, list) or not 2 <= len(choices) <= 26 or not all(isinstance(c, str) for c in choices):
-            return "choices", f"expected a list of 2 to 26 strings, got {choices!r}"
-        letter = _ANSWER.fullmatch(record["answer"])
-        if letter is None or ord(letter.group(1)) - ord("A") >= len(choices):
-            return "answer", f"expected '(A)' to '({chr(ord('A') + len(choices) - 1)})', got {record['answer']!r}"
-        return None
+        return choices_problem(record.get("choices"), record["answer"])
 
     @classmethod
     def score(cls, records: list[dict], parser: Parser) -> dict[str, float]:

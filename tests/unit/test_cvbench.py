@@ -133,7 +133,7 @@ def test_the_hugging_face_parquet_loads_to_the_same_items(tmp_path):
         ({"task": "Depth"}, "task", "expected one of ('Count', 'Relation') for 2D, got 'Depth'"),
         ({"source": "Omni3D"}, "source", "expected one of ('ADE20K', 'COCO') for 2D, got 'Omni3D'"),
         ({"choices": "left, right"}, "choices", "expected list"),
-        ({"choices": ["left"]}, "choices", "expected 2 to 26 strings"),
+        ({"choices": ["left"]}, "choices", "expected a list of 2 to 26 strings, got ['left']"),
         ({"answer": "B"}, "answer", "expected '(A)' to '(B)', got 'B'"),
         ({"answer": "(C)"}, "answer", "expected '(A)' to '(B)', got '(C)'"),
         ({"filename": "/abs/img.png"}, "filename", "expected a path relative to the dataset root"),
