@@ -118,13 +118,14 @@ def mmmu_item(
     prompt, cited = place_images(mmmu_prompt(question, shown, multiple_choice_prompt, open_prompt))
     if not cited:
         raise DataFormatError(file, line, "question", "expected <image k> in the question or its options, got none")
-    names = []
+    names = []  # the image files, in prompt order
     for k in cited:
         cell = row.get(f"image_{k}")
         if not isinstance(cell, dict) or not cell.get("bytes"):
             raise DataFormatError(file, line, f"image_{k}", f"<image {k}> is cited but the row has no such image")
         suffix = Path(cell.get("path") or "").suffix or ".png"
         names.append(save_image(cell, folder, f"{qid}_{k}{suffix}", file, line))
+    paths = [str(folder.resolve() / name) for name in names]
     return {
         "benchmark": "mmmu",
         "id": qid,
@@ -135,9 +136,7 @@ def mmmu_item(
         "options": row["options"],
         "answer": answer,
         "images": names,
-        "image_path": [str(folder.resolve() / n) for n in names]
-        if len(names) > 1
-        else str(folder.resolve() / names[0]),
+        "image_path": paths if len(paths) > 1 else paths[0],  # one image: a path, as every other benchmark has
         "prompt": prompt,
     }
 

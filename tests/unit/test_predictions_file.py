@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from sinkflow.benchmarks.base import BENCHMARKS
 from sinkflow.data import predictions
 from sinkflow.data.errors import DataFormatError
 from sinkflow.data.predictions import PredictionsWriter, read_predictions
@@ -248,9 +249,8 @@ def test_an_unknown_benchmark_is_an_error_unless_allowed(tmp_path):
     with pytest.raises(DataFormatError) as error:
         score_main([str(path)])
     assert str(error.value) == (
-        f"{path}:2: benchmark: unknown benchmark 'popee'; expected one of ('mme', 'mmstar', "
-        "'open', 'pope') (--allow-unknown scores it by first-word exact match, outside "
-        "all/*)"
+        f"{path}:2: benchmark: unknown benchmark 'popee'; expected one of {tuple(BENCHMARKS.names())} "
+        "(--allow-unknown scores it by first-word exact match, outside all/*)"
     )
     scores = score_main([str(path), "--allow-unknown"])
     assert scores["popee/accuracy"] == 1.0 and scores["popee/local/accuracy"] == 1.0
