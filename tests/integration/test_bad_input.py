@@ -73,7 +73,7 @@ def test_a_diverging_run_stops_exits_non_zero_and_keeps_only_finite_weights(tmp_
     assert not (out / "metrics.json").exists() and not (out / "predictions.jsonl").exists()
 
 
-def test_an_empty_benchmark_file_is_an_error_naming_it(tmp_path, env):
+def test_an_empty_benchmark_file_is_an_error_naming_it(tmp_path, env, other_eval_sets):
     pope = tmp_path / "pope"
     pope.mkdir()
     (pope / "coco_pope_random.json").write_text("")
@@ -84,8 +84,7 @@ def test_an_empty_benchmark_file_is_an_error_naming_it(tmp_path, env):
             "dataset=benchmarks",
             f"dataset.eval_sets.pope.paths={pope}",
             f"dataset.eval_sets.pope.image_root={tmp_path}",
-            "~dataset.eval_sets.mme",
-            "~dataset.eval_sets.mmstar",
+            *other_eval_sets("benchmarks", keep="pope"),
             f"hydra.run.dir={out}",
         ],
         tmp_path,

@@ -91,7 +91,7 @@ def test_evaluate_checkpoint_reproduces_train_predictions_and_resumes(trained_ru
 
     trained = by_key(out / "predictions.jsonl")
     evaluated = by_key(eval_out / "predictions.jsonl")
-    assert evaluated == trained and len(evaluated) == 64
+    assert evaluated == trained and len(evaluated) == 80  # 16 of each of the five shapes sets
 
     # Interrupt: keep the first 10 lines; a rerun completes the file without duplicates.
     lines = (eval_out / "predictions.jsonl").read_text().splitlines(keepends=True)
@@ -100,10 +100,10 @@ def test_evaluate_checkpoint_reproduces_train_predictions_and_resumes(trained_ru
     assert first == json.loads((out / "metrics.json").read_text())
     assert first["sinks/precision"] == 1.0 and first["sinks/per_image"] == 2.0  # measurements too, not only scores
     proc = run("evaluate.py", args, tmp, env)
-    assert "resuming: 10 of 64 questions already predicted" in proc.stdout + proc.stderr
+    assert "resuming: 10 of 80 questions already predicted" in proc.stdout + proc.stderr
     assert "sinks/* cover the questions answered now, not the 10 already in" in proc.stdout + proc.stderr
     assert by_key(eval_out / "predictions.jsonl") == trained
-    assert len(read_predictions(eval_out / "predictions.jsonl")) == 64
+    assert len(read_predictions(eval_out / "predictions.jsonl")) == 80
     metrics = json.loads((eval_out / "metrics.json").read_text())
     scores = {k: v for k, v in metrics.items() if not k.startswith("sinks/")}
     assert scores == {k: v for k, v in first.items() if not k.startswith("sinks/")}  # every question scored
@@ -191,7 +191,7 @@ def test_cot_route_records_each_decision_and_logs_the_routing_time(trained_run):
         env,
     )
     records = read_predictions(routed / "predictions.jsonl")
-    assert len(records) == 16 and all(r["routing"]["route"] in ("sinks_only", "others_only", "both") for r in records)
+    assert len(records) == 20 and all(r["routing"]["route"] in ("sinks_only", "others_only", "both") for r in records)
     assert all({"image", "question", "image_answer", "question_answer"} <= set(r["routing"]) for r in records)
     (logged,) = list(csv.DictReader(next(routed.glob("csv/**/metrics.csv")).open()))[-1:]
     metrics = json.loads((routed / "metrics.json").read_text())
@@ -257,7 +257,7 @@ def test_tiny_qwen_runs_the_default_pipeline_and_its_checkpoint_evaluates_the_sa
     assert {(r["benchmark"], r["id"]): r["prediction"] for r in reproduced} == trained
 
 
-def test_evaluate_on_the_real_pope_files_with_stand_in_images(tmp_path, env, pope_coco):
+def test_evaluate_on_the_real_pope_files_with_stand_in_images(tmp_path, env, pope_coco, other_eval_sets):
     """`dataset=benchmarks` reads the original POPE question files; COCO images are replaced by generated ones."""
     from PIL import Image
 
@@ -276,9 +276,7 @@ def test_evaluate_on_the_real_pope_files_with_stand_in_images(tmp_path, env, pop
             "dataset=benchmarks",
             f"dataset.eval_sets.pope.paths={fixtures}",
             f"dataset.eval_sets.pope.image_root={images}",
-            "~dataset.eval_sets.mme",
-            "~dataset.eval_sets.mmstar",
-            "~dataset.eval_sets.cvbench",
+            *other_eval_sets("benchmarks", keep="pope"),
             "dataset.limit_eval=5",
             f"hydra.run.dir={out}",
         ],
