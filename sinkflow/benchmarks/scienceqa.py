@@ -26,8 +26,8 @@ HF_COLUMNS = ("image", "question", "choices", "answer", "hint", "grade", "subjec
 
 
 def scienceqa_prompt(question: str, choices: list[str], hint: str, suffix: str = LETTER_ANSWER) -> str:
-    """lmms-eval's (and LLaVA-1.5's) prompt: `Context: <hint>` when there is one, the question, one `X. choice`
-    line per choice, then the letter instruction."""
+    """lmms-eval's prompt: `Context: <hint>` when there is one, the question, one `X. choice` line per choice, then
+    the letter instruction."""
     context = f"Context: {hint}\n" if hint else ""
     lines = "\n".join(f"{OPTIONS[i]}. {choice}" for i, choice in enumerate(choices))
     return f"{context}{question}\n{lines}{suffix}"

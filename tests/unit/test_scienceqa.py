@@ -7,10 +7,12 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from sinkflow.benchmarks.multiple_choice import choice_vlmevalkit
 from sinkflow.benchmarks.scienceqa import (
     ScienceQAImg,
     lmms_eval_correct,
@@ -178,6 +180,16 @@ def test_the_hugging_face_layout_reads_the_test_files_only_and_matches_the_relea
     assert all(Image.open(i["image_path"]).getpixel((0, 0)) == (0, 90, 0) for i in items)
 
 
+def test_a_save_to_disk_folder_reads_its_test_split_only(tmp_path):
+    for split, pids in (("test", ["12", "4"]), ("validation", ["9"])):
+        (tmp_path / "sqa" / split).mkdir(parents=True)
+        table = pa.Table.from_pylist(hf_rows(pids), HF_SCHEMA)
+        with ipc.new_stream(str(tmp_path / "sqa" / split / "data-00000-of-00001.arrow"), table.schema) as writer:
+            writer.write_table(table)
+    items = load_scienceqa_hf(tmp_path / "sqa")
+    assert [(i["id"], i["question"]) for i in items] == [("0", "Which word is a noun?"), ("1", "Which animal has fur?")]
+
+
 def test_a_hugging_face_row_without_an_image_or_a_bad_answer_is_named_by_row(tmp_path):
     rows = hf_rows(["12", "4"])
     rows[1]["image"] = None
@@ -221,6 +233,15 @@ def test_each_parser_on_worked_answers(prediction):
     record = {"prediction": prediction, "answer": "B", "choices": CHOICES}
     got = tuple(ScienceQAImg.correct(record, parser) for parser in ("official", "lmms_eval", "vlmevalkit"))
     assert got == WORKED[prediction]
+
+
+def test_vlmevalkit_quirks_beyond_the_worked_answers():
+    options = {"A": "pear", "B": "apple"}
+    assert choice_vlmevalkit("I think the answer is Apple", options) == "A"  # "answer is A", no word boundary
+    assert choice_vlmevalkit("Option Z, the apple", options) is None  # a lone Z token: refused, text not tried
+    assert choice_vlmevalkit("B", options) == "B"
+    assert choice_vlmevalkit("Failed to obtain answer via API B", options) is None  # straight to the option texts
+    assert choice_vlmevalkit("apple", options) == "B" and choice_vlmevalkit("apple or pear", options) is None
 
 
 def test_official_letters_stay_within_the_questions_choices():
