@@ -94,7 +94,7 @@ def numbered_problems(path: Path) -> dict[str, tuple[int, object]]:
     return {key: (lines[key], problem) for key, problem in problems.items()}
 
 
-def test_ids(path: Path) -> list[str]:
+def split_ids(path: Path) -> list[str]:
     """The problem ids of the test split in `pid_splits.json`, in its order (the official scripts' order)."""
     try:
         splits = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -125,12 +125,14 @@ def load_scienceqa(
     problems = numbered_problems(problems_file)
     root = Path(image_root if image_root is not None else directory / "images").resolve()
     items = []
-    for pid in test_ids(splits_file):
+    for pid in split_ids(splits_file):
         if pid not in problems:
             raise DataFormatError(splits_file, None, SPLIT, f"problem id {pid!r} is not in {problems_file.name}")
         line, problem = problems[pid]
         if not isinstance(problem, dict):
-            raise DataFormatError(problems_file, line, pid, f"expected a problem object, got {problem!r}")
+            raise DataFormatError(
+                problems_file, line, "<problem>", f"expected an object for problem {pid!r}, got {problem!r}"
+            )
         split = field(problem, "split", str, problems_file, line)
         if split != SPLIT:
             raise DataFormatError(

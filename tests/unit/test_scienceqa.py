@@ -139,6 +139,12 @@ def test_a_missing_image_key_a_missing_problem_a_missing_image_and_broken_json_a
     (folder / "problems.json").write_text('{\n  "4": {"question": "q",\n  "choices": [}\n}')
     with pytest.raises(DataFormatError, match="problems.json:3: <json>: expected a JSON object"):
         load_scienceqa(folder)
+    folder = write_release(tmp_path / "f", {"4": 5}, {"test": ["4"]})
+    with pytest.raises(DataFormatError, match="problems.json:2: <problem>: expected an object for problem '4', got 5"):
+        load_scienceqa(folder)
+    folder = write_release(tmp_path / "g", splits={"test": "4"})
+    with pytest.raises(DataFormatError, match="pid_splits.json: test: expected a list of problem ids"):
+        load_scienceqa(folder)
     folder = write_release(tmp_path / "e", {"7": PROBLEMS["7"]}, {"test": ["7"]})
     with pytest.raises(DataFormatError, match="image: no test problem has an image"):
         load_scienceqa(folder)
