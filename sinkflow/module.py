@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from sinkflow.checks import number
 from sinkflow.config import check_optim
-from sinkflow.data.collate import Collator, sample_key
+from sinkflow.data.collate import Collator
 from sinkflow.divergence import require_finite
 from sinkflow.models.build import load_pretrained, prepare_for_training, resolve_checkpoint, unwrap
 from sinkflow.models.export import Export
@@ -295,18 +296,18 @@ class SinkflowModule(L.LightningModule):
 
     def _answer(self, batch: dict) -> tuple[list[dict], PathwayResult]:
         """Prediction records of a batch (with each image's routing decision and its share of the deciding time, when
-        the strategy decided)."""
+        the strategy decided: the decision itself for a question with one image, the list of its images' decisions
+        in prompt order for one with several)."""
         seen = self.pathway(batch, padding_side="left")
         records = [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], self._greedy(seen.inputs))]
         routed = seen.routed
         if routed is not None and routed.decisions is not None:
             seconds = routed.decision_seconds / max(len(routed.decisions), 1)
-            decisions = {
-                key: dict(decision, seconds=seconds) for key, decision in zip(batch["image_keys"], routed.decisions)
-            }
-            for record in records:
-                if sample_key(record) in decisions:
-                    record["routing"] = decisions[sample_key(record)]
+            per_record: dict[int, list[dict]] = defaultdict(list)
+            for row, decision in zip(batch["image_samples"], routed.decisions):
+                per_record[row].append(dict(decision, seconds=seconds))
+            for row, decisions in per_record.items():
+                records[row]["routing"] = decisions[0] if len(decisions) == 1 else decisions
         return records, seen
 
     def parameter_groups(self) -> list[dict]:

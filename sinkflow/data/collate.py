@@ -16,7 +16,7 @@ from sinkflow.pathway import IGNORE_INDEX
 
 TEXT_KEYS = ("input_ids", "attention_mask", "labels")
 # Batch entries that describe the samples rather than feed the model.
-BOOKKEEPING_KEYS = ("meta", "image_keys", "image_questions", "n_truncated")
+BOOKKEEPING_KEYS = ("meta", "image_keys", "image_questions", "image_samples", "n_truncated")
 
 
 def batch_to(batch: dict, device: torch.device | str) -> dict:
@@ -60,25 +60,27 @@ class Collator:
         return getattr(self.processor, "image_token", None) or IMAGE_TOKEN
 
     def __call__(self, samples: list[dict]) -> dict:
-        texts, spans, images = [], [], []
+        texts, spans, images, origins = [], [], [], []
         for sample in samples:
             turns = to_turns(sample["conversations"])
             if self.generate and turns and turns[-1][0] == "assistant":
                 turns = turns[:-1]
             rendered = self.template.render(self.processor, turns, add_generation_prompt=self.generate)
+            paths = image_paths(sample)
             n_placeholders = rendered.text.count(self.image_token)
-            if n_placeholders != (sample.get("image") is not None):
+            if n_placeholders != len(paths):
                 raise ValueError(
                     f"sample {sample['id']!r}: {n_placeholders} {self.image_token} tokens in the conversation for "
-                    f"{'one image' if sample.get('image') else 'no image'}; expected exactly one per image"
+                    f"{_count_images(len(paths))}; expected exactly one per image"
                 )
-            if sample.get("image") is not None:
-                images.append(load_image(sample["image"], sample["id"]))
+            for path in paths:
+                images.append(load_image(path, sample["id"]))
+                origins.append((path, sample["id"]))
             texts.append(rendered.text)
             spans.append(rendered.supervised)
 
         prompts = list(texts)
-        image_inputs = self._process_images(images, [s for s in samples if s.get("image") is not None])
+        image_inputs = self._process_images(images, origins)
         batch = self._encode(texts, spans, image_inputs)
         batch.update(image_inputs)
         batch["n_truncated"] = 0
@@ -86,30 +88,34 @@ class Collator:
             self._truncate(batch)
         # The prompt is recorded as rendered, before placeholder expansion.
         batch["meta"] = [dict(s.get("meta", {}), id=s["id"], prompt=p) for s, p in zip(samples, prompts)]
+        # Per image, in the order the processor saw them (sample by sample, each sample's images in prompt order).
         # One stable key per image: per-image random choices (random_control) are seeded by it, sink statistics count
-        # each image once by it, and routing decisions find their record by it.
+        # each image once by it.
         batch["image_keys"] = [
-            sample_key(dict(s.get("meta", {}), id=s["id"])) for s in samples if s.get("image") is not None
+            image_key(sample_key(dict(s.get("meta", {}), id=s["id"])), k)
+            for s in samples
+            for k in range(len(image_paths(s)))
         ]
-        # The question asked about each image (its first user turn), for question-conditioned routers.
-        batch["image_questions"] = [first_question(s["conversations"]) for s in samples if s.get("image") is not None]
+        # The question asked about each image (its sample's first user turn), for question-conditioned routers.
+        batch["image_questions"] = [first_question(s["conversations"]) for s in samples for _ in image_paths(s)]
+        # The sample (batch row) each image belongs to: routing decisions find their record by it.
+        batch["image_samples"] = [row for row, s in enumerate(samples) for _ in image_paths(s)]
         return batch
 
-    def _process_images(self, images: list[Image.Image], samples: list[dict]) -> dict:
-        """The image processor's tensors for the batch; an image it rejects is named with its sample id."""
+    def _process_images(self, images: list[Image.Image], origins: list[tuple[str, object]]) -> dict:
+        """The image processor's tensors for the batch; an image it rejects is named with its file and sample id
+        (`origins`: per image, its path and its sample's id)."""
         if not images:
             return {}
         try:
             return self.processor.image_processor(images, return_tensors="pt")
         except Exception:
             # Only now, one image at a time, to find the culprit: the happy path stays one call.
-            for image, sample in zip(images, samples):
+            for image, (path, sample_id) in zip(images, origins):
                 try:
                     self.processor.image_processor([image], return_tensors="pt")
                 except Exception as err:
-                    raise ValueError(
-                        f"cannot process image {sample['image']}{_question_suffix(sample['id'])}: {err}"
-                    ) from err
+                    raise ValueError(f"cannot process image {path}{_question_suffix(sample_id)}: {err}") from err
             raise  # no single image fails: the batch as a whole does
 
     def ask(self, batch: dict, questions: list[str]) -> dict:
@@ -132,13 +138,17 @@ class Collator:
         return {**batch, **self._encode(texts, spans, image_inputs)}
 
     def _encode(self, texts: list[str], spans: list[list[tuple[int, int]]], image_inputs: dict) -> dict:
-        """Expand each text's image token (images in order), tokenize, pad and mask the labels."""
+        """Expand each text's image tokens (the batch's images in order), tokenize, pad and mask the labels."""
         image_idx = 0
         for i, text in enumerate(texts):
-            if self.image_token in text:
-                expansion = self.processor.replace_image_token(image_inputs, image_idx)
-                image_idx += 1
-                texts[i], spans[i] = _expand(text, spans[i], self.image_token, expansion)
+            n_images = text.count(self.image_token)
+            if n_images:
+                expansions = [
+                    self.processor.replace_image_token(image_inputs, idx)
+                    for idx in range(image_idx, image_idx + n_images)
+                ]
+                image_idx += n_images
+                texts[i], spans[i] = _expand(text, spans[i], self.image_token, expansions)
 
         tokenizer = self.processor.tokenizer
         enc = tokenizer(
@@ -186,6 +196,22 @@ def key_hash(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
 
 
+def image_paths(sample: dict) -> list[str]:
+    """A sample's images: none, one (`image` a path) or several (`image` a list of paths, in placeholder order)."""
+    image = sample.get("image")
+    return [] if image is None else [image] if isinstance(image, str) else list(image)
+
+
+def image_key(key: str, k: int) -> str:
+    """The key of a sample's k-th image: the sample key itself for the first (so one-image keys never change), then
+    `key#k`."""
+    return key if k == 0 else f"{key}#{k}"
+
+
+def _count_images(n: int) -> str:
+    return "no image" if n == 0 else "one image" if n == 1 else f"{n} images"
+
+
 def first_question(conversations: list[dict]) -> str:
     """The first user turn without the image placeholder."""
     return (
@@ -193,9 +219,18 @@ def first_question(conversations: list[dict]) -> str:
     )
 
 
-def _expand(text: str, spans: list[tuple[int, int]], token: str, expansion: str):
-    """Replace the single image token with its expansion and shift the spans that follow it."""
-    at = text.index(token)
-    shift = len(expansion) - len(token)
-    moved = [(s + shift, e + shift) if s >= at else (s, e) for s, e in spans]
-    return text[:at] + expansion + text[at + len(token) :], moved
+def _expand(text: str, spans: list[tuple[int, int]], token: str, expansions: list[str]):
+    """Replace the k-th image token with `expansions[k]`; a span (never one holding a token) moves by the growth of
+    the tokens before it."""
+    pieces = text.split(token)
+    starts, at = [], len(pieces[0])  # where each token starts in `text`
+    for piece in pieces[1:]:
+        starts.append(at)
+        at += len(token) + len(piece)
+    grows = [len(expansion) - len(token) for expansion in expansions]
+    expanded = pieces[0] + "".join(expansion + piece for expansion, piece in zip(expansions, pieces[1:]))
+    moved = []
+    for s, e in spans:
+        shift = sum(grow for start, grow in zip(starts, grows) if start <= s)
+        moved.append((s + shift, e + shift))
+    return expanded, moved

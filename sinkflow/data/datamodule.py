@@ -19,6 +19,7 @@ from sinkflow.data.collate import Collator
 from sinkflow.data.instruct import load_instruct
 from sinkflow.data.predictions import load_for_resume, record_key
 from sinkflow.data.resumable import ResumableLoader
+from sinkflow.data.templates import IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,20 @@ log = logging.getLogger(__name__)
 def eval_sample(item: dict, with_image: bool = True) -> dict:
     """A benchmark item as a one-turn sample; everything but the image path and raw prompt goes to `meta`.
 
-    `with_image=False` asks the same question without the image (MMStar's multi-modal gain / leakage).
+    One image (`image_path` a path): `<image>` goes before the prompt. Several (`image_path` a list): the prompt
+    already holds one `<image>` per image where each goes, and is asked as it is. `with_image=False` asks the same
+    question without any image, every placeholder removed (MMStar's multi-modal gain / leakage).
     """
     meta = {k: v for k, v in item.items() if k not in ("image_path", "prompt")}
+    several = isinstance(item["image_path"], list)
+    if not with_image:
+        text = item["prompt"].replace(IMAGE_TOKEN, "") if several else item["prompt"]
+    else:
+        text = item["prompt"] if several else f"{IMAGE_TOKEN}\n{item['prompt']}"
     return {
         "id": item["id"],
         "image": item["image_path"] if with_image else None,
-        "conversations": [{"from": "human", "value": ("<image>\n" if with_image else "") + item["prompt"]}],
+        "conversations": [{"from": "human", "value": text}],
         "meta": meta,
     }
 

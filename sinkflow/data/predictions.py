@@ -52,8 +52,14 @@ def check_record(record: dict, path: Path, line_no: int) -> None:
     if problem:
         raise DataFormatError(path, line_no, *problem)
     routing = record.get("routing")
-    if routing is not None and not (isinstance(routing, dict) and isinstance(routing.get("route"), str)):
-        raise DataFormatError(path, line_no, "routing", f"expected an object with a 'route' string, got {routing!r}")
+    decisions = routing if isinstance(routing, list) and routing else [routing]  # a list: one per image
+    if routing is not None and not all(isinstance(d, dict) and isinstance(d.get("route"), str) for d in decisions):
+        raise DataFormatError(
+            path,
+            line_no,
+            "routing",
+            f"expected an object with a 'route' string, or a list of them (one per image), got {routing!r}",
+        )
 
 
 def read_numbered_predictions(path: str | Path) -> list[tuple[int, dict]]:

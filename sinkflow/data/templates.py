@@ -85,9 +85,13 @@ class ProcessorChatTemplate:
 
     @staticmethod
     def _message(role: str, text: str) -> dict:
+        """A message whose content puts an image part at each image token, in order. Text after an image loses its
+        leading newlines (the `<image>\n` convention; the template draws its own image markup), and blank text before
+        the first image is dropped."""
         if IMAGE_TOKEN not in text:
             return {"role": role, "content": [{"type": "text", "text": text}]}
-        before, after = text.split(IMAGE_TOKEN, 1)
-        if before.strip():
-            raise ValueError(f"text before {IMAGE_TOKEN} is not supported by the chat-template path: {text!r}")
-        return {"role": role, "content": [{"type": "image"}, {"type": "text", "text": after.lstrip("\n")}]}
+        before, *afters = text.split(IMAGE_TOKEN)
+        content = [{"type": "text", "text": before}] if before.strip() else []
+        for after in afters:
+            content += [{"type": "image"}, {"type": "text", "text": after.lstrip("\n")}]
+        return {"role": role, "content": content}

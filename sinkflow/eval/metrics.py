@@ -83,9 +83,15 @@ def score_records(records: list[dict], parser: Parser = "official", allow_unknow
 
 def routing_metrics(records: list[dict]) -> dict[str, float]:
     """A deciding strategy's choices (cot_route's `routing` field) over records that hold each question once: the
-    share of questions sent down each route, `routing/<route>`, and the mean time spent deciding,
-    `routing/seconds_per_image` (each question has one image)."""
-    decisions = [r["routing"] for r in records if r.get("routing")]
+    share of routed images sent down each route, `routing/<route>`, and the mean time spent deciding,
+    `routing/seconds_per_image`. A question with several images holds a list of decisions, one per image; with one
+    image per question, image shares are question shares."""
+    decisions = [
+        decision
+        for r in records
+        if r.get("routing")
+        for decision in (r["routing"] if isinstance(r["routing"], list) else [r["routing"]])
+    ]
     if not decisions:
         return {}
     routes = Counter(d["route"] for d in decisions)

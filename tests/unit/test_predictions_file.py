@@ -194,7 +194,17 @@ def without(record: dict, name: str) -> dict:
         ),
         (
             pope(2, routing={"image": "symbolic"}),
-            "routing: expected an object with a 'route' string, got {'image': 'symbolic'}",
+            "routing: expected an object with a 'route' string, or a list of them (one per image), got "
+            "{'image': 'symbolic'}",
+        ),
+        (
+            pope(2, routing=[{"route": "both"}, {"image": "symbolic"}]),
+            "routing: expected an object with a 'route' string, or a list of them (one per image), got "
+            "[{'route': 'both'}, {'image': 'symbolic'}]",
+        ),
+        (
+            pope(2, routing=[]),
+            "routing: expected an object with a 'route' string, or a list of them (one per image), got []",
         ),
     ],
 )

@@ -1,0 +1,352 @@
+"""Several images in one prompt: collation, every family against plain transformers, routing per image, records."""
+
+import copy
+import re
+
+import pytest
+import torch
+import transformers
+from PIL import Image
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+from sinkflow.data.collate import Collator
+from sinkflow.data.datamodule import eval_sample
+from sinkflow.data.templates import IMAGE_TOKEN, VICUNA_V1_SYSTEM, ProcessorChatTemplate, VicunaV1
+from sinkflow.eval.metrics import routing_metrics
+from sinkflow.models.families.base import FAMILIES
+from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
+from sinkflow.module import SinkflowModule
+from sinkflow.pathway import Routed
+from sinkflow.sinks.detectors.topk import TopK
+from sinkflow.sinks.strategies.none import NoneStrategy
+from sinkflow.sinks.strategies.sink_front import SinkFront
+
+# A question about two images, the first one inside the text: (text, image, text, image, text).
+TWO = ("Compare ", IMAGE_TOKEN, " with ", IMAGE_TOKEN, ": which one has more shapes?")
+ONE = "What is the background color?"
+
+
+@pytest.fixture(scope="module")
+def images(shapes_root, tmp_path_factory):
+    """Three different images in two sizes (Qwen keeps each size, so the two images of a row differ in tokens)."""
+    folder = tmp_path_factory.mktemp("multi")
+    paths = []
+    for i, size in enumerate([(64, 64), (48, 32), (32, 48)]):
+        paths.append(str(folder / f"{i}.png"))
+        Image.open(shapes_root / "eval_images" / f"eval_{i:05d}.png").convert("RGB").resize(size).save(paths[-1])
+    return paths
+
+
+def tiny(family_name: str):
+    """(model, processor, family, template) of the family's tiny model, in eval mode."""
+    family_cls = FAMILIES[family_name]
+    model, processor = family_cls.build_tiny(seed=5)
+    return model.eval(), processor, family_cls(), family_cls.default_template()
+
+
+def two_image(images, sample_id="two", meta=None) -> dict:
+    sample = {"id": sample_id, "image": images[:2], "conversations": [{"from": "human", "value": "".join(TWO)}]}
+    return {**sample, "meta": meta} if meta else sample
+
+
+def one_image(image, sample_id="one") -> dict:
+    return {"id": sample_id, "image": image, "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{ONE}"}]}
+
+
+def text_only(sample_id="text") -> dict:
+    return {"id": sample_id, "image": None, "conversations": [{"from": "human", "value": "Name a colour."}]}
+
+
+def hf_processor(model, processor):
+    """The model type's own transformers processor. Qwen's processor classes build a video processor, which needs
+    torchvision (absent here, docs/models.md#qwen-processors), so for them the class is assembled around the same
+    tokenizer and image processor: its `__call__` and chat template are transformers' own."""
+    if isinstance(processor, transformers.ProcessorMixin):
+        return processor
+    cls = getattr(transformers, PROCESSOR_MAPPING_NAMES[model.config.model_type])
+    hf = cls.__new__(cls)
+    tokenizer = processor.tokenizer
+    hf.tokenizer, hf.image_processor, hf.chat_template = tokenizer, processor.image_processor, processor.chat_template
+    hf.image_token, hf.video_token = tokenizer.image_token, tokenizer.video_token
+    hf.image_token_id, hf.video_token_id = (
+        tokenizer.convert_tokens_to_ids(t) for t in (hf.image_token, hf.video_token)
+    )
+    return hf
+
+
+def reference_prompt(template, hf, parts: tuple[str, ...]) -> str:
+    """The generation prompt as the model's own convention writes a question with images at `parts`' image tokens:
+    vicuna_v1 (LLaVA-1.5) by hand, a chat template through transformers' processor with image content parts."""
+    if isinstance(template, VicunaV1):
+        return f"{VICUNA_V1_SYSTEM} USER: {''.join(parts)} ASSISTANT:"
+    content = [{"type": "image"} if p == IMAGE_TOKEN else {"type": "text", "text": p.lstrip("\n")} for p in parts]
+    return hf.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("family_name", FAMILIES.names())
+def test_two_images_in_one_question_equal_transformers(family_name, images, assert_parity):
+    """Strategy `none` on a row holding two image blocks (and a one-image row, for padding): the processor's own
+    multi-image expansion, the same logits and the same greedy text as plain transformers."""
+    model, processor, family, template = tiny(family_name)
+    reference = copy.deepcopy(model)
+    module = SinkflowModule(model, processor, family, NoneStrategy()).eval()
+    module.generation.max_new_tokens = 4
+    batch = Collator(processor, template, generate=True)([two_image(images), one_image(images[2])])
+    hf = hf_processor(reference, processor)
+    texts = [reference_prompt(template, hf, TWO), reference_prompt(template, hf, (IMAGE_TOKEN, "\n" + ONE))]
+    assert [meta["prompt"] for meta in batch["meta"]] == texts
+    expected = hf(
+        images=[Image.open(p).convert("RGB") for p in images],
+        text=texts,
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
+    )
+    for key in (
+        "input_ids",
+        "attention_mask",
+        "pixel_values",
+        *(["image_grid_thw"] if "image_grid_thw" in batch else []),
+    ):
+        assert torch.equal(batch[key], expected[key]), key
+    image_id = family.image_token_id(model)
+    per_row = (batch["input_ids"] == image_id).sum(dim=1).tolist()
+    with torch.no_grad():
+        slots = family.encode(model, batch).slots
+    assert len(slots) == 3 and per_row == [slots[0] + slots[1], slots[2]]
+    assert (batch["attention_mask"] == 0).any(), "the batch must exercise padding"
+    assert_parity(module, reference, batch, dict(expected))
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [NoneStrategy(), SinkFront(), SinkFront(position_ids="original")],
+    ids=lambda s: f"{s.name}-{s.position_ids}",
+)
+@pytest.mark.parametrize("family_name", FAMILIES.names())
+def test_batched_generation_of_one_two_and_no_image_equals_each_alone(family_name, strategy, images):
+    model, processor, family, template = tiny(family_name)
+    module = SinkflowModule(model, processor, family, strategy, TopK(k=3)).eval()
+    module.generation.max_new_tokens = 4
+    collate = Collator(processor, template, generate=True)
+    items = [one_image(images[2], "a"), two_image(images, "b"), text_only("c"), two_image(images[1:], "d")]
+    batched = module.generate(collate(items))
+    alone = [module.generate(collate([item]))[0] for item in items]
+    assert batched == alone and all(batched[i] for i in (0, 1, 3))
+
+
+def block_columns(batch: dict, row: int, image_id: int, slots: list[int]) -> list[torch.Tensor]:
+    """The placeholder columns of each image block of a row, in order."""
+    columns = (batch["input_ids"][row] == image_id).nonzero().squeeze(1)
+    return list(columns.split(slots))
+
+
+@pytest.mark.parametrize("position_ids", ["contiguous", "original"])
+@pytest.mark.parametrize("family_name", FAMILIES.names())
+def test_sink_front_moves_each_images_sinks_within_its_own_block(family_name, position_ids, images):
+    """Each block holds its own image's tokens, sinks first; with `original` each token keeps its position in its
+    own block (Qwen: its own image's (t, h, w))."""
+    model, processor, family, template = tiny(family_name)
+    detector = TopK(k=3)
+    module = SinkflowModule(model, processor, family, SinkFront(position_ids=position_ids), detector).eval()
+    batch = Collator(processor, template, generate=True)([two_image(images)])
+    with torch.no_grad():
+        inputs = module.pathway(batch, padding_side="left").inputs
+        visual = module.visual(batch)
+        projected = family.project(model, visual)
+        sinks = family.token_sinks(detector, visual)
+        unrouted = family.position_ids(model, batch)
+    if unrouted is None:
+        unrouted = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)[None]
+    orders = []
+    for mask, n in zip(sinks, visual.slots):
+        orders.append(torch.cat([mask[:n].nonzero().squeeze(1), (~mask[:n]).nonzero().squeeze(1)]))
+        assert not torch.equal(orders[-1], torch.arange(n)), "the sinks must really move"
+    blocks = block_columns(batch, 0, family.image_token_id(model), visual.slots)
+    assert inputs["inputs_embeds"].shape == (1, batch["input_ids"].shape[1], projected[0].shape[-1])
+    for columns, tokens, order in zip(blocks, projected, orders):
+        torch.testing.assert_close(inputs["inputs_embeds"][0, columns], tokens[order], atol=0, rtol=0)
+    if position_ids == "original":
+        routed_positions = inputs["position_ids"].reshape(-1, *batch["input_ids"].shape)
+        for columns, order in zip(blocks, orders):
+            assert torch.equal(routed_positions[:, 0, columns], unrouted[:, 0, columns[order]])
+    elif "position_ids" in inputs:  # M-RoPE, passed on unchanged: blocks keep their ids in order
+        assert torch.equal(inputs["position_ids"], unrouted)
+
+
+@pytest.mark.parametrize("family_name", FAMILIES.names())
+def test_patch_pixels_and_seen_images_map_each_image_of_a_row(family_name, images):
+    """A row's images are read out one by one, as when each image has a row of its own."""
+    model, processor, family, template = tiny(family_name)
+    collate = Collator(processor, template, generate=True)
+    together = collate([two_image(images)])
+    apart = [collate([one_image(path)]) for path in images[:2]]
+    with torch.no_grad():
+        visual = family.encode(model, together)
+        pixels = family.patch_pixels(together, visual)
+        alone = [family.patch_pixels(b, family.encode(model, b))[0] for b in apart]
+    for i, expected in enumerate(alone):
+        assert torch.equal(pixels[i, : len(expected)], expected)
+        own = family.encode(model, apart[i]).features[0]
+        torch.testing.assert_close(visual.features[i, : visual.lengths[i]], own, atol=1e-5, rtol=0)
+    try:
+        seen = family.seen_images(together, processor)
+    except NotImplementedError:
+        return
+    for image, batch in zip(seen, apart):
+        assert torch.equal(image, family.seen_images(batch, processor)[0])
+
+
+@pytest.fixture(scope="module")
+def llava_processor():
+    return build_tiny_llava(TinyLlavaSpec())[1]
+
+
+def test_the_bookkeeping_is_per_image_and_unchanged_for_one_image(llava_processor, images):
+    """Keys: the sample key for a first image (so one-image keys never change), `#k` after it; the question is
+    repeated for each image of its sample; `image_samples` is the row of each image."""
+    samples = [
+        one_image(images[0], "1"),
+        two_image(images, "2", meta={"benchmark": "mmmu"}),
+        text_only("3"),
+        {**one_image(images[2], "4"), "meta": {"benchmark": "pope"}},
+    ]
+    batch = Collator(llava_processor, VicunaV1(), generate=True)(samples)
+    assert batch["image_keys"] == ["1", "mmmu/2", "mmmu/2#1", "pope/4"]
+    question = "Compare  with : which one has more shapes?"  # the placeholders removed
+    assert batch["image_questions"] == [ONE, question, question, ONE]
+    assert batch["image_samples"] == [0, 1, 1, 3]
+    assert batch["pixel_values"].shape[0] == 4
+    single = Collator(llava_processor, VicunaV1(), generate=True)([one_image(images[0], "1")])
+    assert (single["image_keys"], single["image_questions"], single["image_samples"]) == (["1"], [ONE], [0])
+
+
+def test_labels_stay_on_the_answers_after_several_expansions(llava_processor, images):
+    """Answer spans after two image blocks move by both expansions (and one between them by one)."""
+    conversation = [
+        {"from": "human", "value": f"{IMAGE_TOKEN}\nFirst?"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": f"And {IMAGE_TOKEN}?"},
+        {"from": "gpt", "value": "blue"},
+    ]
+    batch = Collator(llava_processor, VicunaV1())([{"id": "t", "image": images[:2], "conversations": conversation}])
+    supervised = batch["input_ids"][0][batch["labels"][0] != -100]
+    assert llava_processor.tokenizer.decode(supervised) == " red</s> blue</s>"
+
+
+@pytest.mark.parametrize(
+    ("image", "value", "message"),
+    [
+        (2, f"{IMAGE_TOKEN}\nOne placeholder.", "sample 's': 1 <image> tokens in the conversation for 2 images"),
+        (1, f"{IMAGE_TOKEN} and {IMAGE_TOKEN}?", "sample 's': 2 <image> tokens in the conversation for one image"),
+        (0, f"{IMAGE_TOKEN}?", "sample 's': 1 <image> tokens in the conversation for no image"),
+    ],
+)
+def test_placeholders_must_match_the_images(llava_processor, images, image, value, message):
+    paths = {0: None, 1: images[0], 2: images[:2]}[image]
+    sample = {"id": "s", "image": paths, "conversations": [{"from": "human", "value": value}]}
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}; expected exactly one per image$"):
+        Collator(llava_processor, VicunaV1())([sample])
+
+
+def test_an_unreadable_second_image_names_its_file_and_the_question(llava_processor, images, tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_text("not an image")
+    with pytest.raises(OSError, match=f"^cannot read image {re.escape(str(corrupt))} \\(question 'mmmu_3'\\)"):
+        Collator(llava_processor, VicunaV1())([two_image([images[0], str(corrupt)], "mmmu_3")])
+
+
+def test_an_image_the_processor_rejects_is_named_among_a_samples_images(images, tmp_path):
+    _, processor, _, template = tiny("qwen2_vl")
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (1, 300)).save(thin)
+    with pytest.raises(ValueError, match=f"^cannot process image {re.escape(str(thin))} \\(question 'q'\\): "):
+        Collator(processor, template)([two_image([images[0], str(thin)], "q")])
+
+
+def test_the_chat_template_puts_each_image_where_its_token_is():
+    message = ProcessorChatTemplate._message("user", f"Compare {IMAGE_TOKEN}\nwith{IMAGE_TOKEN}.")
+    assert message["content"] == [
+        {"type": "text", "text": "Compare "},
+        {"type": "image"},
+        {"type": "text", "text": "with"},
+        {"type": "image"},
+        {"type": "text", "text": "."},
+    ]
+    # One image first, as every one-image sample writes it: as before.
+    assert ProcessorChatTemplate._message("user", f"{IMAGE_TOKEN}\nQ?")["content"] == [
+        {"type": "image"},
+        {"type": "text", "text": "Q?"},
+    ]
+
+
+def test_the_routing_pass_asks_about_every_image(images):
+    """`Collator.ask` (cot_route) puts one question on each image of a several-image sample, tensors reused."""
+    _, processor, family, template = tiny("qwen2_vl")
+    collate = Collator(processor, template, generate=True)
+    batch = collate([two_image(images), one_image(images[2])])
+    asked = collate.ask(batch, ["a?", "b?", "c?"])
+    assert asked["pixel_values"] is batch["pixel_values"]
+    tokens = (asked["input_ids"] == processor.tokenizer.convert_tokens_to_ids(processor.image_token)).sum(dim=1)
+    assert tokens.tolist() == (batch["image_grid_thw"].prod(-1) // 4).tolist()
+
+
+def test_eval_sample_prepends_one_placeholder_or_takes_the_prompt_as_it_is():
+    one = {"benchmark": "pope", "id": "1", "image_path": "/a.png", "prompt": "Q?", "answer": "yes"}
+    several = {"benchmark": "mmmu", "id": "2", "image_path": ["/a.png", "/b.png"], "prompt": "<image> or <image>?"}
+    assert eval_sample(one)["conversations"][0]["value"] == "<image>\nQ?"
+    assert eval_sample(one)["image"] == "/a.png"
+    assert eval_sample(several)["conversations"][0]["value"] == "<image> or <image>?"
+    assert eval_sample(several)["image"] == ["/a.png", "/b.png"]
+    assert eval_sample(several)["meta"] == {"benchmark": "mmmu", "id": "2"}
+    # Without images: no image and no placeholder left.
+    assert eval_sample(one, with_image=False)["conversations"][0]["value"] == "Q?"
+    without = eval_sample(several, with_image=False)
+    assert without["image"] is None and without["conversations"][0]["value"] == " or ?"
+
+
+class Decider(NoneStrategy):
+    """A deciding strategy (not registered) whose decision names the image's key."""
+
+    decides = True
+
+    def forward(self, visual, sink_mask, project, ask=None):
+        routed = super().forward(visual, sink_mask, project)
+        return Routed(
+            routed.tokens, routed.sources, decisions=[{"route": k} for k in visual.keys], decision_seconds=3.0
+        )
+
+
+def test_a_question_with_several_images_records_one_decision_per_image(images):
+    model, processor = build_tiny_llava(TinyLlavaSpec())
+    module = SinkflowModule(model.eval(), processor, FAMILIES["llava"](), Decider()).eval()
+    module.generation.max_new_tokens = 2
+    samples = [one_image(images[0], "1"), two_image(images, "2"), text_only("3")]
+    records, _ = module._answer(Collator(processor, VicunaV1(), generate=True)(samples))
+    assert records[0]["routing"] == {"route": "1", "seconds": 1.0}
+    assert records[1]["routing"] == [{"route": "2", "seconds": 1.0}, {"route": "2#1", "seconds": 1.0}]
+    assert "routing" not in records[2]
+
+
+def test_routing_shares_count_images():
+    records = [
+        {"routing": {"route": "both", "seconds": 1.0}},
+        {"routing": [{"route": "sinks_only", "seconds": 2.0}, {"route": "both", "seconds": 6.0}]},
+        {"prediction": "no routing"},
+    ]
+    assert routing_metrics(records) == {
+        "routing/both": 2 / 3,
+        "routing/sinks_only": 1 / 3,
+        "routing/seconds_per_image": 3.0,
+    }
+
+
+def test_sink_statistics_count_each_image_of_a_question_once(images):
+    """Two images of one question are two images; the same question seen twice (a DDP pad) counts them once."""
+    model, processor, family, template = tiny("llava")
+    module = SinkflowModule(model, processor, family, NoneStrategy(), TopK(k=3)).eval()
+    batch = Collator(processor, template, generate=True)([two_image(images, "2", meta={"benchmark": "mmmu"})])
+    for _ in range(2):
+        module._observe("test", module.pathway(batch, padding_side="left"))
+    scalars, samples = module.stats["test"].compute()
+    assert samples["counts"].tolist() == [3.0, 3.0] and scalars["sinks/per_image"] == 3.0
