@@ -81,7 +81,7 @@ class LVLMDataModule(L.LightningDataModule):
         self.limit_eval = number("dataset.limit_eval", limit_eval, integer=True, at_least=1, optional=True)
         self.seed = seed
         self.skip_predicted = skip_predicted
-        self.without_images = without_images  # evaluation questions asked without their image
+        self.without_images = without_images  # evaluation questions asked without their images
         self.obtain = dict(obtain or {})  # per evaluation set: how to get the data, added to a missing-file error
         self.processor = self.template = None
         self.train_loader: ResumableLoader | None = None

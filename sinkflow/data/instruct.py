@@ -1,4 +1,5 @@
-"""Loader for LLaVA instruct data (a JSON list of {id, image?, conversations})."""
+"""Loader for LLaVA instruct data (a JSON list of {id, image?, conversations}; `image` one file name, or a list of
+them for a conversation about several images)."""
 
 from __future__ import annotations
 
@@ -48,12 +49,33 @@ def _check_record(record, index: int, path: Path, root: Path) -> dict:
                 path, where, "image", f"expected an image field: the conversation contains {IMAGE_TOKEN}"
             )
         return {"id": record_id, "image": None, "conversations": turns}
-    if not isinstance(image, str):
-        raise DataFormatError(path, where, "image", f"expected a string file name, got {image!r}")
-    full = (root / image).resolve()
+    if isinstance(image, str):
+        return {"id": record_id, "image": _image_file(image, root, path, where, "image"), "conversations": turns}
+    if not (isinstance(image, list) and image):
+        raise DataFormatError(
+            path, where, "image", f"expected a file name or a non-empty list of file names, got {image!r}"
+        )
+    # Several images: the conversation places each with its own placeholder.
+    n_placeholders = sum(turn["value"].count(IMAGE_TOKEN) for turn in turns)
+    if n_placeholders != len(image):
+        raise DataFormatError(
+            path,
+            where,
+            "image",
+            f"expected one {IMAGE_TOKEN} per image: {len(image)} in `image`, {n_placeholders} in the conversation",
+        )
+    files = [_image_file(name, root, path, where, f"image[{k}]") for k, name in enumerate(image)]
+    return {"id": record_id, "image": files, "conversations": turns}
+
+
+def _image_file(name, root: Path, path: Path, where: str, field: str) -> str:
+    """The absolute path of an existing image file named `name` under `root`."""
+    if not isinstance(name, str):
+        raise DataFormatError(path, where, field, f"expected a string file name, got {name!r}")
+    full = (root / name).resolve()
     if not full.is_file():
-        raise DataFormatError(path, where, "image", f"expected an image file at {full}")
-    return {"id": record_id, "image": str(full), "conversations": turns}
+        raise DataFormatError(path, where, field, f"expected an image file at {full}")
+    return str(full)
 
 
 def load_instruct(json_path: str | Path, image_root: str | Path) -> list[dict]:

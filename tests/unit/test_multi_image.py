@@ -1,7 +1,9 @@
 """Several images in one prompt: collation, every family against plain transformers, routing per image, records."""
 
 import copy
+import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 from sinkflow.data.collate import Collator
 from sinkflow.data.datamodule import eval_sample
+from sinkflow.data.errors import DataFormatError
+from sinkflow.data.instruct import load_instruct
 from sinkflow.data.templates import IMAGE_TOKEN, VICUNA_V1_SYSTEM, ProcessorChatTemplate, VicunaV1
 from sinkflow.eval.metrics import routing_metrics
 from sinkflow.models.families.base import FAMILIES
@@ -350,3 +354,25 @@ def test_sink_statistics_count_each_image_of_a_question_once(images):
         module._observe("test", module.pathway(batch, padding_side="left"))
     scalars, samples = module.stats["test"].compute()
     assert samples["counts"].tolist() == [3.0, 3.0] and scalars["sinks/per_image"] == 3.0
+
+
+def test_an_instruct_record_may_show_several_images(tmp_path, images, llava_processor):
+    """A list of file names, each resolved and checked; one placeholder per image, or the record is named."""
+    turns = [{"from": "human", "value": "".join(TWO)}, {"from": "gpt", "value": "the first"}]
+    good = {"id": "m", "image": [Path(p).name for p in images[:2]], "conversations": turns}
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([good]))
+    (record,) = load_instruct(path, Path(images[0]).parent)
+    assert record["image"] == images[:2]
+    assert Collator(llava_processor, VicunaV1())([record])["pixel_values"].shape[0] == 2
+    for image, message in [
+        ([Path(images[0]).name], "image: expected one <image> per image: 1 in `image`, 2 in the conversation"),
+        ([Path(images[0]).name, "missing.png"], f"image[1]: expected an image file at {Path(images[0]).parent}"),
+        ([], "image: expected a file name or a non-empty list of file names, got []"),
+        ([Path(images[0]).name, 7], "image[1]: expected a string file name, got 7"),
+    ]:
+        path.write_text(json.dumps([dict(good, image=image)]))
+        with pytest.raises(
+            DataFormatError, match=f"^{re.escape(f'{path}:record 0 (id ' + repr('m') + '): ' + message)}"
+        ):
+            load_instruct(path, Path(images[0]).parent)

@@ -134,7 +134,8 @@ class VisualFamily(ABC):
         routed: Routed | None,
         padding_side: PaddingSide = "right",
     ) -> dict[str, torch.Tensor]:
-        """LLM inputs: text embeddings with each image's placeholders replaced by its routed tokens, in order.
+        """LLM inputs: text embeddings with each image's placeholders replaced by its routed tokens, in order (a row
+        with several images holds one placeholder block per image; the images fill them in turn).
 
         When every image keeps its placeholder count and positions stay contiguous, the tokens are scattered in
         place (exactly what transformers does). Otherwise each row is rebuilt (`sinkflow.pathway.rebuild_rows`):
