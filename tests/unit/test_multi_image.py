@@ -376,3 +376,26 @@ def test_an_instruct_record_may_show_several_images(tmp_path, images, llava_proc
             DataFormatError, match=f"^{re.escape(f'{path}:record 0 (id ' + repr('m') + '): ' + message)}"
         ):
             load_instruct(path, Path(images[0]).parent)
+
+
+def test_cot_route_decides_each_image_of_a_question(simulated_llava, routing_prompts, images):
+    """The routing questions are asked about every image (each with its sample's question); the record of a
+    two-image question gets the list of its two decisions, a one-image question its decision."""
+    from sinkflow.sinks.strategies.cot_route import CotRoute
+
+    module = simulated_llava(CotRoute(**routing_prompts)).eval()
+    module.question_collator = Collator(module.processor, VicunaV1(), generate=True)
+    module.generation.max_new_tokens = 2
+    asked, ask = [], module.ask
+
+    def recording_ask(batch, visual, questions, routed, max_new_tokens):
+        asked.append(questions)
+        return ask(batch, visual, questions, routed, max_new_tokens)
+
+    module.ask = recording_ask
+    batch = Collator(module.processor, VicunaV1(), generate=True)([two_image(images), one_image(images[2])])
+    records, seen = module._answer(batch)
+    question = routing_prompts["question_prompt"].replace("{question}", batch["image_questions"][0])
+    assert asked[1][:2] == [question, question] and len(asked[1]) == 3
+    decisions = [dict(d, seconds=seen.routed.decision_seconds / 3) for d in seen.routed.decisions]
+    assert records[0]["routing"] == decisions[:2] and records[1]["routing"] == decisions[2]
