@@ -209,6 +209,7 @@ def image_key(key: str, k: int) -> str:
 
 
 def _count_images(n: int) -> str:
+    """`n` images in words, for error messages."""
     return "no image" if n == 0 else "one image" if n == 1 else f"{n} images"
 
 
