@@ -54,7 +54,7 @@ def read_jsonl(path: Path, allow_empty: bool = False) -> Iterator[tuple[int, dic
         yield line_no, obj
 
 
-def field(obj: dict, name: str, kind: type, path: Path, line_no: int) -> Any:
+def field(obj: dict, name: str, kind: type, path: Path, line_no: int | str) -> Any:
     """Return obj[name], checking that it is present and of the given type (bool is not an int)."""
     if name not in obj:
         raise DataFormatError(path, line_no, name, "missing")
@@ -64,7 +64,7 @@ def field(obj: dict, name: str, kind: type, path: Path, line_no: int) -> Any:
     return value
 
 
-def image_path(image_root: Path, name: str, check: bool, path: Path, line_no: int) -> str:
+def image_path(image_root: Path, name: str, check: bool, path: Path, line_no: int | str) -> str:
     """Absolute path of an image under image_root; with check, it must exist."""
     full = image_root / name
     if check and not full.is_file():
