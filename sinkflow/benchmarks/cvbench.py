@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 from sinkflow.benchmarks.base import Benchmark, Parser, accuracies
 from sinkflow.benchmarks.hf_layout import image_folder, read_rows, save_image
 from sinkflow.benchmarks.mmstar import LETTER_ANSWER
+from sinkflow.benchmarks.multiple_choice import choice_vlmevalkit
 from sinkflow.checks import choice
 from sinkflow.data.errors import DataFormatError
 from sinkflow.data.files import field, image_path, read_jsonl
@@ -185,33 +186,6 @@ _SPACED = ".()[],:;!*#{}"
 _STATED = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
 
 
-def vlmevalkit_letter(text: str, choices: dict[str, str]) -> str:
-    """VLMEvalKit `can_infer` without a judge: a refusal is "Z"; with ``.()[],:;!*#{}`` as spaces, a choice letter
-    that is the only one among the words and first appears among the last 4; a lone "Z" word is "Z"; else
-    "answer is X" (X in A-D, any case, no word boundary); else the one choice whose text the answer contains
-    (answers over twice the choices' total length are not searched); else ""."""
-    if "Failed to obtain answer via API" not in text:
-        if any(refusal in text for refusal in _REFUSALS):
-            return "Z"
-        spaced = text
-        for ch in _SPACED:
-            spaced = spaced.replace(ch, " ")
-        words = spaced.split()
-        present = [letter for letter in choices if letter in words]
-        if len(present) == 1 and words.index(present[0]) > len(words) - 5:
-            return present[0]
-        if not present and "Z" in words:
-            return "Z"
-        stated = _STATED.search(text)
-        if stated and stated.group(1).upper() in choices:
-            return stated.group(1).upper()
-    lowered = text.lower()
-    if len(lowered) > 2 * sum(len(option) for option in choices.values()):
-        return ""
-    contained = [letter for letter, option in choices.items() if option.lower() in lowered]
-    return contained[0] if len(contained) == 1 else ""
-
-
 class CVBench(Benchmark, name="cvbench"):
     """Accuracy per source and per task, `cvbench/2d` (mean of ADE20K and COCO), `cvbench/3d` (Omni3D),
     `cvbench/overall` = (2d + 3d) / 2, and the plain accuracy over every question (lmms-eval's number)."""
@@ -234,7 +208,7 @@ class CVBench(Benchmark, name="cvbench"):
         if parser == "lmms_eval":
             return lmms_eval_letter(record["prediction"]) == letter
         lettered = {chr(ord("A") + i): option for i, option in enumerate(choices)}
-        return vlmevalkit_letter(record["prediction"], lettered) == letter
+        return choice_vlmevalkit(record["prediction"], lettered) == letter
 
     @classmethod
     def record_problem(cls, record: dict) -> tuple[str, str] | None:

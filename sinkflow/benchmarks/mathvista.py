@@ -16,6 +16,7 @@ from typing import Literal
 
 from sinkflow.benchmarks.base import Benchmark, Parser, accuracies
 from sinkflow.benchmarks.hf_layout import data_files, image_folder, read_rows, save_image
+from sinkflow.benchmarks.multiple_choice import can_infer
 from sinkflow.checks import choice
 from sinkflow.data.errors import DataFormatError
 from sinkflow.data.files import field, image_path
@@ -223,47 +224,6 @@ def official_rule(response: str, record: dict) -> str | None:
             except ValueError:
                 pass
     return None
-
-
-_REJECTIONS = (
-    "Sorry, I can't help with images of people yet.",
-    "I can't process this file.",
-    "I'm sorry, but without the image provided",
-    "Cannot determine the answer",
-)
-_VERBOSE = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
-
-
-def _option_letter(answer: str, options: dict[str, str]) -> str | None:
-    """`can_infer_option`: 'Z' for a refusal; the one option letter among the tokens when its first occurrence is
-    among the last four; 'Z' as a token when no letter is; `answer is X` (A-D only); else None."""
-    if any(text in answer for text in _REJECTIONS):
-        return "Z"
-    spaced = answer
-    for ch in ".()[],:;!*#{}":
-        spaced = spaced.replace(ch, " ")
-    splits = spaced.split()
-    present = [letter for letter in options if letter in splits]
-    if len(present) == 1 and splits.index(present[0]) > len(splits) - 5:
-        return present[0]
-    if not present and "Z" in splits:
-        return "Z"
-    stated = _VERBOSE.search(answer)
-    return stated.group(1).upper() if stated and stated.group(1).upper() in options else None
-
-
-def can_infer(answer: str, options: dict[str, str]) -> str | None:
-    """VLMEvalKit's `can_infer` over `options` (letter -> text): `_option_letter`, else (unless the answer is longer
-    than twice the options' total length) the one option whose text the answer contains; else None."""
-    if "Failed to obtain answer via API" not in answer:  # that message skips to the option texts
-        letter = _option_letter(answer, options)
-        if letter:
-            return letter
-    lowered = answer.lower()
-    if len(lowered) > 2 * sum(len(text) for text in options.values()):
-        return None
-    found = [letter for letter, text in options.items() if text.lower() in lowered]
-    return found[0] if len(found) == 1 else None
 
 
 def _options(record: dict) -> dict[str, str]:

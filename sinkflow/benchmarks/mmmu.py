@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sinkflow.benchmarks.base import Benchmark, Parser
 from sinkflow.benchmarks.hf_layout import data_files, image_folder, read_rows, save_image
+from sinkflow.benchmarks.multiple_choice import choice_vlmevalkit
 from sinkflow.checks import choice
 from sinkflow.data.errors import DataFormatError
 from sinkflow.data.templates import IMAGE_TOKEN
@@ -263,38 +264,6 @@ def gold_answers(answer: str) -> str | list[str]:
     return options if options else answer
 
 
-def vlmevalkit_letter(response: str, choices: dict[str, str]) -> str:
-    """VLMEvalKit's `can_infer` without a judge ('Z' when it cannot tell): a refusal is 'Z'; the one choice letter
-    among the tokens, if it is among the last 4; else a 'Z' token; else `answer is X` (A-D, any case); else the one
-    option text the response contains, unless the response is longer than twice all option texts."""
-    refusals = (
-        "Sorry, I can't help with images of people yet.",
-        "I can't process this file.",
-        "I'm sorry, but without the image provided",
-        "Cannot determine the answer",
-    )
-    if "Failed to obtain answer via API" not in response:
-        if any(refusal in response for refusal in refusals):
-            return "Z"
-        spaced = response
-        for char in ".()[],:;!*#{}":
-            spaced = spaced.replace(char, " ")
-        tokens = spaced.split()
-        named = [letter for letter in choices if letter in tokens]
-        if len(named) == 1 and tokens.index(named[0]) > len(tokens) - 5:
-            return named[0]
-        if not named and "Z" in tokens:
-            return "Z"
-        stated = re.search(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**", response)
-        if stated and stated.group(1).upper() in choices:
-            return stated.group(1).upper()
-    lowered = response.lower()
-    if len(lowered) > 2 * sum(len(text) for text in choices.values()):
-        return "Z"
-    contained = [letter for letter, text in choices.items() if text.lower() in lowered]
-    return contained[0] if len(contained) == 1 else "Z"
-
-
 def mmmu_right(record: dict, parser: Parser, rng: random.Random) -> bool:
     """Whether one answer is right; `rng` gives the letter of an unparseable multiple-choice answer."""
     response, answer = record["prediction"], record["answer"]
@@ -304,7 +273,7 @@ def mmmu_right(record: dict, parser: Parser, rng: random.Random) -> bool:
         # answer itself when it is one capital letter, else A.
         choices = dict(zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", options)) or {"A": answer, "B": "Other Answers"}
         truth = answer if len(answer) == 1 and "A" <= answer <= "Z" else "A"
-        return vlmevalkit_letter(response, choices) == truth
+        return choice_vlmevalkit(response, choices) == truth
     if record["question_type"] == "multiple-choice":
         return choice_letter(response, options, parser, rng) == answer
     candidates = open_candidates(response)

@@ -10,6 +10,7 @@ import torch
 
 from sinkflow.benchmarks.base import Benchmark, Parser
 from sinkflow.benchmarks.hf_layout import image_folder, read_rows, save_image
+from sinkflow.benchmarks.multiple_choice import choice_vlmevalkit
 from sinkflow.data.errors import DataFormatError
 from sinkflow.data.files import field, image_path, read_jsonl
 
@@ -153,24 +154,6 @@ def mmstar_options(question: str) -> dict[str, str]:
     return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
 
 
-def mmstar_vlmevalkit_letter(text: str, options: dict[str, str]) -> str:
-    """VLMEvalKit `can_infer`: one choice letter among the last 4 tokens (or "answer is X"), else one option text
-    contained in the response, else ""."""
-    spaced = text
-    for ch in ".()[],:;!*#{}":
-        spaced = spaced.replace(ch, " ")
-    tokens = spaced.split()
-    found = {t for t in tokens[-4:] if t in options}
-    if len(found) == 1:
-        return found.pop()
-    stated = re.search(r"(?:correct )?answer is:?\s*\(?([A-D])\b", text, re.IGNORECASE)
-    if stated and stated.group(1).upper() in options:
-        return stated.group(1).upper()
-    lowered = text.lower()
-    contained = [letter for letter, option in options.items() if option and option.lower() in lowered]
-    return contained[0] if len(contained) == 1 else ""
-
-
 class MMStar(Benchmark, name="mmstar"):
     """Accuracy per core category, per sub-category and overall: micro (official, denominators from the data);
     under the `lmms_eval` parser its macro means (core = mean over its sub-categories; `mmstar/average`)."""
@@ -184,7 +167,7 @@ class MMStar(Benchmark, name="mmstar"):
             return mmstar_official_correct(record["prediction"], record["answer"])
         if parser == "lmms_eval":
             return mmstar_lmms_eval_letter(record["prediction"]) == record["answer"]
-        return mmstar_vlmevalkit_letter(record["prediction"], mmstar_options(record["question"])) == record["answer"]
+        return choice_vlmevalkit(record["prediction"], mmstar_options(record["question"])) == record["answer"]
 
     @classmethod
     def record_problem(cls, record: dict) -> tuple[str, str] | None:

@@ -1,5 +1,6 @@
 """VLMEvalKit's rule-based multiple-choice extraction (`can_infer`: `can_infer_option`, then `can_infer_text`), the
-path its MCQ datasets take without an LLM judge (docs/benchmarks.md#scienceqa-img-parsing)."""
+path its MCQ datasets take without an LLM judge; every benchmark's `vlmevalkit` parser reads option letters with it
+(docs/benchmarks.md#scienceqa-img-parsing)."""
 
 from __future__ import annotations
 
@@ -50,10 +51,14 @@ def _text(answer: str, choices: dict[str, str]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def choice_vlmevalkit(answer: str, choices: dict[str, str]) -> str | None:
-    """The option letter VLMEvalKit infers from an answer (`choices`: letter -> option text), or None when it infers
-    none or reads a refusal (both always wrong: its "Z" is never an answer)."""
+def can_infer(answer: str, choices: dict[str, str]) -> str | None:
+    """VLMEvalKit's `can_infer` (`choices`: letter -> option text): a letter, "Z" for a refusal, or None."""
     letter = _option(answer, choices)
-    if letter is None:
-        letter = _text(answer, choices)
+    return letter if letter is not None else _text(answer, choices)
+
+
+def choice_vlmevalkit(answer: str, choices: dict[str, str]) -> str | None:
+    """The option letter VLMEvalKit infers from an answer, or None when it infers none or reads a refusal (both
+    always wrong: its "Z" is never an answer)."""
+    letter = can_infer(answer, choices)
     return None if letter == _REFUSED else letter

@@ -13,7 +13,6 @@ from PIL import Image
 
 from sinkflow.benchmarks.mathvista import (
     MathVista,
-    can_infer,
     edit_distance,
     extraction,
     load_mathvista,
@@ -200,17 +199,6 @@ def test_toolkit_rules_before_the_judge():
     # lmms-eval strips the response before its rules; the official script does not.
     padded = record(" 14 ", **INTEGER)
     assert extraction(padded, "lmms_eval") == extraction(padded, "official") == "14"
-
-
-def test_can_infer_follows_vlmevalkit():
-    options = {"A": "cat", "B": "dog", "C": "bird"}
-    assert can_infer("The animal is B", options) == "B"
-    assert can_infer("B is my guess but the options A and C are close too", options) is None  # several letters
-    assert can_infer("B, because it barks loudly and often and at night", options) is None  # not in the last four
-    assert can_infer("The correct answer is **B** since", options) == "B"
-    assert can_infer("it is a dog", options) == "B"
-    assert can_infer("Failed to obtain answer via API. B", options) is None  # only option texts are searched
-    assert can_infer("a dog or a cat", options) is None
 
 
 def test_edit_distance():
