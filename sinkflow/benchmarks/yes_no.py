@@ -11,16 +11,17 @@ _COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
 _PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
 
 
-def vqa_punctuation(text: str) -> str:
+def vqa_punctuation(text: str, period: re.Pattern[str] = _PERIOD) -> str:
     """VQA-eval `processPunctuation`, quirks included (a period pass capped at 32 removals, as `re.UNICODE` lands
-    in the `count` argument of the original call)."""
+    in the `count` argument of the original call). `period` matches the periods removed: by default VQA-eval's
+    mistyped pattern; VLMEvalKit corrected it in 2025 (TextVQA's `vlmevalkit` rule), a change no yes/no word sees."""
     out = text
     for p in _VQA_PUNCT:
         if (p + " " in text or " " + p in text) or _COMMA_BETWEEN_DIGITS.search(text) is not None:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD.sub("", out, count=re.UNICODE)
+    return period.sub("", out, count=re.UNICODE)
 
 
 def yes_no_vlmevalkit(text: str) -> str | None:
