@@ -117,17 +117,27 @@ def load_textvqa(
     ]
 
 
-HF_SPLIT = "validation"
+HF_SPLITS = ("train", "validation", "test")
 
 
 def validation_files(path: Path) -> list[Path]:
     """The validation files of a dataset path: a file as given; in a folder, those named after the split
-    (`data/validation-*.parquet`, `validation/*.arrow`), or every file when none is (a folder of that split only)."""
+    (`data/validation-*.parquet`, `validation/*.arrow`), or every file when none names a split (a folder of the
+    validation split only)."""
     files = data_files(path)
     if path.is_file():
         return files
-    named = [f for f in files if f.name.startswith(f"{HF_SPLIT}-") or HF_SPLIT in f.relative_to(path).parts[:-1]]
-    return named or files
+
+    def split(file: Path) -> str | None:
+        folders = file.relative_to(path).parts[:-1]
+        return next((s for s in HF_SPLITS if file.name.startswith(f"{s}-") or s in folders), None)
+
+    splits = [split(f) for f in files]
+    if not any(splits):
+        return files
+    if "validation" not in splits:
+        raise DataFormatError(path, None, "<files>", "expected validation-*.parquet files or a validation/ folder")
+    return [f for f, s in zip(files, splits) if s == "validation"]
 
 
 def load_textvqa_hf(

@@ -6,6 +6,7 @@ import json
 import random
 
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -153,6 +154,22 @@ def test_the_hf_snapshot_reads_only_its_validation_files_into_the_release_items(
         str((tmp_path / "textvqa_images" / f"{e['image_id']}.jpg").resolve()) for e in ENTRIES
     ]
     assert all(Image.open(i["image_path"]).size == (8, 8) for i in items)
+
+
+def test_a_save_to_disk_folder_of_the_split_is_read_whole_and_a_snapshot_without_it_is_an_error(tmp_path):
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    table = pa.Table.from_pylist(hf_rows(ENTRIES))
+    with ipc.new_stream(saved / "data-00000-of-00001.arrow", table.schema) as writer:
+        writer.write_table(table)
+    assert [i["id"] for i in load_textvqa_hf(saved)] == ["34602", "34603"]
+    train_only = tmp_path / "snapshot" / "data"
+    train_only.mkdir(parents=True)
+    pq.write_table(table, train_only / "train-00000-of-00001.parquet")
+    with pytest.raises(
+        DataFormatError, match="snapshot: <files>: expected validation-.*parquet files or a validation/"
+    ):
+        load_textvqa_hf(tmp_path / "snapshot")
 
 
 def test_a_bad_hf_row_is_named_by_file_row_and_field(tmp_path):
