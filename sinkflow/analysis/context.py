@@ -197,7 +197,7 @@ def analysis_context(
             yield batch_to(collate_chunk(chunk), module.device)
 
     def batches() -> Iterator[dict]:
-        samples = split_samples("eval")
+        samples = one_image_each(split_samples("eval"))
         if cfg.one_question_per_image:
             samples = list({s["image"]: s for s in reversed(samples)}.values())[::-1]  # first question per image
         limit = settings.get("max_samples", cfg.max_samples)
@@ -219,13 +219,25 @@ def analysis_context(
     )
 
 
+def one_image_each(samples: list[dict]) -> list[dict]:
+    """The samples that show one image: analyses map each image's tokens to its question's answer, so a question
+    about several images (MMMU's) is left out, with a log line that counts them."""
+    kept = [sample for sample in samples if not isinstance(sample.get("image"), list)]
+    if len(kept) < len(samples):
+        log.info(
+            "analyses read one image per question: %d questions with several images left out", len(samples) - len(kept)
+        )
+    return kept
+
+
 def distinct_images(samples: list[dict]) -> list[dict]:
     """One image-only sample per distinct image of `samples`, in order; each keeps the id of the first sample that
     shows its image, so that an image the processor rejects is named with it."""
     first_ids: dict[str, object] = {}
     for sample in samples:
-        if sample.get("image"):
-            first_ids.setdefault(sample["image"], sample["id"])
+        images = sample.get("image") or []
+        for image in images if isinstance(images, list) else [images]:
+            first_ids.setdefault(image, sample["id"])
     return [
         {"id": sample_id, "image": image, "conversations": [{"from": "human", "value": IMAGE_TOKEN}]}
         for image, sample_id in first_ids.items()
