@@ -1,5 +1,8 @@
-"""Evaluation throughput: batched greedy generation (left padding) vs one question at a time, same model and
-questions, in one run. The predictions must be identical; prints one JSON line; target speed-up >= 3x on CPU.
+"""Evaluation throughput, in one run on the same model and questions:
+- batched greedy generation (left padding) vs one question at a time (target speed-up >= 3x on CPU);
+- the evaluation questions in the data module's order, longest prompt first (`dataset.sort_eval`, the default) vs
+  as the sets list them: padding tokens per batch and seconds, with their ratios.
+The predictions must be identical in every mode; prints one JSON line.
 
     python bench/eval_throughput.py [--questions 64] [--batch 8] [--max-new-tokens 8] [--repeats 5] [--accelerator cuda]
 """
@@ -12,17 +15,27 @@ import statistics
 import tempfile
 
 import torch
+from hydra.utils import instantiate
 
 from common import device_label, timed
-from sinkflow.benchmarks.pope import load_pope
+from sinkflow.config import compose_config
 from sinkflow.data.collate import Collator, batch_to
-from sinkflow.data.datamodule import eval_sample
 from sinkflow.data.templates import VicunaV1
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
-from sinkflow.shapes import generate_shapes
 from sinkflow.sinks.strategies.none import NoneStrategy
+
+
+def eval_questions(per_set: int, sort: bool) -> list[dict]:
+    """The shapes evaluation questions as the data module orders them (`per_set` of each set: POPE, MME, MMStar and
+    open, whose prompts differ in length)."""
+    root = tempfile.mkdtemp()
+    cfg = compose_config([f"dataset.prepare.root={root}", f"dataset.limit_eval={per_set}"], "evaluate")
+    datamodule = instantiate(cfg.dataset, sort_eval=sort)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    return datamodule.test_set
 
 
 def main():
@@ -42,26 +55,34 @@ def main():
         .eval()
         .to(device)
     )
-    root = generate_shapes(tempfile.mkdtemp(), n_train=1, n_eval=max(args.questions // 4, 1))
-    samples = [eval_sample(item) for item in load_pope(root / "pope", root / "eval_images")][: args.questions]
+    per_set = max(args.questions // 4, 1)
+    samples, ordered = eval_questions(per_set, sort=False), eval_questions(per_set, sort=True)
     collate = Collator(processor, VicunaV1(), generate=True)
 
-    def generate(chunk):
-        return module.generate(batch_to(collate(chunk), device))
+    def batches(questions):
+        return [collate(questions[i : i + args.batch]) for i in range(0, len(questions), args.batch)]
 
-    def batched_pass():
-        return [p for i in range(0, len(samples), args.batch) for p in generate(samples[i : i + args.batch])]
+    def padding(questions) -> int:
+        return sum(int((batch["attention_mask"] == 0).sum()) for batch in batches(questions))
+
+    def batched_pass(questions):
+        return [p for batch in batches(questions) for p in module.generate(batch_to(batch, device))]
 
     def single_pass():
-        return [generate([s])[0] for s in samples]
+        return [module.generate(batch_to(collate([s]), device))[0] for s in samples]
 
-    # One untimed pass of each warms every kernel and shape; medians over repeats, alternating the two modes.
-    batched, single = batched_pass(), single_pass()
-    batched_times, single_times = [], []
+    def by_id(questions, predictions):
+        return {(s["meta"]["benchmark"], s["id"]): p for s, p in zip(questions, predictions)}
+
+    # One untimed pass of each warms every kernel and shape; medians over repeats, alternating the modes.
+    batched, single, sorted_ = batched_pass(samples), single_pass(), batched_pass(ordered)
+    times = {"batched": [], "single": [], "sorted": []}
     for _ in range(args.repeats):
-        batched_times.append(timed(batched_pass, device)[1])
-        single_times.append(timed(single_pass, device)[1])
-    batched_s, single_s = statistics.median(batched_times), statistics.median(single_times)
+        times["batched"].append(timed(lambda: batched_pass(samples), device)[1])
+        times["single"].append(timed(single_pass, device)[1])
+        times["sorted"].append(timed(lambda: batched_pass(ordered), device)[1])
+    batched_s, single_s, sorted_s = (statistics.median(times[k]) for k in ("batched", "single", "sorted"))
+    padded, padded_sorted = padding(samples), padding(ordered)
     print(
         json.dumps(
             {
@@ -73,7 +94,12 @@ def main():
                 "one_at_a_time_s": round(single_s, 3),
                 "speedup": round(single_s / batched_s, 2),
                 "target_speedup": 3.0,
-                "same_predictions": batched == single,
+                "padding_tokens_unsorted": padded,
+                "padding_tokens_sorted": padded_sorted,
+                "padding_ratio": round(padded_sorted / max(padded, 1), 3),
+                "sorted_s": round(sorted_s, 3),
+                "sorted_speedup": round(batched_s / sorted_s, 2),
+                "same_predictions": batched == single and by_id(ordered, sorted_) == by_id(samples, batched),
                 "repeats": args.repeats,
                 "device": device_label(device),
             }

@@ -45,6 +45,21 @@ def eval_sample(item: dict, with_image: bool = True) -> dict:
     }
 
 
+def prompt_length(sample: dict) -> tuple[int, int]:
+    """A sample's prompt size for ordering: its image count (each image is a fixed block of tokens for LLaVA), then its
+    text length in characters (a tokenizer-free proxy for the text tokens)."""
+    image = sample["image"]
+    images = 0 if image is None else len(image) if isinstance(image, list) else 1
+    return images, len(sample["conversations"][0]["value"])
+
+
+def by_prompt_length(samples: list[dict]) -> list[dict]:
+    """The samples longest prompt first (a batch pads to its longest row, so neighbours of similar length waste
+    little; the longest batch, the one most likely to run out of memory, comes first). Stable: equal lengths keep
+    their order, so the order depends only on the samples."""
+    return sorted(samples, key=prompt_length, reverse=True)
+
+
 class LVLMDataModule(L.LightningDataModule):
     """Train / val from an instruct JSON; test from benchmark loaders. Call `bind` before use."""
 
@@ -66,6 +81,7 @@ class LVLMDataModule(L.LightningDataModule):
         skip_predicted: str | None = None,
         without_images: bool = False,
         obtain: dict[str, str] | None = None,
+        sort_eval: bool = True,
     ):
         super().__init__()
         self.train_json, self.image_root = train_json, image_root
@@ -83,6 +99,8 @@ class LVLMDataModule(L.LightningDataModule):
         self.skip_predicted = skip_predicted
         self.without_images = without_images  # evaluation questions asked without their images
         self.obtain = dict(obtain or {})  # per evaluation set: how to get the data, added to a missing-file error
+        # Evaluation questions longest prompt first (less padding); predictions are keyed by id, not by order.
+        self.sort_eval = sort_eval
         self.processor = self.template = None
         self.train_loader: ResumableLoader | None = None
         self._resume: dict[str, int] | None = None  # the training loader's position in the checkpoint resumed from
@@ -142,7 +160,7 @@ class LVLMDataModule(L.LightningDataModule):
                 self.skip_predicted,
             )
             samples = kept
-        return samples
+        return by_prompt_length(samples) if self.sort_eval else samples
 
     def generation_collator(self) -> Collator:
         """The collator of evaluation batches (left-padded prompts, nothing supervised)."""

@@ -6,13 +6,15 @@ single-process evaluation. The records are also gathered on rank 0, only to be w
 
 `metrics.json` holds everything the evaluation measured: the scores of every record in the predictions file
 (including those answered before a resume) and what the module logged under `test/` (sink statistics), which
-cover the questions answered by this process.
+cover the questions answered by this process, as does the throughput (`throughput/questions_per_second`, over the
+test loop's wall-clock `throughput/seconds`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
@@ -52,6 +54,8 @@ class PredictionsCallback(L.Callback):
         self.scores: BenchmarkScores | None = None
         self.answered_before = 0
         self.metrics: dict[str, float] | None = None
+        self.started: float | None = None  # when this process's test loop began (perf_counter)
+        self.answered = 0  # questions this process answered in it (a DistributedSampler's repeats included)
 
     def start_scores(self, device: torch.device, earlier: list[dict]) -> None:
         """A fresh metric on the module's device (collectives need tensors there), holding the questions answered
@@ -60,6 +64,7 @@ class PredictionsCallback(L.Callback):
         self.scores.update(earlier)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started, self.answered = time.perf_counter(), 0
         earlier = []
         if trainer.is_global_zero:
             self.writer = PredictionsWriter(self.path, resume=self.resume)
@@ -76,6 +81,7 @@ class PredictionsCallback(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        self.answered += len(outputs)
         self.scores.update(outputs)
         records = gather_objects(outputs)
         if trainer.is_global_zero:
@@ -99,7 +105,18 @@ class PredictionsCallback(L.Callback):
                 self.answered_before,
                 self.path,
             )
-        self.report(trainer, measured)
+        self.report(trainer, measured | self.throughput(trainer))
+
+    def throughput(self, trainer: L.Trainer) -> dict[str, float]:
+        """Questions per second of this process's test loop (loading, generation and writing included), logged and
+        sent to the loggers."""
+        seconds = time.perf_counter() - self.started
+        rate = self.answered / seconds
+        log.info("answered %d questions in %.1f s: %.3f questions/s", self.answered, seconds, rate)
+        measured = {"throughput/questions_per_second": rate, "throughput/seconds": seconds}
+        for logger in trainer.loggers:
+            logger.log_metrics({f"test/{k}": v for k, v in measured.items()}, step=trainer.global_step)
+        return measured
 
     def rescore(self, trainer: L.Trainer) -> None:
         """Score a predictions file whose every question was answered before; measurements that need the model
