@@ -1,5 +1,6 @@
 """Evaluation under DDP (2 CPU processes, gloo) equals single-process evaluation exactly."""
 
+import json
 import os
 import subprocess
 import sys
@@ -40,7 +41,9 @@ def evaluate(out, extra, tmp_path, env):
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     records = {(r["benchmark"], r["id"]): r for r in read_predictions(out / "predictions.jsonl")}
-    return records, (out / "metrics.json").read_text(), proc.stdout + proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics.pop("throughput/questions_per_second") > 0 and metrics.pop("throughput/seconds") > 0  # per process
+    return records, metrics, proc.stdout + proc.stderr
 
 
 def test_ddp_predictions_and_metrics_equal_single_process(tmp_path, hermetic_env):
