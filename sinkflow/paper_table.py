@@ -103,10 +103,14 @@ def rows_to_run(strategies: list[str], runs: dict[str, str | None]) -> list[str]
     return [s for s in strategies if s not in runs or runs[s] is not None]
 
 
-def _rows_resolver(strategies, runs) -> str:
-    # The sweeper's parameter: a comma-separated choice list (an empty one would sweep nothing).
-    kept = rows_to_run(list(strategies), dict(runs))
-    if not kept:
+def _rows_resolver(settings) -> str:
+    # The sweeper's parameter: a comma-separated choice list. It is read before any job starts, so a run that does
+    # not exist stops the sweep here (Hydra turns a callback's exception into a warning).
+    for key, run in {"base": settings.base, **{f"runs.{k}": v for k, v in settings.runs.items()}}.items():
+        if run is not None and not Path(run).exists():
+            raise FileNotFoundError(f"paper_table.{key}={run}: no such file or directory")
+    kept = rows_to_run(list(settings.strategies), dict(settings.runs))
+    if not kept:  # an empty list would sweep nothing
         raise ValueError("paper_table.strategies leaves no row to run")
     return ",".join(kept)
 
@@ -224,14 +228,8 @@ class PaperTable(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         settings = config.paper_table
-        for strategy in settings.strategies:
-            run = settings.runs.get(strategy, "") if strategy in settings.runs else ""
-            if run is None:
-                log.info(
-                    "paper_table: row %s skipped: no trained run (paper_table.runs.%s=<run dir>)", strategy, strategy
-                )
-            elif run and not Path(run).exists():
-                raise FileNotFoundError(f"paper_table.runs.{strategy}={run}: no such file or directory")
+        for strategy in (s for s in settings.strategies if s in settings.runs and settings.runs[s] is None):
+            log.info("paper_table: row %s skipped: no trained run (paper_table.runs.%s=<run dir>)", strategy, strategy)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

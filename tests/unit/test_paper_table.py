@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from torch.utils.data import DistributedSampler
 
 import sinkflow.config  # noqa: F401  (resolvers)
@@ -163,14 +164,20 @@ def hydra_config(overrides: list[str]):
         return compose(config_name="evaluate", overrides=overrides, return_hydra_config=True)
 
 
-def test_the_experiment_sweeps_the_rows_that_have_what_they_need():
+def test_the_experiment_sweeps_the_rows_that_have_what_they_need(tmp_path):
     cfg = hydra_config(["experiment=paper_table"])
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     assert cfg.hydra.sweeper.params["+paper_row"] == "none,sink_front"
     assert (cfg.hydra.runtime.choices.model, cfg.hydra.runtime.choices.dataset) == ("llava15_7b", "benchmarks")
     assert cfg.dataset.eval_sets.pope is None and list(cfg.paper_table.strategies) == STRATEGIES
-    given = hydra_config(["experiment=paper_table", "paper_table.runs.dual_mlp=/runs/d"])
+    given = hydra_config(["experiment=paper_table", f"paper_table.runs.dual_mlp={tmp_path}"])
     assert given.hydra.sweeper.params["+paper_row"] == "none,sink_front,dual_mlp,cot_route"  # cot_route routes it
+    # A run that does not exist stops the sweep before its first job.
+    missing = hydra_config(["experiment=paper_table", f"paper_table.runs.reweight={tmp_path / 'nope'}"])
+    with pytest.raises(
+        InterpolationResolutionError, match=f"paper_table.runs.reweight={tmp_path / 'nope'}: no such file or directory"
+    ):
+        missing.hydra.sweeper.params["+paper_row"]
     assert rows_to_run(STRATEGIES, {"dual_mlp": None, "reweight": "r", "cot_route": None}) == [
         "none",
         "sink_front",
