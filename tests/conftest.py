@@ -113,6 +113,17 @@ def tiny_encoder(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def shared_image_sets() -> list[str]:
+    """The overrides that keep only the shapes evaluation sets asking about the images under eval_images/ (POPE, MME,
+    MMStar, open): the formats that embed their images (MMMU's parquet) store copies, which analyses would count as
+    more images."""
+    from omegaconf import OmegaConf
+
+    sets = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "dataset" / "shapes.yaml").eval_sets
+    return [f"~dataset.eval_sets.{name}" for name in sets if name not in ("pope", "mme", "mmstar", "open")]
+
+
+@pytest.fixture(scope="session")
 def simulated_llava():
     """`simulated_llava(strategy, seed=2, prepare=None, model=None, **module_options)`: a SinkflowModule over a tiny
     LLaVA (seeded, or the given `(model, processor)`) with planted sinks (k = 2, norm 150) that the paper's detector

@@ -20,11 +20,18 @@ SUMMARY_NAMES = {"calibrate": "calibration"}  # the JSON a task writes, when not
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("task", sorted(ANALYSES))
-def test_task_writes_summary_and_figure(task, model, tmp_path, env):
+def test_task_writes_summary_and_figure(task, model, tmp_path, env, shared_image_sets):
     out = tmp_path / task
     run(
         "analyze.py",
-        [f"task={task}", f"model={model}", *SMALL_DATA, *TASK_ARGS.get(task, []), f"hydra.run.dir={out}"],
+        [
+            f"task={task}",
+            f"model={model}",
+            *SMALL_DATA,
+            *shared_image_sets,  # the 6 images of eval_images/
+            *TASK_ARGS.get(task, []),
+            f"hydra.run.dir={out}",
+        ],
         tmp_path,
         env,
     )

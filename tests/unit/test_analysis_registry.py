@@ -18,13 +18,7 @@ from sinkflow.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_DATA = ["dataset.prepare.n_train=32", "dataset.prepare.n_eval=6"]
-# The sets that ask about the 6 images of eval_images/ (the benchmark formats that embed copies of the images, MMMU's,
-# would count each copy as another image).
-SHARED_IMAGES = [
-    f"~dataset.eval_sets.{name}"
-    for name in OmegaConf.load(ROOT / "conf" / "dataset" / "shapes.yaml").eval_sets
-    if name not in ("pope", "mme", "mmstar", "open")
-]
+
 KNOWN = {"calibrate", "propagation", "massive_dims", "relevance", "decode", "probe"}  # guards against an empty registry
 
 
@@ -73,7 +67,7 @@ ANALYSES.register("toy", Analysis(run, preflight=preflight))
 """
 
 
-def test_a_new_task_module_runs_through_analyze_without_editing_any_list(tmp_path, monkeypatch):
+def test_a_new_task_module_runs_through_analyze_without_editing_any_list(tmp_path, monkeypatch, shared_image_sets):
     package = tmp_path / "toy_analyses"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -87,7 +81,7 @@ def test_a_new_task_module_runs_through_analyze_without_editing_any_list(tmp_pat
     with pytest.raises(ValueError, match=r"^toy.layer=2 is beyond the LLM's 2 layers$"):
         run.analyze(compose_analyze(["task=toy", "+toy.layer=2", *SMALL_DATA], tmp_path))
     assert not (tmp_path / "data").exists(), "the preflight runs before the model or the data load"
-    summary = run.analyze(compose_analyze(["task=toy", "+toy.layer=1", *SMALL_DATA, *SHARED_IMAGES], tmp_path))
+    summary = run.analyze(compose_analyze(["task=toy", "+toy.layer=1", *SMALL_DATA, *shared_image_sets], tmp_path))
     assert summary == {"images": 6, "layer": 1, "gradients": False}  # one question per image, no gradients
     assert json.loads((tmp_path / "out" / "toy.json").read_text()) == summary
     assert registry.names() == ["toy"]
