@@ -244,16 +244,22 @@ class SinkflowModule(L.LightningModule):
         """Greedy batched generation (left-padded prompts) -> decoded answers."""
         return self._greedy(self.pathway(batch, padding_side="left").inputs)
 
-    def _greedy(self, inputs: dict, max_new_tokens: int | None = None) -> list[str]:
+    def _greedy(self, inputs: dict, max_new_tokens: int | list[int] | None = None) -> list[str]:
+        """Greedy answers; `max_new_tokens` may give each row its own limit (a record's benchmark setting): the batch
+        generates to the longest and each row is cut at its own, which greedy decoding makes the same answer as
+        generating that row alone with its limit."""
         inputs.pop("labels", None)
         tokenizer = self.processor.tokenizer
+        limits = max_new_tokens or self.generation.max_new_tokens
         out = self.hf.generate(
             **inputs,
-            max_new_tokens=max_new_tokens or self.generation.max_new_tokens,
+            max_new_tokens=max(limits) if isinstance(limits, list) else limits,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
+        if isinstance(limits, list):
+            return tokenizer.batch_decode([row[:limit] for row, limit in zip(out, limits)], skip_special_tokens=True)
         return tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def _observe(self, stage: str, seen: PathwayResult) -> None:
@@ -299,7 +305,9 @@ class SinkflowModule(L.LightningModule):
         the strategy decided: the decision itself for a question with one image, the list of its images' decisions
         in prompt order for one with several)."""
         seen = self.pathway(batch, padding_side="left")
-        records = [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], self._greedy(seen.inputs))]
+        limits = [meta.get("max_new_tokens", self.generation.max_new_tokens) for meta in batch["meta"]]
+        answers = self._greedy(seen.inputs, limits)
+        records = [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], answers)]
         routed = seen.routed
         if routed is not None and routed.decisions is not None:
             seconds = routed.decision_seconds / max(len(routed.decisions), 1)

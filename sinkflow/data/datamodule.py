@@ -45,12 +45,13 @@ def eval_sample(item: dict, with_image: bool = True) -> dict:
     }
 
 
-def prompt_length(sample: dict) -> tuple[int, int]:
-    """A sample's prompt size for ordering: its image count (each image is a fixed block of tokens for LLaVA), then its
-    text length in characters (a tokenizer-free proxy for the text tokens)."""
+def prompt_length(sample: dict) -> tuple[int, int, int]:
+    """A sample's size for ordering: its answer-length limit (a batch generates as long as its longest limit, so
+    questions with the same limit go together), its image count (each image is a fixed block of tokens for LLaVA),
+    then its text length in characters (a tokenizer-free proxy for the text tokens)."""
     image = sample["image"]
     images = 0 if image is None else len(image) if isinstance(image, list) else 1
-    return images, len(sample["conversations"][0]["value"])
+    return sample["meta"].get("max_new_tokens", 0), images, len(sample["conversations"][0]["value"])
 
 
 def by_prompt_length(samples: list[dict]) -> list[dict]:
@@ -82,6 +83,7 @@ class LVLMDataModule(L.LightningDataModule):
         without_images: bool = False,
         obtain: dict[str, str] | None = None,
         sort_eval: bool = True,
+        max_new_tokens: dict[str, int] | None = None,
     ):
         super().__init__()
         self.train_json, self.image_root = train_json, image_root
@@ -101,6 +103,14 @@ class LVLMDataModule(L.LightningDataModule):
         self.obtain = dict(obtain or {})  # per evaluation set: how to get the data, added to a missing-file error
         # Evaluation questions longest prompt first (less padding); predictions are keyed by id, not by order.
         self.sort_eval = sort_eval
+        # Per evaluation set, the answer-length limit its toolkit generates with (the others: model.generation's).
+        self.max_new_tokens = {
+            name: number(f"dataset.max_new_tokens.{name}", limit, integer=True, at_least=1)
+            for name, limit in (max_new_tokens or {}).items()
+        }
+        unknown = sorted(set(self.max_new_tokens) - set(self.eval_sets))
+        if unknown:
+            log.warning("dataset.max_new_tokens names %s, which dataset.eval_sets does not evaluate", unknown)
         self.processor = self.template = None
         self.train_loader: ResumableLoader | None = None
         self._resume: dict[str, int] | None = None  # the training loader's position in the checkpoint resumed from
@@ -145,6 +155,8 @@ class LVLMDataModule(L.LightningDataModule):
                 raise FileNotFoundError(f"evaluation set {name!r}: {err}{hint}") from err
             if self.limit_eval is not None:
                 loaded = loaded[: self.limit_eval]
+            if name in self.max_new_tokens:
+                loaded = [dict(item, max_new_tokens=self.max_new_tokens[name]) for item in loaded]
             log.info("evaluation set %s: %d questions", name, len(loaded))
             items.extend(loaded)
         if self.annotate is not None:
