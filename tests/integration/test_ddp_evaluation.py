@@ -30,9 +30,9 @@ ARGS = [
 ]
 
 
-def evaluate(out, extra, tmp_path, env):
+def evaluate(out, extra, tmp_path, env, args=ARGS):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "evaluate.py"), *ARGS, *extra, f"hydra.run.dir={out}"],
+        [sys.executable, str(ROOT / "evaluate.py"), *args, *extra, f"hydra.run.dir={out}"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -60,6 +60,29 @@ def test_ddp_predictions_and_metrics_equal_single_process(tmp_path, hermetic_env
     assert len(read_predictions(tmp_path / "ddp" / "predictions.jsonl")) == 21  # no padded duplicates written
     assert ddp == single
     assert ddp_metrics == single_metrics
+
+
+def test_every_benchmark_scores_the_same_through_evaluate_ddp_and_the_scoring_cli(tmp_path, hermetic_env):
+    """Every shapes set (one per registered benchmark format, MMMU's two-image questions included): the metrics of a
+    2-process evaluation equal a single process's, and the scoring CLI gives the same scores from the file."""
+    from sinkflow.eval.score import main as score_main
+
+    env = {**os.environ, **hermetic_env, "SINKFLOW_ROOT": str(tmp_path)}
+    args = [
+        "dataset.prepare.n_train=8",
+        "dataset.prepare.n_eval=4",
+        "dataset.limit_eval=3",
+        "dataset.eval_batch_size=4",
+    ]
+    ddp_args = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+    single, single_metrics, _ = evaluate(tmp_path / "single", [], tmp_path, env, args)
+    ddp, ddp_metrics, log = evaluate(tmp_path / "ddp", ddp_args, tmp_path, env, args)
+    assert "MEMBER: 2/2" in log
+    sets = OmegaConf.load(ROOT / "conf/dataset/shapes.yaml").eval_sets
+    assert {benchmark for benchmark, _ in single} == set(sets) and ddp == single
+    assert ddp_metrics == single_metrics
+    rescored = score_main([str(tmp_path / "ddp" / "predictions.jsonl")])
+    assert rescored == {key: value for key, value in ddp_metrics.items() if not key.startswith("sinks/")}
 
 
 def test_ddp_training_runs_on_two_processes_and_tests_every_question_once(tmp_path, hermetic_env):
