@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALL_DATA = ["dataset.prepare.n_train=32", "dataset.prepare.n_eval=6", "dataset.batch_size=8"]
 # The shapes evaluation sets (each benchmark module adds its own); every one holds at least 16 questions at n_eval=6.
 SHAPES_SETS = list(OmegaConf.load(ROOT / "conf" / "dataset" / "shapes.yaml").eval_sets)
-CONTRACT = {"benchmark", "id", "question", "answer", "prediction", "prompt", "category", "image"}
+CONTRACT = {"benchmark", "id", "question", "answer", "prediction", "prompt"}  # docs/contracts.md#predictions-file
 
 
 def run(script, args, cwd, env):
@@ -34,11 +34,11 @@ def test_train_debug_from_a_temp_dir(tmp_path, env):
     run("train.py", ["trainer=debug", "logger=none", *SMALL_DATA, f"hydra.run.dir={out}"], tmp_path, env)
     records = read_predictions(out / "predictions.jsonl")
     assert records and all(CONTRACT <= set(r) for r in records)
-    assert {r["benchmark"] for r in records} <= {"pope", "mme", "mmstar"}
+    assert {r["benchmark"] for r in records} <= set(SHAPES_SETS)
     assert all(r["prompt"].endswith("ASSISTANT:") and "<image>" in r["prompt"] for r in records)
     metrics = json.loads((out / "metrics.json").read_text())
-    # MME scores are in official points; sink statistics are counts and norms
-    fractions = {k: v for k, v in metrics.items() if not k.startswith(("mme/", "sinks/"))}
+    # MME scores are in official points; sink statistics are counts and norms; throughput questions and seconds
+    fractions = {k: v for k, v in metrics.items() if not k.startswith(("mme/", "sinks/", "throughput/"))}
     assert all(0.0 <= v <= 1.0 for v in fractions.values()) and any(k.endswith("/accuracy") for k in metrics)
     export = out / "checkpoints" / "export"
     assert (export / "adapter" / "adapter_config.json").exists() and (export / "projector.safetensors").exists()
@@ -106,7 +106,7 @@ def test_evaluate_checkpoint_reproduces_train_predictions_and_resumes(trained_ru
     assert first == measured(out / "metrics.json")
     assert first["sinks/precision"] == 1.0 and first["sinks/per_image"] == 2.0  # measurements too, not only scores
     proc = run("evaluate.py", args, tmp, env)
-    assert "resuming: 10 of 80 questions already predicted" in proc.stdout + proc.stderr
+    assert f"resuming: 10 of {16 * len(SHAPES_SETS)} questions already predicted" in proc.stdout + proc.stderr
     assert "sinks/* cover the questions answered now, not the 10 already in" in proc.stdout + proc.stderr
     assert by_key(eval_out / "predictions.jsonl") == trained
     assert len(read_predictions(eval_out / "predictions.jsonl")) == 16 * len(SHAPES_SETS)
@@ -213,9 +213,9 @@ def test_cot_route_records_each_decision_and_logs_the_routing_time(trained_run):
         assert share == sum(r["routing"]["route"] == key.split("/")[1] for r in records) / len(records)
 
 
-def test_calibrate_writes_summary_and_plots(tmp_path, env):
+def test_calibrate_writes_summary_and_plots(tmp_path, env, shared_image_sets):
     out = tmp_path / "calibration"
-    run("analyze.py", ["task=calibrate", *SMALL_DATA, f"hydra.run.dir={out}"], tmp_path, env)
+    run("analyze.py", ["task=calibrate", *SMALL_DATA, *shared_image_sets, f"hydra.run.dir={out}"], tmp_path, env)
     summary = json.loads((out / "calibration.json").read_text())
     assert summary["images"] == 6 and summary["tokens_per_image"] == 16
     assert summary["norm_max"] == pytest.approx(150.0, rel=1e-5)  # the simulated sinks' norm
@@ -247,7 +247,7 @@ def test_tiny_qwen_runs_the_default_pipeline_and_its_checkpoint_evaluates_the_sa
     assert export["projector_module"] == "model.visual.merger"
     trained = {(r["benchmark"], r["id"]): r["prediction"] for r in read_predictions(out / "predictions.jsonl")}
     prompts = [r["prompt"] for r in read_predictions(out / "predictions.jsonl")]
-    assert len(trained) == 32 and all("<|image_pad|>" in p for p in prompts)
+    assert len(trained) == 8 * len(SHAPES_SETS) and all("<|image_pad|>" in p for p in prompts)
     rows = list(csv.DictReader((out / "csv" / "version_0" / "metrics.csv").read_text().splitlines()))
     assert any(r.get("val/sinks/precision") == "1.0" for r in rows), "the simulated sinks are found on Qwen too"
     evaluated = tmp_path / "qwen_eval"
@@ -295,7 +295,7 @@ def test_evaluate_on_the_real_pope_files_with_stand_in_images(tmp_path, env, pop
     records = read_predictions(out / "predictions.jsonl")
     assert len(records) == 5 and {r["category"] for r in records} == {"random"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {k for k in metrics if not k.startswith("sinks/")} == {
+    assert {k for k in metrics if not k.startswith(("sinks/", "throughput/"))} == {
         f"pope/random/{m}" for m in ("accuracy", "precision", "recall", "f1", "yes_ratio")
     } | {"pope/f1_mean"}
 
