@@ -2,31 +2,16 @@
 the multirun, whose rows run or are skipped, ending in one table with the paper's columns."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from sinkflow.paper_table import NAMES
+from test_entry_points import SMALL_DATA, run
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-SMALL_DATA = ["dataset.prepare.n_train=32", "dataset.prepare.n_eval=6", "dataset.batch_size=8"]
 
-
-def run(script, args, cwd, env):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc
-
-
-def test_paper_table_runs_the_rows_it_can_and_prints_one_table(tmp_path, hermetic_env):
-    env = {**os.environ, **hermetic_env, "SINKFLOW_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "1"}
+def test_paper_table_runs_the_rows_it_can_and_prints_one_table(tmp_path, env):
     dual = tmp_path / "dual"  # the default training: DIYSink's Dual-MLP with LoRA
     run("train.py", ["trainer.max_steps=2", "logger=none", *SMALL_DATA, f"hydra.run.dir={dual}"], tmp_path, env)
     sweep = tmp_path / "sweep"
