@@ -51,7 +51,7 @@ def prompt_length(sample: dict) -> tuple[int, int, int]:
     then its text length in characters (a tokenizer-free proxy for the text tokens)."""
     image = sample["image"]
     images = 0 if image is None else len(image) if isinstance(image, list) else 1
-    return sample["meta"].get("max_new_tokens", 0), images, len(sample["conversations"][0]["value"])
+    return sample.get("meta", {}).get("max_new_tokens", 0), images, len(sample["conversations"][0]["value"])
 
 
 def by_prompt_length(samples: list[dict]) -> list[dict]:
@@ -172,7 +172,7 @@ class LVLMDataModule(L.LightningDataModule):
                 self.skip_predicted,
             )
             samples = kept
-        return by_prompt_length(samples) if self.sort_eval else samples
+        return samples
 
     def generation_collator(self) -> Collator:
         """The collator of evaluation batches (left-padded prompts, nothing supervised)."""
@@ -225,7 +225,10 @@ class LVLMDataModule(L.LightningDataModule):
         return self._loader(self.val_set, self.batch_size, False)
 
     def test_dataloader(self):
-        return self._loader(self.test_set, self.eval_batch_size, True)
+        # Only the loader is ordered: `test_set` keeps dataset order (validation and analyses take its first questions).
+        return self._loader(
+            by_prompt_length(self.test_set) if self.sort_eval else self.test_set, self.eval_batch_size, True
+        )
 
     def predict_dataloader(self):
         return self.test_dataloader()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sinkflow.data.collate import Collator
-from sinkflow.data.datamodule import LVLMDataModule
+from sinkflow.data.datamodule import LVLMDataModule, by_prompt_length
 from sinkflow.data.templates import VicunaV1
 from sinkflow.sinks.strategies.none import NoneStrategy
 
@@ -40,8 +40,10 @@ def test_the_data_module_gives_each_set_its_limit_and_checks_it(tmp_path):
             for i in range(2)
         ]
 
-    module = LVLMDataModule(None, None, eval_sets={"long": load_two, "short": load_two}, max_new_tokens={"long": 64})
+    module = LVLMDataModule(None, None, eval_sets={"short": load_two, "long": load_two}, max_new_tokens={"long": 64})
     samples = module._load_eval()
-    assert [s["meta"].get("max_new_tokens") for s in samples] == [64, 64, None, None]  # the longest answers first
+    assert [s["meta"].get("max_new_tokens") for s in samples] == [None, None, 64, 64]  # dataset order
+    ordered = by_prompt_length(samples)  # the test loader's order: the longest answers first
+    assert [s["meta"].get("max_new_tokens") for s in ordered] == [64, 64, None, None]
     with pytest.raises(ValueError, match=r"`dataset.max_new_tokens.long` must be an integer >= 1, got 0"):
         LVLMDataModule(None, None, eval_sets={"long": load_two}, max_new_tokens={"long": 0})
