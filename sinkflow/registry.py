@@ -83,13 +83,5 @@ class Registry(Generic[T]):
     def items(self) -> list[tuple[str, T]]:
         return [(name, self._entries[name]) for name in self]
 
-    def name_of(self, entry: T) -> str:
-        """The name `entry` is registered under."""
-        self.discover()
-        for name, registered in self._entries.items():
-            if registered is entry:
-                return name
-        raise UnknownName(f"{entry!r} is not a registered {self.kind}")
-
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {', '.join(self.packages)})"

@@ -113,6 +113,34 @@ def tiny_encoder(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_family():
+    """`tiny_family(name, seed)`: (model, processor, family, template) of a registered family's tiny model."""
+    from sinkflow.models.families.base import FAMILIES
+
+    def build(name: str, seed: int):
+        family_cls = FAMILIES[name]
+        model, processor = family_cls.build_tiny(seed=seed)
+        return model, processor, family_cls(), family_cls.default_template()
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def resized_images(shapes_root, tmp_path_factory):
+    """`resized_images(sizes)`: the first shapes evaluation images resized to `sizes` ((w, h) each), saved as PNGs."""
+    from PIL import Image
+
+    def save(sizes: list[tuple[int, int]]) -> list[str]:
+        folder = tmp_path_factory.mktemp("resized")
+        paths = [str(folder / f"{i}.png") for i in range(len(sizes))]
+        for i, (size, path) in enumerate(zip(sizes, paths)):
+            Image.open(shapes_root / "eval_images" / f"eval_{i:05d}.png").convert("RGB").resize(size).save(path)
+        return paths
+
+    return save
+
+
+@pytest.fixture(scope="session")
 def shared_image_sets() -> list[str]:
     """The overrides that keep only the shapes evaluation sets asking about the images under eval_images/ (POPE, MME,
     MMStar, open): the formats that embed their images (MMMU's parquet) store copies, which analyses would count as

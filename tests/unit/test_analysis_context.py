@@ -39,3 +39,18 @@ def test_write_saves_files_and_logs_scalars_and_images(tmp_path, monkeypatch):
     run_dir = next((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     wandb.experiment.finish()
     assert list(run_dir.glob("files/media/images/probe/probe_*.png"))  # the figure went to W&B
+
+
+def test_analyses_take_the_questions_with_one_image_and_every_image_once(caplog):
+    from sinkflow.analysis.context import distinct_images, one_image_each
+
+    samples = [
+        {"id": "a", "image": "x.png"},
+        {"id": "b", "image": ["y.png", "x.png"]},  # MMMU-style: several images, left out of analyses
+        {"id": "c", "image": None},
+        {"id": "d", "image": "z.png"},
+    ]
+    with caplog.at_level("INFO"):
+        assert [s["id"] for s in one_image_each(samples)] == ["a", "c", "d"]
+    assert "1 questions with several images left out" in caplog.text
+    assert [(s["id"], s["image"]) for s in distinct_images(samples)] == [("a", "x.png"), ("b", "y.png"), ("d", "z.png")]

@@ -13,7 +13,6 @@ import pytest
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
-from PIL import Image
 
 from sinkflow.config import CONF_DIR, compose_config
 from sinkflow.data.collate import Collator
@@ -38,22 +37,10 @@ def compose_strategy(name: str, *overrides: str, search: tuple[Path, ...] = ()) 
     return compose_config([f"sink_strategy={name}", *overrides], search=search).sink_strategy
 
 
-def tiny(family_name: str):
-    """(model, processor, family, template) of the family's tiny model."""
-    family_cls = FAMILIES[family_name]
-    model, processor = family_cls.build_tiny(seed=4)
-    return model, processor, family_cls(), family_cls.default_template()
-
-
 @pytest.fixture(scope="module")
-def images(shapes_root, tmp_path_factory):
+def images(resized_images):
     """Three images, two sizes (Qwen keeps the size; CLIP resizes)."""
-    folder = tmp_path_factory.mktemp("matrix")
-    paths = []
-    for i, size in enumerate([(64, 64), (48, 32), (64, 64)]):
-        paths.append(str(folder / f"{i}.png"))
-        Image.open(shapes_root / "eval_images" / f"eval_{i:05d}.png").convert("RGB").resize(size).save(paths[-1])
-    return paths
+    return resized_images([(64, 64), (48, 32), (64, 64)])
 
 
 def samples(images, answer: bool):
@@ -94,12 +81,12 @@ def config_overrides(strategy_name: str, tiny_encoder: str) -> list[str]:
 
 @pytest.mark.parametrize("strategy_name", strategy_configs())
 @pytest.mark.parametrize("family_name", FAMILIES.names())
-def test_strategy_trains_a_step_and_generates(family_name, strategy_name, images, tiny_encoder):
+def test_strategy_trains_a_step_and_generates(family_name, strategy_name, images, tiny_encoder, tiny_family):
     strategy_cfg = compose_strategy(strategy_name, *config_overrides(strategy_name, tiny_encoder))
-    check_trains_and_generates(family_name, strategy_cfg, images)
+    check_trains_and_generates(family_name, strategy_cfg, images, tiny_family)
 
 
-def test_a_new_strategy_joins_the_matrix_with_no_list_edited(tmp_path, monkeypatch, images):
+def test_a_new_strategy_joins_the_matrix_with_no_list_edited(tmp_path, monkeypatch, images, tiny_family):
     """One class + one YAML, both outside the package: the registry and the matrix pick them up."""
     (tmp_path / "toy_reverse.py").write_text(
         textwrap.dedent("""
@@ -124,11 +111,11 @@ def test_a_new_strategy_joins_the_matrix_with_no_list_edited(tmp_path, monkeypat
     assert "toy_reverse" in STRATEGIES and "toy_reverse" in strategy_configs(tmp_path / "conf")
     strategy_cfg = compose_strategy("toy_reverse", search=(tmp_path / "conf",))
     assert type(instantiate(strategy_cfg.strategy)) is STRATEGIES["toy_reverse"]
-    check_trains_and_generates("llava", strategy_cfg, images)
+    check_trains_and_generates("llava", strategy_cfg, images, tiny_family)
 
 
-def check_trains_and_generates(family_name: str, strategy_cfg: DictConfig, images: list[str]) -> None:
-    model, processor, family, template = tiny(family_name)
+def check_trains_and_generates(family_name: str, strategy_cfg: DictConfig, images: list[str], tiny_family) -> None:
+    model, processor, family, template = tiny_family(family_name, 4)
     model = prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4, dropout=0.0))
     strategy = instantiate(strategy_cfg.strategy)
     module = SinkflowModule(
@@ -161,8 +148,8 @@ def check_trains_and_generates(family_name: str, strategy_cfg: DictConfig, image
 
 
 @pytest.mark.parametrize("family_name", FAMILIES.names())
-def test_copy_initialised_dual_mlp_equals_sink_front(family_name, images):
-    model, processor, family, template = tiny(family_name)
+def test_copy_initialised_dual_mlp_equals_sink_front(family_name, images, tiny_family):
+    model, processor, family, template = tiny_family(family_name, 4)
     detector, simulated = NormThreshold(tau=100.0), SimulatedSinks(k=2, norm=150.0)
     front = SinkflowModule(model, processor, family, SinkFront(), detector, simulated_sinks=simulated).eval()
     batch = Collator(processor, template)(samples(images, answer=True))
@@ -176,8 +163,8 @@ def test_copy_initialised_dual_mlp_equals_sink_front(family_name, images):
 
 
 @pytest.mark.parametrize("family_name", FAMILIES.names())
-def test_only_the_two_projectors_and_lora_train(family_name, images):
-    model, processor, family, template = tiny(family_name)
+def test_only_the_two_projectors_and_lora_train(family_name, images, tiny_family):
+    model, processor, family, template = tiny_family(family_name, 4)
     model = prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4, dropout=0.0))
     module = SinkflowModule(
         model,

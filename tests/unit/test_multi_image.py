@@ -31,21 +31,15 @@ ONE = "What is the background color?"
 
 
 @pytest.fixture(scope="module")
-def images(shapes_root, tmp_path_factory):
+def images(resized_images):
     """Three different images in two sizes (Qwen keeps each size, so the two images of a row differ in tokens)."""
-    folder = tmp_path_factory.mktemp("multi")
-    paths = []
-    for i, size in enumerate([(64, 64), (48, 32), (32, 48)]):
-        paths.append(str(folder / f"{i}.png"))
-        Image.open(shapes_root / "eval_images" / f"eval_{i:05d}.png").convert("RGB").resize(size).save(paths[-1])
-    return paths
+    return resized_images([(64, 64), (48, 32), (32, 48)])
 
 
-def tiny(family_name: str):
-    """(model, processor, family, template) of the family's tiny model, in eval mode."""
-    family_cls = FAMILIES[family_name]
-    model, processor = family_cls.build_tiny(seed=5)
-    return model.eval(), processor, family_cls(), family_cls.default_template()
+def tiny(tiny_family, family_name: str):
+    """The family's tiny model in eval mode, with its processor, family and template."""
+    model, processor, family, template = tiny_family(family_name, 5)
+    return model.eval(), processor, family, template
 
 
 def two_image(images, sample_id="two", meta=None) -> dict:
@@ -88,10 +82,10 @@ def reference_prompt(template, hf, parts: tuple[str, ...]) -> str:
 
 
 @pytest.mark.parametrize("family_name", FAMILIES.names())
-def test_two_images_in_one_question_equal_transformers(family_name, images, assert_parity):
+def test_two_images_in_one_question_equal_transformers(family_name, images, assert_parity, tiny_family):
     """Strategy `none` on a row holding two image blocks (and a one-image row, for padding): the processor's own
     multi-image expansion, the same logits and the same greedy text as plain transformers."""
-    model, processor, family, template = tiny(family_name)
+    model, processor, family, template = tiny(tiny_family, family_name)
     reference = copy.deepcopy(model)
     module = SinkflowModule(model, processor, family, NoneStrategy()).eval()
     module.generation.max_new_tokens = 4
@@ -128,8 +122,8 @@ def test_two_images_in_one_question_equal_transformers(family_name, images, asse
     ids=lambda s: f"{s.name}-{s.position_ids}",
 )
 @pytest.mark.parametrize("family_name", FAMILIES.names())
-def test_batched_generation_of_one_two_and_no_image_equals_each_alone(family_name, strategy, images):
-    model, processor, family, template = tiny(family_name)
+def test_batched_generation_of_one_two_and_no_image_equals_each_alone(family_name, strategy, images, tiny_family):
+    model, processor, family, template = tiny(tiny_family, family_name)
     module = SinkflowModule(model, processor, family, strategy, TopK(k=3)).eval()
     module.generation.max_new_tokens = 4
     collate = Collator(processor, template, generate=True)
@@ -147,10 +141,10 @@ def block_columns(batch: dict, row: int, image_id: int, slots: list[int]) -> lis
 
 @pytest.mark.parametrize("position_ids", ["contiguous", "original"])
 @pytest.mark.parametrize("family_name", FAMILIES.names())
-def test_sink_front_moves_each_images_sinks_within_its_own_block(family_name, position_ids, images):
+def test_sink_front_moves_each_images_sinks_within_its_own_block(family_name, position_ids, images, tiny_family):
     """Each block holds its own image's tokens, sinks first; with `original` each token keeps its position in its
     own block (Qwen: its own image's (t, h, w))."""
-    model, processor, family, template = tiny(family_name)
+    model, processor, family, template = tiny(tiny_family, family_name)
     detector = TopK(k=3)
     module = SinkflowModule(model, processor, family, SinkFront(position_ids=position_ids), detector).eval()
     batch = Collator(processor, template, generate=True)([two_image(images)])
@@ -179,9 +173,9 @@ def test_sink_front_moves_each_images_sinks_within_its_own_block(family_name, po
 
 
 @pytest.mark.parametrize("family_name", FAMILIES.names())
-def test_patch_pixels_and_seen_images_map_each_image_of_a_row(family_name, images):
+def test_patch_pixels_and_seen_images_map_each_image_of_a_row(family_name, images, tiny_family):
     """A row's images are read out one by one, as when each image has a row of its own."""
-    model, processor, family, template = tiny(family_name)
+    model, processor, family, template = tiny(tiny_family, family_name)
     collate = Collator(processor, template, generate=True)
     together = collate([two_image(images)])
     apart = [collate([one_image(path)]) for path in images[:2]]
@@ -260,8 +254,8 @@ def test_an_unreadable_second_image_names_its_file_and_the_question(llava_proces
         Collator(llava_processor, VicunaV1())([two_image([images[0], str(corrupt)], "mmmu_3")])
 
 
-def test_an_image_the_processor_rejects_is_named_among_a_samples_images(images, tmp_path):
-    _, processor, _, template = tiny("qwen2_vl")
+def test_an_image_the_processor_rejects_is_named_among_a_samples_images(images, tmp_path, tiny_family):
+    _, processor, _, template = tiny(tiny_family, "qwen2_vl")
     thin = tmp_path / "thin.png"
     Image.new("RGB", (1, 300)).save(thin)
     with pytest.raises(ValueError, match=f"^cannot process image {re.escape(str(thin))} \\(question 'q'\\): "):
@@ -284,9 +278,9 @@ def test_the_chat_template_puts_each_image_where_its_token_is():
     ]
 
 
-def test_the_routing_pass_asks_about_every_image(images):
+def test_the_routing_pass_asks_about_every_image(images, tiny_family):
     """`Collator.ask` (cot_route) puts one question on each image of a several-image sample, tensors reused."""
-    _, processor, family, template = tiny("qwen2_vl")
+    _, processor, family, template = tiny(tiny_family, "qwen2_vl")
     collate = Collator(processor, template, generate=True)
     batch = collate([two_image(images), one_image(images[2])])
     asked = collate.ask(batch, ["a?", "b?", "c?"])
@@ -345,9 +339,9 @@ def test_routing_shares_count_images():
     }
 
 
-def test_sink_statistics_count_each_image_of_a_question_once(images):
+def test_sink_statistics_count_each_image_of_a_question_once(images, tiny_family):
     """Two images of one question are two images; the same question seen twice (a DDP pad) counts them once."""
-    model, processor, family, template = tiny("llava")
+    model, processor, family, template = tiny(tiny_family, "llava")
     module = SinkflowModule(model, processor, family, NoneStrategy(), TopK(k=3)).eval()
     batch = Collator(processor, template, generate=True)([two_image(images, "2", meta={"benchmark": "mmmu"})])
     for _ in range(2):

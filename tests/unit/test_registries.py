@@ -44,4 +44,4 @@ def test_a_registry_refuses_a_second_entry_under_one_name_and_names_the_known_on
         registry.register("first", Second)
     with pytest.raises(UnknownName, match=r"unknown widget 'second'; available: \['first'\]"):
         registry["second"]
-    assert registry.name_of(First) == "first" and list(registry) == ["first"]
+    assert registry["first"] is First and list(registry) == ["first"] and "second" not in registry
