@@ -266,10 +266,16 @@ class SinkflowModule(L.LightningModule):
         """Accumulate sink statistics of one batch (when the detector ran)."""
         visual = seen.visual
         if visual is not None and seen.sinks is not None:
-            planted = visual.to_tokens(visual.planted) if visual.planted is not None else None
-            self.stats[stage].update(
-                token_norms(visual.features), seen.sinks, planted, keys=visual.keys or None, valid=visual.valid()
+            # Per tile: a tiled image's crops each ran through the ViT alone, each with its own sinks.
+            planted = (
+                visual.by_tile(visual.to_tokens(visual.planted), tokens=True)[0] if visual.planted is not None else None
             )
+            norms, lengths = visual.by_tile(token_norms(visual.features))
+            valid = (
+                torch.arange(norms.shape[1], device=norms.device) < torch.tensor(lengths, device=norms.device)[:, None]
+            )
+            sinks = visual.by_tile(seen.sinks, tokens=True)[0]
+            self.stats[stage].update(norms, sinks, planted, keys=visual.tile_keys() or None, valid=valid)
 
     def _log_stats(self, stage: str) -> None:
         stats = self.stats[stage]

@@ -8,7 +8,7 @@ It imports only torch, so every layer above can depend on it (docs/architecture.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -35,6 +35,16 @@ class VisualFeatures:
     planted: torch.Tensor | None = None  # [n_images, N] bool: simulated sinks (ground truth), when planted
     keys: list[str] = field(default_factory=list)  # one stable id per image (seeds per-image random choices)
     questions: list[str] = field(default_factory=list)  # the question asked about each image (routers read it)
+    # Per image [lengths[i]] long: the ViT tile (crop, thumbnail, base view) each patch came from, for families that
+    # cut an image into tiles; empty: every image is one tile. Sinks are detected and counted per tile, routed per
+    # image. A group of patches (one LLM token) never spans two tiles.
+    tiles: list[torch.Tensor] = field(default_factory=list)
+    # Per image [block_i] bool: the image's placeholder block, True where a visual token (one of `slots`) goes and
+    # False where a fixed token goes (LLaVA-NeXT's row-end `image_newline`), which is never routed nor counted.
+    # Empty: the block is the visual tokens alone.
+    layouts: list[torch.Tensor] = field(default_factory=list)
+    # Family-private tensors that travel with the features (Qwen3-VL's DeepStack states), keyed by name.
+    extras: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.lengths:
@@ -58,6 +68,61 @@ class VisualFeatures:
         """[n_images, N // group, group * D]: each LLM token's patches side by side."""
         n_images, n_patches, dim = self.features.shape
         return self.features.reshape(n_images, n_patches // self.group, self.group * dim)
+
+    @property
+    def blocks(self) -> list[int]:
+        """Placeholder tokens per image: its visual tokens and, with a layout, its fixed tokens."""
+        return [len(layout) for layout in self.layouts] if self.layouts else self.slots
+
+    def detect(self, detector: Callable[[torch.Tensor, list[int]], torch.Tensor], own_norm: bool = False):
+        """The LLM-token sink mask [n_images, N // group]: `detector(features, lengths)` run on every tile's patches
+        (a token is a sink if any of its patches is), or with `own_norm` on every tile's tokens, each judged by the
+        norm of its patches side by side."""
+        if own_norm:
+            return self.from_tiles(detector(*self.by_tile(self.token_features(), tokens=True)), tokens=True)
+        return self.to_tokens(self.patch_sinks(detector))
+
+    def patch_sinks(self, detector: Callable[[torch.Tensor, list[int]], torch.Tensor]) -> torch.Tensor:
+        """The patch sink mask [n_images, N]: `detector(features, lengths)` run on every tile's patches."""
+        return self.from_tiles(detector(*self.by_tile(self.features)))
+
+    def tile_keys(self) -> list[str]:
+        """One key per tile, in `by_tile` order: an image's own key when it is one tile, else `key@t`."""
+        if not self.tiles:
+            return list(self.keys)
+        return [
+            key if len(ids.unique()) == 1 else f"{key}@{t}"
+            for key, ids in zip(self.keys, self.tiles)
+            for t in ids.unique().tolist()
+        ]
+
+    def by_tile(self, values: torch.Tensor, tokens: bool = False) -> tuple[torch.Tensor, list[int]]:
+        """Per-image rows [n_images, N (or N // group with `tokens`), ...] -> per-tile rows [n_tiles, T, ...],
+        zero-padded, and each tile's length. Without tiles, the rows and lengths as they are."""
+        lengths = self.slots if tokens else self.lengths
+        if not self.tiles:
+            return values, list(lengths)
+        rows = [values[i, : lengths[i]][ids == t] for i, ids in enumerate(self._tile_ids(tokens)) for t in ids.unique()]
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), [len(row) for row in rows]
+
+    def from_tiles(self, rows: torch.Tensor, tokens: bool = False) -> torch.Tensor:
+        """The inverse of `by_tile`: per-tile rows back to per-image rows [n_images, width, ...], zero after each
+        image's length."""
+        if not self.tiles:
+            return rows
+        width = self.features.shape[1] // (self.group if tokens else 1)
+        out = rows.new_zeros(len(self.lengths), width, *rows.shape[2:])
+        tile = 0
+        for i, ids in enumerate(self._tile_ids(tokens)):
+            for t in ids.unique():
+                where = (ids == t).nonzero().squeeze(1)
+                out[i, where] = rows[tile, : len(where)]
+                tile += 1
+        return out
+
+    def _tile_ids(self, tokens: bool) -> list[torch.Tensor]:
+        """Per image, the tile of each patch, or of each token (its first patch's) with `tokens`."""
+        return [ids[:: self.group] for ids in self.tiles] if tokens else self.tiles
 
 
 @dataclass
@@ -88,19 +153,49 @@ Ask = Callable[[list[str], Routed, int], list[str]]
 Project = Callable[[VisualFeatures], list[torch.Tensor]]
 
 
+def with_fixed(routed: Routed, layouts: list[torch.Tensor], fixed: list[torch.Tensor]) -> Routed:
+    """`routed` (visual tokens per image) laid out in each image's block with its fixed tokens (`fixed[i]`
+    [n_fixed_i, D], in block order): sources become block slots.
+
+    Fixed tokens never move: routed tokens refill the block's visual slots in their routed order, like text reflowed
+    into the image's rows. A strategy that keeps fewer tokens leaves a shorter block, cut after its last routed token
+    and the fixed tokens right after it (a full row keeps its newline).
+    """
+    tokens, sources = [], []
+    for image, (layout, image_fixed) in enumerate(zip(layouts, fixed)):
+        layout = layout.to(routed.tokens[image].device)
+        visual_slots = layout.nonzero().squeeze(1)
+        n = len(routed.tokens[image])
+        if n > len(visual_slots):
+            raise ValueError(f"image {image}: {n} routed tokens for {len(visual_slots)} visual slots")
+        end = int(visual_slots[n - 1]) + 1 if n else 0
+        while 0 < end < len(layout) and not layout[end]:
+            end += 1
+        block = layout[:end]
+        fixed_slots = (~block).nonzero().squeeze(1)
+        embeds = routed.tokens[image].new_empty(end, routed.tokens[image].shape[-1])
+        embeds[visual_slots[:n]] = routed.tokens[image]
+        embeds[fixed_slots] = image_fixed[: len(fixed_slots)].to(embeds.dtype)
+        placed = torch.arange(end, device=layout.device)
+        placed[visual_slots[:n]] = visual_slots[routed.sources[image].to(layout.device)]
+        tokens.append(embeds)
+        sources.append(placed)
+    return replace(routed, tokens=tokens, sources=sources)
+
+
 def rebuild_rows(
     inputs: dict[str, torch.Tensor],
     placeholders: torch.Tensor,
     slots: list[int],
     routed: Routed,
     padding_side: PaddingSide,
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Rows with each image block replaced by its routed tokens, re-padded to a common length on `padding_side`.
 
     Labels stay aligned (IGNORE_INDEX on visual tokens). A visual token's position is that of the block slot it came
     from (`original`) or of the block slot it now fills (`contiguous`); text keeps its position. Positions are passed
     on when the inputs carry them (M-RoPE) or `original` asks for them; otherwise transformers numbers the rebuilt
-    rows consecutively.
+    rows consecutively. Also returns the rebuilt rows' image-token columns [B, L'] (bool).
     """
     embeds, mask, labels = inputs["inputs_embeds"], inputs["attention_mask"], inputs.get("labels")
     given = inputs.get("position_ids")
@@ -130,12 +225,13 @@ def rebuild_rows(
         "inputs_embeds": torch.stack([_pad(row["embeds"], length, 0.0, padding_side) for row in finished]),
         "attention_mask": torch.stack([_pad(row["mask"], length, 0, padding_side) for row in finished]),
     }
+    image_columns = torch.stack([_pad(row["visual"], length, False, padding_side) for row in finished])
     if labels is not None:
         out["labels"] = torch.stack([_pad(row["labels"], length, IGNORE_INDEX, padding_side) for row in finished])
     if given is not None or routed.position_ids == "original":
         stacked = torch.stack([_pad(row["positions"].T, length, 0, padding_side).T for row in finished], dim=1)
         out["position_ids"] = stacked if given is not None else stacked[0]
-    return out
+    return out, image_columns
 
 
 class _Row:
@@ -143,7 +239,13 @@ class _Row:
 
     def __init__(self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None, positions: torch.Tensor):
         self.source = embeds, mask, labels, positions  # positions: [P, L]
-        self.parts: dict[str, list[torch.Tensor]] = {"embeds": [], "mask": [], "labels": [], "positions": []}
+        self.parts: dict[str, list[torch.Tensor]] = {
+            "embeds": [],
+            "mask": [],
+            "labels": [],
+            "positions": [],
+            "visual": [],
+        }
 
     def take_text(self, start: int, end: int) -> None:
         """Append the unrouted columns [start, end)."""
@@ -154,6 +256,7 @@ class _Row:
             labels[start:end] if labels is not None else torch.full((end - start,), IGNORE_INDEX, device=embeds.device)
         )
         self.parts["positions"].append(positions[:, start:end])
+        self.parts["visual"].append(torch.zeros(end - start, dtype=torch.bool, device=embeds.device))
 
     def add_visual(self, tokens: torch.Tensor, columns: torch.Tensor) -> None:
         """Append routed tokens that take the positions of the unrouted `columns`."""
@@ -162,6 +265,7 @@ class _Row:
         self.parts["mask"].append(mask.new_ones(len(tokens)))
         self.parts["labels"].append(torch.full((len(tokens),), IGNORE_INDEX, device=embeds.device))
         self.parts["positions"].append(positions[:, columns])
+        self.parts["visual"].append(torch.ones(len(tokens), dtype=torch.bool, device=embeds.device))
 
     def finish(self) -> dict[str, torch.Tensor]:
         return {k: torch.cat(v, dim=-1 if k == "positions" else 0) for k, v in self.parts.items()}

@@ -170,7 +170,7 @@ def collect(module, paths: list[Path], batch_size: int, seed: int) -> tuple[dict
         for chunk in track(chunks, description=f"ViT features of {len(paths)} images"):
             inputs = module.processor.image_processor([load_image(str(p)) for p in chunk], return_tensors="pt")
             visual = module.visual({k: v.to(module.device) for k, v in inputs.items()})
-            sinks = module.detector(visual.features, visual.lengths)
+            sinks = visual.patch_sinks(module.detector)
             without += int((~(sinks & visual.valid()).any(dim=1)).sum())
             for name, values in token_summaries(visual.features, sinks, visual.valid(), generator).items():
                 parts[name].append(values.cpu())

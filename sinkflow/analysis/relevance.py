@@ -225,7 +225,7 @@ def run(ctx: AnalysisContext) -> dict:
             break
         captured = capture(hf, family, batch, layer)
         visual = captured.visual
-        sinks = module.detector(visual.features, visual.lengths) if module.detector is not None else None
+        sinks = visual.patch_sinks(module.detector) if module.detector is not None else None
         chosen = {token: choose_targets(visual.features, visual.lengths, sinks, token) for token in tokens}
         images = [image.numpy() for image in family.seen_images(batch, module.processor)]
         norms = token_norms(visual.features)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sinkflow.checks import choice
-from sinkflow.pathway import PaddingSide, Routed, VisualFeatures, rebuild_rows
+from sinkflow.pathway import PaddingSide, Routed, VisualFeatures, rebuild_rows, with_fixed
 from sinkflow.registry import Registry
 
 SinkTokens = Literal["any_patch", "own_norm"]
@@ -90,9 +90,24 @@ class VisualFamily(ABC):
 
     def token_sinks(self, detector: Detector, visual: VisualFeatures) -> torch.Tensor:
         """The LLM-token sink mask [n_images, N // group] (see `sink_tokens`)."""
-        if self.sink_tokens == "own_norm":
-            return detector(visual.token_features(), visual.slots)
-        return visual.to_tokens(detector(visual.features, visual.lengths))
+        return visual.detect(detector, own_norm=self.sink_tokens == "own_norm")
+
+    def fixed_tokens(self, model: nn.Module, visual: VisualFeatures) -> list[torch.Tensor]:
+        """Per image, the embeddings [n_fixed_i, D_llm] of the fixed tokens of its layout (`VisualFeatures.layouts`),
+        in block order; only families whose blocks hold tokens that are not visual ones provide them."""
+        raise NotImplementedError(f"{type(self).__name__} lays out no fixed tokens")
+
+    def llm_inputs(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        image_columns: torch.Tensor,
+        visual: VisualFeatures | None,
+        routed: Routed | None,
+    ) -> dict[str, torch.Tensor]:
+        """The merged inputs plus what the family's language model reads beside the embeddings (Gemma 3's image token
+        types, Qwen3-VL's DeepStack features); `image_columns` [B, L] marks the columns holding image tokens."""
+        return inputs
 
     # Inside the ViT, for analyses that look at its attention (relevance maps). A family without these still
     # trains, routes and evaluates.
@@ -141,7 +156,8 @@ class VisualFamily(ABC):
         place (exactly what transformers does). Otherwise each row is rebuilt (`sinkflow.pathway.rebuild_rows`):
         image blocks take the routed length, labels stay aligned, and rows are re-padded on `padding_side`
         (left for generation). With `routed.position_ids == "original"` every token keeps the position it had
-        in the unrouted sequence (a visual token: its block start + its source patch index).
+        in the unrouted sequence (a visual token: its block start + its source patch index). A block with fixed
+        tokens (`VisualFeatures.layouts`) keeps them in their slots and refills the rest (`pathway.with_fixed`).
         """
         choice("padding_side", padding_side, PaddingSide)
         input_ids = batch["input_ids"]
@@ -157,18 +173,20 @@ class VisualFamily(ABC):
         if routed is None:
             if placeholders.any():
                 raise ValueError("the batch has image placeholder tokens but no images")
-            return inputs
-        n_slots, slots = int(placeholders.sum()), visual.slots
-        if n_slots != sum(slots):
+            return self.llm_inputs(model, inputs, placeholders, None, None)
+        n_slots, blocks = int(placeholders.sum()), visual.blocks
+        if n_slots != sum(blocks):
             raise ValueError(
-                f"the batch has {n_slots} image placeholder tokens but its {len(slots)} images need "
-                f"{sum(slots)}; the placeholders must be expanded by the processor"
+                f"the batch has {n_slots} image placeholder tokens but its {len(blocks)} images need "
+                f"{sum(blocks)}; the placeholders must be expanded by the processor"
             )
-        if routed.position_ids == "contiguous" and [len(t) for t in routed.tokens] == slots:
-            tokens = torch.cat(routed.tokens).to(inputs_embeds.device, inputs_embeds.dtype)
+        laid_out = with_fixed(routed, visual.layouts, self.fixed_tokens(model, visual)) if visual.layouts else routed
+        if laid_out.position_ids == "contiguous" and [len(t) for t in laid_out.tokens] == blocks:
+            tokens = torch.cat(laid_out.tokens).to(inputs_embeds.device, inputs_embeds.dtype)
             inputs["inputs_embeds"] = inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), tokens)
-            return inputs
-        return rebuild_rows(inputs, placeholders, slots, routed, padding_side)
+            return self.llm_inputs(model, inputs, placeholders, visual, routed)
+        inputs, image_columns = rebuild_rows(inputs, placeholders, blocks, laid_out, padding_side)
+        return self.llm_inputs(model, inputs, image_columns, visual, routed)
 
 
 def unnormalise(images: list[torch.Tensor], image_processor) -> list[torch.Tensor]:
