@@ -108,3 +108,19 @@ def test_merge_lays_routed_tokens_around_the_familys_fixed_tokens():
     assert merged["inputs_embeds"][0, 1:9, 0].tolist() == [5, 4, 3, -1, 2, 1, 0, -1]
     dropped = family.merge(model, batch, visual, Routed([tokens[:2]], [torch.arange(2)]), padding_side="left")
     assert dropped["inputs_embeds"][0, :, 0].tolist()[-3:-1] == [0, 1] and dropped["inputs_embeds"].shape[1] == 4
+
+
+def test_sink_statistics_count_tiles():
+    """Each tile ran through the ViT alone: statistics count it as an image, the same tile seen twice once."""
+    from sinkflow.module import SinkflowModule
+    from sinkflow.pathway import PathwayResult
+    from sinkflow.sinks.strategies.none import NoneStrategy
+
+    model, processor = build_tiny_llava(TinyLlavaSpec())
+    module = SinkflowModule(model, processor, LlavaFamily(), NoneStrategy(), TopK(k=1))
+    visual = two_tiled_images()
+    for _ in range(2):
+        module._observe("test", PathwayResult({}, visual, visual.patch_sinks(TopK(k=1))))
+    scalars, samples = module.stats["test"].compute()
+    assert samples["counts"].tolist() == [1, 1, 1] and scalars["sinks/per_image"] == 1.0
+    assert samples["norms"].tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 6]  # tile norms once each, no padding
