@@ -58,13 +58,15 @@ def text_only(sample_id="text") -> dict:
 def hf_processor(model, processor):
     """The model type's own transformers processor. Qwen's processor classes build a video processor, which needs
     torchvision (absent here, docs/models.md#qwen-processors), so for them the class is assembled around the same
-    tokenizer and image processor: its `__call__` and chat template are transformers' own."""
+    tokenizer, image processor and settings (every attribute of sinkflow's stand-in): its `__call__` and chat template
+    are transformers' own."""
     if isinstance(processor, transformers.ProcessorMixin):
         return processor
     cls = getattr(transformers, PROCESSOR_MAPPING_NAMES[model.config.model_type])
     hf = cls.__new__(cls)
     tokenizer = processor.tokenizer
-    hf.tokenizer, hf.image_processor, hf.chat_template = tokenizer, processor.image_processor, processor.chat_template
+    hf.__dict__.update(vars(processor))
+    hf.chat_template = processor.chat_template
     hf.image_token, hf.video_token = tokenizer.image_token, tokenizer.video_token
     hf.image_token_id, hf.video_token_id = (
         tokenizer.convert_tokens_to_ids(t) for t in (hf.image_token, hf.video_token)
@@ -100,18 +102,15 @@ def test_two_images_in_one_question_equal_transformers(family_name, images, asse
         padding=True,
         padding_side="left",
     )
-    for key in (
-        "input_ids",
-        "attention_mask",
-        "pixel_values",
-        *(["image_grid_thw"] if "image_grid_thw" in batch else []),
-    ):
+    compared = [key for key in expected if torch.is_tensor(batch.get(key))]  # every tensor the model reads
+    assert {"input_ids", "attention_mask", "pixel_values"} <= set(compared)
+    for key in compared:
         assert torch.equal(batch[key], expected[key]), key
     image_id = family.image_token_id(model)
     per_row = (batch["input_ids"] == image_id).sum(dim=1).tolist()
     with torch.no_grad():
-        slots = family.encode(model, batch).slots
-    assert len(slots) == 3 and per_row == [slots[0] + slots[1], slots[2]]
+        blocks = family.encode(model, batch).blocks  # each image's placeholders (fixed tokens included)
+    assert len(blocks) == 3 and per_row == [blocks[0] + blocks[1], blocks[2]]
     assert (batch["attention_mask"] == 0).any(), "the batch must exercise padding"
     assert_parity(module, reference, batch, dict(expected))
 
@@ -142,8 +141,8 @@ def block_columns(batch: dict, row: int, image_id: int, slots: list[int]) -> lis
 @pytest.mark.parametrize("position_ids", ["contiguous", "original"])
 @pytest.mark.parametrize("family_name", FAMILIES.names())
 def test_sink_front_moves_each_images_sinks_within_its_own_block(family_name, position_ids, images, tiny_family):
-    """Each block holds its own image's tokens, sinks first; with `original` each token keeps its position in its
-    own block (Qwen: its own image's (t, h, w))."""
+    """Each block holds its own image's tokens, sinks first, in its visual slots (a layout's fixed tokens stay in
+    theirs); with `original` each token keeps its position in its own block (Qwen: its own image's (t, h, w))."""
     model, processor, family, template = tiny(tiny_family, family_name)
     detector = TopK(k=3)
     module = SinkflowModule(model, processor, family, SinkFront(position_ids=position_ids), detector).eval()
@@ -160,14 +159,19 @@ def test_sink_front_moves_each_images_sinks_within_its_own_block(family_name, po
     for mask, n in zip(sinks, visual.slots):
         orders.append(torch.cat([mask[:n].nonzero().squeeze(1), (~mask[:n]).nonzero().squeeze(1)]))
         assert not torch.equal(orders[-1], torch.arange(n)), "the sinks must really move"
-    blocks = block_columns(batch, 0, family.image_token_id(model), visual.slots)
+    blocks = block_columns(batch, 0, family.image_token_id(model), visual.blocks)
+    layouts = [layout.cpu() for layout in visual.layouts] or [torch.ones(n, dtype=torch.bool) for n in visual.slots]
+    fixed = family.fixed_tokens(model, visual) if visual.layouts else [tokens[:0] for tokens in projected]
     assert inputs["inputs_embeds"].shape == (1, batch["input_ids"].shape[1], projected[0].shape[-1])
-    for columns, tokens, order in zip(blocks, projected, orders):
-        torch.testing.assert_close(inputs["inputs_embeds"][0, columns], tokens[order], atol=0, rtol=0)
+    for columns, layout, tokens, order, kept in zip(blocks, layouts, projected, orders, fixed):
+        torch.testing.assert_close(inputs["inputs_embeds"][0, columns[layout]], tokens[order], atol=0, rtol=0)
+        torch.testing.assert_close(inputs["inputs_embeds"][0, columns[~layout]], kept, atol=0, rtol=0)
     if position_ids == "original":
         routed_positions = inputs["position_ids"].reshape(-1, *batch["input_ids"].shape)
-        for columns, order in zip(blocks, orders):
-            assert torch.equal(routed_positions[:, 0, columns], unrouted[:, 0, columns[order]])
+        for columns, layout, order in zip(blocks, layouts, orders):
+            fixed_columns, visual_columns = columns[~layout], columns[layout]
+            assert torch.equal(routed_positions[:, 0, fixed_columns], unrouted[:, 0, fixed_columns])
+            assert torch.equal(routed_positions[:, 0, visual_columns], unrouted[:, 0, visual_columns[order]])
     elif "position_ids" in inputs:  # M-RoPE, passed on unchanged: blocks keep their ids in order
         assert torch.equal(inputs["position_ids"], unrouted)
 
