@@ -91,8 +91,9 @@ class VisualTokens:
     """A batch's visual tokens as the LLM sees them (strategy `none`: every token, raster order, in place).
 
     Token-level tensors are [n_images, S] with S = N // group (the LLM tokens of the longest image); `valid`
-    marks real tokens. `rows[i]` is image i's batch row and `columns[i, s]` the sequence column of its token s
-    in `inputs` (0 where not valid).
+    marks real tokens. `rows[i]` is image i's batch row, `columns[i, s]` the sequence column of its token s
+    in `inputs` (0 where not valid) and `ends[i]` the column after its placeholder block (which may end with fixed
+    tokens, e.g. LLaVA-NeXT's newline).
     """
 
     inputs: dict  # the LLM inputs: inputs_embeds, attention_mask (+ position_ids for M-RoPE families), no labels
@@ -102,6 +103,7 @@ class VisualTokens:
     valid: torch.Tensor  # [n_images, S] bool
     rows: torch.Tensor  # [n_images] long
     columns: torch.Tensor  # [n_images, S] long
+    ends: torch.Tensor  # [n_images] long
 
     @property
     def planted(self) -> torch.Tensor | None:
@@ -113,7 +115,8 @@ def visual_tokens(module: SinkflowModule, batch: dict) -> VisualTokens:
     """Run the pathway on a generation batch and locate every image's tokens in the merged sequence.
 
     With strategy `none` the family scatters each image's tokens into its placeholders in row-major order
-    (exactly what transformers does), so image i's tokens sit at the i-th run of `slots[i]` placeholders.
+    (exactly what transformers does), so image i's tokens sit at the i-th run of `blocks[i]` placeholders, in its
+    layout's visual slots when it has one (the others hold fixed tokens).
     """
     if module.strategy.name != "none":
         raise ValueError(f"analyses read the vanilla pathway: use sink_strategy=none, got {module.strategy.name!r}")
@@ -129,11 +132,14 @@ def visual_tokens(module: SinkflowModule, batch: dict) -> VisualTokens:
     slots, width = visual.slots, visual.features.shape[1] // visual.group
     rows = torch.zeros(len(slots), dtype=torch.long)
     columns = torch.zeros(len(slots), width, dtype=torch.long)
+    ends = torch.zeros(len(slots), dtype=torch.long)
     start = 0
-    for i, n in enumerate(slots):
+    for i, (n, block) in enumerate(zip(slots, visual.blocks)):
         rows[i] = placeholders[start, 0]
-        columns[i, :n] = placeholders[start : start + n, 1].cpu()
-        start += n
+        run = placeholders[start : start + block, 1].cpu()
+        columns[i, :n] = run[visual.layouts[i].cpu()] if visual.layouts else run
+        ends[i] = run[-1] + 1
+        start += block
     device = visual.features.device
     return VisualTokens(
         inputs=inputs,
@@ -143,6 +149,7 @@ def visual_tokens(module: SinkflowModule, batch: dict) -> VisualTokens:
         valid=visual.valid()[:, :: visual.group],
         rows=rows.to(device),
         columns=columns.to(device),
+        ends=ends.to(device),
     )
 
 

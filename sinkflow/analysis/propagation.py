@@ -50,7 +50,7 @@ def query_inputs(
         # Text after each row's last image (a row without an image keeps no queries).
         after = torch.full((mask.shape[0],), length, device=mask.device)
         after[tokens.rows] = 0
-        after = after.scatter_reduce(0, tokens.rows, tokens.columns.amax(dim=1) + 1, reduce="amax")
+        after = after.scatter_reduce(0, tokens.rows, tokens.ends, reduce="amax")
         n_queries = int((length - after).max())
         columns = (length - n_queries + torch.arange(n_queries, device=mask.device)).expand(mask.shape[0], -1)
         if "position_ids" not in inputs:
