@@ -11,6 +11,8 @@ from transformers import AutoModelForImageTextToText
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from sinkflow.analysis import relevance
+from sinkflow.analysis.context import visual_tokens
+from sinkflow.analysis.propagation import query_inputs
 from sinkflow.data.collate import Collator
 from sinkflow.data.templates import ProcessorChatTemplate
 from sinkflow.models.build import load_pretrained
@@ -262,6 +264,25 @@ def test_relevance_maps_say_the_family_does_not_provide_them(pair, two_sizes):
     batch = collate(module, two_sizes)
     with pytest.raises(NotImplementedError, match="several ViT sequences .* relevance maps are not provided"):
         relevance.capture(module.hf, module.family, batch, None)
+
+
+def test_analyses_find_each_visual_token_between_the_newlines_and_the_prompt_after_the_block(pair, two_sizes):
+    """`visual_tokens` (propagation, massive_dims, decode) points at the LLM columns transformers fills with each
+    patch, and the prompt queries start after the image's last newline."""
+    module, reference = pair
+    module = routed(module, NoneStrategy(), K)
+    batch = collate(module, two_sizes)
+    with torch.no_grad():
+        tokens = visual_tokens(module, batch)
+    _, packed, _ = transformers_packing(reference, batch)
+    placeholders = batch["input_ids"] == reference.config.image_token_id
+    for i, ids in enumerate(packed):
+        columns = placeholders[i].nonzero().squeeze(1)
+        assert tokens.rows[i] == i and torch.equal(tokens.columns[i, tokens.valid[i]], columns[ids >= 0])
+        assert tokens.ends[i] == columns[-1] + 1 and ids[-1] == -1, "the block ends with a newline"
+    _, queries, real = query_inputs(module, tokens, "prompt", 1)
+    for i in range(len(packed)):
+        assert int(queries[i][real[i]][0]) == int(tokens.ends[i])
 
 
 @pytest.mark.parametrize("pair", ["llava_onevision"], indirect=True)
