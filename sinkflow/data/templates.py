@@ -53,6 +53,30 @@ class VicunaV1:
         return out
 
 
+class ChatML:
+    """ChatML after a system turn, `<|im_start|>role\\n<text><|im_end|>\\n` per turn, each image where its `<image>`
+    is: LLaVA's `qwen_1_5` conversation, which LLaVA-OneVision trains and is evaluated with. (Its HF chat template
+    writes another layout, `<|im_start|>assistant \\n` in a turn against `<|im_start|>assistant\\n` in the
+    generation prompt, where answers cannot be located.) Answers and their `<|im_end|>` are supervised."""
+
+    def __init__(self, system: str = "You are a helpful assistant."):
+        self.system = system
+
+    def render(self, processor, turns: list[tuple[str, str]], add_generation_prompt: bool) -> Rendered:
+        """Render `turns`; with `add_generation_prompt` end with the assistant's turn header."""
+        out = Rendered(f"<|im_start|>system\n{self.system}<|im_end|>\n")
+        for role, text in turns:
+            out.text += f"<|im_start|>{role}\n"
+            start = len(out.text)
+            out.text += text + "<|im_end|>"
+            if role == "assistant":
+                out.supervised.append((start, len(out.text)))
+            out.text += "\n"
+        if add_generation_prompt:
+            out.text += "<|im_start|>assistant\n"
+        return out
+
+
 class ProcessorChatTemplate:
     """The checkpoint's own chat template (`processor.apply_chat_template`); answers found by incremental rendering."""
 
