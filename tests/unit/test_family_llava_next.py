@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
@@ -13,8 +14,9 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 from sinkflow.analysis import relevance
 from sinkflow.analysis.context import visual_tokens
 from sinkflow.analysis.propagation import query_inputs
+from sinkflow.config import compose_config
 from sinkflow.data.collate import Collator
-from sinkflow.data.templates import ProcessorChatTemplate
+from sinkflow.data.templates import ChatML, ProcessorChatTemplate
 from sinkflow.models.build import load_pretrained
 from sinkflow.models.families.llava_next import LlavaNextFamily
 from sinkflow.models.families.llava_onevision import LlavaOnevisionFamily
@@ -336,3 +338,35 @@ def test_onevision_refuses_a_grid_it_would_interpolate_and_keeps_it_with_a_large
 def test_a_bad_anyres_max_names_its_key():
     with pytest.raises(ValueError, match=r"^`model.family.vision_aspect_ratio` must be anyres_max_<tiles> \(e.g."):
         LlavaOnevisionFamily(vision_aspect_ratio="anyres")
+
+
+@pytest.mark.parametrize("pair", ["llava_onevision"], indirect=True)
+def test_chatml_writes_onevisions_training_conversation_and_supervises_the_answers(pair, two_sizes):
+    module, _ = pair
+    sample = {
+        "id": "c",
+        "image": two_sizes[0],
+        "conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "white"}],
+    }
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nQ?<|im_end|>\n"
+    prompt = Collator(module.processor, ChatML(), generate=True)([sample])["meta"][0]["prompt"]
+    assert prompt == system + "<|im_start|>assistant\n"
+    batch = Collator(module.processor, ChatML())([sample])
+    assert batch["meta"][0]["prompt"] == system + "<|im_start|>assistant\nwhite<|im_end|>\n"
+    supervised = batch["input_ids"][0][batch["labels"][0] != -100]
+    assert module.processor.tokenizer.decode(supervised) == "white<|im_end|>"
+
+
+@pytest.mark.parametrize(
+    ("option", "family", "template"),
+    [
+        ("llava_next_mistral_7b", LlavaNextFamily, ProcessorChatTemplate),
+        ("llava_onevision_qwen2_7b", LlavaOnevisionFamily, ChatML),
+        ("llava_onevision_qwen2_05b", LlavaOnevisionFamily, ChatML),
+    ],
+)
+def test_the_real_checkpoints_configs_name_their_family_template_and_recipe(option, family, template):
+    model = compose_config([f"model={option}"]).model
+    assert type(instantiate(model.family)) is family and type(instantiate(model.template)) is template
+    assert (model.lora.r, model.lora.alpha, model.optim.lr, model.optim.projector_lr) == (8, 16, 1e-4, 1e-5)
+    assert model.checkpoint.startswith("llava-hf/") and model.simulated_sinks is None
