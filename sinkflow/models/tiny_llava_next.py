@@ -42,7 +42,8 @@ MISTRAL_CHAT_TEMPLATE = (
     "{% endfor %}"
 )
 ONEVISION_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
-# ChatML, as LLaVA-OneVision trains (`qwen_1_5`): the images of a turn first, then its text.
+# The checkpoints' ChatML layout (a turn's images first, then its text), written prefix-stable: a turn's header is the
+# generation prompt's.
 ONEVISION_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
