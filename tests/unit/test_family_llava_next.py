@@ -370,3 +370,11 @@ def test_the_real_checkpoints_configs_name_their_family_template_and_recipe(opti
     assert type(instantiate(model.family)) is family and type(instantiate(model.template)) is template
     assert (model.lora.r, model.lora.alpha, model.optim.lr, model.optim.projector_lr) == (8, 16, 1e-4, 1e-5)
     assert model.checkpoint.startswith("llava-hf/") and model.simulated_sinks is None
+
+
+@pytest.mark.parametrize("pair", ["llava_next"], indirect=True)
+def test_a_kept_cls_token_is_named_rather_than_packed_as_a_patch(pair, two_sizes):
+    module, _ = pair
+    batch = collate(module, two_sizes)
+    with pytest.raises(ValueError, match=r"^a ViT tile gives 17 features for 16 patches: .* CLS token kept\?"):
+        LlavaNextFamily(vision_feature_select_strategy="full").encode(module.hf, batch)

@@ -36,7 +36,8 @@ class AnyResPlan:
     """Where one image's LLM tokens come from: `index` [n] the row of each visual token among the image's tiles'
     patches (tile-major, raster within a tile), `layout` [block] its placeholder block (False: a newline)."""
 
-    tiles: int  # ViT tiles of the image, its base view included
+    n_tiles: int  # ViT tiles of the image, its base view included
+    per_tile: int  # patches of a tile
     index: torch.Tensor
     layout: torch.Tensor
 
@@ -74,9 +75,8 @@ class LlavaNextFamily(LlavaFamily, name="llava_next"):
         per_tile = side * side
         base = torch.arange(per_tile)
         if not tiled:  # the base view alone, then one newline
-            return AnyResPlan(
-                1, base, torch.cat([torch.ones(per_tile, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)])
-            )
+            newline = torch.cat([torch.ones(per_tile, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)])
+            return AnyResPlan(1, per_tile, base, newline)
         pinpoints = model.config.image_grid_pinpoints
         rows, cols = get_anyres_image_grid_shape(size, pinpoints, vision.image_size)
         # Each grid cell's patch row: tiles in raster order after the base view, raster within each tile.
@@ -86,16 +86,21 @@ class LlavaNextFamily(LlavaFamily, name="llava_next"):
         height, width = grid.shape
         row = torch.cat([torch.ones(width, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)])
         layout = torch.cat([torch.ones(per_tile, dtype=torch.bool), row.repeat(height)])
-        tiles = image_size_to_num_patches(size, pinpoints, vision.image_size)
-        return AnyResPlan(tiles, torch.cat([base, grid.flatten()]), layout)
+        n_tiles = image_size_to_num_patches(size, pinpoints, vision.image_size)
+        return AnyResPlan(n_tiles, per_tile, torch.cat([base, grid.flatten()]), layout)
 
     def encode(self, model: nn.Module, batch: dict) -> VisualFeatures:
         sizes = batch["image_sizes"].tolist()
         plans = [self.plan(model, i, size, tiled) for i, (size, tiled) in enumerate(zip(sizes, self.tiled(batch)))]
-        pixels = torch.cat([image[: plan.tiles] for image, plan in zip(batch["pixel_values"], plans)])
+        pixels = torch.cat([image[: plan.n_tiles] for image, plan in zip(batch["pixel_values"], plans)])
         per_tile = super().encode(model, {"pixel_values": pixels}).features  # [tiles, patches, D]
         n_patches = per_tile.shape[1]
-        rows = per_tile.flatten(0, 1).split([plan.tiles * n_patches for plan in plans])
+        if n_patches != plans[0].per_tile:
+            raise ValueError(
+                f"a ViT tile gives {n_patches} features for {plans[0].per_tile} patches: the grid packs patches only "
+                "(a CLS token kept? use model.family.vision_feature_select_strategy=default with CLIP)"
+            )
+        rows = per_tile.flatten(0, 1).split([plan.n_tiles * n_patches for plan in plans])
         device = per_tile.device
         index = [plan.index.to(device) for plan in plans]
         features = [image_rows[i] for image_rows, i in zip(rows, index)]
