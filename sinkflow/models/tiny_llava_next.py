@@ -72,7 +72,7 @@ class TinyAnyResSpec(TinyLlavaSpec):
 def build_tiny_anyres(spec: TinyAnyResSpec):
     """Build the tiny model and its processor in memory (random weights seeded by `spec.seed`)."""
     choice("model.checkpoint.variant", spec.variant, VARIANTS)
-    if spec.image_size % 8 or spec.image_size != 8 * spec.patch_size:
+    if spec.image_size != 8 * spec.patch_size:
         raise ValueError(
             f"model.checkpoint.image_size={spec.image_size} must be 8 x model.checkpoint.patch_size "
             f"({spec.patch_size}): a tile is half the image and 4 x 4 patches"
