@@ -3,6 +3,7 @@
 Writes `calibration.json` (`sinkflow.sinks.calibrate.summarise`: norm quantiles, the suggested tau, sinks per
 image at that tau and at the configured detector), `norm_histogram.png` (every token norm, log-log) and
 `sorted_norms.png` (each image's norms in descending order, and their median), both with the thresholds marked.
+An image cut into ViT tiles counts as one image per tile, as the detector judges tiles alone.
 """
 
 from __future__ import annotations
@@ -29,15 +30,18 @@ def run(ctx: AnalysisContext) -> dict:
     """Token norms of the model's ViT over the distinct images of `calibrate.split` -> summary and figures."""
     settings, module = ctx.settings, ctx.module
     split = choice("calibrate.split", settings.split, Split)
-    rows, lengths, planted = [], [], []
+    rows, lengths, planted, n_images = [], [], [], 0
     for batch in ctx.images(split, settings.max_images):
         visual = module.visual(batch)
-        norms = token_norms(visual.features).cpu()
-        for i, n in enumerate(visual.lengths):
-            rows.append(norms[i, :n])
+        n_images += len(visual.lengths)
+        # Per ViT tile, as the detector judges them (one row per image for untiled families).
+        norms, tile_lengths = visual.by_tile(token_norms(visual.features))
+        tile_planted = visual.by_tile(visual.planted)[0] if visual.planted is not None else None
+        for i, n in enumerate(tile_lengths):
+            rows.append(norms[i, :n].cpu())
             lengths.append(n)
-            if visual.planted is not None:
-                planted.append(visual.planted[i, :n].cpu())
+            if tile_planted is not None:
+                planted.append(tile_planted[i, :n].cpu())
     if not rows:
         raise ValueError(f"dataset has no images in its {split!r} split to calibrate on")
     norms_all = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
@@ -54,7 +58,8 @@ def run(ctx: AnalysisContext) -> dict:
         "suggested tau": summary["suggested_tau"],
         "configured tau": detector.tau if isinstance(detector, NormThreshold) else None,
     }
-    title = f"{Path(module.source).name}: {len(rows)} images"
+    tiles = f" ({len(rows)} ViT tiles)" if len(rows) != n_images else ""
+    title = f"{Path(module.source).name}: {n_images} images{tiles}"
     figures = {
         "norm_histogram": plot_norm_histogram(torch.cat(rows), lines, title),
         "sorted_norms": plot_sorted_norms(rows, lines, title),

@@ -14,6 +14,7 @@ from sinkflow.analysis import calibrate
 from sinkflow.analysis.context import analysis_context
 from sinkflow.data.datamodule import LVLMDataModule
 from sinkflow.data.templates import ProcessorChatTemplate
+from sinkflow.models.families.base import FAMILIES
 from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
 from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
 from sinkflow.module import SinkflowModule
@@ -133,3 +134,25 @@ def test_the_task_reads_each_image_once_and_names_an_image_the_processor_rejects
         calibrate_over(module, [("a", images[0]), ("e", str(thin))], tmp_path)
     with pytest.raises(ValueError, match=r"^`calibrate.split` must be one of \('eval', 'train'\), got 'val'$"):
         calibrate.run(SimpleNamespace(settings=OmegaConf.create({"split": "val"}), module=module))
+
+
+def test_a_tiled_family_is_calibrated_per_vit_tile(shapes_root, tmp_path):
+    """LLaVA-NeXT's base view and grid tiles each ran through the ViT alone: one row of norms per tile."""
+    family_cls = FAMILIES["llava_next"]
+    model, processor = family_cls.build_tiny(seed=1)
+    module = SinkflowModule(
+        model, processor, family_cls(), NoneStrategy(), NormThreshold(tau=100.0), source="tiny/llava_next"
+    ).eval()
+    images = [str(shapes_root / "eval_images" / f"eval_{i:05d}.png") for i in range(2)]
+    summary = calibrate_over(module, [("a", images[0]), ("b", images[1])], tmp_path)
+    with torch.no_grad():
+        visual = module.visual(
+            dict(processor.image_processor([Image.open(p).convert("RGB") for p in images], return_tensors="pt"))
+        )
+    norms, lengths = visual.by_tile(token_norms(visual.features))
+    assert len(lengths) > 2 and summary["images"] == len(lengths)
+    assert summary == {
+        "model": module.source,
+        "split": "eval",
+        **summarise(norms, lengths=lengths, configured=module.detector),
+    }
