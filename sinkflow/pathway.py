@@ -45,6 +45,9 @@ class VisualFeatures:
     layouts: list[torch.Tensor] = field(default_factory=list)
     # Family-private tensors that travel with the features (Qwen3-VL's DeepStack states), keyed by name.
     extras: dict[str, object] = field(default_factory=dict)
+    # Per image, the sizes of the separate placeholder runs its block is split into, in block order (Idefics3: one run
+    # per crop, the crop's text tags between runs); empty: one run per image. A token never leaves its run (`by_run`).
+    runs: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.lengths:
@@ -181,6 +184,25 @@ def with_fixed(routed: Routed, layouts: list[torch.Tensor], fixed: list[torch.Te
         tokens.append(embeds)
         sources.append(placed)
     return replace(routed, tokens=tokens, sources=sources)
+
+
+def by_run(routed: Routed, runs: list[list[int]]) -> tuple[Routed, list[int]]:
+    """`routed` (per image, sources in block slots) as one entry per placeholder run, and each run's size.
+
+    A run receives, in routed order, the routed tokens whose source slot lies in it, their sources counted from the
+    run's first slot: the image is routed as a whole (one decision, one order) and each run keeps its own tokens, so
+    text between runs (Idefics3's `<row_i_col_j>` crop tags) still introduces the tokens of its crop.
+    """
+    tokens, sources, sizes = [], [], []
+    for image_tokens, image_sources, image_runs in zip(routed.tokens, routed.sources, runs):
+        start = 0
+        for size in image_runs:
+            inside = (image_sources >= start) & (image_sources < start + size)
+            tokens.append(image_tokens[inside])
+            sources.append(image_sources[inside] - start)
+            sizes.append(size)
+            start += size
+    return replace(routed, tokens=tokens, sources=sources, decisions=None), sizes
 
 
 def rebuild_rows(

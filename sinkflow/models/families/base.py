@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sinkflow.checks import choice
-from sinkflow.pathway import PaddingSide, Routed, VisualFeatures, rebuild_rows, with_fixed
+from sinkflow.pathway import PaddingSide, Routed, VisualFeatures, by_run, rebuild_rows, with_fixed
 from sinkflow.registry import Registry
 
 SinkTokens = Literal["any_patch", "own_norm"]
@@ -157,7 +157,9 @@ class VisualFamily(ABC):
         image blocks take the routed length, labels stay aligned, and rows are re-padded on `padding_side`
         (left for generation). With `routed.position_ids == "original"` every token keeps the position it had
         in the unrouted sequence (a visual token: its block start + its source patch index). A block with fixed
-        tokens (`VisualFeatures.layouts`) keeps them in their slots and refills the rest (`pathway.with_fixed`).
+        tokens (`VisualFeatures.layouts`) keeps them in their slots and refills the rest (`pathway.with_fixed`). An
+        image whose placeholders come in several runs (`VisualFeatures.runs`) fills each run with its own tokens in
+        the image's routed order (`pathway.by_run`).
         """
         choice("padding_side", padding_side, PaddingSide)
         input_ids = batch["input_ids"]
@@ -181,6 +183,8 @@ class VisualFamily(ABC):
                 f"{sum(blocks)}; the placeholders must be expanded by the processor"
             )
         laid_out = with_fixed(routed, visual.layouts, self.fixed_tokens(model, visual)) if visual.layouts else routed
+        if visual.runs:  # from here on each placeholder run is a block of its own
+            laid_out, blocks = by_run(laid_out, visual.runs)
         if laid_out.position_ids == "contiguous" and [len(t) for t in laid_out.tokens] == blocks:
             tokens = torch.cat(laid_out.tokens).to(inputs_embeds.device, inputs_embeds.dtype)
             inputs["inputs_embeds"] = inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), tokens)
