@@ -99,12 +99,16 @@ def test_qwen_column_equals_brute_force_on_the_image_grid(shapes_root, variant, 
 @pytest.mark.parametrize("family_name", FAMILIES.names())
 def test_images_are_redrawn_as_the_vit_saw_them(shapes_root, family_name):
     """Every family's images come back as the ViT saw them (CLIP's pixels un-normalised; Qwen's flattened
-    merge-window patches put back on the grid)."""
+    merge-window patches put back on the grid), or the family says that it does not redraw them."""
     family_cls = FAMILIES[family_name]
     (_, processor), family = family_cls.build_tiny(seed=2), family_cls()
     image = images(shapes_root, 1)[0]  # 64 px: neither processor resizes it
     batch = dict(processor.image_processor([image], return_tensors="pt"))
-    drawn = family.seen_images(batch, processor)[0]
+    try:
+        drawn = family.seen_images(batch, processor)[0]
+    except NotImplementedError as err:
+        assert str(err).startswith(f"{family_cls.__name__} does not ")
+        pytest.skip(str(err))
     assert drawn.shape == (64, 64, 3)
     np.testing.assert_allclose(drawn.numpy(), np.asarray(image, dtype=np.float64) / 255, atol=0.02)
 
