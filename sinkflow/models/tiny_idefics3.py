@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from sinkflow.checks import choice
-from sinkflow.models.families.idefics3 import split_images
+from sinkflow.models.tiled_processors import split_images
 from sinkflow.models.tiny import TinyLlavaSpec, build_tokenizer, save_once
 
 # Idefics3 and SmolVLM tokenizers: their image markup, and <end_of_utterance> ending every turn.

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration
 
-from sinkflow.models.families.internvl import InternVLImages
+from sinkflow.models.tiled_processors import InternVLImages
 from sinkflow.models.tiny import TinyLlavaSpec, build_tokenizer, save_once
 
 INTERNVL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]

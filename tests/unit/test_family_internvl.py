@@ -13,7 +13,8 @@ from transformers import AutoModelForImageTextToText, InternVLProcessor
 from sinkflow.data.collate import Collator
 from sinkflow.data.templates import ProcessorChatTemplate
 from sinkflow.models.build import LoraSpec, load_pretrained, prepare_for_training, unwrap
-from sinkflow.models.families.internvl import InternVLFamily, InternVLImages
+from sinkflow.models.families.internvl import InternVLFamily
+from sinkflow.models.tiled_processors import InternVLImages
 from sinkflow.models.tiny_internvl import TinyInternVLSpec, build_tiny_internvl, ensure_tiny_internvl
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.detectors.topk import TopK

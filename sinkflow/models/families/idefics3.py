@@ -16,19 +16,15 @@ What differs from LLaVA (docs/models.md#idefics3-and-smolvlm):
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoImageProcessor, AutoTokenizer, Idefics3Processor
-from transformers.utils import cached_file
 
 from sinkflow.checks import choice
 from sinkflow.models import pixel_shuffle
 from sinkflow.models.families.base import SinkTokens, VisualFamily
-from sinkflow.models.processor import processor_chat_template
+from sinkflow.models.tiled_processors import load_idefics3_processor
 from sinkflow.pathway import VisualFeatures
 
 
@@ -56,18 +52,7 @@ class Idefics3Family(VisualFamily, name="idefics3"):
         return build_tiny_idefics3(TinyIdefics3Spec(variant=cls.variant, seed=seed, **crops, **sizes))
 
     def load_processor(self, source: str, trust_remote_code: bool = False):
-        """transformers' Idefics3Processor on the checkpoint's tokenizer and image processor (SmolVLM's own processor
-        needs num2words and a torchvision video processor; its image prompt is Idefics3's)."""
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-        config = cached_file(source, "processor_config.json", _raise_exceptions_for_missing_entries=False)
-        options = json.loads(Path(config).read_text()) if config else {}
-        return Idefics3Processor(
-            split_images(image_processor),
-            tokenizer,
-            image_seq_len=options.get("image_seq_len", 169),
-            chat_template=tokenizer.chat_template or processor_chat_template(source),
-        )
+        return load_idefics3_processor(source, trust_remote_code)
 
     def vision_tower(self, model: nn.Module) -> nn.Module:
         return model.model.vision_model
@@ -120,13 +105,6 @@ class Idefics3Family(VisualFamily, name="idefics3"):
         raise NotImplementedError(
             f"{type(self).__name__} does not redraw its images: each image is several crops and a global view"
         )
-
-
-def split_images(image_processor):
-    """The image processor returning each image's crop grid (`rows`, `cols`), as the processors ask it to: sinkflow's
-    collator calls the image processor itself and expands the placeholders from them."""
-    image_processor.return_row_col_info = True
-    return image_processor
 
 
 def split_crops(batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:

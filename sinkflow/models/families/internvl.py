@@ -7,68 +7,24 @@ What differs from LLaVA (docs/models.md#internvl3):
   every tile's patches in 2x2-window order (`sinkflow.models.pixel_shuffle`), all of an image's tiles in one row:
   sinks are detected and counted per tile, an image is routed as one (its tiles share one placeholder block).
 - The image block is `<img>` + 256 `<IMG_CONTEXT>` per tile + `</img>`: one contiguous run of placeholders.
-- The HF processor also builds a video processor, which needs torchvision: `InternVLImages` reproduces its image
-  path on the checkpoint's tokenizer and image processor.
+- The HF processor also builds a video processor, which needs torchvision: `tiled_processors.InternVLImages`
+  reproduces its image path on the checkpoint's tokenizer and image processor.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoImageProcessor, AutoTokenizer
-from transformers.utils import cached_file
 
 from sinkflow.checks import choice
 from sinkflow.models import pixel_shuffle
 from sinkflow.models.families.base import SinkTokens, VisualFamily
-from sinkflow.models.processor import processor_chat_template
+from sinkflow.models.tiled_processors import InternVLImages
 from sinkflow.pathway import VisualFeatures
 
 FeatureSelect = Literal["default"]  # CLS dropped: the pixel shuffle folds a square patch grid
-
-
-class InternVLImages:
-    """InternVLProcessor's image path without its video processor: each image becomes `<img>`, `image_seq_length`
-    `<IMG_CONTEXT>` per tile, `</img>`; images are tiled (`crop_to_patches`, InternVLProcessor's default)."""
-
-    def __init__(self, tokenizer, image_processor, image_seq_length: int = 256):
-        self.tokenizer, self.image_processor, self.image_seq_length = tokenizer, image_processor, image_seq_length
-        self.image_token = tokenizer.context_image_token
-        self.start_image_token, self.end_image_token = tokenizer.start_image_token, tokenizer.end_image_token
-        # The processor passes crop_to_patches=True on every call; the collator calls the image processor itself.
-        image_processor.crop_to_patches = True
-
-    @classmethod
-    def from_pretrained(cls, source: str | Path, trust_remote_code: bool = False) -> InternVLImages:
-        """The checkpoint's tokenizer, image processor, chat template and `image_seq_length` (processor_config.json)."""
-        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
-        if not tokenizer.chat_template:
-            tokenizer.chat_template = processor_chat_template(source)
-        config = cached_file(str(source), "processor_config.json", _raise_exceptions_for_missing_entries=False)
-        length = json.loads(Path(config).read_text()).get("image_seq_length", 256) if config else 256
-        image_processor = AutoImageProcessor.from_pretrained(str(source), trust_remote_code=trust_remote_code)
-        return cls(tokenizer, image_processor, length)
-
-    @property
-    def chat_template(self) -> str | None:
-        return self.tokenizer.chat_template
-
-    def apply_chat_template(self, messages: list[dict], **kwargs):
-        return self.tokenizer.apply_chat_template(messages, **kwargs)
-
-    def replace_image_token(self, image_inputs: dict, image_idx: int) -> str:
-        tiles = int(image_inputs["num_patches"][image_idx])
-        return self.start_image_token + self.image_token * (self.image_seq_length * tiles) + self.end_image_token
-
-    def save_pretrained(self, path: str | Path) -> None:
-        self.tokenizer.save_pretrained(path)
-        self.image_processor.save_pretrained(path)
-        config = {"image_seq_length": self.image_seq_length, "processor_class": "InternVLProcessor"}
-        (Path(path) / "processor_config.json").write_text(json.dumps(config, indent=2))
 
 
 class InternVLFamily(VisualFamily, name="internvl"):
