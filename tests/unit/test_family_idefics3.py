@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, Idefics3Processor
 
+from sinkflow.analysis import relevance
 from sinkflow.data.collate import Collator
 from sinkflow.data.templates import ProcessorChatTemplate
 from sinkflow.models.build import LoraSpec, load_pretrained, prepare_for_training, unwrap
-from sinkflow.models.families.idefics3 import Idefics3Family
+from sinkflow.models.families.idefics3 import Idefics3Family, split_crops
 from sinkflow.models.families.smolvlm import SmolVLMFamily
 from sinkflow.models.tiny_idefics3 import TinyIdefics3Spec, build_tiny_idefics3, ensure_tiny_idefics3
 from sinkflow.module import SinkflowModule
@@ -203,6 +204,33 @@ def test_a_run_receives_its_own_tokens_in_routed_order():
     assert sizes == [2, 4] and runs.decisions is None
     assert [s.tolist() for s in runs.sources] == [[1, 0], [3, 1]]
     assert [t.flatten().tolist() for t in runs.tokens] == [[1.0, 3.0], [0.0, 2.0]]
+
+
+@pytest.mark.parametrize("block", [0, 2])
+def test_relevance_columns_equal_eager_attention_on_the_crops_side_by_side(two_sizes, block):
+    """A target's map is its crop's eager attention column, in that crop's place on the image's crop grid (zero on
+    the other crops, which never attend to it); a global-view target has no cell and an empty map on that grid."""
+    model, processor = build_tiny_idefics3(TinyIdefics3Spec(seed=2))
+    images = [Image.open(path).convert("RGB") for path in two_sizes]
+    batch = dict(processor.image_processor(images, return_tensors="pt"))  # 2 x 2 + 1 and 1 x 2 + 1 crops
+    family = Idefics3Family()
+    captured = relevance.capture(model, family, batch, block)
+    model.set_attn_implementation("eager")
+    pixels, _, _ = split_crops(batch)
+    with torch.no_grad():
+        attentions = family.vision_tower(model)(pixel_values=pixels, output_attentions=True).attentions[block]
+    order = [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15]  # raster patch of each window position
+    assert captured.grids[0].shape == (8, 8) and captured.grids[1].shape == (4, 8)
+    for crop, window in [(0, 5), (1, 13)]:  # image 1's crops are crops 5 and 6 of the batch
+        feature, patch = crop * 16 + window, order[window]
+        expected = torch.zeros(attentions.shape[1], 4, 8)
+        expected[:, :, 4 * crop : 4 * crop + 4] = attentions[5 + crop, :, :, patch].reshape(-1, 4, 4)
+        torch.testing.assert_close(captured.column(1, feature), expected, atol=1e-6, rtol=0)
+        assert captured.cell(1, feature) == (patch // 4, 4 * crop + patch % 4)
+    global_view = 2 * 16
+    assert captured.cell(1, global_view) is None and not captured.column(1, global_view).any()
+    drawn = family.seen_images(batch, processor)
+    assert [tuple(image.shape) for image in drawn] == [(64, 64, 3), (32, 64, 3)]
 
 
 def test_a_batch_without_crop_grids_is_refused_by_name():

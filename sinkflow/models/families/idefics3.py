@@ -6,6 +6,7 @@ What differs from LLaVA (docs/models.md#idefics3-and-smolvlm):
   global view; each crop is its own ViT sequence (`pixel_attention_mask` marks padding pixels). Features are the
   ViT's per-patch states (after its final norm) before the pixel shuffle, every crop's patches in window order
   (`sinkflow.models.pixel_shuffle`), all of an image's crops in one row: sinks are detected and counted per crop.
+- Relevance maps are drawn on an image's crops side by side (its global view has no cell on that grid).
 - The prompt names every crop in text: `<fake_token_around_image><row_1_col_1><image>...<image>` per crop, then
   `<fake_token_around_image><global-img><image>...<image><fake_token_around_image>`. The tags are text, not visual
   tokens, so an image's placeholders are one run per crop (`VisualFeatures.runs`): the image is routed as a whole
@@ -16,6 +17,7 @@ What differs from LLaVA (docs/models.md#idefics3-and-smolvlm):
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -23,7 +25,7 @@ from torch import nn
 
 from sinkflow.checks import choice
 from sinkflow.models import pixel_shuffle
-from sinkflow.models.families.base import SinkTokens, VisualFamily
+from sinkflow.models.families.base import SinkTokens, VisualFamily, unnormalise
 from sinkflow.models.tiled_processors import load_idefics3_processor
 from sinkflow.pathway import VisualFeatures
 
@@ -95,16 +97,40 @@ class Idefics3Family(VisualFamily, name="idefics3"):
     def feature_block(self, model: nn.Module) -> int:
         return len(self.vision_attentions(model)) - 1  # the last block, then the tower's final norm
 
-    def attention_positions(self, model, batch, visual, chunks):
-        raise NotImplementedError(
-            f"{type(self).__name__} does not map its ViT sequences to one patch grid per image: each image is "
-            "several crops and a global view, each attended alone"
-        )
+    def attention_positions(
+        self, model: nn.Module, batch: dict, visual: VisualFeatures, chunks: list[int]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every crop is one sequence of its patches in raster order. An image's grid is its crops side by side as the
+        processor cut them (its global view, attended alone, has no cell), or its one crop when it was left whole."""
+        grids = crop_grids(batch)
+        counts = crop_counts(grids)
+        if len(chunks) != sum(counts) or len(set(chunks)) != 1:
+            raise ValueError(f"the ViT ran {len(chunks)} sequences of {set(chunks)} patches for {sum(counts)} crops")
+        side, device = math.isqrt(chunks[0]), visual.features.device
+        starts = torch.arange(sum(counts), device=device) * chunks[0]
+        order = pixel_shuffle.window_order(side, math.isqrt(visual.group), device)
+        features, cells, first = [], [], 0
+        for (rows, cols), n in zip(grids, counts):
+            crops = starts[first : first + n]
+            features.append((crops[:, None] + order).flatten())
+            rows, cols = max(rows, 1), max(cols, 1)
+            y, x = torch.arange(rows * side, device=device)[:, None], torch.arange(cols * side, device=device)
+            cells.append(crops[(y // side) * cols + x // side] + (y % side) * side + x % side)
+            first += n
+        return features, cells
 
     def seen_images(self, batch: dict, processor) -> list[torch.Tensor]:
-        raise NotImplementedError(
-            f"{type(self).__name__} does not redraw its images: each image is several crops and a global view"
-        )
+        """Each image's crops put back side by side (the global view left out), or its one crop."""
+        pixels, _, counts = split_crops(batch)
+        images, first = [], 0
+        for (rows, cols), n in zip(crop_grids(batch), counts):
+            rows, cols = max(rows, 1), max(cols, 1)
+            crops = pixels[first : first + rows * cols].float().cpu()
+            _, channels, height, width = crops.shape
+            grid = crops.view(rows, cols, channels, height, width).permute(2, 0, 3, 1, 4)
+            images.append(grid.reshape(channels, rows * height, cols * width))
+            first += n
+        return unnormalise(images, processor.image_processor)
 
 
 def split_crops(batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
@@ -114,19 +140,28 @@ def split_crops(batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, list[in
     The processor stacks crops per prompt and pads with all-zero crops; like transformers, any crop that is not all
     zero is real, whatever the grouping (sinkflow's collator stacks all the batch's crops in one row).
     """
-    if "rows" not in batch or "cols" not in batch:
-        raise ValueError(
-            "the batch has no `rows` / `cols` per image: the image processor must return them (return_row_col_info)"
-        )
     pixels = batch["pixel_values"].flatten(0, 1)
     real = pixels.flatten(1).ne(0).any(dim=1)
     mask = batch.get("pixel_attention_mask")
     mask = mask.flatten(0, 1)[real].bool() if mask is not None else None
-    grids = zip(_flat(batch["rows"]), _flat(batch["cols"]))
-    crops = [rows * cols + 1 if rows or cols else 1 for rows, cols in grids]
+    crops = crop_counts(crop_grids(batch))
     if sum(crops) != int(real.sum()):
         raise ValueError(f"{int(real.sum())} crops in pixel_values for images of {crops} crops (rows / cols)")
     return pixels[real], mask, crops
+
+
+def crop_grids(batch: dict) -> list[tuple[int, int]]:
+    """Each image's crop grid (rows, cols) as the processor cut it; (0, 0) for an image left whole."""
+    if "rows" not in batch or "cols" not in batch:
+        raise ValueError(
+            "the batch has no `rows` / `cols` per image: the image processor must return them (return_row_col_info)"
+        )
+    return list(zip(_flat(batch["rows"]), _flat(batch["cols"])))
+
+
+def crop_counts(grids: list[tuple[int, int]]) -> list[int]:
+    """Each image's crops: rows x cols and the global view, or 1 for an image left whole."""
+    return [rows * cols + 1 if rows or cols else 1 for rows, cols in grids]
 
 
 def _flat(values) -> list[int]:
