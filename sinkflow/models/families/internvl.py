@@ -45,6 +45,7 @@ class InternVLFamily(VisualFamily, name="internvl"):
     def build_tiny(cls, seed: int = 0, image_size: int | None = None, **sizes: int):
         from sinkflow.models.tiny_internvl import TinyInternVLSpec, build_tiny_internvl
 
+        # `image_size`: the tile side (an image of that size is one tile, or tiled when its aspect ratio asks for it).
         return build_tiny_internvl(TinyInternVLSpec(seed=seed, **({"tile": image_size} if image_size else {}), **sizes))
 
     def load_processor(self, source: str, trust_remote_code: bool = False):
