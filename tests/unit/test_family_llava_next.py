@@ -110,10 +110,10 @@ def tile_grid(reference) -> tuple[int, int]:
     return vision.image_size // vision.patch_size, vision.patch_size
 
 
-def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity):
+def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity, monkeypatch):
     module, reference = pair
     batch = collate(module, two_sizes)
-    expected = hf_processor(reference, module.processor)(
+    expected = hf_processor(reference, module.processor, monkeypatch)(
         images=[Image.open(p).convert("RGB") for p in two_sizes],
         text=[meta["prompt"] for meta in batch["meta"]],
         return_tensors="pt",
@@ -288,10 +288,10 @@ def test_analyses_find_each_visual_token_between_the_newlines_and_the_prompt_aft
 
 
 @pytest.mark.parametrize("pair", ["llava_onevision"], indirect=True)
-def test_onevision_images_of_a_several_image_sample_are_not_tiled(pair, two_sizes, assert_parity):
+def test_onevision_images_of_a_several_image_sample_are_not_tiled(pair, two_sizes, assert_parity, monkeypatch):
     """transformers' several-image convention (nested image lists): each image is its base view and one newline."""
     module, reference = pair
-    hf = hf_processor(reference, module.processor)
+    hf = hf_processor(reference, module.processor, monkeypatch)
     prompt = reference_prompt(ProcessorChatTemplate(), hf, TWO)
     expected = hf(images=[[Image.open(p).convert("RGB") for p in two_sizes]], text=[prompt], return_tensors="pt")
     assert expected["batch_num_images"].tolist() == [2]
