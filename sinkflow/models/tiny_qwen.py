@@ -1,8 +1,10 @@
-"""Offline tiny Qwen2-VL / Qwen2.5-VL: tokenizer, image processor and model built from configs, saved in HF format.
+"""Offline tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL: tokenizer, image processor and model built from configs, saved in HF
+format.
 
-Like the tiny LLaVA, a real `Qwen2VLForConditionalGeneration` / `Qwen2_5_VLForConditionalGeneration` with random
-weights, saved once and always loaded back through `from_pretrained`. Qwen's ChatML template and special tokens
-are reproduced; images are cut into 8-px patches (2x2 windows merged into one LLM token) at 32-64 px.
+Like the tiny LLaVA, a real `Qwen2VLForConditionalGeneration` / `Qwen2_5_VLForConditionalGeneration` /
+`Qwen3VLForConditionalGeneration` with random weights, saved once and always loaded back through `from_pretrained`.
+Qwen's ChatML template and special tokens are reproduced; images are cut into 8-px patches (2x2 windows merged into
+one LLM token) at 32-64 px.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
 )
 
 from sinkflow.checks import choice
@@ -45,12 +49,13 @@ QWEN_CHAT_TEMPLATE = (
 VARIANTS = {
     "qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
     "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration),
+    "qwen3_vl": (Qwen3VLConfig, Qwen3VLForConditionalGeneration),
 }
 
 
 @dataclass(frozen=True)
 class TinyQwenSpec(TinyLlavaSpec):
-    """Sizes of a tiny Qwen-VL; `variant` is qwen2_vl or qwen2_5_vl. Images are resized to 32-64 px."""
+    """Sizes of a tiny Qwen-VL; `variant` is qwen2_vl, qwen2_5_vl or qwen3_vl. Images are resized to 32-64 px."""
 
     variant: str = "qwen2_vl"
     patch_size: int = 8
@@ -121,6 +126,35 @@ def build_tiny_qwen(spec: TinyQwenSpec):
             "temporal_patch_size": 2,
             "window_size": 4 * spec.patch_size,
             "fullatt_block_indexes": [spec.vision_layers - 1],
+        }
+    if spec.variant == "qwen3_vl":
+        # Qwen3-VL's M-RoPE interleaves (t, h, w) over the frequencies; the h and w shares are 20 / 64 of them, as in
+        # the released checkpoints' [24, 20, 20].
+        shared = head_dim // 2 * 5 // 16
+        text = {
+            **text,
+            "head_dim": head_dim,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5000000.0,
+                "mrope_section": [head_dim // 2 - 2 * shared, shared, shared],
+                "mrope_interleaved": True,
+            },
+        }
+        vision = {
+            "depth": spec.vision_layers,
+            "hidden_size": spec.vision_hidden,
+            "out_hidden_size": spec.text_hidden,
+            "intermediate_size": 4 * spec.vision_hidden,
+            "num_heads": spec.vision_heads,
+            "patch_size": spec.patch_size,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            # The learned position grid (resampled to each image's grid) covers a 64 px image's 8 x 8 patches.
+            "num_position_embeddings": 64,
+            # DeepStack: each block before the last feeds one of the first LLM layers (the released models: 3 blocks of
+            # 24-27).
+            "deepstack_visual_indexes": list(range(min(spec.vision_layers - 1, spec.text_layers))),
         }
     config_cls, model_cls = VARIANTS[spec.variant]
     config = config_cls(
