@@ -123,7 +123,8 @@ def test_two_images_in_one_question_equal_transformers(family_name, images, asse
     texts = [reference_prompt(template, hf, TWO), reference_prompt(template, hf, (IMAGE_TOKEN, "\n" + ONE))]
     assert [meta["prompt"] for meta in batch["meta"]] == texts
     expected = hf(
-        images=[Image.open(p).convert("RGB") for p in images],
+        # Per row, its images: transformers' batched form (some processors cannot split a flat list between rows).
+        images=[[Image.open(p).convert("RGB") for p in row] for row in (images[:2], images[2:])],
         text=texts,
         return_tensors="pt",
         padding=True,
