@@ -111,7 +111,7 @@ class Gemma3Family(VisualFamily, name="gemma3"):
         return {**inputs, "token_type_ids": image_columns.long()}
 
     def vision_attentions(self, model: nn.Module) -> list[nn.Module]:
-        return [layer.self_attn for layer in self.vision_tower(model).vision_model.encoder.layers]
+        return [layer.self_attn for layer in self.vision_tower(model).encoder.layers]
 
     def feature_block(self, model: nn.Module) -> int:
         return len(self.vision_attentions(model)) - 1  # the last block (its output, layer-normed, feeds the projector)
