@@ -1,0 +1,278 @@
+"""Qwen3-VL through sinkflow's pathway: parity with plain transformers, and DeepStack features that move and drop
+with their routed tokens at every injected layer (docs/models.md#qwen3-vl)."""
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
+
+from sinkflow.analysis import relevance
+from sinkflow.data.collate import Collator
+from sinkflow.data.templates import ProcessorChatTemplate
+from sinkflow.models.build import LoraSpec, load_pretrained, prepare_for_training, unwrap
+from sinkflow.models.families.qwen3_vl import DEEPSTACK, Qwen3VLFamily
+from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen, ensure_tiny_qwen
+from sinkflow.module import SinkflowModule
+from sinkflow.sinks.detectors.topk import TopK
+from sinkflow.sinks.strategies.drop_sinks import DropSinks
+from sinkflow.sinks.strategies.dual_mlp import DualMLP
+from sinkflow.sinks.strategies.none import NoneStrategy
+from sinkflow.sinks.strategies.sink_end import SinkEnd
+from sinkflow.sinks.strategies.sink_front import SinkFront
+
+QUESTIONS = ["What is the background color?", "How many shapes are there in this picture? Count them."]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """The tiny Qwen3-VL checkpoint loaded through sinkflow (with its family) and through plain transformers."""
+    path = ensure_tiny_qwen(tmp_path_factory.mktemp("qwen3"), variant="qwen3_vl", seed=2)
+    family = Qwen3VLFamily()
+    model, processor = load_pretrained(path, family=family)
+    reference = AutoModelForImageTextToText.from_pretrained(path).eval()
+    return SinkflowModule(model.eval(), processor, family, NoneStrategy()).eval(), reference
+
+
+@pytest.fixture(scope="module")
+def two_sizes(resized_images):
+    """Two images of different sizes (64x64 -> 16 merged tokens, 48x32 -> 6)."""
+    return resized_images([(64, 64), (48, 32)])
+
+
+def generation_batch(module, images):
+    samples = [
+        {"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>\n" + q}]}
+        for i, (image, q) in enumerate(zip(images, QUESTIONS))
+    ]
+    return Collator(module.processor, ProcessorChatTemplate(), generate=True)(samples)
+
+
+def reference_inputs(model, batch):
+    keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+    return {
+        **{k: batch[k] for k in keys},
+        "mm_token_type_ids": (batch["input_ids"] == model.config.image_token_id).int(),
+    }
+
+
+def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity):
+    module, reference = pair
+    batch = generation_batch(module, two_sizes)
+    assert batch["image_grid_thw"].tolist() == [[1, 8, 8], [1, 4, 6]]
+    assert (batch["attention_mask"] == 0).any(), "the batch must exercise padding"
+    assert (batch["input_ids"] == reference.config.image_token_id).sum(dim=1).tolist() == [16, 6]
+    assert_parity(module, reference, batch, reference_inputs(reference, batch))
+
+
+def test_deepstack_reaches_the_language_model_on_the_prefill_only(pair, two_sizes):
+    """The workaround is load-bearing (without DeepStack the logits differ), and `generate` hands the features over
+    on its prefill pass only: every decode step runs without them."""
+    module, reference = pair
+    batch = generation_batch(module, two_sizes)
+    with torch.no_grad():
+        inputs = module.pathway(batch).inputs
+        theirs = reference(**reference_inputs(reference, batch)).logits
+        without = reference(**{k: v for k, v in inputs.items() if k != "mm_encoder_outputs"}).logits
+    mask = batch["attention_mask"].bool()
+    assert not torch.allclose(without[mask], theirs[mask], atol=1e-3), "DeepStack must change the logits"
+    seen = []
+    language_model = module.hf.model.language_model
+    hook = language_model.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append((kwargs["inputs_embeds"].shape[1], kwargs.get("deepstack_visual_embeds"))),
+        with_kwargs=True,
+    )
+    try:
+        module.generate(batch)
+    finally:
+        hook.remove()
+    (prefill, levels), *decode = seen
+    assert prefill == batch["input_ids"].shape[1] and len(levels) == 2 and levels[0].shape == (22, 128)
+    assert decode and all(length == 1 and stack is None for length, stack in decode)
+
+
+def test_deepstack_features_for_other_inputs_are_refused(pair, two_sizes):
+    module, _ = pair
+    inputs = module.pathway(generation_batch(module, two_sizes)).inputs
+    shorter = {
+        **inputs,
+        "inputs_embeds": inputs["inputs_embeds"][:, 1:],
+        "attention_mask": inputs["attention_mask"][:, 1:],
+    }
+    shorter["position_ids"] = inputs["position_ids"][..., 1:]
+    with pytest.raises(ValueError, match=r"DeepStack features for \(2, 59\) tokens reached a pass over \(2, 58\)"):
+        module.hf(**shorter)
+
+
+def hand_routed(reference, batch, k: int = 3):
+    """Plain transformers' pieces for routing by hand: per image its merged tokens, DeepStack features per level,
+    and its sink tokens (those holding the k highest-norm patches), with the unrouted embeddings and positions."""
+    with torch.no_grad():
+        out = reference.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+        norms = out.last_hidden_state.norm(dim=-1).split(batch["image_grid_thw"].prod(-1).tolist())
+        sinks = [sorted({int(i) // 4 for i in torch.topk(n, k).indices}) for n in norms]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        placeholders = ids == reference.config.image_token_id
+        rope, _ = reference.model.get_rope_index(
+            ids, placeholders.int(), image_grid_thw=batch["image_grid_thw"], attention_mask=mask
+        )
+        text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    return {
+        "tokens": list(out.pooler_output),
+        "levels": [list(level) for level in out.deepstack_features],
+        "sinks": sinks,
+        "embeds": reference.get_input_embeddings()(ids),
+        "positions": torch.cat([text[None], rope]),
+        "placeholders": placeholders,
+    }
+
+
+def language_model_logits(reference, embeds, mask, positions, image_columns, levels):
+    """Plain transformers' language model fed everything by hand (embeddings, positions, DeepStack), then the head."""
+    with torch.no_grad():
+        hidden = reference.model.language_model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            visual_pos_masks=image_columns,
+            deepstack_visual_embeds=levels,
+        ).last_hidden_state
+        return reference.lm_head(hidden)
+
+
+@pytest.mark.parametrize("position_mode", ["contiguous", "original"])
+@pytest.mark.parametrize("place", ["front", "end"])
+def test_sink_front_and_end_equal_transformers_with_permuted_tokens_positions_and_deepstack(
+    pair, two_sizes, place, position_mode
+):
+    module, reference = pair
+    strategy = (SinkFront if place == "front" else SinkEnd)(position_ids=position_mode)
+    routed = SinkflowModule(module.model, module.processor, module.family, strategy, TopK(k=3)).eval()
+    batch = generation_batch(module, two_sizes)
+    with torch.no_grad():
+        ours = routed(batch).logits
+    parts = hand_routed(reference, batch)
+    orders = []
+    for sinks, tokens in zip(parts["sinks"], parts["tokens"]):
+        rest = [t for t in range(len(tokens)) if t not in sinks]
+        orders.append(torch.tensor(sinks + rest if place == "front" else rest + sinks))
+    assert any(not torch.equal(order, torch.arange(len(order))) for order in orders), "a real permutation"
+    placeholders, positions = parts["placeholders"], parts["positions"].clone()
+    tokens = torch.cat([tokens[order] for tokens, order in zip(parts["tokens"], orders)])
+    embeds = parts["embeds"].masked_scatter(placeholders.unsqueeze(-1), tokens)
+    if position_mode == "original":
+        for row, order in enumerate(orders):
+            block = placeholders[row].nonzero().squeeze(1)
+            positions[1:, row, block] = positions[1:, row, block[order]]
+    moved = [torch.cat([image[order] for image, order in zip(level, orders)]) for level in parts["levels"]]
+    theirs = language_model_logits(reference, embeds, batch["attention_mask"], positions, placeholders, moved)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-5, rtol=0)
+    # DeepStack features left in raster order behind moved tokens would give other logits.
+    unmoved = [torch.cat(level) for level in parts["levels"]]
+    stale = language_model_logits(reference, embeds, batch["attention_mask"], positions, placeholders, unmoved)
+    assert not torch.allclose(stale[mask], theirs[mask], atol=1e-3)
+
+
+def test_drop_sinks_drops_their_deepstack_features_too(pair, two_sizes):
+    """Each row rebuilt by hand without its image's sink tokens: their DeepStack rows go with them."""
+    module, reference = pair
+    routed = SinkflowModule(module.model, module.processor, module.family, DropSinks(), TopK(k=3)).eval()
+    for image in two_sizes:  # one image per batch: rows without padding, rebuilt by hand below
+        batch = generation_batch(module, [image])
+        with torch.no_grad():
+            ours = routed(batch).logits
+        parts = hand_routed(reference, batch)
+        sinks, n_tokens = parts["sinks"][0], len(parts["tokens"][0])
+        kept = torch.tensor([t for t in range(n_tokens) if t not in sinks])
+        block = parts["placeholders"][0].nonzero().squeeze(1)
+        start, end = int(block[0]), int(block[-1]) + 1
+        embeds = torch.cat([parts["embeds"][0, :start], parts["tokens"][0][kept], parts["embeds"][0, end:]])[None]
+        positions = parts["positions"][:, 0]
+        positions = torch.cat([positions[:, :start], positions[:, block[: len(kept)]], positions[:, end:]], dim=1)
+        columns = torch.zeros(embeds.shape[1], dtype=torch.bool)
+        columns[start : start + len(kept)] = True
+        levels = [level[0][kept] for level in parts["levels"]]
+        theirs = language_model_logits(
+            reference, embeds, torch.ones_like(columns)[None].long(), positions[:, None], columns[None], levels
+        )
+        assert ours.shape == theirs.shape and len(kept) < n_tokens
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_a_replacement_projector_leaves_the_deepstack_mergers_the_models_own(pair, two_sizes):
+    """DIYSink's randomly initialised projectors replace the merger; the DeepStack features are still the model's,
+    moved exactly as sink_front moves them."""
+    module, _ = pair
+    batch = generation_batch(module, two_sizes)
+    detector = TopK(k=3)
+    with torch.no_grad():
+        front = SinkflowModule(module.model, module.processor, module.family, SinkFront(), detector).eval()
+        dual = SinkflowModule(module.model, module.processor, module.family, DualMLP(init="random"), detector).eval()
+        expected, got = front.pathway(batch).inputs, dual.pathway(batch).inputs
+    assert not torch.allclose(got["inputs_embeds"], expected["inputs_embeds"])
+    torch.testing.assert_close(
+        got["mm_encoder_outputs"][DEEPSTACK], expected["mm_encoder_outputs"][DEEPSTACK], atol=0, rtol=0
+    )
+
+
+def test_features_and_deepstack_extras_are_transformers_own(pair, two_sizes):
+    module, reference = pair
+    batch = generation_batch(module, two_sizes)
+    with torch.no_grad():
+        visual = module.family.encode(module.hf, batch)
+        out = reference.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+    assert visual.slots == [16, 6] and visual.group == 4
+    torch.testing.assert_close(visual.features[visual.valid()], out.last_hidden_state, atol=0, rtol=0)
+    for ours, theirs in zip(visual.extras["deepstack"], out.deepstack_features, strict=True):
+        for image, expected in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(image, expected, atol=0, rtol=0)
+
+
+def test_lora_on_the_language_model_only_and_the_deepstack_mergers_stay_frozen_with_the_vit():
+    model, _ = build_tiny_qwen(TinyQwenSpec(variant="qwen3_vl"))
+    model = prepare_for_training(model, Qwen3VLFamily(), lora=LoraSpec(r=2, alpha=4))
+    trainable = {n for n, p in unwrap(model).named_parameters() if p.requires_grad}
+    lora = {n for n in trainable if "lora_" in n}
+    assert lora and all(n.startswith("model.language_model.layers.") for n in lora)
+    merger = {n for n, _ in unwrap(model).named_parameters() if n.startswith("model.visual.merger.")}
+    assert merger and trainable - lora == merger
+
+
+def brute_force_attention(model, batch, block: int) -> torch.Tensor:
+    """[heads, T, T]: eager softmax(q k^T / sqrt(d)) within each image, from the block's input hidden states."""
+    tower = model.model.visual
+    seen = {}
+    hook = tower.blocks[block].attn.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.update(kwargs, hidden=args[0] if args else kwargs["hidden_states"]),
+        with_kwargs=True,
+    )
+    with torch.no_grad():
+        tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
+    hook.remove()
+    attn, hidden = tower.blocks[block].attn, seen["hidden"]
+    q, k, _ = attn.qkv(hidden).reshape(len(hidden), 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, *seen["position_embeddings"])
+    probs = torch.zeros(attn.num_heads, len(hidden), len(hidden))
+    bounds = seen["cu_seqlens"].tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        scores = torch.einsum("qhd,khd->hqk", q[start:end], k[start:end]) * attn.head_dim**-0.5
+        probs[:, start:end, start:end] = scores.softmax(dim=-1)
+    return probs
+
+
+@pytest.mark.parametrize("block", [1, 2])
+def test_relevance_column_equals_brute_force_on_the_image_grid(pair, two_sizes, block):
+    """The analyses that look inside the ViT work: the recorded column is eager attention, put on the patch grid."""
+    from sinkflow.models.families.qwen2_vl import merge_window_cells
+
+    module, reference = pair
+    batch = generation_batch(module, two_sizes)
+    captured = relevance.capture(reference, module.family, batch, block)
+    probs = brute_force_attention(reference, batch, block)
+    start = 0
+    for image, (_, height, width) in enumerate(batch["image_grid_thw"].tolist()):
+        cells = merge_window_cells(height, width, 2)  # the processor order of the patch in each grid cell
+        for target in (0, 5, height * width - 1):
+            expected = probs[:, start + cells, start + target]
+            torch.testing.assert_close(captured.column(image, target), expected, atol=1e-6, rtol=0)
+        start += height * width
