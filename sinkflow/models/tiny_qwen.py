@@ -21,6 +21,8 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
 )
 
 from sinkflow.checks import choice
@@ -50,12 +52,14 @@ VARIANTS = {
     "qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
     "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration),
     "qwen3_vl": (Qwen3VLConfig, Qwen3VLForConditionalGeneration),
+    "qwen3_vl_moe": (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration),
 }
 
 
 @dataclass(frozen=True)
 class TinyQwenSpec(TinyLlavaSpec):
-    """Sizes of a tiny Qwen-VL; `variant` is qwen2_vl, qwen2_5_vl or qwen3_vl. Images are resized to 32-64 px."""
+    """Sizes of a tiny Qwen-VL; `variant` is qwen2_vl, qwen2_5_vl, qwen3_vl or qwen3_vl_moe. Images are resized to
+    32-64 px."""
 
     variant: str = "qwen2_vl"
     patch_size: int = 8
@@ -127,7 +131,7 @@ def build_tiny_qwen(spec: TinyQwenSpec):
             "window_size": 4 * spec.patch_size,
             "fullatt_block_indexes": [spec.vision_layers - 1],
         }
-    if spec.variant == "qwen3_vl":
+    if spec.variant in ("qwen3_vl", "qwen3_vl_moe"):
         # Qwen3-VL's M-RoPE interleaves (t, h, w) over the frequencies; the h and w shares are 20 / 64 of them, as in
         # the released checkpoints' [24, 20, 20].
         shared = head_dim // 2 * 5 // 16
@@ -156,6 +160,9 @@ def build_tiny_qwen(spec: TinyQwenSpec):
             # 24-27).
             "deepstack_visual_indexes": list(range(min(spec.vision_layers - 1, spec.text_layers))),
         }
+    if spec.variant == "qwen3_vl_moe":
+        # Every layer's MLP a mixture of 4 experts, 2 per token (the 30B-A3B: 128, 8).
+        text = {**text, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 2 * spec.text_hidden}
     config_cls, model_cls = VARIANTS[spec.variant]
     config = config_cls(
         text_config=text,
