@@ -1,5 +1,5 @@
-"""Qwen3-VL through sinkflow's pathway: parity with plain transformers, and DeepStack features that move and drop
-with their routed tokens at every injected layer (docs/models.md#qwen3-vl)."""
+"""Qwen3-VL (dense and MoE) through sinkflow's pathway: parity with plain transformers, and DeepStack features that
+move and drop with their routed tokens at every injected layer (docs/models.md#qwen3-vl)."""
 
 import pytest
 import torch
@@ -11,6 +11,7 @@ from sinkflow.data.collate import Collator
 from sinkflow.data.templates import ProcessorChatTemplate
 from sinkflow.models.build import LoraSpec, load_pretrained, prepare_for_training, unwrap
 from sinkflow.models.families.qwen3_vl import DEEPSTACK, Qwen3VLFamily
+from sinkflow.models.families.qwen3_vl_moe import Qwen3VLMoeFamily
 from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen, ensure_tiny_qwen
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.detectors.topk import TopK
@@ -21,13 +22,14 @@ from sinkflow.sinks.strategies.sink_end import SinkEnd
 from sinkflow.sinks.strategies.sink_front import SinkFront
 
 QUESTIONS = ["What is the background color?", "How many shapes are there in this picture? Count them."]
+FAMILIES = {"qwen3_vl": Qwen3VLFamily, "qwen3_vl_moe": Qwen3VLMoeFamily}
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """The tiny Qwen3-VL checkpoint loaded through sinkflow (with its family) and through plain transformers."""
-    path = ensure_tiny_qwen(tmp_path_factory.mktemp("qwen3"), variant="qwen3_vl", seed=2)
-    family = Qwen3VLFamily()
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def pair(request, tmp_path_factory):
+    """A tiny Qwen3-VL checkpoint loaded through sinkflow (with its family) and through plain transformers."""
+    path = ensure_tiny_qwen(tmp_path_factory.mktemp("qwen3"), variant=request.param, seed=2)
+    family = FAMILIES[request.param]()
     model, processor = load_pretrained(path, family=family)
     reference = AutoModelForImageTextToText.from_pretrained(path).eval()
     return SinkflowModule(model.eval(), processor, family, NoneStrategy()).eval(), reference
@@ -228,12 +230,15 @@ def test_features_and_deepstack_extras_are_transformers_own(pair, two_sizes):
             torch.testing.assert_close(image, expected, atol=0, rtol=0)
 
 
-def test_lora_on_the_language_model_only_and_the_deepstack_mergers_stay_frozen_with_the_vit():
-    model, _ = build_tiny_qwen(TinyQwenSpec(variant="qwen3_vl"))
-    model = prepare_for_training(model, Qwen3VLFamily(), lora=LoraSpec(r=2, alpha=4))
+@pytest.mark.parametrize("variant", sorted(FAMILIES))
+def test_lora_on_the_language_model_only_and_the_deepstack_mergers_stay_frozen_with_the_vit(variant):
+    """In the MoE the experts are fused 3-D weights, not linears: the adapters go on the attention projections."""
+    model, _ = build_tiny_qwen(TinyQwenSpec(variant=variant))
+    model = prepare_for_training(model, FAMILIES[variant](), lora=LoraSpec(r=2, alpha=4))
     trainable = {n for n, p in unwrap(model).named_parameters() if p.requires_grad}
     lora = {n for n in trainable if "lora_" in n}
     assert lora and all(n.startswith("model.language_model.layers.") for n in lora)
+    assert any(".mlp." in n for n in lora) == (variant == "qwen3_vl")
     merger = {n for n, _ in unwrap(model).named_parameters() if n.startswith("model.visual.merger.")}
     assert merger and trainable - lora == merger
 
