@@ -92,15 +92,25 @@ def test_deepstack_reaches_the_language_model_on_the_prefill_only(pair, two_size
     assert decode and all(length == 1 and stack is None for length, stack in decode)
 
 
-def test_deepstack_features_for_other_inputs_are_refused(pair, two_sizes):
+def test_deepstack_features_serve_their_inputs_or_a_continuation_and_nothing_else(pair, two_sizes):
+    """A pass that appends columns (an analysis running a generated answer after the prompt) gets the features at
+    the prompt's image tokens, so the prompt's logits are unchanged; a shorter pass is refused."""
     module, _ = pair
     inputs = module.pathway(generation_batch(module, two_sizes)).inputs
-    shorter = {
+    inputs.pop("labels")
+    extra = module.hf.get_input_embeddings()(torch.tensor([[5, 6, 7]] * 2))
+    longer = {
         **inputs,
-        "inputs_embeds": inputs["inputs_embeds"][:, 1:],
-        "attention_mask": inputs["attention_mask"][:, 1:],
+        "inputs_embeds": torch.cat([inputs["inputs_embeds"], extra], dim=1),
+        "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(2, 3, dtype=torch.long)], dim=1),
+        "position_ids": torch.cat([inputs["position_ids"], inputs["position_ids"][..., -1:] + torch.arange(1, 4)], -1),
     }
-    shorter["position_ids"] = inputs["position_ids"][..., 1:]
+    with torch.no_grad():
+        prompt, extended = module.hf(**inputs).logits, module.hf(**longer).logits
+    mask = inputs["attention_mask"].bool()
+    torch.testing.assert_close(extended[:, :-3][mask], prompt[mask], atol=1e-5, rtol=0)
+    shorter = {key: value[..., 1:] for key, value in inputs.items() if key in ("attention_mask", "position_ids")}
+    shorter.update(inputs_embeds=inputs["inputs_embeds"][:, 1:], mm_encoder_outputs=inputs["mm_encoder_outputs"])
     with pytest.raises(ValueError, match=r"DeepStack features for \(2, 59\) tokens reached a pass over \(2, 58\)"):
         module.hf(**shorter)
 

@@ -15,7 +15,8 @@ always hands its language model `visual_pos_masks=None`; with `inputs_embeds` th
 features through. `llm_inputs` therefore puts them in `mm_encoder_outputs` (the one multimodal input `generate`
 accepts and hands the model on the prefill pass only, never on cached decode steps) under a private key; two forward
 pre-hooks, registered once per model, carry them on: `Qwen3VLModel`'s turns the entry into a private keyword that
-its `**kwargs` pass to the language model, whose hook turns it into `visual_pos_masks` / `deepstack_visual_embeds`.
+its `**kwargs` pass to the language model, whose hook turns it into `visual_pos_masks` / `deepstack_visual_embeds`
+(for those inputs, or a continuation of them).
 """
 
 from __future__ import annotations
@@ -98,17 +99,21 @@ def _lift_deepstack(module: nn.Module, args: tuple, kwargs: dict):
 
 
 def _inject_deepstack(module: nn.Module, args: tuple, kwargs: dict):
-    """On the language model: the private keyword becomes its DeepStack arguments."""
+    """On the language model: the private keyword becomes its DeepStack arguments.
+
+    The pass may run the inputs the features were built with followed by more columns (the analyses append a
+    generated answer): those are text. Any other pass is refused."""
     if DEEPSTACK not in kwargs:
         return None
     deepstack = kwargs[DEEPSTACK]
     if kwargs.get("visual_pos_masks") is not None:
         raise ValueError("DeepStack features came both from pixel_values and from sinkflow's routed tokens")
-    embeds = kwargs["inputs_embeds"]
-    if tuple(embeds.shape[:2]) != tuple(deepstack.mask.shape):
+    (rows, length), (built_rows, built_length) = kwargs["inputs_embeds"].shape[:2], deepstack.mask.shape
+    if rows != built_rows or length < built_length:
         raise ValueError(
-            f"DeepStack features for {tuple(deepstack.mask.shape)} tokens reached a pass over "
-            f"{tuple(embeds.shape[:2])}: they belong to the prefill of the inputs they were built with"
+            f"DeepStack features for {(built_rows, built_length)} tokens reached a pass over {(rows, length)}: they "
+            "belong to the prefill of the inputs they were built with (or a continuation of them)"
         )
+    mask = torch.nn.functional.pad(deepstack.mask, (0, length - built_length), value=False)
     rest = {key: value for key, value in kwargs.items() if key != DEEPSTACK}
-    return args, {**rest, "visual_pos_masks": deepstack.mask, "deepstack_visual_embeds": list(deepstack.levels)}
+    return args, {**rest, "visual_pos_masks": mask, "deepstack_visual_embeds": list(deepstack.levels)}
