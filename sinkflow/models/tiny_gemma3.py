@@ -111,7 +111,8 @@ def build_tiny_gemma3(spec: TinyGemma3Spec) -> tuple[Gemma3ForConditionalGenerat
         "head_dim": head_dim,
         "query_pre_attn_scalar": head_dim,
         "sliding_window": spec.sliding_window,
-        # The released models' 5 sliding-window layers per global one, ending on a global layer.
+        # The released models' 5 sliding-window layers per global one, counted from the last layer so that even a
+        # 2-layer model has one of each.
         "layer_types": [
             "full_attention" if (spec.text_layers - 1 - i) % 6 == 0 else "sliding_attention"
             for i in range(spec.text_layers)
