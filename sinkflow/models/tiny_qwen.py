@@ -1,10 +1,10 @@
-"""Offline tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL: tokenizer, image processor and model built from configs, saved in HF
-format.
+"""Offline tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL (dense and MoE): tokenizer, image processor and model built from
+configs, saved in HF format.
 
 Like the tiny LLaVA, a real `Qwen2VLForConditionalGeneration` / `Qwen2_5_VLForConditionalGeneration` /
-`Qwen3VLForConditionalGeneration` with random weights, saved once and always loaded back through `from_pretrained`.
-Qwen's ChatML template and special tokens are reproduced; images are cut into 8-px patches (2x2 windows merged into
-one LLM token) at 32-64 px.
+`Qwen3VLForConditionalGeneration` / `Qwen3VLMoeForConditionalGeneration` with random weights, saved once and always
+loaded back through `from_pretrained`. Qwen's ChatML template and special tokens are reproduced; images are cut into
+8-px patches (2x2 windows merged into one LLM token) at 32-64 px.
 """
 
 from __future__ import annotations
