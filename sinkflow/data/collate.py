@@ -7,6 +7,7 @@ placeholders and padding get label -100. Training pads on the right, generation 
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import torch
 from PIL import Image
@@ -60,7 +61,7 @@ class Collator:
         return getattr(self.processor, "image_token", None) or IMAGE_TOKEN
 
     def __call__(self, samples: list[dict]) -> dict:
-        texts, spans, images, origins = [], [], [], []
+        texts, spans, images, origins, per_sample = [], [], [], [], []
         for sample in samples:
             turns = to_turns(sample["conversations"])
             if self.generate and turns and turns[-1][0] == "assistant":
@@ -76,11 +77,12 @@ class Collator:
             for path in paths:
                 images.append(load_image(path, sample["id"]))
                 origins.append((path, sample["id"]))
+            per_sample.append(len(paths))
             texts.append(rendered.text)
             spans.append(rendered.supervised)
 
         prompts = list(texts)
-        image_inputs = self._process_images(images, origins)
+        image_inputs = self._process_images(images, origins, per_sample)
         batch = self._encode(texts, spans, image_inputs)
         batch.update(image_inputs)
         batch["n_truncated"] = 0
@@ -102,13 +104,24 @@ class Collator:
         batch["image_samples"] = [row for row, s in enumerate(samples) for _ in image_paths(s)]
         return batch
 
-    def _process_images(self, images: list[Image.Image], origins: list[tuple[str, object]]) -> dict:
+    def _process_images(
+        self, images: list[Image.Image], origins: list[tuple[str, object]], per_sample: list[int]
+    ) -> dict:
         """The image processor's tensors for the batch; an image it rejects is named with its file and sample id
-        (`origins`: per image, its path and its sample's id)."""
+        (`origins`: per image, its path and its sample's id).
+
+        An image processor that reports the images of each sample (`batch_num_images`: LLaVA-OneVision, which does
+        not tile the images of a several-image question) gets them grouped by sample (`per_sample`: images per
+        sample), as transformers' processor hands them over; any other gets the flat list."""
         if not images:
             return {}
+        image_processor = self.processor.image_processor
+        given: list = images
+        if "batch_num_images" in getattr(image_processor, "model_input_names", ()):
+            ends = itertools.accumulate(per_sample)
+            given = [images[end - n : end] for end, n in zip(ends, per_sample) if n]
         try:
-            return self.processor.image_processor(images, return_tensors="pt")
+            return image_processor(given, return_tensors="pt")
         except Exception:
             # Only now, one image at a time, to find the culprit: the happy path stays one call.
             for image, (path, sample_id) in zip(images, origins):

@@ -215,25 +215,32 @@ def test_sink_front_moves_each_images_sinks_within_its_own_block(family_name, po
 
 @pytest.mark.parametrize("family_name", FAMILIES.names())
 def test_patch_pixels_and_seen_images_map_each_image_of_a_row(family_name, images, tiny_family):
-    """A row's images are read out one by one, as when each image has a row of its own."""
+    """A row's images are read out one by one, as when each image has a row of its own (or, where the processor treats
+    the images of a several-image question unlike a lone one, as beside another partner: LLaVA-OneVision tiles a lone
+    image only)."""
     model, processor, family, template = tiny(tiny_family, family_name)
     collate = Collator(processor, template, generate=True)
     together = collate([two_image(images)])
-    apart = [collate([one_image(path)]) for path in images[:2]]
+    if "batch_num_images" in together:
+        apart, index = [collate([two_image([images[0], images[2]])]), collate([two_image(images[2:0:-1])])], [0, 1]
+    else:
+        apart, index = [collate([one_image(path)]) for path in images[:2]], [0, 0]
     with torch.no_grad():
         visual = family.encode(model, together)
         pixels = family.patch_pixels(together, visual)
-        alone = [family.patch_pixels(b, family.encode(model, b))[0] for b in apart]
+        alone = [family.patch_pixels(b, family.encode(model, b))[k] for b, k in zip(apart, index)]
+        own = [family.encode(model, b) for b in apart]
     for i, expected in enumerate(alone):
+        assert visual.lengths[i] == own[i].lengths[index[i]]
         assert torch.equal(pixels[i, : len(expected)], expected)
-        own = family.encode(model, apart[i]).features[0]
-        torch.testing.assert_close(visual.features[i, : visual.lengths[i]], own, atol=1e-5, rtol=0)
+        features = own[i].features[index[i], : visual.lengths[i]]
+        torch.testing.assert_close(visual.features[i, : visual.lengths[i]], features, atol=1e-5, rtol=0)
     try:
         seen = family.seen_images(together, processor)
     except NotImplementedError:
         return
-    for image, batch in zip(seen, apart):
-        assert torch.equal(image, family.seen_images(batch, processor)[0])
+    for image, batch, k in zip(seen, apart, index):
+        assert torch.equal(image, family.seen_images(batch, processor)[k])
 
 
 @pytest.fixture(scope="module")
