@@ -1,12 +1,14 @@
 """Routing overhead: forward time of every strategy relative to `none`, per family, on one model and batch.
 
-Each family's tiny architecture at bench size (ViT 4x256, LLM 4x512, 128 px images = 64 LLM tokens: LLaVA's
-16-px patches, Qwen's 8-px patches merged 2x2) with simulated sinks planted in every run (so the strategies
+Each registered family's tiny architecture at bench size (ViT 4x256, LLM 4x512, 128 px images: 64 LLM tokens for
+the untiled families, e.g. LLaVA's 16-px patches, Qwen's 8-px patches merged 2x2; the tiled ones read more, reported
+as `image_tokens`) with simulated sinks planted in every run (so the strategies
 have sinks to move; the planting is in the baseline too). `none` runs without a detector; every other strategy
 pays detection + routing (+ the row rebuild when the token count changes). Strategies are timed round-robin so
 machine drift hits all alike; medians are reported.
-Prints one JSON line per family; targets: detection + sink_front <= 1.03x, no strategy above 1.10x (`reweight`
-reuses cached question embeddings, as in its multi-epoch training; `reweight_uncached` encodes on every call).
+Prints one JSON line per family; targets: detection + sink_front <= 1.03x, the strategies with weights <= 1.08x,
+no strategy above 1.10x (`reweight` reuses cached question embeddings, as in its multi-epoch training;
+`reweight_uncached` encodes on every call).
 
 A strategy that decides by asking the model (`cot_route`) pays extra generation passes, so it is judged on answer
 latency instead, as the paper does (0.09 s -> 0.25 s per sample on its GPU): seconds per sample of greedy answers
@@ -35,6 +37,21 @@ from sinkflow.shapes import generate_shapes
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.base import STRATEGIES
+
+
+# Forward time relative to `none`: detection + sink_front, the strategies with weights, and any registered strategy.
+TARGETS = {"sink_front": 1.03, "trained": 1.08, "any": 1.10}
+
+
+def within_targets(ratios: dict[str, float]) -> bool:
+    """Over the registered strategies timed here (reweight_uncached is a diagnostic row: the encoder's cold cost)."""
+    timed = [name for name in STRATEGIES if name in ratios]
+    trained = [name for name in timed if not STRATEGIES[name].training_free]
+    return (
+        ratios["sink_front"] <= TARGETS["sink_front"]
+        and max(ratios[name] for name in trained) <= TARGETS["trained"]
+        and max(ratios[name] for name in timed) <= TARGETS["any"]
+    )
 
 
 def timed_forward(module: SinkflowModule, batch: dict, device: torch.device) -> float:
@@ -106,9 +123,8 @@ def measure(family: str, args, device: torch.device) -> dict:
         "family": family,
         "median_ms": {name: round(1000 * m, 3) for name, m in medians.items()},
         "ratio_to_none": ratios,
-        "targets": {"sink_front": 1.03, "any": 1.10},
-        # Over the registered strategies; reweight_uncached is a diagnostic row (the encoder's cold cost).
-        "within_targets": ratios["sink_front"] <= 1.03 and max(ratios[n] for n in STRATEGIES if n in ratios) <= 1.10,
+        "targets": TARGETS,
+        "within_targets": within_targets(ratios),
         "answer_seconds_per_sample": per_sample,
         "answer_latency_ratio": {
             name: {
