@@ -38,7 +38,6 @@ from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.base import STRATEGIES
 
-
 # Forward time relative to `none`: detection + sink_front, the strategies with weights, and any registered strategy.
 TARGETS = {"sink_front": 1.03, "trained": 1.08, "any": 1.10}
 
