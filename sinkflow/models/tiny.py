@@ -122,6 +122,68 @@ def build_tokenizer(
     )
 
 
+def build_chatml_tokenizer(
+    vocab_size: int, specials: list[str], extra_special_tokens: dict[str, str], chat_template: str
+) -> PreTrainedTokenizerFast:
+    """A tokenizer with Qwen2's conventions (the LLM of Qwen-VL, InternVL3 and LLaVA-OneVision): no bos,
+    `<|im_end|>` ends a turn, `<|endoftext|>` pads."""
+    return build_tokenizer(
+        vocab_size,
+        specials=specials,
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        unk=None,
+        extra_special_tokens=extra_special_tokens,
+        chat_template=chat_template,
+    )
+
+
+def llm_config(spec: TinyLlavaSpec, tokenizer: PreTrainedTokenizerFast) -> dict:
+    """The tiny language model's config entries every family shares: its sizes, the tokenizer's vocabulary and its
+    pad / bos / eos ids."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": spec.text_hidden,
+        "intermediate_size": 4 * spec.text_hidden,
+        "num_hidden_layers": spec.text_layers,
+        "num_attention_heads": spec.text_heads,
+        "num_key_value_heads": spec.text_kv_heads,
+        "max_position_embeddings": 1024,
+        # HF's 0.02 suits 4096-wide models; at width 128 it leaves a frozen random LM head unable to express a
+        # confident prediction, so LoRA could not fit anything. 1/sqrt(width) restores the usual scale.
+        "initializer_range": spec.text_hidden**-0.5,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def vit_config(spec: TinyLlavaSpec, image_size: int) -> dict:
+    """The tiny ViT's sizes, in the config names CLIP, SigLIP and InternViT share, for `image_size` px inputs."""
+    return {
+        "hidden_size": spec.vision_hidden,
+        "intermediate_size": 4 * spec.vision_hidden,
+        "num_hidden_layers": spec.vision_layers,
+        "num_attention_heads": spec.vision_heads,
+        "image_size": image_size,
+        "patch_size": spec.patch_size,
+    }
+
+
+def seeded_model(model_cls, config, tokenizer: PreTrainedTokenizerFast, seed: int, init=None):
+    """`model_cls(config)` in eval mode with random weights drawn from `seed` (the global RNG is left as it was),
+    then `init(model)` under the same seed; generation pads and stops with the tokenizer's pad and eos tokens."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+        if init is not None:
+            init(model)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model.eval()
+
+
 def build_tiny_llava(spec: TinyLlavaSpec) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """Build the tiny model and its processor in memory (random weights seeded by `spec.seed`)."""
     tokenizer = build_tokenizer(spec.vocab_size)
@@ -137,30 +199,8 @@ def build_tiny_llava(spec: TinyLlavaSpec) -> tuple[LlavaForConditionalGeneration
         num_additional_image_tokens=1,
         chat_template=VICUNA_CHAT_TEMPLATE,
     )
-    vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=4 * spec.vision_hidden,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        projection_dim=spec.vision_hidden,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.text_hidden,
-        intermediate_size=4 * spec.text_hidden,
-        num_hidden_layers=spec.text_layers,
-        num_attention_heads=spec.text_heads,
-        num_key_value_heads=spec.text_kv_heads,
-        max_position_embeddings=1024,
-        # HF's 0.02 suits 4096-wide models; at width 128 it leaves a frozen random LM head unable to express a
-        # confident prediction, so LoRA could not fit anything. 1/sqrt(width) restores the usual scale.
-        initializer_range=spec.text_hidden**-0.5,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    vision = CLIPVisionConfig(**vit_config(spec, spec.image_size), projection_dim=spec.vision_hidden)
+    text = LlamaConfig(**llm_config(spec, tokenizer))
     n_tokens = (spec.image_size // spec.patch_size) ** 2
     config = LlavaConfig(
         vision_config=vision,
@@ -173,12 +213,7 @@ def build_tiny_llava(spec: TinyLlavaSpec) -> tuple[LlavaForConditionalGeneration
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model.eval(), processor
+    return seeded_model(LlavaForConditionalGeneration, config, tokenizer, spec.seed), processor
 
 
 def ensure_tiny_llava(cache_dir: str | Path, **sizes) -> str:

@@ -23,7 +23,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from sinkflow.models.tiny import TinyLlavaSpec, build_tokenizer, save_once
+from sinkflow.models.tiny import TinyLlavaSpec, build_tokenizer, llm_config, save_once, seeded_model, vit_config
 
 GEMMA_SPECIALS = [
     "<pad>",
@@ -102,12 +102,7 @@ def build_tiny_gemma3(spec: TinyGemma3Spec) -> tuple[Gemma3ForConditionalGenerat
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GEMMA_SPECIALS}
     head_dim = spec.text_hidden // spec.text_heads
     text = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": spec.text_hidden,
-        "intermediate_size": 4 * spec.text_hidden,
-        "num_hidden_layers": spec.text_layers,
-        "num_attention_heads": spec.text_heads,
-        "num_key_value_heads": spec.text_kv_heads,
+        **llm_config(spec, tokenizer),
         "head_dim": head_dim,
         "query_pre_attn_scalar": head_dim,
         "sliding_window": spec.sliding_window,
@@ -117,21 +112,8 @@ def build_tiny_gemma3(spec: TinyGemma3Spec) -> tuple[Gemma3ForConditionalGenerat
             "full_attention" if (spec.text_layers - 1 - i) % 6 == 0 else "sliding_attention"
             for i in range(spec.text_layers)
         ],
-        "max_position_embeddings": 1024,
-        "initializer_range": spec.text_hidden**-0.5,  # see tiny.py: 0.02 is for 4096-wide models
-        "pad_token_id": ids["<pad>"],
-        "bos_token_id": ids["<bos>"],
-        "eos_token_id": ids["<eos>"],
     }
-    vision = SiglipVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=4 * spec.vision_hidden,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        vision_use_head=False,
-    )
+    vision = SiglipVisionConfig(**vit_config(spec, spec.image_size), vision_use_head=False)
     config = Gemma3Config(
         text_config=text,
         vision_config=vision,
@@ -143,17 +125,17 @@ def build_tiny_gemma3(spec: TinyGemma3Spec) -> tuple[Gemma3ForConditionalGenerat
         # token (its residual stream stays close to that token's embedding), whatever the image.
         tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = Gemma3ForConditionalGeneration(config)
+
+    def init_projector(model: Gemma3ForConditionalGeneration) -> None:
         # transformers starts the projector at zero (the released one is trained), which would blank every image
         # token; unit-scale outputs instead, like the text embeddings'.
         torch.nn.init.normal_(
             model.model.multi_modal_projector.mm_input_projection_weight, std=spec.vision_hidden**-0.5
         )
-    model.generation_config.pad_token_id = ids["<pad>"]
+
+    model = seeded_model(Gemma3ForConditionalGeneration, config, tokenizer, spec.seed, init=init_projector)
     model.generation_config.eos_token_id = [ids["<eos>"], ids["<end_of_turn>"]]  # as the released IT models
-    return model.eval(), processor
+    return model, processor
 
 
 def ensure_tiny_gemma3(cache_dir: str | Path, **sizes) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import (
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -27,7 +26,7 @@ from transformers import (
 
 from sinkflow.checks import choice
 from sinkflow.models.tiled_processors import split_images
-from sinkflow.models.tiny import TinyLlavaSpec, build_tokenizer, save_once
+from sinkflow.models.tiny import TinyLlavaSpec, build_tokenizer, llm_config, save_once, seeded_model, vit_config
 
 # Idefics3 and SmolVLM tokenizers: their image markup, and <end_of_utterance> ending every turn.
 SPLIT_IMAGE_SPECIALS = [
@@ -85,29 +84,8 @@ def build_tiny_idefics3(spec: TinyIdefics3Spec):
         size={"longest_edge": spec.longest_edge}, max_image_size={"longest_edge": spec.crop}
     )
     tokens_per_crop = (spec.crop // spec.patch_size // spec.scale) ** 2
-    text = {
-        "model_type": "llama",
-        "vocab_size": len(tokenizer),
-        "hidden_size": spec.text_hidden,
-        "intermediate_size": 4 * spec.text_hidden,
-        "num_hidden_layers": spec.text_layers,
-        "num_attention_heads": spec.text_heads,
-        "num_key_value_heads": spec.text_kv_heads,
-        "max_position_embeddings": 1024,
-        "initializer_range": spec.text_hidden**-0.5,  # see tiny.py: 0.02 is for 4096-wide models
-        "tie_word_embeddings": False,
-        "bos_token_id": None,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    vision = {
-        "hidden_size": spec.vision_hidden,
-        "intermediate_size": 4 * spec.vision_hidden,
-        "num_hidden_layers": spec.vision_layers,
-        "num_attention_heads": spec.vision_heads,
-        "image_size": spec.crop,
-        "patch_size": spec.patch_size,
-    }
+    text = {"model_type": "llama", **llm_config(spec, tokenizer), "tie_word_embeddings": False}
+    vision = vit_config(spec, spec.crop)
     config = config_cls(
         vision_config=vision,
         text_config=text,
@@ -116,15 +94,11 @@ def build_tiny_idefics3(spec: TinyIdefics3Spec):
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = model_cls(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model = seeded_model(model_cls, config, tokenizer, spec.seed)
     processor = Idefics3Processor(
         split_images(image_processor), tokenizer, image_seq_len=tokens_per_crop, chat_template=SPLIT_IMAGE_CHAT_TEMPLATE
     )
-    return model.eval(), processor
+    return model, processor
 
 
 def ensure_tiny_idefics3(cache_dir: str | Path, **sizes) -> str:

@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration
 
 from sinkflow.models.tiled_processors import InternVLImages
-from sinkflow.models.tiny import TinyLlavaSpec, build_tokenizer, save_once
+from sinkflow.models.tiny import TinyLlavaSpec, build_chatml_tokenizer, llm_config, save_once, seeded_model, vit_config
 
 INTERNVL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
 # InternVL3's ChatML layout (an image part is `<IMG_CONTEXT>\n`, which the processor expands per tile).
@@ -42,65 +41,35 @@ class TinyInternVLSpec(TinyLlavaSpec):
 
 def build_tiny_internvl(spec: TinyInternVLSpec):
     """Build the tiny model and its processor in memory (random weights seeded by `spec.seed`)."""
-    tokenizer = build_tokenizer(
+    tokenizer = build_chatml_tokenizer(
         spec.vocab_size,
-        specials=INTERNVL_SPECIALS,
-        bos=None,
-        eos="<|im_end|>",
-        pad="<|endoftext|>",
-        unk=None,
-        extra_special_tokens={
+        INTERNVL_SPECIALS,
+        {
             "start_image_token": "<img>",
             "end_image_token": "</img>",
             "context_image_token": "<IMG_CONTEXT>",
             "video_token": "<video>",
         },
-        chat_template=INTERNVL_CHAT_TEMPLATE,
+        INTERNVL_CHAT_TEMPLATE,
     )
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": spec.tile, "width": spec.tile}, crop_to_patches=True, min_patches=1, max_patches=spec.max_tiles
     )
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in INTERNVL_SPECIALS}
-    text = {
-        "model_type": "qwen2",
-        "vocab_size": len(tokenizer),
-        "hidden_size": spec.text_hidden,
-        "intermediate_size": 4 * spec.text_hidden,
-        "num_hidden_layers": spec.text_layers,
-        "num_attention_heads": spec.text_heads,
-        "num_key_value_heads": spec.text_kv_heads,
-        "max_position_embeddings": 1024,
-        "initializer_range": spec.text_hidden**-0.5,  # see tiny.py: 0.02 is for 4096-wide models
-        "tie_word_embeddings": False,
-        "bos_token_id": None,
-        "eos_token_id": ids["<|im_end|>"],
-        "pad_token_id": ids["<|endoftext|>"],
-    }
-    vision = {
-        "hidden_size": spec.vision_hidden,
-        "intermediate_size": 4 * spec.vision_hidden,
-        "num_hidden_layers": spec.vision_layers,
-        "num_attention_heads": spec.vision_heads,
-        "image_size": spec.tile,
-        "patch_size": spec.patch_size,
-    }
+    text = {"model_type": "qwen2", **llm_config(spec, tokenizer), "tie_word_embeddings": False}
+    vision = vit_config(spec, spec.tile)
     tokens_per_tile = (spec.tile // spec.patch_size // 2) ** 2
     config = InternVLConfig(
         vision_config=vision,
         text_config=text,
-        image_token_id=ids["<IMG_CONTEXT>"],
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
         image_seq_length=tokens_per_tile,
         downsample_ratio=0.5,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
         tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = InternVLForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model.eval(), InternVLImages(tokenizer, image_processor, tokens_per_tile)
+    model = seeded_model(InternVLForConditionalGeneration, config, tokenizer, spec.seed)
+    return model, InternVLImages(tokenizer, image_processor, tokens_per_tile)
 
 
 def ensure_tiny_internvl(cache_dir: str | Path, **sizes) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import (
     CLIPVisionConfig,
     LlavaNextConfig,
@@ -29,7 +28,15 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 
 from sinkflow.checks import choice
 from sinkflow.models.onevision_processor import OnevisionProcessor
-from sinkflow.models.tiny import TinyLlavaSpec, build_tokenizer, save_once
+from sinkflow.models.tiny import (
+    TinyLlavaSpec,
+    build_chatml_tokenizer,
+    build_tokenizer,
+    llm_config,
+    save_once,
+    seeded_model,
+    vit_config,
+)
 
 # llava-v1.6-mistral's layout: `[INST] <image>\nQ [/INST] A</s>` (the tokenizer adds <s>).
 MISTRAL_CHAT_TEMPLATE = (
@@ -78,23 +85,7 @@ def build_tiny_anyres(spec: TinyAnyResSpec):
             f"({spec.patch_size}): a tile is half the image and 4 x 4 patches"
         )
     pinpoints = [[spec.tile * rows, spec.tile * cols] for rows, cols in ((1, 1), (1, 2), (2, 1), (2, 2))]
-    vision = {
-        "hidden_size": spec.vision_hidden,
-        "intermediate_size": 4 * spec.vision_hidden,
-        "num_hidden_layers": spec.vision_layers,
-        "num_attention_heads": spec.vision_heads,
-        "image_size": spec.tile,
-        "patch_size": spec.patch_size,
-    }
-    text = {
-        "hidden_size": spec.text_hidden,
-        "intermediate_size": 4 * spec.text_hidden,
-        "num_hidden_layers": spec.text_layers,
-        "num_attention_heads": spec.text_heads,
-        "num_key_value_heads": spec.text_kv_heads,
-        "max_position_embeddings": 1024,
-        "initializer_range": spec.text_hidden**-0.5,  # see tiny.py: 0.02 is for 4096-wide models
-    }
+    vision = vit_config(spec, spec.tile)
     if spec.variant == "llava_next":
         tokenizer = build_tokenizer(spec.vocab_size, chat_template=MISTRAL_CHAT_TEMPLATE)
         ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
@@ -113,9 +104,7 @@ def build_tiny_anyres(spec: TinyAnyResSpec):
         )
         config = LlavaNextConfig(
             vision_config=CLIPVisionConfig(**vision, projection_dim=spec.vision_hidden),
-            text_config=MistralConfig(
-                vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, sliding_window=None, **text, **ids
-            ),
+            text_config=MistralConfig(**llm_config(spec, tokenizer), sliding_window=None),
             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
             image_grid_pinpoints=pinpoints,
             image_seq_length=(spec.tile // spec.patch_size) ** 2,
@@ -123,15 +112,11 @@ def build_tiny_anyres(spec: TinyAnyResSpec):
         )
         model_cls = LlavaNextForConditionalGeneration
     else:
-        tokenizer = build_tokenizer(
+        tokenizer = build_chatml_tokenizer(
             spec.vocab_size,
-            specials=ONEVISION_SPECIALS,
-            bos=None,
-            eos="<|im_end|>",
-            pad="<|endoftext|>",
-            unk=None,
-            extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-            chat_template=ONEVISION_CHAT_TEMPLATE,
+            ONEVISION_SPECIALS,
+            {"image_token": "<image>", "video_token": "<video>"},
+            ONEVISION_CHAT_TEMPLATE,
         )
         ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
         image_processor = LlavaOnevisionImageProcessorPil(
@@ -146,7 +131,7 @@ def build_tiny_anyres(spec: TinyAnyResSpec):
         )
         config = LlavaOnevisionConfig(
             vision_config=SiglipVisionConfig(**vision, vision_use_head=False),
-            text_config=Qwen2Config(vocab_size=len(tokenizer), bos_token_id=None, **text, **ids),
+            text_config=Qwen2Config(**llm_config(spec, tokenizer)),
             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
             video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
             image_grid_pinpoints=pinpoints,
@@ -154,12 +139,7 @@ def build_tiny_anyres(spec: TinyAnyResSpec):
             **ids,
         )
         model_cls = LlavaOnevisionForConditionalGeneration
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = model_cls(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model.eval(), processor
+    return seeded_model(model_cls, config, tokenizer, spec.seed), processor
 
 
 def ensure_tiny_anyres(cache_dir: str | Path, **sizes) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -27,7 +26,7 @@ from transformers import (
 
 from sinkflow.checks import choice
 from sinkflow.models.processor import ImageTextProcessor
-from sinkflow.models.tiny import TinyLlavaSpec, build_tokenizer, save_once
+from sinkflow.models.tiny import TinyLlavaSpec, build_chatml_tokenizer, llm_config, save_once, seeded_model
 
 QWEN_SPECIALS = [
     "<|endoftext|>",
@@ -71,15 +70,11 @@ class TinyQwenSpec(TinyLlavaSpec):
 def build_tiny_qwen(spec: TinyQwenSpec):
     """Build the tiny model and its processor in memory (random weights seeded by `spec.seed`)."""
     choice("model.checkpoint.variant", spec.variant, VARIANTS)
-    tokenizer = build_tokenizer(
+    tokenizer = build_chatml_tokenizer(
         spec.vocab_size,
-        specials=QWEN_SPECIALS,
-        bos=None,
-        eos="<|im_end|>",
-        pad="<|endoftext|>",
-        unk=None,
-        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-        chat_template=QWEN_CHAT_TEMPLATE,
+        QWEN_SPECIALS,
+        {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        QWEN_CHAT_TEMPLATE,
     )
     image_processor = Qwen2VLImageProcessor(
         min_pixels=spec.min_pixels,
@@ -92,22 +87,12 @@ def build_tiny_qwen(spec: TinyQwenSpec):
     head_dim = spec.text_hidden // spec.text_heads
     quarter = head_dim // 8  # mrope_section (t, h, w) must sum to head_dim / 2
     text = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": spec.text_hidden,
-        "intermediate_size": 4 * spec.text_hidden,
-        "num_hidden_layers": spec.text_layers,
-        "num_attention_heads": spec.text_heads,
-        "num_key_value_heads": spec.text_kv_heads,
-        "max_position_embeddings": 1024,
-        "initializer_range": spec.text_hidden**-0.5,  # see tiny.py: 0.02 is for 4096-wide models
+        **llm_config(spec, tokenizer),
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 10000.0,
             "mrope_section": [2 * quarter, quarter, quarter],
         },
-        "bos_token_id": None,
-        "eos_token_id": ids["<|im_end|>"],
-        "pad_token_id": ids["<|endoftext|>"],
     }
     vision = {
         "depth": spec.vision_layers,
@@ -118,16 +103,20 @@ def build_tiny_qwen(spec: TinyQwenSpec):
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
+    # Qwen2.5-VL's and Qwen3-VL's ViT: an MLP of its own width, and the merger's output width named apart.
+    sized_vision = {
+        "depth": spec.vision_layers,
+        "hidden_size": spec.vision_hidden,
+        "out_hidden_size": spec.text_hidden,
+        "intermediate_size": 4 * spec.vision_hidden,
+        "num_heads": spec.vision_heads,
+        "patch_size": spec.patch_size,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
     if spec.variant == "qwen2_5_vl":
         vision = {
-            "depth": spec.vision_layers,
-            "hidden_size": spec.vision_hidden,
-            "out_hidden_size": spec.text_hidden,
-            "intermediate_size": 4 * spec.vision_hidden,
-            "num_heads": spec.vision_heads,
-            "patch_size": spec.patch_size,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
+            **sized_vision,
             "window_size": 4 * spec.patch_size,
             "fullatt_block_indexes": [spec.vision_layers - 1],
         }
@@ -146,14 +135,7 @@ def build_tiny_qwen(spec: TinyQwenSpec):
             },
         }
         vision = {
-            "depth": spec.vision_layers,
-            "hidden_size": spec.vision_hidden,
-            "out_hidden_size": spec.text_hidden,
-            "intermediate_size": 4 * spec.vision_hidden,
-            "num_heads": spec.vision_heads,
-            "patch_size": spec.patch_size,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
+            **sized_vision,
             # The learned position grid (resampled to each image's grid) covers a 64 px image's 8 x 8 patches.
             "num_position_embeddings": 64,
             # DeepStack: each block before the last feeds one of the first LLM layers (the released models: 3 blocks of
@@ -172,12 +154,7 @@ def build_tiny_qwen(spec: TinyQwenSpec):
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = model_cls(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model.eval(), ImageTextProcessor(tokenizer, image_processor)
+    return seeded_model(model_cls, config, tokenizer, spec.seed), ImageTextProcessor(tokenizer, image_processor)
 
 
 def ensure_tiny_qwen(cache_dir: str | Path, **sizes) -> str:
