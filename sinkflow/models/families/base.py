@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sinkflow.checks import choice
+from sinkflow.data.templates import ProcessorChatTemplate
 from sinkflow.pathway import PaddingSide, Routed, VisualFeatures, by_run, rebuild_rows, with_fixed
 from sinkflow.registry import Registry
 
@@ -40,10 +41,14 @@ class VisualFamily(ABC):
             cls.name = name
             FAMILIES.register(name, cls)
 
+    def __init__(self, sink_tokens: SinkTokens = "any_patch"):
+        self.sink_tokens = choice("model.family.sink_tokens", sink_tokens, SinkTokens)
+
     @classmethod
     def default_template(cls):
-        """The conversation template of the family's checkpoints (`model.template` in its configs)."""
-        raise NotImplementedError(f"{cls.__name__} names no default template")
+        """The conversation template of the family's checkpoints (`model.template` in its configs): by default the
+        checkpoint's own chat template."""
+        return ProcessorChatTemplate()
 
     @classmethod
     def build_tiny(cls, seed: int = 0, image_size: int | None = None, **sizes: int) -> tuple[nn.Module, object]:

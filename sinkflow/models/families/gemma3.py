@@ -27,22 +27,12 @@ import types
 import torch
 from torch import nn
 
-from sinkflow.checks import choice
-from sinkflow.models.families.base import SinkTokens, VisualFamily, unnormalise
+from sinkflow.models.families.base import VisualFamily, unnormalise
 from sinkflow.pathway import Routed, VisualFeatures
 
 
 class Gemma3Family(VisualFamily, name="gemma3"):
     """Gemma 3; `sink_tokens` says how patch sinks map to pooled tokens (see `VisualFamily`)."""
-
-    def __init__(self, sink_tokens: SinkTokens = "any_patch"):
-        self.sink_tokens = choice("model.family.sink_tokens", sink_tokens, SinkTokens)
-
-    @classmethod
-    def default_template(cls):
-        from sinkflow.data.templates import ProcessorChatTemplate
-
-        return ProcessorChatTemplate()
 
     @classmethod
     def build_tiny(cls, seed: int = 0, image_size: int | None = None, **sizes: int):

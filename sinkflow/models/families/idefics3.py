@@ -23,9 +23,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from sinkflow.checks import choice
 from sinkflow.models import pixel_shuffle
-from sinkflow.models.families.base import SinkTokens, VisualFamily, unnormalise
+from sinkflow.models.families.base import VisualFamily, unnormalise
 from sinkflow.models.tiled_processors import load_idefics3_processor
 from sinkflow.pathway import VisualFeatures
 
@@ -35,15 +34,6 @@ class Idefics3Family(VisualFamily, name="idefics3"):
     tokens (see `VisualFamily`)."""
 
     variant = "idefics3"  # the tiny builder's model class
-
-    def __init__(self, sink_tokens: SinkTokens = "any_patch"):
-        self.sink_tokens = choice("model.family.sink_tokens", sink_tokens, SinkTokens)
-
-    @classmethod
-    def default_template(cls):
-        from sinkflow.data.templates import ProcessorChatTemplate
-
-        return ProcessorChatTemplate()
 
     @classmethod
     def build_tiny(cls, seed: int = 0, image_size: int | None = None, **sizes: int):

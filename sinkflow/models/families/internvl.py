@@ -32,14 +32,8 @@ class InternVLFamily(VisualFamily, name="internvl"):
     `sink_tokens` says how patch sinks map to folded tokens (see `VisualFamily`)."""
 
     def __init__(self, vision_feature_layer: int | None = None, sink_tokens: SinkTokens = "any_patch"):
+        super().__init__(sink_tokens)
         self.vision_feature_layer = vision_feature_layer
-        self.sink_tokens = choice("model.family.sink_tokens", sink_tokens, SinkTokens)
-
-    @classmethod
-    def default_template(cls):
-        from sinkflow.data.templates import ProcessorChatTemplate
-
-        return ProcessorChatTemplate()
 
     @classmethod
     def build_tiny(cls, seed: int = 0, image_size: int | None = None, **sizes: int):

@@ -26,6 +26,7 @@ from transformers.models.llava_next.modeling_llava_next import (
     unpad_image,
 )
 
+from sinkflow.data.templates import ProcessorChatTemplate
 from sinkflow.models.families.base import unnormalise
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.pathway import VisualFeatures
@@ -49,9 +50,7 @@ class LlavaNextFamily(LlavaFamily, name="llava_next"):
 
     @classmethod
     def default_template(cls):
-        from sinkflow.data.templates import ProcessorChatTemplate
-
-        return ProcessorChatTemplate()
+        return ProcessorChatTemplate()  # the checkpoints' own, not LLaVA-1.5's Vicuna
 
     @classmethod
     def build_tiny(cls, seed: int = 0, image_size: int | None = None, **sizes: int):

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from sinkflow.checks import choice
-from sinkflow.models.families.base import SinkTokens, VisualFamily, unnormalise
+from sinkflow.models.families.base import VisualFamily, unnormalise
 from sinkflow.models.processor import ImageTextProcessor
 from sinkflow.pathway import VisualFeatures
 
@@ -25,15 +24,6 @@ class Qwen2VLFamily(VisualFamily, name="qwen2_vl"):
     """Qwen2-VL; `sink_tokens` says how patch sinks map to merged tokens (see `VisualFamily`)."""
 
     variant = "qwen2_vl"  # the tiny builder's model class
-
-    def __init__(self, sink_tokens: SinkTokens = "any_patch"):
-        self.sink_tokens = choice("model.family.sink_tokens", sink_tokens, SinkTokens)
-
-    @classmethod
-    def default_template(cls):
-        from sinkflow.data.templates import ProcessorChatTemplate
-
-        return ProcessorChatTemplate()
 
     @classmethod
     def build_tiny(cls, seed: int = 0, image_size: int | None = None, **sizes: int):
