@@ -228,3 +228,142 @@ def mme_fixtures() -> Path:
         "mme/<subtask>/{acc,acc_plus,score}, mme/perception and mme/cognition that its calculation.py "
         "prints for LaVIN/); see tests/fixtures/README.md"
     )
+
+
+@pytest.fixture(scope="session")
+def two_sizes(resized_images) -> list[str]:
+    """Two shapes images of different sizes, 64 x 64 and 48 x 32 (what each family makes of them: its tests)."""
+    return resized_images([(64, 64), (48, 32)])
+
+
+@pytest.fixture(scope="session")
+def noise_images(tmp_path_factory):
+    """`noise_images(sizes)`: PNGs of seeded noise ((w, h) each). On the flat shapes images a random ViT's patch norms
+    tie, and a tie would pick sinks by order rather than by norm."""
+    import numpy as np
+    from PIL import Image
+
+    def save(sizes: list[tuple[int, int]]) -> list[str]:
+        rng, folder = np.random.default_rng(0), tmp_path_factory.mktemp("noise")
+        paths = [str(folder / f"{i}.png") for i in range(len(sizes))]
+        for (width, height), path in zip(sizes, paths):
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        return paths
+
+    return save
+
+
+@pytest.fixture(scope="session")
+def questions() -> list[str]:
+    """The family tests' questions, one per image of a batch (the second longer, so that batches are padded)."""
+    return ["What is the background color?", "How many shapes are there in this picture? Count them."]
+
+
+@pytest.fixture(scope="session")
+def question_batch(questions):
+    """`question_batch(module, images, generate=True)`: one sample per image asking its question of `questions`,
+    collated by the module's processor with the checkpoint's own chat template."""
+    from sinkflow.data.collate import Collator
+    from sinkflow.data.templates import ProcessorChatTemplate
+
+    def collate(module, images: list[str], generate: bool = True) -> dict:
+        samples = [
+            {"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>\n" + q}]}
+            for i, (image, q) in enumerate(zip(images, questions))
+        ]
+        return Collator(module.processor, ProcessorChatTemplate(), generate=generate)(samples)
+
+    return collate
+
+
+@pytest.fixture(scope="session")
+def loaded_pair():
+    """`loaded_pair(path, family)`: a tiny checkpoint loaded through sinkflow (with `family`, routed by no strategy)
+    and through plain transformers, both in eval mode."""
+    from transformers import AutoModelForImageTextToText
+
+    from sinkflow.models.build import load_pretrained
+    from sinkflow.module import SinkflowModule
+    from sinkflow.sinks.strategies.none import NoneStrategy
+
+    def load(path: str, family):
+        model, processor = load_pretrained(path, family=family)
+        reference = AutoModelForImageTextToText.from_pretrained(path).eval()
+        return SinkflowModule(model.eval(), processor, family, NoneStrategy()).eval(), reference
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def rerouted():
+    """`rerouted(module, strategy, k=3)`: the module's model, processor and family routed by `strategy` (`front` /
+    `end`: SinkFront / SinkEnd with `position_ids`, or any strategy object) on TopK(k) sinks."""
+    from sinkflow.module import SinkflowModule
+    from sinkflow.sinks.detectors.topk import TopK
+    from sinkflow.sinks.strategies.sink_end import SinkEnd
+    from sinkflow.sinks.strategies.sink_front import SinkFront
+
+    def route(module, strategy, k: int = 3, position_ids: str = "contiguous"):
+        if isinstance(strategy, str):
+            strategy = {"front": SinkFront, "end": SinkEnd}[strategy](position_ids=position_ids)
+        return SinkflowModule(module.model, module.processor, module.family, strategy, TopK(k=k)).eval()
+
+    return route
+
+
+@pytest.fixture(scope="session")
+def sink_order():
+    """`sink_order(sinks, n_tokens, place)`: an image's token order by hand, its `sinks` (token indices, in order)
+    first (`front`) or last (`end`) and the other tokens in order."""
+    import torch
+
+    def order(sinks: list[int], n_tokens: int, place: str) -> torch.Tensor:
+        rest = [t for t in range(n_tokens) if t not in sinks]
+        return torch.tensor(sinks + rest if place == "front" else rest + sinks)
+
+    return order
+
+
+@pytest.fixture(scope="session")
+def keep_positions():
+    """`keep_positions(positions, placeholders, orders)`: the `original` position mode by hand, in place: the
+    positions [..., B, L] of each row's image block permuted like its tokens (`orders`, one per row)."""
+
+    def permute(positions, placeholders, orders) -> None:
+        for row, order in enumerate(orders):
+            block = placeholders[row].nonzero().squeeze(1)
+            positions[..., row, block] = positions[..., row, block[order]]
+
+    return permute
+
+
+@pytest.fixture(scope="session")
+def qwen_vit_attention():
+    """`qwen_vit_attention(model, batch, block)`: [heads, T, T], a Qwen-VL ViT block's attention probabilities
+    recomputed eagerly (softmax(q k^T / sqrt(d)) within each attention chunk) from the block's input hidden states."""
+    import sys
+
+    import torch
+
+    def brute_force(model, batch, block: int) -> torch.Tensor:
+        tower = model.model.visual
+        seen = {}
+        hook = tower.blocks[block].attn.register_forward_pre_hook(
+            lambda _, args, kwargs: seen.update(kwargs, hidden=args[0] if args else kwargs["hidden_states"]),
+            with_kwargs=True,
+        )
+        with torch.no_grad():
+            tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
+        hook.remove()
+        attn, hidden = tower.blocks[block].attn, seen["hidden"]
+        rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision  # the model's own
+        q, k, _ = attn.qkv(hidden).reshape(len(hidden), 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        q, k = rotary(q, k, *seen["position_embeddings"])
+        probs = torch.zeros(attn.num_heads, len(hidden), len(hidden))
+        bounds = seen["cu_seqlens"].tolist()
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            scores = torch.einsum("qhd,khd->hqk", q[start:end], k[start:end]) * attn.head_dim**-0.5
+            probs[:, start:end, start:end] = scores.softmax(dim=-1)
+        return probs
+
+    return brute_force

@@ -7,7 +7,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
 
 from sinkflow.analysis import relevance
@@ -45,36 +44,14 @@ def test_llava_column_equals_eager_output_attentions(shapes_root, layer, block):
         assert captured.cell(i, target) == divmod(target, 4)
 
 
-def brute_force_qwen(model, batch, block):
-    """Per attention chunk, eager softmax(q k^T / sqrt(d)) recomputed from the block's input hidden states."""
-    tower = model.model.visual
-    seen = {}
-    hook = tower.blocks[block].attn.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.update(kwargs, hidden=args[0] if args else kwargs["hidden_states"]),
-        with_kwargs=True,
-    )
-    with torch.no_grad():
-        tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
-    hook.remove()
-    attn, hidden = tower.blocks[block].attn, seen["hidden"]
-    q, k, _ = attn.qkv(hidden).reshape(len(hidden), 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-    q, k = apply_rotary_pos_emb_vision(q, k, *seen["position_embeddings"])
-    probs = torch.zeros(attn.num_heads, len(hidden), len(hidden))
-    bounds = seen["cu_seqlens"].tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        scores = torch.einsum("qhd,khd->hqk", q[start:end], k[start:end]) * attn.head_dim**-0.5
-        probs[:, start:end, start:end] = scores.softmax(dim=-1)
-    return probs
-
-
 @pytest.mark.parametrize("variant, block", [("qwen2_vl", 1), ("qwen2_vl", 2), ("qwen2_5_vl", 0), ("qwen2_5_vl", 2)])
-def test_qwen_column_equals_brute_force_on_the_image_grid(shapes_root, variant, block):
+def test_qwen_column_equals_brute_force_on_the_image_grid(shapes_root, variant, block, qwen_vit_attention):
     model, processor = build_tiny_qwen(TinyQwenSpec(variant=variant, seed=2, vision_layers=3))
     family = Qwen25VLFamily() if variant == "qwen2_5_vl" else Qwen2VLFamily()
     batch = dict(processor.image_processor(images(shapes_root, 2, [(64, 64), (48, 32)]), return_tensors="pt"))
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8], [1, 4, 6]]
     captured = relevance.capture(model, family, batch, block)
-    probs = brute_force_qwen(model, batch, block)
+    probs = qwen_vit_attention(model, batch, block)
     tower = model.model.visual
     if variant == "qwen2_5_vl":  # the blocks run on window-permuted merge windows of 4 patches
         window_index, _ = get_vision_window_index(batch["image_grid_thw"], 2, tower.window_size, tower.patch_size)

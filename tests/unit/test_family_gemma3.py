@@ -7,21 +7,12 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from sinkflow.analysis import relevance
-from sinkflow.data.collate import Collator
-from sinkflow.data.templates import ProcessorChatTemplate
-from sinkflow.models.build import LoraSpec, load_pretrained, prepare_for_training, unwrap
+from sinkflow.models.build import LoraSpec, prepare_for_training, unwrap
 from sinkflow.models.families.gemma3 import Gemma3Family, generate_from_embeds
 from sinkflow.models.tiny_gemma3 import TinyGemma3Spec, build_tiny_gemma3, ensure_tiny_gemma3
-from sinkflow.module import SinkflowModule
 from sinkflow.pathway import VisualFeatures
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
-from sinkflow.sinks.detectors.topk import TopK
 from sinkflow.sinks.strategies.drop_sinks import DropSinks
-from sinkflow.sinks.strategies.none import NoneStrategy
-from sinkflow.sinks.strategies.sink_end import SinkEnd
-from sinkflow.sinks.strategies.sink_front import SinkFront
-
-QUESTIONS = ["What is the background color?", "How many shapes are there in this picture? Count them."]
 
 
 @pytest.fixture(scope="module")
@@ -30,33 +21,19 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def pair(checkpoint):
-    """The tiny Gemma 3 checkpoint loaded through sinkflow (with its family) and through plain transformers."""
-    family = Gemma3Family()
-    model, processor = load_pretrained(checkpoint, family=family)
-    reference = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
-    return SinkflowModule(model.eval(), processor, family, NoneStrategy()).eval(), reference
+def pair(checkpoint, loaded_pair):
+    """The tiny Gemma 3 checkpoint loaded through sinkflow (with its family) and through plain transformers; it
+    resizes both two_sizes images to its square (64 px -> 16 tokens each)."""
+    return loaded_pair(checkpoint, Gemma3Family())
 
 
-@pytest.fixture(scope="module")
-def images(resized_images):
-    """Two images of different sizes: Gemma 3 resizes both to its square (64 px -> 16 tokens each)."""
-    return resized_images([(64, 64), (48, 32)])
-
-
-def generation_batch(module, images, questions=QUESTIONS):
-    samples = [
-        {"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>\n" + q}]}
-        for i, (image, q) in enumerate(zip(images, questions))
-    ]
-    return Collator(module.processor, ProcessorChatTemplate(), generate=True)(samples)
-
-
-def test_none_equals_transformers_own_chat_template_logits_and_generation(pair, checkpoint, images, assert_parity):
+def test_none_equals_transformers_own_chat_template_logits_and_generation(
+    pair, checkpoint, two_sizes, assert_parity, question_batch, questions
+):
     """transformers' processor applies the chat template and tokenizes (one `<bos>`, the template's) with
     `token_type_ids`; sinkflow's batch is the same and so are the logits and the greedy text."""
     module, reference = pair
-    batch = generation_batch(module, images)
+    batch = question_batch(module, two_sizes)
     conversations = [
         [
             {
@@ -64,7 +41,7 @@ def test_none_equals_transformers_own_chat_template_logits_and_generation(pair, 
                 "content": [{"type": "image", "image": Image.open(path).convert("RGB")}, {"type": "text", "text": q}],
             }
         ]
-        for path, q in zip(images, QUESTIONS)
+        for path, q in zip(two_sizes, questions)
     ]
     expected = AutoProcessor.from_pretrained(checkpoint).apply_chat_template(
         conversations,
@@ -91,11 +68,11 @@ def reference_inputs(reference, batch) -> dict:
     return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")} | {"token_type_ids": image.long()}
 
 
-def test_the_bidirectional_image_block_matters(pair, images):
+def test_the_bidirectional_image_block_matters(pair, two_sizes, question_batch):
     """Without `token_type_ids` transformers attends causally inside each image: the logits differ (so the parity
     above checks the mask, not only the embeddings)."""
     module, reference = pair
-    batch = generation_batch(module, images)
+    batch = question_batch(module, two_sizes)
     inputs = reference_inputs(reference, batch)
     with torch.no_grad():
         bidirectional = reference(**inputs).logits
@@ -127,27 +104,21 @@ def hand_routed(reference, batch, k: int = 3):
 @pytest.mark.parametrize("position_mode", ["contiguous", "original"])
 @pytest.mark.parametrize("place", ["front", "end"])
 def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_the_image_mask(
-    pair, images, place, position_mode
+    pair, two_sizes, place, position_mode, question_batch, rerouted, sink_order, keep_positions
 ):
     module, reference = pair
-    strategy = (SinkFront if place == "front" else SinkEnd)(position_ids=position_mode)
-    routed = SinkflowModule(module.model, module.processor, module.family, strategy, TopK(k=3)).eval()
-    batch = generation_batch(module, images)
+    routed = rerouted(module, place, position_ids=position_mode)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         ours = routed(batch).logits
     parts = hand_routed(reference, batch)
-    orders = []
-    for sinks, tokens in zip(parts["sinks"], parts["tokens"]):
-        rest = [t for t in range(len(tokens)) if t not in sinks]
-        orders.append(torch.tensor(sinks + rest if place == "front" else rest + sinks))
+    orders = [sink_order(sinks, len(tokens), place) for sinks, tokens in zip(parts["sinks"], parts["tokens"])]
     assert any(not torch.equal(order, torch.arange(len(order))) for order in orders), "a real permutation"
     placeholders, positions = parts["placeholders"], parts["positions"].clone()
     tokens = torch.cat([tokens[order] for tokens, order in zip(parts["tokens"], orders)])
     embeds = parts["embeds"].masked_scatter(placeholders.unsqueeze(-1), tokens)
     if position_mode == "original":
-        for row, order in enumerate(orders):
-            block = placeholders[row].nonzero().squeeze(1)
-            positions[row, block] = positions[row, block[order]]
+        keep_positions(positions, placeholders, orders)
     inputs = {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"], "position_ids": positions}
     with torch.no_grad():
         theirs = reference(**inputs, token_type_ids=placeholders.long()).logits
@@ -155,13 +126,13 @@ def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_the_imag
     torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-5, rtol=0)
 
 
-def test_drop_sinks_shrinks_the_bidirectional_block_with_the_image(pair, images):
+def test_drop_sinks_shrinks_the_bidirectional_block_with_the_image(pair, two_sizes, question_batch, rerouted):
     """Each row rebuilt by hand without its image's sink tokens, `token_type_ids` on the tokens left; the mask of the
     unshortened block (or none) would give other logits."""
     module, reference = pair
-    routed = SinkflowModule(module.model, module.processor, module.family, DropSinks(), TopK(k=3)).eval()
-    for image in images:  # one image per batch: rows without padding, rebuilt by hand below
-        batch = generation_batch(module, [image])
+    routed = rerouted(module, DropSinks())
+    for image in two_sizes:  # one image per batch: rows without padding, rebuilt by hand below
+        batch = question_batch(module, [image])
         with torch.no_grad():
             ours = routed(batch).logits
         parts = hand_routed(reference, batch)
@@ -184,11 +155,13 @@ def test_drop_sinks_shrinks_the_bidirectional_block_with_the_image(pair, images)
         assert not torch.allclose(stale, theirs, atol=1e-3)
 
 
-def test_each_tokens_16_patches_are_consecutive_and_project_restores_the_projectors_layout(pair, images):
+def test_each_tokens_16_patches_are_consecutive_and_project_restores_the_projectors_layout(
+    pair, two_sizes, question_batch
+):
     """The mean of each group of 16 features is the projector's average pool at that token, and projecting the
     features gives transformers' image features."""
     module, reference = pair
-    batch = generation_batch(module, images)
+    batch = question_batch(module, two_sizes)
     projector = reference.model.multi_modal_projector
     with torch.no_grad():
         visual = module.family.encode(module.hf, batch)
@@ -214,9 +187,9 @@ def test_a_pooled_token_is_a_sink_if_any_of_its_16_patches_is_or_by_their_joint_
         Gemma3Family(sink_tokens="mean")
 
 
-def test_patch_pixels_follow_the_features_order(pair, images):
+def test_patch_pixels_follow_the_features_order(pair, two_sizes, question_batch):
     module, _ = pair
-    batch = generation_batch(module, images)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         visual = module.family.encode(module.hf, batch)
     pixels = module.family.patch_pixels(batch, visual)
@@ -226,9 +199,9 @@ def test_patch_pixels_follow_the_features_order(pair, images):
     assert torch.equal(pixels[0, 16], expected)
 
 
-def test_pan_and_scan_crops_are_refused(pair, images):
+def test_pan_and_scan_crops_are_refused(pair, two_sizes, question_batch):
     module, _ = pair
-    batch = generation_batch(module, images)
+    batch = question_batch(module, two_sizes)
     with pytest.raises(ValueError, match="pan-and-scan crops are not supported .* set the image processor's do_pan"):
         module.family.encode(module.hf, {**batch, "num_crops": torch.tensor([0, 2])})
 
@@ -273,10 +246,10 @@ def test_lora_on_the_language_model_only_and_the_projector_trains():
 
 
 @pytest.mark.parametrize("block", [None, 0])
-def test_relevance_column_equals_eager_output_attentions(pair, images, block):
+def test_relevance_column_equals_eager_output_attentions(pair, two_sizes, block, question_batch):
     """The analyses that look inside the ViT work: the recorded column is SigLIP's eager attention, on the grid."""
     module, reference = pair
-    batch = generation_batch(module, images)
+    batch = question_batch(module, two_sizes)
     captured = relevance.capture(reference, module.family, batch, block)
     with torch.no_grad():
         visual = module.family.encode(reference, batch)

@@ -7,58 +7,32 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, Idefics3Processor
+from transformers import Idefics3Processor
 
 from sinkflow.analysis import relevance
-from sinkflow.data.collate import Collator
-from sinkflow.data.templates import ProcessorChatTemplate
-from sinkflow.models.build import LoraSpec, load_pretrained, prepare_for_training, unwrap
+from sinkflow.models.build import LoraSpec, prepare_for_training, unwrap
 from sinkflow.models.families.idefics3 import Idefics3Family, split_crops
 from sinkflow.models.families.smolvlm import SmolVLMFamily
 from sinkflow.models.tiny_idefics3 import TinyIdefics3Spec, build_tiny_idefics3, ensure_tiny_idefics3
-from sinkflow.module import SinkflowModule
 from sinkflow.pathway import Routed, by_run
-from sinkflow.sinks.detectors.topk import TopK
 from sinkflow.sinks.strategies.drop_sinks import DropSinks
-from sinkflow.sinks.strategies.none import NoneStrategy
-from sinkflow.sinks.strategies.sink_end import SinkEnd
-from sinkflow.sinks.strategies.sink_front import SinkFront
 
 FAMILIES = {"idefics3": Idefics3Family, "smolvlm": SmolVLMFamily}
-QUESTIONS = ["What is the background color?", "How many shapes are there in this picture? Count them."]
 PER_CROP = 4  # 4 x 4 patches of a 32-px crop, folded 2 x 2
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def pair(request, tmp_path_factory):
+def pair(request, tmp_path_factory, loaded_pair):
     """A tiny checkpoint loaded through sinkflow (with its family) and through plain transformers."""
     path = ensure_tiny_idefics3(tmp_path_factory.mktemp(request.param), variant=request.param, seed=2)
-    family = FAMILIES[request.param]()
-    model, processor = load_pretrained(path, family=family)
-    reference = AutoModelForImageTextToText.from_pretrained(path).eval()
-    return SinkflowModule(model.eval(), processor, family, NoneStrategy()).eval(), reference
+    return loaded_pair(path, FAMILIES[request.param]())
 
 
 @pytest.fixture(scope="module")
-def two_sizes(tmp_path_factory):
-    """A 64 px square (2 x 2 crops + the global view) and a 64 x 24 image (1 x 2 crops + the global view), of seeded
-    noise: the flat shapes images leave the random ViT's patch norms tied, and sinks would be picked by order."""
-    rng, folder, paths = np.random.default_rng(0), tmp_path_factory.mktemp("noise"), []
-    for i, (width, height) in enumerate([(64, 64), (64, 24)]):
-        paths.append(str(folder / f"{i}.png"))
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(paths[-1])
-    return paths
-
-
-def samples(images):
-    return [
-        {"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>\n" + q}]}
-        for i, (image, q) in enumerate(zip(images, QUESTIONS))
-    ]
-
-
-def generation_batch(module, images) -> dict:
-    return Collator(module.processor, ProcessorChatTemplate(), generate=True)(samples(images))
+def two_sizes(noise_images):
+    """Two sizes in seeded noise (`noise_images`): a 64 px square (2 x 2 crops + the global view) and a 64 x 24 image
+    (1 x 2 crops + the global view)."""
+    return noise_images([(64, 64), (64, 24)])
 
 
 def real_crops(values: torch.Tensor) -> torch.Tensor:
@@ -67,11 +41,11 @@ def real_crops(values: torch.Tensor) -> torch.Tensor:
     return flat[flat.flatten(1).ne(0).any(dim=1)]
 
 
-def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity):
+def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity, question_batch):
     """Images of 5 and 3 crops in one batch: transformers' own prompt expansion (crop tags as text), the same crops,
     the same logits and greedy text (transformers fed its processor's per-prompt crop layout)."""
     module, reference = pair
-    batch = generation_batch(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     processor = module.processor
     assert isinstance(processor, Idefics3Processor) and processor.image_processor.return_row_col_info
     expected = processor(
@@ -93,9 +67,9 @@ def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_
     assert_parity(module, reference, batch, dict(expected))
 
 
-def test_features_are_the_crops_patches_in_window_order_and_fold_as_the_connector_does(pair, two_sizes):
+def test_features_are_the_crops_patches_in_window_order_and_fold_as_the_connector_does(pair, two_sizes, question_batch):
     module, reference = pair
-    batch = generation_batch(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         visual = module.family.encode(module.hf, batch)
         out = reference.model.get_image_features(batch["pixel_values"], batch["pixel_attention_mask"])
@@ -134,22 +108,20 @@ def reference_embeddings(reference, batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("position_mode", ["contiguous", "original"])
 @pytest.mark.parametrize("place", ["front", "end"])
-def test_sink_front_and_end_order_each_crop_run_as_transformers_fed_by_hand(pair, two_sizes, place, position_mode):
+def test_sink_front_and_end_order_each_crop_run_as_transformers_fed_by_hand(
+    pair, two_sizes, place, position_mode, question_batch, rerouted, sink_order, keep_positions
+):
     """Every crop's run holds its own tokens, its sinks first (last); positions move with them for `original`."""
     module, reference = pair
-    strategy = (SinkFront if place == "front" else SinkEnd)(position_ids=position_mode)
-    routed = SinkflowModule(module.model, module.processor, module.family, strategy, TopK(k=3)).eval()
-    batch = generation_batch(module, two_sizes)
+    routed = rerouted(module, place, position_ids=position_mode)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         ours = routed(batch).logits
     embeds, images = reference_embeddings(reference, batch)
-    orders = []
-    for crops in crop_sinks(reference, batch, k=3):
-        order = []
-        for c, sinks in enumerate(crops):
-            rest = [t for t in range(PER_CROP) if t not in sinks.tolist()]
-            order += [c * PER_CROP + t for t in (sinks.tolist() + rest if place == "front" else rest + sinks.tolist())]
-        orders.append(torch.tensor(order))
+    orders = [
+        torch.cat([c * PER_CROP + sink_order(sinks.tolist(), PER_CROP, place) for c, sinks in enumerate(crops)])
+        for crops in crop_sinks(reference, batch, k=3)
+    ]
     assert any(not torch.equal(order, torch.arange(len(order))) for order in orders), "a real permutation"
     mask, placeholders = batch["attention_mask"], batch["input_ids"] == reference.config.image_token_id
     tokens = torch.cat([image[order] for image, order in zip(images, orders)])
@@ -157,20 +129,18 @@ def test_sink_front_and_end_order_each_crop_run_as_transformers_fed_by_hand(pair
     positions = None
     if position_mode == "original":
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        for row, order in enumerate(orders):
-            block = placeholders[row].nonzero().squeeze(1)
-            positions[row, block] = positions[row, block[order]]
+        keep_positions(positions, placeholders, orders)
     with torch.no_grad():
         theirs = reference(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
     torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()], atol=1e-5, rtol=0)
 
 
-def test_drop_sinks_shortens_each_crop_run_by_its_own_sinks(pair, two_sizes):
+def test_drop_sinks_shortens_each_crop_run_by_its_own_sinks(pair, two_sizes, question_batch, rerouted):
     """The rebuilt rows are the unrouted ones without each crop's sink columns: every crop tag still precedes its
     own crop's remaining tokens, and plain transformers fed those rows gives the same logits."""
     module, reference = pair
-    routed = SinkflowModule(module.model, module.processor, module.family, DropSinks(), TopK(k=2)).eval()
-    batch = generation_batch(module, two_sizes)
+    routed = rerouted(module, DropSinks(), k=2)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         inputs = routed.pathway(batch).inputs
         ours = routed.hf(**inputs).logits

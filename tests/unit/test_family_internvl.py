@@ -8,54 +8,26 @@ import pytest
 import torch
 import transformers
 from PIL import Image
-from transformers import AutoModelForImageTextToText, InternVLProcessor
+from transformers import InternVLProcessor
 
-from sinkflow.data.collate import Collator
-from sinkflow.data.templates import ProcessorChatTemplate
-from sinkflow.models.build import LoraSpec, load_pretrained, prepare_for_training, unwrap
+from sinkflow.models.build import LoraSpec, prepare_for_training, unwrap
 from sinkflow.models.families.internvl import InternVLFamily
 from sinkflow.models.tiled_processors import InternVLImages
 from sinkflow.models.tiny_internvl import TinyInternVLSpec, build_tiny_internvl, ensure_tiny_internvl
-from sinkflow.module import SinkflowModule
 from sinkflow.sinks.detectors.topk import TopK
-from sinkflow.sinks.strategies.none import NoneStrategy
-from sinkflow.sinks.strategies.sink_end import SinkEnd
-from sinkflow.sinks.strategies.sink_front import SinkFront
-
-QUESTIONS = ["What is the background color?", "How many shapes are there in this picture? Count them."]
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def pair(tmp_path_factory, loaded_pair):
     """A tiny InternVL3 checkpoint loaded through sinkflow (with its family) and through plain transformers."""
-    path = ensure_tiny_internvl(tmp_path_factory.mktemp("internvl"), seed=2)
-    family = InternVLFamily()
-    model, processor = load_pretrained(path, family=family)
-    reference = AutoModelForImageTextToText.from_pretrained(path).eval()
-    return SinkflowModule(model.eval(), processor, family, NoneStrategy()).eval(), reference
+    return loaded_pair(ensure_tiny_internvl(tmp_path_factory.mktemp("internvl"), seed=2), InternVLFamily())
 
 
 @pytest.fixture(scope="module")
-def two_sizes(tmp_path_factory):
-    """A 64 px square (4 crops + a thumbnail = 5 tiles) and a 48 x 32 image (2 crops + a thumbnail = 3 tiles), of
-    seeded noise: the flat shapes images leave the random ViT's patch norms tied, and a tie would pick sinks by
-    order rather than by norm."""
-    return noise_images(tmp_path_factory.mktemp("noise"), [(64, 64), (48, 32)])
-
-
-def noise_images(folder, sizes: list[tuple[int, int]]) -> list[str]:
-    rng = np.random.default_rng(0)
-    paths = [str(folder / f"{i}.png") for i in range(len(sizes))]
-    for (width, height), path in zip(sizes, paths):
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
-    return paths
-
-
-def samples(images):
-    return [
-        {"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>\n" + q}]}
-        for i, (image, q) in enumerate(zip(images, QUESTIONS))
-    ]
+def two_sizes(noise_images):
+    """conftest's two sizes in seeded noise (`noise_images`): a 64 px square (4 crops + a thumbnail = 5 tiles) and a
+    48 x 32 image (2 crops + a thumbnail = 3 tiles)."""
+    return noise_images([(64, 64), (48, 32)])
 
 
 def hf_processor(processor: InternVLImages, monkeypatch) -> InternVLProcessor:
@@ -76,11 +48,11 @@ def hf_processor(processor: InternVLImages, monkeypatch) -> InternVLProcessor:
     )
 
 
-def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity, monkeypatch):
+def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity, monkeypatch, question_batch):
     """Images of 5 and 3 tiles in one batch: the processor's own expansion and tiles, the same logits and greedy
     text."""
     module, reference = pair
-    batch = Collator(module.processor, ProcessorChatTemplate(), generate=True)(samples(two_sizes))
+    batch = question_batch(module, two_sizes)
     expected = hf_processor(module.processor, monkeypatch)(
         images=[Image.open(p).convert("RGB") for p in two_sizes],
         text=[meta["prompt"] for meta in batch["meta"]],
@@ -96,11 +68,11 @@ def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_
     assert_parity(module, reference, batch, dict(expected))
 
 
-def test_features_are_the_tiles_patches_in_window_order_and_fold_as_transformers_does(pair, two_sizes):
+def test_features_are_the_tiles_patches_in_window_order_and_fold_as_transformers_does(pair, two_sizes, question_batch):
     """Per-patch states (CLS dropped) of every tile, each 2 x 2 window's patches consecutive: their concatenation is
     transformers' pixel shuffle, and the projected tokens are its image features, to the bit."""
     module, reference = pair
-    batch = Collator(module.processor, ProcessorChatTemplate(), generate=True)(samples(two_sizes))
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         visual = module.family.encode(module.hf, batch)
         states = reference.model.vision_tower(pixel_values=batch["pixel_values"]).last_hidden_state[:, 1:]
@@ -131,7 +103,7 @@ def test_sinks_are_detected_per_tile():
     assert [int(patches[0, visual.tiles[0] == t].sum()) for t in range(5)] == [2] * 5
 
 
-def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int = 3):
+def hand_routed_logits(reference, batch, place: str, position_mode: str, sink_order, keep_positions, k: int = 3):
     """Plain transformers: every image's folded tokens holding a tile's k highest-norm patches moved to `place`, across
     the image's tiles (one placeholder block), 1-D positions permuted by hand for `original`."""
     with torch.no_grad():
@@ -146,8 +118,7 @@ def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int 
                 for patch in torch.topk(states[first + tile].norm(dim=-1), k).indices.tolist():
                     row, col = divmod(patch, side)
                     sinks.add(tile * per_tile + (row // 2) * (side // 2) + col // 2)
-            rest = [t for t in range(n_tiles * per_tile) if t not in sinks]
-            orders.append(torch.tensor(sorted(sinks) + rest if place == "front" else rest + sorted(sinks)))
+            orders.append(sink_order(sorted(sinks), n_tiles * per_tile, place))
             first += n_tiles
         images = tokens.reshape(-1, per_tile, tokens.shape[-1]).split(batch["num_patches"].tolist())
         routed = torch.cat([image.reshape(-1, image.shape[-1])[order] for image, order in zip(images, orders)])
@@ -158,31 +129,28 @@ def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int 
         positions = None
         if position_mode == "original":
             positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-            for row, order in enumerate(orders):
-                block = placeholders[row].nonzero().squeeze(1)
-                positions[row, block] = positions[row, block[order]]
+            keep_positions(positions, placeholders, orders)
         return reference(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
 
 
 @pytest.mark.parametrize("position_mode", ["contiguous", "original"])
 @pytest.mark.parametrize("place", ["front", "end"])
 def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_positions(
-    pair, two_sizes, place, position_mode
+    pair, two_sizes, place, position_mode, question_batch, rerouted, sink_order, keep_positions
 ):
     module, reference = pair
-    strategy = (SinkFront if place == "front" else SinkEnd)(position_ids=position_mode)
-    routed = SinkflowModule(module.model, module.processor, module.family, strategy, TopK(k=3)).eval()
-    batch = Collator(module.processor, ProcessorChatTemplate(), generate=True)(samples(two_sizes))
+    routed = rerouted(module, place, position_ids=position_mode)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         ours = routed(batch).logits
-    theirs = hand_routed_logits(reference, batch, place, position_mode)
+    theirs = hand_routed_logits(reference, batch, place, position_mode, sink_order, keep_positions)
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-5, rtol=0)
 
 
-def test_an_earlier_feature_layer_and_the_options_are_checked(pair, two_sizes):
+def test_an_earlier_feature_layer_and_the_options_are_checked(pair, two_sizes, question_batch):
     module, _ = pair
-    batch = Collator(module.processor, ProcessorChatTemplate(), generate=True)(samples(two_sizes[:1]))
+    batch = question_batch(module, two_sizes[:1])
     family = InternVLFamily(vision_feature_layer=-2)
     with torch.no_grad():
         hidden = module.family.vision_tower(module.hf)(batch["pixel_values"], output_hidden_states=True).hidden_states

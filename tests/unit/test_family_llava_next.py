@@ -8,7 +8,6 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from PIL import Image
-from transformers import AutoModelForImageTextToText
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from sinkflow.analysis import relevance
@@ -22,7 +21,6 @@ from sinkflow.models.families.llava_next import LlavaNextFamily
 from sinkflow.models.families.llava_onevision import LlavaOnevisionFamily
 from sinkflow.models.tiny_llava_next import ensure_tiny_anyres
 from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detectors.topk import TopK
 from sinkflow.sinks.strategies.drop_sinks import DropSinks
 from sinkflow.sinks.strategies.none import NoneStrategy
 from sinkflow.sinks.strategies.sink_front import SinkFront
@@ -30,40 +28,16 @@ from sinkflow.sinks.strategies.sinks_only import SinksOnly
 from test_multi_image import TWO, hf_processor, reference_prompt
 
 FAMILIES = {"llava_next": LlavaNextFamily, "llava_onevision": LlavaOnevisionFamily}
-QUESTIONS = ["What is the background color?", "How many shapes are there in this picture? Count them."]
 K = 2  # TopK sinks per ViT tile
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def pair(request, tmp_path_factory):
-    """A tiny checkpoint loaded through sinkflow (with its family) and through plain transformers."""
+def pair(request, tmp_path_factory, loaded_pair):
+    """A tiny checkpoint loaded through sinkflow (with its family) and through plain transformers. Of the two_sizes
+    images, 64 x 64 is a base view + 2 x 2 tiles and 48 x 32 a base view + 1 x 2 tiles (a quarter of the grid
+    padding)."""
     path = ensure_tiny_anyres(tmp_path_factory.mktemp("anyres"), variant=request.param, seed=2)
-    family = FAMILIES[request.param]()
-    model, processor = load_pretrained(path, family=family)
-    reference = AutoModelForImageTextToText.from_pretrained(path).eval()
-    return SinkflowModule(model.eval(), processor, family, NoneStrategy()).eval(), reference
-
-
-@pytest.fixture(scope="module")
-def two_sizes(resized_images):
-    """64 x 64 (base view + 2 x 2 tiles) and 48 x 32 (base view + 1 x 2 tiles, a quarter of the grid padding)."""
-    return resized_images([(64, 64), (48, 32)])
-
-
-def samples(images):
-    return [
-        {"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>\n" + q}]}
-        for i, (image, q) in enumerate(zip(images, QUESTIONS))
-    ]
-
-
-def collate(module, images, generate=True):
-    return Collator(module.processor, ProcessorChatTemplate(), generate=generate)(samples(images))
-
-
-def routed(module, strategy, k: int):
-    """The pair's model routed by `strategy` on TopK sinks (k per ViT tile)."""
-    return SinkflowModule(module.model, module.processor, module.family, strategy, TopK(k=k)).eval()
+    return loaded_pair(path, FAMILIES[request.param]())
 
 
 def transformers_packing(reference, batch):
@@ -110,9 +84,9 @@ def tile_grid(reference) -> tuple[int, int]:
     return vision.image_size // vision.patch_size, vision.patch_size
 
 
-def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity, monkeypatch):
+def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity, monkeypatch, question_batch):
     module, reference = pair
-    batch = collate(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     expected = hf_processor(reference, module.processor, monkeypatch)(
         images=[Image.open(p).convert("RGB") for p in two_sizes],
         text=[meta["prompt"] for meta in batch["meta"]],
@@ -132,10 +106,10 @@ def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_
     assert_parity(module, reference, batch, dict(expected))
 
 
-def test_features_and_pixels_are_the_patches_transformers_packs_in_its_order(pair, two_sizes):
+def test_features_and_pixels_are_the_patches_transformers_packs_in_its_order(pair, two_sizes, question_batch):
     """Each feature is the projector input of the patch transformers puts in that slot; its tile and pixels match."""
     module, reference = pair
-    batch = collate(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     _, packed, features = transformers_packing(reference, batch)
     with torch.no_grad():
         visual = module.family.encode(module.hf, batch)
@@ -154,13 +128,15 @@ def test_features_and_pixels_are_the_patches_transformers_packs_in_its_order(pai
 
 
 @pytest.mark.parametrize("position_mode", ["contiguous", "original"])
-def test_sink_front_equals_transformers_fed_the_permuted_tokens_newlines_in_place(pair, two_sizes, position_mode):
+def test_sink_front_equals_transformers_fed_the_permuted_tokens_newlines_in_place(
+    pair, two_sizes, position_mode, question_batch, rerouted
+):
     """TopK sinks per tile moved to the front of the image's visual slots; newlines keep their slots (and, with
     `original`, every token its position)."""
     module, reference = pair
-    batch = collate(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
-        ours = routed(module, SinkFront(position_ids=position_mode), K)(batch).logits
+        ours = rerouted(module, SinkFront(position_ids=position_mode), K)(batch).logits
     tokens, packed, features = transformers_packing(reference, batch)
     per_tile = tile_grid(reference)[0] ** 2
     blocks, sources = [], []
@@ -193,15 +169,17 @@ def test_sink_front_equals_transformers_fed_the_permuted_tokens_newlines_in_plac
     [(DropSinks(), 2, [6, 3]), (SinksOnly(), 8, [3, 1])],
     ids=["drop_sinks", "sinks_only"],
 )
-def test_newlines_are_never_routed_and_a_shorter_block_reflows_around_them(pair, two_sizes, strategy, k, newlines):
+def test_newlines_are_never_routed_and_a_shorter_block_reflows_around_them(
+    pair, two_sizes, strategy, k, newlines, question_batch, rerouted
+):
     """The strategy routes visual tokens only; the kept ones refill the visual slots in order, newlines stay in
     theirs, and the block ends after the last kept token and the newlines right after it. Kept: 70 of 80 and 34 of 40
     tokens (drop_sinks, k = 2: full rows and one row cut short), 40 and 24 (sinks_only, k = 8: a block ending on a
     row's end, which keeps its newline, and one ending mid-row)."""
     module, reference = pair
-    batch = collate(module, two_sizes, generate=False)
+    batch = question_batch(module, two_sizes, generate=False)
     with torch.no_grad():
-        seen = routed(module, strategy, k).pathway(batch)
+        seen = rerouted(module, strategy, k).pathway(batch)
         text = reference.get_input_embeddings()(batch["input_ids"])
     tokens, packed, features = transformers_packing(reference, batch)
     per_tile = tile_grid(reference)[0] ** 2
@@ -227,12 +205,12 @@ def test_newlines_are_never_routed_and_a_shorter_block_reflows_around_them(pair,
     assert kept_newlines == newlines
 
 
-def test_sinks_are_detected_and_counted_per_tile_and_a_newline_never_counts(pair, two_sizes):
+def test_sinks_are_detected_and_counted_per_tile_and_a_newline_never_counts(pair, two_sizes, question_batch, rerouted):
     """TopK per ViT tile: the base view and every high-resolution tile carry their own sinks, each tile one entry of
     the sink statistics, whose norms are the image's patches' (no newline, no padding patch)."""
     module, reference = pair
-    module = routed(module, NoneStrategy(), K)
-    batch = collate(module, two_sizes)
+    module = rerouted(module, NoneStrategy(), K)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         seen = module.pathway(batch, padding_side="left")
     _, packed, features = transformers_packing(reference, batch)
@@ -261,19 +239,21 @@ def test_images_are_redrawn_from_their_tiles_without_the_padding(pair, two_sizes
         np.testing.assert_allclose(drawn.numpy(), original, atol=0.02)
 
 
-def test_relevance_maps_say_the_family_does_not_provide_them(pair, two_sizes):
+def test_relevance_maps_say_the_family_does_not_provide_them(pair, two_sizes, question_batch):
     module, _ = pair
-    batch = collate(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     with pytest.raises(NotImplementedError, match="several ViT sequences .* relevance maps are not provided"):
         relevance.capture(module.hf, module.family, batch, None)
 
 
-def test_analyses_find_each_visual_token_between_the_newlines_and_the_prompt_after_the_block(pair, two_sizes):
+def test_analyses_find_each_visual_token_between_the_newlines_and_the_prompt_after_the_block(
+    pair, two_sizes, question_batch, rerouted
+):
     """`visual_tokens` (propagation, massive_dims, decode) points at the LLM columns transformers fills with each
     patch, and the prompt queries start after the image's last newline."""
     module, reference = pair
-    module = routed(module, NoneStrategy(), K)
-    batch = collate(module, two_sizes)
+    module = rerouted(module, NoneStrategy(), K)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         tokens = visual_tokens(module, batch)
     _, packed, _ = transformers_packing(reference, batch)
@@ -304,7 +284,7 @@ def test_onevision_images_of_a_several_image_sample_are_not_tiled(pair, two_size
 
 
 def test_onevision_refuses_a_grid_it_would_interpolate_and_keeps_it_with_a_larger_anyres_max(
-    tmp_path_factory, two_sizes, assert_parity
+    tmp_path_factory, two_sizes, assert_parity, question_batch, loaded_pair
 ):
     """With anyres_max_1 transformers interpolates the 8 x 8 grid of a 64 px image to 4 x 4 (tokens mixing patches):
     refused, naming the setting that keeps every patch, which then matches transformers run with it."""
@@ -313,7 +293,7 @@ def test_onevision_refuses_a_grid_it_would_interpolate_and_keeps_it_with_a_large
     )
     model, processor = load_pretrained(path, family=LlavaOnevisionFamily())
     module = SinkflowModule(model.eval(), processor, LlavaOnevisionFamily(), NoneStrategy()).eval()
-    batch = collate(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     assert (batch["input_ids"] == model.config.image_token_id).sum(dim=1).tolist() == [16 + 4 * 4 + 4, 16 + 3 * 4 + 3]
     message = (
         "image 0 (64x64 px) has 8x8 high-resolution patches, more than anyres_max_1 keeps, so the model interpolates "
@@ -323,12 +303,9 @@ def test_onevision_refuses_a_grid_it_would_interpolate_and_keeps_it_with_a_large
     with pytest.raises(ValueError, match=f"^llava_onevision: {re.escape(message)}"):
         module(batch)
 
-    family = LlavaOnevisionFamily(vision_aspect_ratio="anyres_max_4")
-    model, processor = load_pretrained(path, family=family)
-    module = SinkflowModule(model.eval(), processor, family, NoneStrategy()).eval()
-    batch = collate(module, two_sizes)
-    assert (batch["input_ids"] == model.config.image_token_id).sum(dim=1).tolist() == [88, 44]
-    reference = AutoModelForImageTextToText.from_pretrained(path).eval()
+    module, reference = loaded_pair(path, LlavaOnevisionFamily(vision_aspect_ratio="anyres_max_4"))
+    batch = question_batch(module, two_sizes)
+    assert (batch["input_ids"] == module.hf.config.image_token_id).sum(dim=1).tolist() == [88, 44]
     # LlavaOnevisionModel.forward drops a `vision_aspect_ratio` argument: only its config's setting counts.
     reference.config.vision_aspect_ratio = "anyres_max_4"
     keys = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "batch_num_images")
@@ -373,8 +350,8 @@ def test_the_real_checkpoints_configs_name_their_family_template_and_recipe(opti
 
 
 @pytest.mark.parametrize("pair", ["llava_next"], indirect=True)
-def test_a_kept_cls_token_is_named_rather_than_packed_as_a_patch(pair, two_sizes):
+def test_a_kept_cls_token_is_named_rather_than_packed_as_a_patch(pair, two_sizes, question_batch):
     module, _ = pair
-    batch = collate(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     with pytest.raises(ValueError, match=r"^a ViT tile gives 17 features for 16 patches: .* CLS token kept\?"):
         LlavaNextFamily(vision_feature_select_strategy="full").encode(module.hf, batch)

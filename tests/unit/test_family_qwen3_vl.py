@@ -3,13 +3,9 @@ move and drop with their routed tokens at every injected layer (docs/models.md#q
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText
-from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
 
 from sinkflow.analysis import relevance
-from sinkflow.data.collate import Collator
-from sinkflow.data.templates import ProcessorChatTemplate
-from sinkflow.models.build import LoraSpec, load_pretrained, prepare_for_training, unwrap
+from sinkflow.models.build import LoraSpec, prepare_for_training, unwrap
 from sinkflow.models.families.qwen3_vl import DEEPSTACK, Qwen3VLFamily
 from sinkflow.models.families.qwen3_vl_moe import Qwen3VLMoeFamily
 from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen, ensure_tiny_qwen
@@ -17,36 +13,17 @@ from sinkflow.module import SinkflowModule
 from sinkflow.sinks.detectors.topk import TopK
 from sinkflow.sinks.strategies.drop_sinks import DropSinks
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
-from sinkflow.sinks.strategies.none import NoneStrategy
-from sinkflow.sinks.strategies.sink_end import SinkEnd
 from sinkflow.sinks.strategies.sink_front import SinkFront
 
-QUESTIONS = ["What is the background color?", "How many shapes are there in this picture? Count them."]
 FAMILIES = {"qwen3_vl": Qwen3VLFamily, "qwen3_vl_moe": Qwen3VLMoeFamily}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def pair(request, tmp_path_factory):
-    """A tiny Qwen3-VL checkpoint loaded through sinkflow (with its family) and through plain transformers."""
+def pair(request, tmp_path_factory, loaded_pair):
+    """A tiny Qwen3-VL checkpoint loaded through sinkflow (with its family) and through plain transformers; the
+    two_sizes images are 16 and 6 merged tokens."""
     path = ensure_tiny_qwen(tmp_path_factory.mktemp("qwen3"), variant=request.param, seed=2)
-    family = FAMILIES[request.param]()
-    model, processor = load_pretrained(path, family=family)
-    reference = AutoModelForImageTextToText.from_pretrained(path).eval()
-    return SinkflowModule(model.eval(), processor, family, NoneStrategy()).eval(), reference
-
-
-@pytest.fixture(scope="module")
-def two_sizes(resized_images):
-    """Two images of different sizes (64x64 -> 16 merged tokens, 48x32 -> 6)."""
-    return resized_images([(64, 64), (48, 32)])
-
-
-def generation_batch(module, images):
-    samples = [
-        {"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>\n" + q}]}
-        for i, (image, q) in enumerate(zip(images, QUESTIONS))
-    ]
-    return Collator(module.processor, ProcessorChatTemplate(), generate=True)(samples)
+    return loaded_pair(path, FAMILIES[request.param]())
 
 
 def reference_inputs(model, batch):
@@ -57,20 +34,20 @@ def reference_inputs(model, batch):
     }
 
 
-def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity):
+def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity, question_batch):
     module, reference = pair
-    batch = generation_batch(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8], [1, 4, 6]]
     assert (batch["attention_mask"] == 0).any(), "the batch must exercise padding"
     assert (batch["input_ids"] == reference.config.image_token_id).sum(dim=1).tolist() == [16, 6]
     assert_parity(module, reference, batch, reference_inputs(reference, batch))
 
 
-def test_deepstack_reaches_the_language_model_on_the_prefill_only(pair, two_sizes):
+def test_deepstack_reaches_the_language_model_on_the_prefill_only(pair, two_sizes, question_batch):
     """The workaround is load-bearing (without DeepStack the logits differ), and `generate` hands the features over
     on its prefill pass only: every decode step runs without them."""
     module, reference = pair
-    batch = generation_batch(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         inputs = module.pathway(batch).inputs
         theirs = reference(**reference_inputs(reference, batch)).logits
@@ -92,11 +69,11 @@ def test_deepstack_reaches_the_language_model_on_the_prefill_only(pair, two_size
     assert decode and all(length == 1 and stack is None for length, stack in decode)
 
 
-def test_deepstack_features_serve_their_inputs_or_a_continuation_and_nothing_else(pair, two_sizes):
+def test_deepstack_features_serve_their_inputs_or_a_continuation_and_nothing_else(pair, two_sizes, question_batch):
     """A pass that appends columns (an analysis running a generated answer after the prompt) gets the features at
     the prompt's image tokens, so the prompt's logits are unchanged; a shorter pass is refused."""
     module, _ = pair
-    inputs = module.pathway(generation_batch(module, two_sizes)).inputs
+    inputs = module.pathway(question_batch(module, two_sizes)).inputs
     inputs.pop("labels")
     extra = module.hf.get_input_embeddings()(torch.tensor([[5, 6, 7]] * 2))
     longer = {
@@ -154,27 +131,21 @@ def language_model_logits(reference, embeds, mask, positions, image_columns, lev
 @pytest.mark.parametrize("position_mode", ["contiguous", "original"])
 @pytest.mark.parametrize("place", ["front", "end"])
 def test_sink_front_and_end_equal_transformers_with_permuted_tokens_positions_and_deepstack(
-    pair, two_sizes, place, position_mode
+    pair, two_sizes, place, position_mode, question_batch, rerouted, sink_order, keep_positions
 ):
     module, reference = pair
-    strategy = (SinkFront if place == "front" else SinkEnd)(position_ids=position_mode)
-    routed = SinkflowModule(module.model, module.processor, module.family, strategy, TopK(k=3)).eval()
-    batch = generation_batch(module, two_sizes)
+    routed = rerouted(module, place, position_ids=position_mode)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         ours = routed(batch).logits
     parts = hand_routed(reference, batch)
-    orders = []
-    for sinks, tokens in zip(parts["sinks"], parts["tokens"]):
-        rest = [t for t in range(len(tokens)) if t not in sinks]
-        orders.append(torch.tensor(sinks + rest if place == "front" else rest + sinks))
+    orders = [sink_order(sinks, len(tokens), place) for sinks, tokens in zip(parts["sinks"], parts["tokens"])]
     assert any(not torch.equal(order, torch.arange(len(order))) for order in orders), "a real permutation"
     placeholders, positions = parts["placeholders"], parts["positions"].clone()
     tokens = torch.cat([tokens[order] for tokens, order in zip(parts["tokens"], orders)])
     embeds = parts["embeds"].masked_scatter(placeholders.unsqueeze(-1), tokens)
     if position_mode == "original":
-        for row, order in enumerate(orders):
-            block = placeholders[row].nonzero().squeeze(1)
-            positions[1:, row, block] = positions[1:, row, block[order]]
+        keep_positions(positions[1:], placeholders, orders)  # the text positions (row 0) stay
     moved = [torch.cat([image[order] for image, order in zip(level, orders)]) for level in parts["levels"]]
     theirs = language_model_logits(reference, embeds, batch["attention_mask"], positions, placeholders, moved)
     mask = batch["attention_mask"].bool()
@@ -185,12 +156,12 @@ def test_sink_front_and_end_equal_transformers_with_permuted_tokens_positions_an
     assert not torch.allclose(stale[mask], theirs[mask], atol=1e-3)
 
 
-def test_drop_sinks_drops_their_deepstack_features_too(pair, two_sizes):
+def test_drop_sinks_drops_their_deepstack_features_too(pair, two_sizes, question_batch, rerouted):
     """Each row rebuilt by hand without its image's sink tokens: their DeepStack rows go with them."""
     module, reference = pair
-    routed = SinkflowModule(module.model, module.processor, module.family, DropSinks(), TopK(k=3)).eval()
+    routed = rerouted(module, DropSinks())
     for image in two_sizes:  # one image per batch: rows without padding, rebuilt by hand below
-        batch = generation_batch(module, [image])
+        batch = question_batch(module, [image])
         with torch.no_grad():
             ours = routed(batch).logits
         parts = hand_routed(reference, batch)
@@ -211,11 +182,11 @@ def test_drop_sinks_drops_their_deepstack_features_too(pair, two_sizes):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
-def test_a_replacement_projector_leaves_the_deepstack_mergers_the_models_own(pair, two_sizes):
+def test_a_replacement_projector_leaves_the_deepstack_mergers_the_models_own(pair, two_sizes, question_batch):
     """DIYSink's randomly initialised projectors replace the merger; the DeepStack features are still the model's,
     moved exactly as sink_front moves them."""
     module, _ = pair
-    batch = generation_batch(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     detector = TopK(k=3)
     with torch.no_grad():
         front = SinkflowModule(module.model, module.processor, module.family, SinkFront(), detector).eval()
@@ -227,9 +198,9 @@ def test_a_replacement_projector_leaves_the_deepstack_mergers_the_models_own(pai
     )
 
 
-def test_features_and_deepstack_extras_are_transformers_own(pair, two_sizes):
+def test_features_and_deepstack_extras_are_transformers_own(pair, two_sizes, question_batch):
     module, reference = pair
-    batch = generation_batch(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         visual = module.family.encode(module.hf, batch)
         out = reference.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
@@ -253,37 +224,17 @@ def test_lora_on_the_language_model_only_and_the_deepstack_mergers_stay_frozen_w
     assert merger and trainable - lora == merger
 
 
-def brute_force_attention(model, batch, block: int) -> torch.Tensor:
-    """[heads, T, T]: eager softmax(q k^T / sqrt(d)) within each image, from the block's input hidden states."""
-    tower = model.model.visual
-    seen = {}
-    hook = tower.blocks[block].attn.register_forward_pre_hook(
-        lambda _, args, kwargs: seen.update(kwargs, hidden=args[0] if args else kwargs["hidden_states"]),
-        with_kwargs=True,
-    )
-    with torch.no_grad():
-        tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
-    hook.remove()
-    attn, hidden = tower.blocks[block].attn, seen["hidden"]
-    q, k, _ = attn.qkv(hidden).reshape(len(hidden), 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-    q, k = apply_rotary_pos_emb_vision(q, k, *seen["position_embeddings"])
-    probs = torch.zeros(attn.num_heads, len(hidden), len(hidden))
-    bounds = seen["cu_seqlens"].tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        scores = torch.einsum("qhd,khd->hqk", q[start:end], k[start:end]) * attn.head_dim**-0.5
-        probs[:, start:end, start:end] = scores.softmax(dim=-1)
-    return probs
-
-
 @pytest.mark.parametrize("block", [1, 2])
-def test_relevance_column_equals_brute_force_on_the_image_grid(pair, two_sizes, block):
+def test_relevance_column_equals_brute_force_on_the_image_grid(
+    pair, two_sizes, block, question_batch, qwen_vit_attention
+):
     """The analyses that look inside the ViT work: the recorded column is eager attention, put on the patch grid."""
     from sinkflow.models.families.qwen2_vl import merge_window_cells
 
     module, reference = pair
-    batch = generation_batch(module, two_sizes)
+    batch = question_batch(module, two_sizes)
     captured = relevance.capture(reference, module.family, batch, block)
-    probs = brute_force_attention(reference, batch, block)
+    probs = qwen_vit_attention(reference, batch, block)
     start = 0
     for image, (_, height, width) in enumerate(batch["image_grid_thw"].tolist()):
         cells = merge_window_cells(height, width, 2)  # the processor order of the patch in each grid cell

@@ -2,50 +2,20 @@
 
 import pytest
 import torch
-from PIL import Image
-from transformers import AutoModelForImageTextToText
 
-from sinkflow.data.collate import Collator
-from sinkflow.data.templates import ProcessorChatTemplate
-from sinkflow.models.build import load_pretrained
 from sinkflow.models.families.qwen2_5_vl import Qwen25VLFamily
 from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
 from sinkflow.models.tiny_qwen import ensure_tiny_qwen
-from sinkflow.module import SinkflowModule
-from sinkflow.sinks.detectors.topk import TopK
-from sinkflow.sinks.strategies.none import NoneStrategy
 
 FAMILIES = {"qwen2_vl": Qwen2VLFamily, "qwen2_5_vl": Qwen25VLFamily}
-QUESTIONS = ["What is the background color?", "How many shapes are there in this picture? Count them."]
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def pair(request, tmp_path_factory):
-    """A tiny Qwen checkpoint loaded through sinkflow (with its family) and through plain transformers."""
+def pair(request, tmp_path_factory, loaded_pair):
+    """A tiny Qwen checkpoint loaded through sinkflow (with its family) and through plain transformers; the
+    two_sizes images are 16 and 6 merged tokens."""
     path = ensure_tiny_qwen(tmp_path_factory.mktemp("qwen"), variant=request.param, seed=2)
-    family = FAMILIES[request.param]()
-    model, processor = load_pretrained(path, family=family)
-    reference = AutoModelForImageTextToText.from_pretrained(path).eval()
-    return SinkflowModule(model.eval(), processor, family, NoneStrategy()).eval(), reference
-
-
-@pytest.fixture(scope="module")
-def two_sizes(shapes_root, tmp_path_factory):
-    """Two images of different sizes (64x64 -> 16 merged tokens, 48x32 -> 6)."""
-    folder = tmp_path_factory.mktemp("sizes")
-    paths = []
-    for i, size in enumerate([(64, 64), (48, 32)]):
-        image = Image.open(shapes_root / "eval_images" / f"eval_{i:05d}.png").convert("RGB").resize(size)
-        paths.append(str(folder / f"{i}.png"))
-        image.save(paths[-1])
-    return paths
-
-
-def samples(images):
-    return [
-        {"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>\n" + q}]}
-        for i, (image, q) in enumerate(zip(images, QUESTIONS))
-    ]
+    return loaded_pair(path, FAMILIES[request.param]())
 
 
 def reference_inputs(model, batch):
@@ -56,16 +26,16 @@ def reference_inputs(model, batch):
     }
 
 
-def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity):
+def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity, question_batch):
     module, reference = pair
-    batch = Collator(module.processor, ProcessorChatTemplate(), generate=True)(samples(two_sizes))
+    batch = question_batch(module, two_sizes)
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8], [1, 4, 6]]
     assert (batch["attention_mask"] == 0).any(), "the batch must exercise padding"
     assert (batch["input_ids"] == reference.config.image_token_id).sum(dim=1).tolist() == [16, 6]
     assert_parity(module, reference, batch, reference_inputs(reference, batch))
 
 
-def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int = 3):
+def hand_routed_logits(reference, batch, place: str, position_mode: str, sink_order, keep_positions, k: int = 3):
     """Plain transformers: merged tokens holding the k highest-norm patches moved to `place`, positions by hand."""
     with torch.no_grad():
         out = reference.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
@@ -79,11 +49,10 @@ def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int 
             )
             states = states.view(-1, 4, states.shape[-1])[torch.argsort(window_index)].reshape(states.shape)
         patch_norms = states.norm(dim=-1).split(batch["image_grid_thw"].prod(-1).tolist())
-        orders = []
-        for norms in patch_norms:
-            sinks = sorted({int(i) // 4 for i in torch.topk(norms, k).indices})
-            rest = [t for t in range(len(norms) // 4) if t not in sinks]
-            orders.append(torch.tensor(sinks + rest if place == "front" else rest + sinks))
+        orders = [
+            sink_order(sorted({int(i) // 4 for i in torch.topk(norms, k).indices}), len(norms) // 4, place)
+            for norms in patch_norms
+        ]
         tokens = torch.cat([merged[order] for merged, order in zip(out.pooler_output, orders)])
         ids, mask = batch["input_ids"], batch["attention_mask"]
         placeholders = ids == reference.config.image_token_id
@@ -92,9 +61,7 @@ def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int 
             ids, placeholders.int(), image_grid_thw=batch["image_grid_thw"], attention_mask=mask
         )
         if position_mode == "original":
-            for row, order in enumerate(orders):
-                block = placeholders[row].nonzero().squeeze(1)
-                rope[:, row, block] = rope[:, row, block[order]]
+            keep_positions(rope, placeholders, orders)
         text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         assert any(not torch.equal(order, torch.arange(len(order))) for order in orders), "a real permutation"
         return reference(inputs_embeds=embeds, attention_mask=mask, position_ids=torch.cat([text[None], rope])).logits
@@ -103,18 +70,14 @@ def hand_routed_logits(reference, batch, place: str, position_mode: str, k: int 
 @pytest.mark.parametrize("position_mode", ["contiguous", "original"])
 @pytest.mark.parametrize("place", ["front", "end"])
 def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_positions(
-    pair, two_sizes, place, position_mode
+    pair, two_sizes, place, position_mode, question_batch, rerouted, sink_order, keep_positions
 ):
-    from sinkflow.sinks.strategies.sink_end import SinkEnd
-    from sinkflow.sinks.strategies.sink_front import SinkFront
-
     module, reference = pair
-    strategy = (SinkFront if place == "front" else SinkEnd)(position_ids=position_mode)
-    routed = SinkflowModule(module.model, module.processor, module.family, strategy, TopK(k=3)).eval()
-    batch = Collator(module.processor, ProcessorChatTemplate(), generate=True)(samples(two_sizes))
+    routed = rerouted(module, place, position_ids=position_mode)
+    batch = question_batch(module, two_sizes)
     with torch.no_grad():
         ours = routed(batch).logits
-    theirs = hand_routed_logits(reference, batch, place, position_mode)
+    theirs = hand_routed_logits(reference, batch, place, position_mode, sink_order, keep_positions)
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-5, rtol=0)
 
