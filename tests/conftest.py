@@ -367,3 +367,18 @@ def qwen_vit_attention():
         return probs
 
     return brute_force
+
+
+@pytest.fixture(scope="session")
+def qwen_reference_inputs():
+    """`qwen_reference_inputs(reference, batch)`: what a plain transformers Qwen-VL model is fed for the batch (its
+    image-token types marked from the placeholders)."""
+
+    def inputs(reference, batch: dict) -> dict:
+        keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+        return {
+            **{k: batch[k] for k in keys},
+            "mm_token_type_ids": (batch["input_ids"] == reference.config.image_token_id).int(),
+        }
+
+    return inputs

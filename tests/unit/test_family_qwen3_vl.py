@@ -26,31 +26,27 @@ def pair(request, tmp_path_factory, loaded_pair):
     return loaded_pair(path, FAMILIES[request.param]())
 
 
-def reference_inputs(model, batch):
-    keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
-    return {
-        **{k: batch[k] for k in keys},
-        "mm_token_type_ids": (batch["input_ids"] == model.config.image_token_id).int(),
-    }
-
-
-def test_none_equals_transformers_logits_and_generation(pair, two_sizes, assert_parity, question_batch):
+def test_none_equals_transformers_logits_and_generation(
+    pair, two_sizes, assert_parity, question_batch, qwen_reference_inputs
+):
     module, reference = pair
     batch = question_batch(module, two_sizes)
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8], [1, 4, 6]]
     assert (batch["attention_mask"] == 0).any(), "the batch must exercise padding"
     assert (batch["input_ids"] == reference.config.image_token_id).sum(dim=1).tolist() == [16, 6]
-    assert_parity(module, reference, batch, reference_inputs(reference, batch))
+    assert_parity(module, reference, batch, qwen_reference_inputs(reference, batch))
 
 
-def test_deepstack_reaches_the_language_model_on_the_prefill_only(pair, two_sizes, question_batch):
+def test_deepstack_reaches_the_language_model_on_the_prefill_only(
+    pair, two_sizes, question_batch, qwen_reference_inputs
+):
     """The workaround is load-bearing (without DeepStack the logits differ), and `generate` hands the features over
     on its prefill pass only: every decode step runs without them."""
     module, reference = pair
     batch = question_batch(module, two_sizes)
     with torch.no_grad():
         inputs = module.pathway(batch).inputs
-        theirs = reference(**reference_inputs(reference, batch)).logits
+        theirs = reference(**qwen_reference_inputs(reference, batch)).logits
         without = reference(**{k: v for k, v in inputs.items() if k != "mm_encoder_outputs"}).logits
     mask = batch["attention_mask"].bool()
     assert not torch.allclose(without[mask], theirs[mask], atol=1e-3), "DeepStack must change the logits"
