@@ -372,3 +372,35 @@ def test_diysink_two_stages_then_rew_run_end_to_end(tmp_path, env):
     )
     assert proc.returncode != 0
     assert "it was trained with strategy dual_mlp; routing it with sink_front needs a checkpoint trained" in proc.stderr
+
+
+# Every other tiny model config (a new family's joins by its config alone): tiny_llava and tiny_qwen2_vl run above.
+OTHER_TINY_MODELS = sorted(
+    path.stem
+    for path in (ROOT / "conf" / "model").glob("tiny_*.yaml")
+    if path.stem not in {"tiny_llava", "tiny_qwen2_vl"}
+)
+
+
+@pytest.mark.parametrize("model", OTHER_TINY_MODELS)
+def test_every_tiny_family_trains_the_default_pipeline_and_its_export_evaluates_the_same(model, tmp_path, env):
+    """train.py (DIYSink's Dual-MLP with LoRA, two steps) then evaluate.py from the export, on each family's tiny model:
+    the export reloads the family's projector, adapter and strategy, and answers every question as the run did."""
+    out = tmp_path / "run"
+    small = [*SMALL_DATA, "dataset.limit_eval=4"]
+    run(
+        "train.py",
+        [f"model={model}", "logger=none", "trainer.max_steps=2", *small, f"hydra.run.dir={out}"],
+        tmp_path,
+        env,
+    )
+    trained = {(r["benchmark"], r["id"]): r["prediction"] for r in read_predictions(out / "predictions.jsonl")}
+    assert len(trained) == 4 * len(SHAPES_SETS)
+    export = out / "checkpoints" / "export"
+    assert json.loads((export / "export.json").read_text())["strategy"] == "DualMLP"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sinks/per_image"] > 0, "the planted sinks are found"
+    evaluated = tmp_path / "eval"
+    run("evaluate.py", [f"ckpt_path={export}", *small, f"hydra.run.dir={evaluated}"], tmp_path, env)
+    reproduced = read_predictions(evaluated / "predictions.jsonl")
+    assert {(r["benchmark"], r["id"]): r["prediction"] for r in reproduced} == trained
