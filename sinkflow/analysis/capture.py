@@ -75,8 +75,9 @@ class AttentionRows:
 
     Use as a context manager around one full-sequence forward (no KV cache) of `attention_mask` [B, T] inputs;
     `queries` [B, Q] are the query columns (entries where `query_valid` is false are ignored by callers).
-    The probabilities are softmax(q k^T * scaling) over the causal, unpadded keys in float32 — exactly the rows
-    eager attention returns with `output_attentions=True`. While capturing, the chosen layers run SDPA.
+    The probabilities are softmax(q k^T * scaling) over the keys the layer's mask allows (the causal, unpadded ones
+    when the layer gets no mask) in float32 — exactly the rows eager attention returns with `output_attentions=True`.
+    While capturing, the chosen layers run SDPA.
     """
 
     def __init__(self, model: nn.Module, layers: range, queries: torch.Tensor, attention_mask: torch.Tensor):
@@ -103,7 +104,11 @@ class AttentionRows:
         # Head h reads key head h // groups (repeat_kv): group the query heads instead of copying the keys.
         rows = rows.view(batch, key.shape[1], groups * n_queries, dim)
         scores = rows @ key.float().transpose(-1, -2) * (dim**-0.5 if scaling is None else scaling)
-        scores = scores.view(batch, heads, n_queries, -1).masked_fill(~self.allowed[:, None], -torch.inf)
+        allowed = self.allowed
+        if attention_mask is not None:  # the layer's own mask [B, 1, T, T]: e.g. Gemma 3's sliding window
+            layer = attention_mask[:, 0] if attention_mask.dtype == torch.bool else attention_mask[:, 0] == 0
+            allowed = layer.expand(batch, -1, -1).gather(1, self.queries[..., None].expand(-1, -1, layer.shape[-1]))
+        scores = scores.view(batch, heads, n_queries, -1).masked_fill(~allowed[:, None], -torch.inf)
         self.total += scores.softmax(dim=-1).mean(dim=1)
 
 

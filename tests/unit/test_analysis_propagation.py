@@ -18,8 +18,10 @@ from sinkflow.analysis.propagation import average_ranks, query_inputs, summarise
 from sinkflow.data.collate import Collator
 from sinkflow.data.templates import ProcessorChatTemplate, VicunaV1
 from sinkflow.models.build import load_pretrained
+from sinkflow.models.families.gemma3 import Gemma3Family
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.families.qwen2_vl import Qwen2VLFamily
+from sinkflow.models.tiny_gemma3 import ensure_tiny_gemma3
 from sinkflow.models.tiny_qwen import ensure_tiny_qwen
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
@@ -33,14 +35,18 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["llava", "qwen2_vl"])
+@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "gemma3"])
 def family_case(request, tiny_checkpoint, shapes_root, tmp_path_factory):
-    """(module with simulated sinks and a tau=100 detector, a left-padded generation batch)."""
+    """(module with simulated sinks and a tau=100 detector, a left-padded generation batch). Gemma 3's tiny model has a
+    sliding-window layer narrower than the prompts, so its queries do not see every earlier key."""
     if request.param == "llava":
         path, family, template = tiny_checkpoint, LlavaFamily(), VicunaV1()
-    else:
+    elif request.param == "qwen2_vl":
         path = ensure_tiny_qwen(tmp_path_factory.mktemp("qwen"), seed=3)
         family, template = Qwen2VLFamily(), ProcessorChatTemplate()
+    else:
+        path = ensure_tiny_gemma3(tmp_path_factory.mktemp("gemma3"), seed=3)
+        family, template = Gemma3Family(), ProcessorChatTemplate()
     model, processor = load_pretrained(path, family=family)
     module = SinkflowModule(
         model.eval(),
