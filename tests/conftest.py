@@ -312,6 +312,20 @@ def rerouted():
 
 
 @pytest.fixture(scope="session")
+def rerouted_logits(rerouted, question_batch):
+    """`rerouted_logits(module, place, position_ids, images)`: (logits, batch) of the question batch on `images`
+    through the module's model routed by SinkFront / SinkEnd (`place`) on TopK(3) sinks."""
+    import torch
+
+    def run(module, place: str, position_ids: str, images: list[str]):
+        batch = question_batch(module, images)
+        with torch.no_grad():
+            return rerouted(module, place, position_ids=position_ids)(batch).logits, batch
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def sink_order():
     """`sink_order(sinks, n_tokens, place)`: an image's token order by hand, its `sinks` (token indices, in order)
     first (`front`) or last (`end`) and the other tokens in order."""

@@ -104,13 +104,10 @@ def hand_routed(reference, batch, k: int = 3):
 @pytest.mark.parametrize("position_mode", ["contiguous", "original"])
 @pytest.mark.parametrize("place", ["front", "end"])
 def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_the_image_mask(
-    pair, two_sizes, place, position_mode, question_batch, rerouted, sink_order, keep_positions
+    pair, two_sizes, place, position_mode, rerouted_logits, sink_order, keep_positions
 ):
     module, reference = pair
-    routed = rerouted(module, place, position_ids=position_mode)
-    batch = question_batch(module, two_sizes)
-    with torch.no_grad():
-        ours = routed(batch).logits
+    ours, batch = rerouted_logits(module, place, position_mode, two_sizes)
     parts = hand_routed(reference, batch)
     orders = [sink_order(sinks, len(tokens), place) for sinks, tokens in zip(parts["sinks"], parts["tokens"])]
     assert any(not torch.equal(order, torch.arange(len(order))) for order in orders), "a real permutation"

@@ -109,14 +109,11 @@ def reference_embeddings(reference, batch) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("position_mode", ["contiguous", "original"])
 @pytest.mark.parametrize("place", ["front", "end"])
 def test_sink_front_and_end_order_each_crop_run_as_transformers_fed_by_hand(
-    pair, two_sizes, place, position_mode, question_batch, rerouted, sink_order, keep_positions
+    pair, two_sizes, place, position_mode, rerouted_logits, sink_order, keep_positions
 ):
     """Every crop's run holds its own tokens, its sinks first (last); positions move with them for `original`."""
     module, reference = pair
-    routed = rerouted(module, place, position_ids=position_mode)
-    batch = question_batch(module, two_sizes)
-    with torch.no_grad():
-        ours = routed(batch).logits
+    ours, batch = rerouted_logits(module, place, position_mode, two_sizes)
     embeds, images = reference_embeddings(reference, batch)
     orders = [
         torch.cat([c * PER_CROP + sink_order(sinks.tolist(), PER_CROP, place) for c, sinks in enumerate(crops)])

@@ -64,13 +64,10 @@ def hand_routed_logits(reference, batch, place: str, position_mode: str, sink_or
 @pytest.mark.parametrize("position_mode", ["contiguous", "original"])
 @pytest.mark.parametrize("place", ["front", "end"])
 def test_sink_front_and_end_equal_transformers_with_permuted_tokens_and_positions(
-    pair, two_sizes, place, position_mode, question_batch, rerouted, sink_order, keep_positions
+    pair, two_sizes, place, position_mode, rerouted_logits, sink_order, keep_positions
 ):
     module, reference = pair
-    routed = rerouted(module, place, position_ids=position_mode)
-    batch = question_batch(module, two_sizes)
-    with torch.no_grad():
-        ours = routed(batch).logits
+    ours, batch = rerouted_logits(module, place, position_mode, two_sizes)
     theirs = hand_routed_logits(reference, batch, place, position_mode, sink_order, keep_positions)
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-5, rtol=0)
