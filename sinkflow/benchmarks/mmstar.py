@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from sinkflow.benchmarks.base import Benchmark, Parser
 from sinkflow.benchmarks.hf_layout import image_folder, read_rows, save_image
@@ -194,7 +194,7 @@ class MMStar(Benchmark, name="mmstar"):
             for l2, hits in by_l2.items():
                 if hits:
                     # A float32 mean, as these keys have always been computed (earlier results stay comparable).
-                    core_means.append(torch.tensor(hits, dtype=torch.float32).mean().item())
+                    core_means.append(float(np.float32(sum(hits)) / np.float32(len(hits))))
                     out[f"mmstar/{core}/{l2}/accuracy"] = core_means[-1]
             hits = [hit for by in by_l2.values() for hit in by]
             if hits:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from sinkflow.benchmarks.base import Parser
 from sinkflow.checks import choice
 from sinkflow.data.predictions import PredictionsWriter, read_predictions
-from sinkflow.eval.metrics import BenchmarkScores
+from sinkflow.eval.benchmark_scores import BenchmarkScores
 
 log = logging.getLogger(__name__)
 

@@ -2,27 +2,18 @@
 
 `score_records` is the one implementation: each `(benchmark, id)` counted once (its first record), each benchmark's
 records scored by its registered `Benchmark` class, then the per-`scope` accuracies and a deciding strategy's
-routing shares. `BenchmarkScores` wraps it as a torchmetrics metric whose state is the records themselves, so that
-every rank's answers are joined before scoring and the questions a `DistributedSampler` pads in twice count once.
-Keys follow docs/contracts.md#metric-keys.
+routing shares (`sinkflow.eval.benchmark_scores` wraps it as a torchmetrics metric). Keys follow
+docs/contracts.md#metric-keys. No torch here: the scoring CLI starts in about a second.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter, defaultdict
-
-import torch
-from torchmetrics import Metric
-from torchmetrics.utilities.data import dim_zero_cat
 
 from sinkflow.benchmarks.base import BENCHMARKS, Benchmark, Parser, accuracies
 from sinkflow.checks import choice
 from sinkflow.data.predictions import record_key
-
-# Record fields no score reads, left out of the metric state: the rendered conversation is most of a record's size.
-UNSCORED_FIELDS = ("prompt",)
 
 
 def unique_records(records: list[dict]) -> list[dict]:
@@ -101,43 +92,6 @@ def routing_metrics(records: list[dict]) -> dict[str, float]:
         # fsum: the same mean whatever order the ranks' records were joined in.
         out["routing/seconds_per_image"] = math.fsum(seconds) / len(seconds)
     return out
-
-
-class BenchmarkScores(Metric):
-    """`score_records` over every record any rank passed to `update` (compute synchronises the ranks).
-
-    The state is one `uint8` tensor per `update`: the UTF-8 JSON lines of its records (without `UNSCORED_FIELDS`).
-    JSON escapes newlines inside strings, so after the ranks' tensors are concatenated (`dist_reduce_fx="cat"`,
-    uneven sizes included) the newline bytes split the records again.
-    """
-
-    full_state_update = False
-
-    def __init__(self, parser: Parser = "official", **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.parser = choice("parser", parser, Parser)
-        self.add_state("encoded", default=[], dist_reduce_fx="cat")
-        # A rank that saw no record syncs an empty tensor of the metric's dtype, which must match the others' bytes.
-        self.set_dtype(torch.uint8)
-
-    def update(self, records: list[dict]) -> None:
-        if not records:
-            return
-        lines = "".join(
-            json.dumps({k: v for k, v in record.items() if k not in UNSCORED_FIELDS}, ensure_ascii=False) + "\n"
-            for record in records
-        )
-        self.encoded.append(torch.frombuffer(bytearray(lines.encode("utf-8")), dtype=torch.uint8).to(self.device))
-
-    def records(self) -> list[dict]:
-        """The records of the state: this rank's, or every rank's inside `compute`."""
-        if not len(self.encoded):
-            return []
-        data = dim_zero_cat(self.encoded).cpu().numpy().tobytes()
-        return [json.loads(line) for line in data.split(b"\n")[:-1]]
-
-    def compute(self) -> dict[str, float]:
-        return score_records(self.records(), self.parser)
 
 
 def multimodal_gain(

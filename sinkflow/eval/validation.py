@@ -14,7 +14,7 @@ import lightning as L
 
 from sinkflow.benchmarks.base import Parser
 from sinkflow.checks import choice
-from sinkflow.eval.metrics import BenchmarkScores
+from sinkflow.eval.benchmark_scores import BenchmarkScores
 
 
 class BenchmarkValidation(L.Callback):

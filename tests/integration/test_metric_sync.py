@@ -59,7 +59,7 @@ def _free_port() -> int:
 def _worker(rank: int, port: int, queue) -> None:
     import torch
 
-    from sinkflow.eval.metrics import BenchmarkScores
+    from sinkflow.eval.benchmark_scores import BenchmarkScores
     from sinkflow.sinks.stats import SinkStats
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

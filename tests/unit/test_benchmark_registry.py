@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from sinkflow.benchmarks.base import BENCHMARKS
 from sinkflow.data.errors import DataFormatError
 from sinkflow.data.predictions import read_predictions
-from sinkflow.eval.metrics import BenchmarkScores, score_records
+from sinkflow.eval.benchmark_scores import BenchmarkScores
+from sinkflow.eval.metrics import score_records
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,8 @@ import pytest
 from sinkflow.benchmarks.mme import MME, parse_mme
 from sinkflow.benchmarks.mmstar import MMStar, mmstar_lmms_eval_letter, mmstar_official_correct
 from sinkflow.benchmarks.pope import POPE, parse_pope
-from sinkflow.eval.metrics import BenchmarkScores, score_records
+from sinkflow.eval.benchmark_scores import BenchmarkScores
+from sinkflow.eval.metrics import score_records
 from sinkflow.eval.score import main as score_main
 
 POPE_LABELS = ["yes", "yes", "yes", "no", "no", "no", "yes", "no"]

@@ -19,7 +19,8 @@ from sinkflow.benchmarks.cvbench import (
 )
 from sinkflow.data.errors import DataFormatError
 from sinkflow.data.predictions import read_predictions
-from sinkflow.eval.metrics import BenchmarkScores, score_records
+from sinkflow.eval.benchmark_scores import BenchmarkScores
+from sinkflow.eval.metrics import score_records
 from sinkflow.shapes import annotate_scope, generate_shapes
 
 

@@ -362,7 +362,7 @@ def test_the_shapes_files_load_and_answer_from_their_scene(tmp_path):
 def test_the_ddp_metric_scores_records_with_their_choices_list_as_the_scorer_does():
     """`BenchmarkScores` carries records as JSON: the list-valued `choices` survives, and a question answered on two
     ranks counts once."""
-    from sinkflow.eval.metrics import BenchmarkScores
+    from sinkflow.eval.benchmark_scores import BenchmarkScores
 
     every = records(PREDICTIONS)
     metric = BenchmarkScores(parser="lmms_eval")
