@@ -5,11 +5,12 @@ import hydra
 from omegaconf import DictConfig
 
 import sinkflow.config  # noqa: F401  (registers the config resolvers)
-from sinkflow.run import analyze
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
+    from sinkflow.run import analyze  # here, not above: --help and config errors answer before torch loads
+
     analyze(cfg)
 
 

@@ -4,11 +4,12 @@ import hydra
 from omegaconf import DictConfig
 
 import sinkflow.config  # noqa: F401  (registers the config resolvers)
-from sinkflow.run import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> dict:
+    from sinkflow.run import evaluate  # here, not above: --help and config errors answer before torch loads
+
     return evaluate(cfg)
 
 

@@ -4,11 +4,12 @@ import hydra
 from omegaconf import DictConfig
 
 import sinkflow.config  # noqa: F401  (registers the config resolvers)
-from sinkflow.run import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from sinkflow.run import train  # here, not above: --help and config errors answer before torch loads
+
     metrics = train(cfg)
     return metrics.get(cfg.optimized_metric)
 

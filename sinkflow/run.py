@@ -15,8 +15,10 @@ from transformers import AutoConfig
 from sinkflow.analysis.context import analysis_context
 from sinkflow.analysis.task import ANALYSES
 from sinkflow.config import validate
+from sinkflow.data.predictions import read_predictions
 from sinkflow.divergence import DivergenceGuard
 from sinkflow.eval.callback import PredictionsCallback
+from sinkflow.eval.results import now, results_document, run_provenance, write_results
 from sinkflow.eval.score import print_table
 from sinkflow.models.build import resolve_checkpoint
 from sinkflow.models.checkpoint import read_checkpoint, read_trained
@@ -101,6 +103,7 @@ def fit_and_test(
 ) -> dict[str, float]:
     """What train.py and evaluate.py share: one trainer with the predictions scorer, fit (when asked), then answer
     the questions not yet in predictions.jsonl, score the whole file into metrics.json and print the table."""
+    started = now()
     predictions = Path(cfg.paths.output_dir) / "predictions.jsonl"
     scorer = PredictionsCallback(str(predictions), resume=cfg.resume_predictions, parser=cfg.parser)
     datamodule = build_datamodule(cfg, module, predictions if cfg.resume_predictions else None)
@@ -111,12 +114,22 @@ def fit_and_test(
         save_final_last(trainer)
     if not test:
         return {}
-    trainer.test(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)  # sinkflow prints its own table, below
     if scorer.metrics is None:  # Lightning skips a test loop with no batch: every question was already answered
         log.info("every question is already in %s: scoring it again", scorer.path)
         scorer.rescore(trainer)
-    if scorer.metrics:
+    if scorer.metrics:  # rank 0
         print_table(scorer.metrics, f"metrics ({scorer.path})")
+        export = Path(cfg.paths.output_dir) / "checkpoints" / "export"
+        weights = {"ckpt_path": cfg.ckpt_path, "init_from": cfg.get("init_from"), "export": export if fit else None}
+        document = results_document(
+            scorer.metrics,
+            read_predictions(scorer.path),
+            cfg.parser,
+            run_provenance(cfg, module.source, weights, datamodule.eval_counts),
+            started,
+        )
+        write_results(predictions.with_name("results.json"), document)
     return scorer.metrics or {}
 
 

@@ -117,6 +117,8 @@ class LVLMDataModule(L.LightningDataModule):
         self.train_set: list[dict] = []
         self.val_set: list[dict] = []
         self.test_set: list[dict] = []
+        # Per evaluation set, once loaded: its questions and how many are asked (dataset.limit_eval keeps the first).
+        self.eval_counts: dict[str, dict[str, int]] = {}
 
     def bind(self, processor, template) -> LVLMDataModule:
         """Attach the model's processor and conversation template (known only once the model is loaded)."""
@@ -153,8 +155,10 @@ class LVLMDataModule(L.LightningDataModule):
             except FileNotFoundError as err:
                 hint = f"\nTo obtain {name}: {self.obtain[name]}" if name in self.obtain else ""
                 raise FileNotFoundError(f"evaluation set {name!r}: {err}{hint}") from err
+            total = len(loaded)
             if self.limit_eval is not None:
                 loaded = loaded[: self.limit_eval]
+            self.eval_counts[name] = {"questions": total, "asked": len(loaded)}
             if name in self.max_new_tokens:
                 loaded = [dict(item, max_new_tokens=self.max_new_tokens[name]) for item in loaded]
             log.info("evaluation set %s: %d questions", name, len(loaded))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import get_args
 
@@ -31,6 +32,7 @@ from sinkflow.benchmarks.mme import load_mme_results
 from sinkflow.data.errors import DataFormatError
 from sinkflow.data.predictions import read_numbered_predictions
 from sinkflow.eval.metrics import benchmark_problem, multimodal_gain, score_records
+from sinkflow.eval.results import now, recorded_provenance, results_document, write_results
 
 
 def load_records(path: Path, allow_unknown: bool = False) -> list[dict]:
@@ -68,6 +70,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--parser", choices=get_args(Parser), default="official", help="answer parser (default official)"
     )
     parser.add_argument("--out", type=Path, help="write the metrics as flat JSON here")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="write results.json here: the scores with question counts, the parser, versions and what the run beside "
+        "the predictions recorded (model, strategy, seed)",
+    )
     parser.add_argument("--without-image", type=Path, help="the same model's MMStar answers without images (MG)")
     parser.add_argument("--text-only", type=Path, help="the base LLM's MMStar answers without images (ML)")
     parser.add_argument(
@@ -81,26 +89,46 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="a local causal LM that extracts the MathVista answers no rule extracts (default none)",
     )
     args = parser.parse_args(argv)
+    if args.text_only and not args.without_image:
+        parser.error("--text-only needs --without-image (leakage compares the two)")
+    return score_files(args, None if argv is None else ["-m", "sinkflow.eval.score", *argv])
+
+
+def score_files(args: argparse.Namespace, argv: list[str] | None) -> dict[str, float]:
+    """Score the files the arguments name, print the table and write what `--out` / `--results` ask for (`argv`: the
+    command recorded there; None: this process's)."""
+    started = now()
     judge = LocalJudge(args.judge) if args.judge else None
 
-    def score(path: Path) -> dict[str, float]:
+    def records_of(path: Path) -> list[dict]:
         records = load_records(path, args.allow_unknown)
-        if judge is not None:
-            records = judge_records(records, args.parser, judge)
-        return score_records(records, args.parser, args.allow_unknown)
+        return judge_records(records, args.parser, judge) if judge is not None else records
 
-    metrics = score(args.predictions)
+    records = records_of(args.predictions)
+    metrics = score_records(records, args.parser, args.allow_unknown)
     if args.without_image:
-        metrics.update(
-            multimodal_gain(metrics, score(args.without_image), score(args.text_only) if args.text_only else None)
+        without = score_records(records_of(args.without_image), args.parser, args.allow_unknown)
+        text_only = (
+            score_records(records_of(args.text_only), args.parser, args.allow_unknown) if args.text_only else None
         )
-    elif args.text_only:
-        parser.error("--text-only needs --without-image (leakage compares the two)")
+        metrics.update(multimodal_gain(metrics, without, text_only))
     print_table(metrics, f"{args.predictions} ({args.parser} parser)")
     if args.out:
         args.out.write_text(json.dumps(metrics, indent=2))
+    if args.results:
+        provenance = recorded_provenance(args.predictions)
+        write_results(args.results, results_document(metrics, records, args.parser, provenance, started, argv))
     return metrics
 
 
+def cli() -> None:
+    """`python -m sinkflow.eval.score`: bad input is one line on stderr (it names the file, line and field), exit 1,
+    no traceback."""
+    try:
+        main()
+    except (OSError, ValueError) as err:  # DataFormatError is a ValueError
+        sys.exit(f"error: {err}")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,15 +1,18 @@
 """train.py and evaluate.py as a user runs them: from a temp dir, offline, through Hydra."""
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from sinkflow.data.predictions import read_predictions
+from sinkflow.eval.results import grouped_scores
 
 pytestmark = pytest.mark.slow  # every test runs train.py or evaluate.py in a subprocess
 
@@ -31,7 +34,8 @@ def run(script, args, cwd, env):
 
 def test_train_debug_from_a_temp_dir(tmp_path, env):
     out = tmp_path / "run"
-    run("train.py", ["trainer=debug", "logger=none", *SMALL_DATA, f"hydra.run.dir={out}"], tmp_path, env)
+    proc = run("train.py", ["trainer=debug", "logger=none", *SMALL_DATA, f"hydra.run.dir={out}"], tmp_path, env)
+    assert proc.stdout.count("┃ metric") == 1 and "DataLoader 0" not in proc.stdout  # one results table, sinkflow's
     records = read_predictions(out / "predictions.jsonl")
     assert records and all(CONTRACT <= set(r) for r in records)
     assert {r["benchmark"] for r in records} <= set(SHAPES_SETS)
@@ -46,6 +50,24 @@ def test_train_debug_from_a_temp_dir(tmp_path, env):
     assert json.loads((export / "export.json").read_text())["strategy"] == "DualMLP"
     assert (export / "strategy.safetensors").exists()
     assert (tmp_path / "data").is_dir(), "data is generated under the project root, not the package"
+    results = json.loads((out / "results.json").read_text())
+    assert grouped_scores(metrics) == results["results"] and results["parser"] == "official"
+    assert results["scored"] == dict(Counter(r["benchmark"] for r in records))
+    # trainer=debug answers one batch: the counts show how much of each set the scores cover
+    assert set(results["eval_sets"]) == set(SHAPES_SETS) and sum(results["scored"].values()) == len(records)
+    assert all(s["asked"] == s["questions"] > 0 for s in results["eval_sets"].values())
+    assert sum(s["asked"] for s in results["eval_sets"].values()) > len(records)
+    model = results["model"]["checkpoint"]
+    config_file = Path(model["source"]) / "config.json"
+    assert model["sha256"]["config.json"] == hashlib.sha256(config_file.read_bytes()).hexdigest()
+    exported = results["weights"]["export"]["sha256"]
+    assert (
+        exported["adapter/adapter_config.json"]
+        == hashlib.sha256((export / "adapter" / "adapter_config.json").read_bytes()).hexdigest()
+    )
+    assert results["sink_strategy"]["strategy"]["_target_"].endswith("DualMLP") and results["seed"] == 0
+    assert results["overrides"] == ["trainer=debug", "logger=none", *SMALL_DATA]
+    assert "train.py" in results["command"] and results["versions"]["sinkflow"]
 
 
 @pytest.fixture(scope="module")
