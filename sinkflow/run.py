@@ -15,6 +15,7 @@ from transformers import AutoConfig
 from sinkflow.analysis.context import analysis_context
 from sinkflow.analysis.task import ANALYSES
 from sinkflow.config import validate
+from sinkflow.console import quiet_lightning
 from sinkflow.data.predictions import read_predictions
 from sinkflow.divergence import DivergenceGuard
 from sinkflow.eval.callback import PredictionsCallback
@@ -26,6 +27,7 @@ from sinkflow.module import SinkflowModule
 from sinkflow.sinks.strategies.base import strategy_name
 
 log = logging.getLogger(__name__)
+quiet_lightning()  # imported by an entry point's main, once Hydra has configured logging
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list) -> L.Trainer:

@@ -36,6 +36,8 @@ def test_train_debug_from_a_temp_dir(tmp_path, env):
     out = tmp_path / "run"
     proc = run("train.py", ["trainer=debug", "logger=none", *SMALL_DATA, f"hydra.run.dir={out}"], tmp_path, env)
     assert proc.stdout.count("┃ metric") == 1 and "DataLoader 0" not in proc.stdout  # one results table, sinkflow's
+    console = proc.stdout + proc.stderr
+    assert console.count("GPU available:") == 1 and "Tip:" not in console  # Lightning's lines once, no advertisement
     records = read_predictions(out / "predictions.jsonl")
     assert records and all(CONTRACT <= set(r) for r in records)
     assert {r["benchmark"] for r in records} <= set(SHAPES_SETS)

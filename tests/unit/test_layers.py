@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sinkflow"
 # longest prefix that names it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("sinkflow.checks", "sinkflow.registry", "sinkflow.pathway"),  # torch and the standard library only
-    ("sinkflow.config", "sinkflow.divergence", "sinkflow.plotting"),
+    ("sinkflow.config", "sinkflow.console", "sinkflow.divergence", "sinkflow.plotting"),
     ("sinkflow.data",),  # question files, collation, templates, instruct data, the resumable loader
     ("sinkflow.benchmarks",),  # one module per benchmark: loaders, parse rules, scores
     ("sinkflow.data.predictions", "sinkflow.data.datamodule"),  # both check records against BENCHMARKS
