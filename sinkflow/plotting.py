@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import textwrap
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def pyplot() -> ModuleType:
@@ -16,3 +21,17 @@ def pyplot() -> ModuleType:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+TITLE_SIZE = 9  # points
+
+
+def titled(fig: Figure, what: str, caption: str) -> Figure:
+    """Title `fig` with what it shows over its caption (`sinkflow.caption.Caption.text`: model, strategy, data),
+    its lines wrapped to the figure's width, in a constrained layout, which keeps room for the title above the
+    panels (tight_layout would let it overlap them)."""
+    fig.set_layout_engine("constrained")
+    width = int(fig.get_figwidth() * 72 / (0.6 * TITLE_SIZE))  # characters of about 0.6 em that fit across
+    lines = [part for line in f"{what}\n{caption}".splitlines() for part in textwrap.wrap(line, width)]
+    fig.suptitle("\n".join(lines), fontsize=TITLE_SIZE)
+    return fig

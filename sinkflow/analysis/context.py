@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 from rich.progress import track
 
+from sinkflow.caption import Caption
 from sinkflow.checks import number
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.datamodule import LVLMDataModule
@@ -46,6 +47,13 @@ class AnalysisContext:
     # images(split, max_images): a fresh iterator of image-only generation batches over the split's distinct
     # images (the first `max_images`, null: all, in dataset order), on device
     images: Callable[[Split, int | None], Iterator[dict]] | None = None
+    caption: Caption | None = None  # what every figure is of (model, strategy, data): `analysis_context` builds it
+
+    def figure_caption(self, count: str) -> str:
+        """The caption's text for a figure of `count` (e.g. "64 images")."""
+        if self.caption is None:
+            raise ValueError("AnalysisContext.caption is not set: every figure is titled with it (Caption.of)")
+        return self.caption.text(count)
 
     def write(self, summary: dict, figures: dict[str, plt.Figure], summary_name: str | None = None) -> dict:
         """Save `<summary_name>.json` (by default `<task>.json`) and `<figure>.png` for each figure, log them,
@@ -223,6 +231,7 @@ def analysis_context(
         loggers=loggers,
         task=cfg.task,
         images=images,
+        caption=Caption.of(module, datamodule),
     )
 
 
