@@ -24,7 +24,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sinkflow.models",),  # families, loading, LoRA, tiny models, checkpoints and exports
     ("sinkflow.sinks",),  # detectors, strategies, simulated sinks, sink statistics
     ("sinkflow.eval",),  # the metric, the predictions callback, the scorer CLI
-    ("sinkflow.module", "sinkflow.resume", "sinkflow.loss_curves", "sinkflow.sweep_table", "sinkflow.paper_table"),
+    (
+        "sinkflow.module",
+        "sinkflow.resume",
+        "sinkflow.caption",
+        "sinkflow.loss_curves",
+        "sinkflow.sweep_table",
+        "sinkflow.paper_table",
+    ),
     ("sinkflow.analysis",),
     ("sinkflow.run",),
 )
