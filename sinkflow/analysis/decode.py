@@ -23,7 +23,7 @@ import torch
 from sinkflow.analysis.context import AnalysisContext, image_names, visual_tokens
 from sinkflow.analysis.scene_labels import by_file_name, check_target, read_scenes
 from sinkflow.analysis.task import ANALYSES, Analysis
-from sinkflow.plotting import pyplot
+from sinkflow.plotting import pyplot, titled
 
 plt = pyplot()
 log = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ def run(ctx: AnalysisContext) -> dict:
     if not seen:
         raise ValueError("decode: the dataset gave no images")
     summary = {
+        "caption": ctx.figure_caption(f"{len(seen)} images"),
         "model": module.source,
         "images": len(seen),
         "bos": bos is not None,
@@ -170,30 +171,32 @@ def run(ctx: AnalysisContext) -> dict:
             "chance": 1 / len(target.vocabulary),
             "unlabelled": unlabelled,
         }
-    return ctx.write(summary, {"decode_words": plot_decode(summary)})
+    return ctx.write(summary, {"decode": plot_decode(summary)})
 
 
 def plot_decode(summary: dict) -> plt.Figure:
-    """Top-1 word frequencies of sinks and non-sinks, and (with labels) the main-object rank-1 rates."""
+    """Top-1 word frequencies of sinks and non-sinks, and (with labels) the main-object rank-1 rates against chance,
+    drawn from the summary alone."""
     ranked = "main_object" in summary
-    fig, axes = plt.subplots(1, 3 if ranked else 2, figsize=(13 if ranked else 9, 4))
+    fig, axes = plt.subplots(1, 3 if ranked else 2, figsize=(13 if ranked else 9, 4.5))
     for ax, kind, color in zip(axes, KINDS, ("tab:red", "tab:blue")):
         pairs = summary["top1_words"][kind][:8][::-1]
         ax.barh([repr(w) for w, _ in pairs], [f for _, f in pairs], color=color)
-        ax.set_xlabel("fraction of tokens (top-1 word)")
-        ax.set_title(f"{kind} tokens ({summary['tokens'][kind]})")
+        ax.set_xlim(left=0)
+        ax.set_xlabel("fraction of the tokens (0-1)")
+        ax.set_ylabel("top-1 word")
+        ax.set_title(f"{kind} tokens ({summary['tokens'][kind]})", fontsize=9)
     if ranked:
         main = summary["main_object"]
         rates = [np.nan_to_num(main["rank1_rate"][kind]) for kind in KINDS]
         axes[-1].bar(KINDS, rates, color=("tab:red", "tab:blue"))
         axes[-1].axhline(main["chance"], color="black", linestyle="--", label=f"chance = {main['chance']:.2f}")
         axes[-1].set_ylim(0, 1)
-        axes[-1].set_ylabel(f"{main['label']} word ranked first")
-        axes[-1].set_title("main-object rank")
+        axes[-1].set_xlabel("token type")
+        axes[-1].set_ylabel(f"{main['label']} word ranked first (fraction, 0-1)")
+        axes[-1].set_title("main-object rank", fontsize=9)
         axes[-1].legend()
-    fig.suptitle(f"isolated visual tokens decoded through the LM head ({summary['images']} images)")
-    fig.tight_layout()
-    return fig
+    return titled(fig, "isolated visual tokens decoded through the LM head", summary["caption"])
 
 
 ANALYSES.register("decode", Analysis(run))

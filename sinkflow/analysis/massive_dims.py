@@ -24,7 +24,7 @@ from sinkflow.analysis.capture import decoder_layers, visual_layer_inputs
 from sinkflow.analysis.context import AnalysisContext, VisualTokens, visual_tokens
 from sinkflow.analysis.task import ANALYSES, Analysis
 from sinkflow.module import SinkflowModule
-from sinkflow.plotting import pyplot
+from sinkflow.plotting import pyplot, titled
 
 plt = pyplot()
 
@@ -36,7 +36,8 @@ def rms_normalise(states: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class MassiveCriterion:
-    """A token is massive at layer l >= `min_layer` if max over `dims` (all when None) of |h / rms(h)| > `tau`."""
+    """A token is massive at layer l >= `min_layer` if its peak, the max over `dims` (all when None) of
+    |h / rms(h)|, is > `tau`."""
 
     tau: float = 20.0
     min_layer: int = 2
@@ -57,26 +58,29 @@ class MassiveCriterion:
                 f"0-{n_layers - 1}; VAR's 2 is for 32-layer LLMs)"
             )
 
-    def spikes(self, layer: int, normalised: torch.Tensor) -> torch.Tensor:
-        """[...] bool: which tokens of one layer's normalised states [..., D] are massive."""
+    def peaks(self, layer: int, normalised: torch.Tensor) -> torch.Tensor:
+        """[...]: each token's largest |h / rms(h)| over the judged dims of one layer's normalised states [..., D]
+        (zero below `min_layer`, which is not judged)."""
         if layer < self.min_layer:
-            return torch.zeros(normalised.shape[:-1], dtype=torch.bool, device=normalised.device)
+            return torch.zeros(normalised.shape[:-1], dtype=normalised.dtype, device=normalised.device)
         if self.dims is not None and max(self.dims) >= normalised.shape[-1]:
             raise ValueError(f"massive_dims.dims={self.dims} exceeds the LLM's {normalised.shape[-1]} dimensions")
         chosen = normalised if self.dims is None else normalised[..., self.dims]
-        return chosen.abs().amax(dim=-1) > self.tau
+        return chosen.abs().amax(dim=-1)
 
 
 class MassiveActivations:
     """Per-batch reducer of visual-token layer inputs: massive flags and per-layer |h / rms(h)| sums.
 
     Passed to `visual_layer_inputs`; after the forward, `massive` [n_images, S] says which tokens spiked at some
-    layer and `profile` [n_images, S, D] holds each token's |h / rms(h)| summed over layers >= min_layer.
+    layer, `peak` is the largest judged |h / rms(h)| of any token (what `tau` is compared with) and `profile`
+    [n_images, S, D] holds each token's |h / rms(h)| summed over layers >= min_layer.
     """
 
     def __init__(self, criterion: MassiveCriterion, tokens: VisualTokens, n_layers: int):
         self.criterion, self.tokens = criterion, tokens
         self.massive = torch.zeros_like(tokens.valid)
+        self.peak = 0.0
         self.profile: torch.Tensor | None = None
         self.layer_sums: torch.Tensor | None = None  # [n_layers, 2, D]: ViT sinks, other visual tokens
         self.n_layers = n_layers
@@ -84,7 +88,9 @@ class MassiveActivations:
     def __call__(self, layer: int, states: torch.Tensor) -> None:
         normalised = rms_normalise(states).abs()
         valid = self.tokens.valid
-        self.massive |= self.criterion.spikes(layer, normalised) & valid
+        peaks = self.criterion.peaks(layer, normalised).masked_fill(~valid, 0)
+        self.massive |= peaks > self.criterion.tau
+        self.peak = max(self.peak, float(peaks.max()))
         if self.layer_sums is None:
             self.layer_sums = normalised.new_zeros(self.n_layers, 2, normalised.shape[-1])
             self.profile = torch.zeros_like(normalised)
@@ -128,10 +134,12 @@ def run(ctx: AnalysisContext) -> dict:
     criterion.check_depth(n_layers, "massive_dims")
     layer_sums, counts = None, torch.zeros(2)
     group_sums, group_counts = None, {"propagated": 0, "emerged": 0}
-    tokens_seen = sinks_seen = 0
+    tokens_seen = sinks_seen = samples = 0
+    peak = 0.0
     planted_match: bool | None = None  # simulated sinks: are the ViT sinks exactly the planted tokens?
     for batch in ctx.batches():
         tokens, reducer = measure(ctx.module, batch, criterion)
+        samples, peak = samples + len(batch["meta"]), max(peak, reducer.peak)
         valid, sinks = tokens.valid, tokens.sinks & tokens.valid
         layer_sums = reducer.layer_sums.cpu() + (0 if layer_sums is None else layer_sums)
         counts += torch.tensor([sinks.sum(), (valid & ~sinks).sum()])
@@ -149,9 +157,12 @@ def run(ctx: AnalysisContext) -> dict:
     means = layer_sums / counts.clamp_min(1)[None, :, None]  # [layers, 2, D]
     judged = n_layers - criterion.min_layer
     summary = {
+        "caption": ctx.figure_caption(f"{samples} samples, {tokens_seen} visual tokens"),
         "criterion": {"tau": criterion.tau, "min_layer": criterion.min_layer, "dims": criterion.dims},
         "visual_tokens": tokens_seen,
         "vit_sinks": sinks_seen,
+        "peak": peak,
+        "massive_tokens": sum(group_counts.values()),
         "per_layer": [
             {
                 "layer": layer,
@@ -169,6 +180,7 @@ def run(ctx: AnalysisContext) -> dict:
             }
             for name in group_sums
         },
+        "heatmap": heatmap_data(means, counts, criterion.dims, settings.top_k),
     }
     if planted_match is not None:
         summary["vit_sinks_equal_planted"] = planted_match
@@ -179,34 +191,76 @@ def run(ctx: AnalysisContext) -> dict:
         f"({group_counts['propagated']} tokens), LLM-emerged {summary['emerged_dims']} "
         f"({group_counts['emerged']} tokens)"
     )
-    return ctx.write(summary, {"massive_dims": heatmap(means, settings.top_k, counts)})
+    return ctx.write(summary, {"massive_dims": figure(summary)})
 
 
-def heatmap(means: torch.Tensor, k: int, counts: torch.Tensor) -> plt.Figure:
-    """Layer x dimension heatmaps of mean |h / rms(h)| for ViT sinks and for other visual tokens, on the dims
-    that rank in the top k of any layer (for either group), log-scaled colours."""
+def heatmap_data(means: torch.Tensor, counts: torch.Tensor, dims: list[int] | None, k: int) -> dict:
+    """What the heatmap shows: mean |h / rms(h)| [layer][dim] per group (None for a group without tokens) on the
+    criterion's `dims` when given, else on the dims that rank in the top k of some layer for either group."""
     shown = [g for g in range(2) if counts[g] > 0]
-    dims = sorted(
-        {int(d) for g in shown for layer in means[:, g] for d in torch.topk(layer, min(k, len(layer))).indices}
-    )
+    if dims is None:
+        dims = sorted(
+            {int(d) for g in shown for layer in means[:, g] for d in torch.topk(layer, min(k, len(layer))).indices}
+        )
+        how = f"the top {k} of each layer, ViT sinks or others (massive_dims.top_k)"
+    else:
+        how = "massive_dims.dims, the dims the criterion judges"
+    return {
+        "dims": dims,
+        "dims_chosen": how,
+        **{
+            name: means[:, g, dims].tolist() if g in shown else None
+            for g, name in enumerate(("vit_sinks", "non_sinks"))
+        },
+    }
+
+
+def figure(summary: dict) -> plt.Figure:
+    """Layer x dimension heatmaps of mean |h / rms(h)| for ViT sinks and for other visual tokens, log-scaled colours
+    whose scale reaches tau (marked on the colour bar and outlined on the cells above it), the first judged layer
+    marked, and how many tokens crossed tau; drawn from the summary alone."""
+    data, criterion = summary["heatmap"], summary["criterion"]
+    tau, dims = criterion["tau"], data["dims"]
+    groups = [(name, data[name]) for name in ("vit_sinks", "non_sinks") if data[name] is not None]
+    n_layers = len(groups[0][1])
     fig, axes = plt.subplots(
-        1,
-        len(shown),
-        figsize=(2.5 + 0.4 * len(dims) * len(shown), 2.5 + 0.25 * len(means)),
-        squeeze=False,
-        layout="constrained",
+        1, len(groups), figsize=(3 + 0.4 * len(dims) * len(groups), 3.5 + 0.25 * n_layers), squeeze=False
     )
-    values = means[:, :, dims].clamp_min(1e-3).numpy()
-    norm = LogNorm(vmin=float(values[:, shown].min()), vmax=float(values[:, shown].max()))
-    for ax, group in zip(axes[0], shown):
-        image = ax.imshow(values[:, group], aspect="auto", origin="lower", cmap="magma", norm=norm)
+    values = np.array([values for _, values in groups])  # [groups, layers, dims]
+    positive = values[values > 0]
+    norm = LogNorm(vmin=min(float(positive.min()), tau), vmax=max(float(values.max()), tau))  # tau on the scale
+    for ax, (name, group_values) in zip(axes[0], groups):
+        image = ax.imshow(np.array(group_values), aspect="auto", origin="lower", cmap="magma", norm=norm)
+        if (np.array(group_values) > tau).any():
+            ax.contour(np.array(group_values), levels=[tau], colors="cyan", linewidths=1)
+        ax.axhline(criterion["min_layer"] - 0.5, color="white", linestyle=":", linewidth=1)
         ax.set_xticks(np.arange(len(dims)), [str(d) for d in dims], rotation=90, fontsize=7)
-        ax.set_yticks(np.arange(len(means)), [str(layer) for layer in range(len(means))], fontsize=7)
+        ax.set_yticks(np.arange(n_layers), [str(layer) for layer in range(n_layers)], fontsize=7)
         ax.set_xlabel("LLM hidden dimension")
-        ax.set_ylabel("LLM layer (input)")
-        ax.set_title(("ViT sinks" if group == 0 else "other visual tokens") + f" ({int(counts[group])})")
-    fig.colorbar(image, ax=axes[0].tolist(), label="mean |h / rms(h)|")
-    return fig
+        ax.set_ylabel(f"LLM layer (its input; judged from {criterion['min_layer']}, dotted)")
+        tokens = summary["vit_sinks"] if name == "vit_sinks" else summary["visual_tokens"] - summary["vit_sinks"]
+        ax.set_title(f"{'ViT sinks' if name == 'vit_sinks' else 'other visual tokens'} ({tokens} tokens)", fontsize=9)
+    bar = fig.colorbar(image, ax=axes[0].tolist(), label="mean |h / rms(h)| (times the token's RMS)")
+    bar.ax.axhline(tau, color="cyan", linewidth=2)
+    bar.ax.text(
+        0.5,
+        tau,
+        f"tau={tau:g}",
+        color="cyan",
+        ha="center",
+        va="bottom",
+        fontsize=7,
+        transform=bar.ax.get_yaxis_transform(),
+    )
+    judged = "all dims" if criterion["dims"] is None else f"dims {criterion['dims']}"
+    if summary["massive_tokens"]:
+        verdict = (
+            f"{summary['massive_tokens']} massive tokens (max |h / rms(h)| = {summary['peak']:.3g} > tau = {tau:g})"
+        )
+    else:
+        verdict = f"nothing is massive (max |h / rms(h)| = {summary['peak']:.3g} <= tau = {tau:g}, {judged})"
+    what = f"mean |h / rms(h)| of visual tokens per LLM layer: {verdict}\ncolumns: {data['dims_chosen']}"
+    return titled(fig, what, summary["caption"])
 
 
 ANALYSES.register("massive_dims", Analysis(run, preflight=preflight))

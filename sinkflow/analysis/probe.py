@@ -28,7 +28,7 @@ from sinkflow.analysis.context import AnalysisContext
 from sinkflow.analysis.scene_labels import SCENE_TARGETS, check_target, read_scenes
 from sinkflow.analysis.task import ANALYSES, Analysis
 from sinkflow.data.collate import load_image
-from sinkflow.plotting import pyplot
+from sinkflow.plotting import pyplot, titled
 
 plt = pyplot()
 log = logging.getLogger(__name__)
@@ -177,26 +177,32 @@ def collect(module, paths: list[Path], batch_size: int, seed: int) -> tuple[dict
     return {name: torch.cat(values) for name, values in parts.items()}, without
 
 
-def plot_probe(table: dict[str, dict], title: str) -> plt.Figure:
-    """Grouped bars: held-out accuracy per target for each token type, with the majority-class baseline."""
+def plot_probe(summary: dict) -> plt.Figure:
+    """Grouped bars from zero: held-out accuracy per target for each token type, with the majority-class baseline,
+    drawn from the summary alone."""
+    table = summary["accuracy"]
     bars = (*TOKEN_TYPES, "majority")
     colors = {"sink_mean": "tab:red", "nonsink_mean": "tab:blue", "nonsink_random": "tab:cyan", "majority": "0.6"}
     targets = list(table)
-    fig, ax = plt.subplots(figsize=(1.8 + 1.9 * len(targets), 4))
+    fig, ax = plt.subplots(figsize=(3 + 1.9 * len(targets), 4.5))
     width = 0.8 / len(bars)
     for b, name in enumerate(bars):
         xs = np.arange(len(targets)) + (b - (len(bars) - 1) / 2) * width
-        heights = [table[t][name] for t in targets]
-        ax.bar(xs, heights, width, label=name, color=colors[name], hatch="//" if name == "majority" else None)
-        for x, h in zip(xs, heights):
-            ax.text(x, h + 0.01, f"{h:.2f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(np.arange(len(targets)), targets)
+        drawn = ax.bar(
+            xs,
+            [table[t][name] for t in targets],
+            width,
+            label=name,
+            color=colors[name],
+            hatch="//" if name == "majority" else None,
+        )
+        ax.bar_label(drawn, fmt="%.2f", fontsize=7)
+    ax.set_xticks(np.arange(len(targets)), [f"{t}\n({table[t]['n_test']} held out)" for t in targets])
     ax.set_ylim(0, 1.25)  # headroom for the legend above the bars
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title(title)
+    ax.set_xlabel("image label probed")
+    ax.set_ylabel("held-out accuracy (fraction, 0-1)")
     ax.legend(fontsize=8, loc="upper center", ncol=len(bars))
-    fig.tight_layout()
-    return fig
+    return titled(fig, "linear probes of image labels from ViT tokens", summary["caption"])
 
 
 def run(ctx: AnalysisContext) -> dict:
@@ -219,16 +225,16 @@ def run(ctx: AnalysisContext) -> dict:
     if without:
         log.warning("probe: %d of %d images have no sink by the detector and are left out", without, len(chosen))
     summary = {
+        "caption": ctx.figure_caption(
+            f"{len(chosen) - without} of {len(chosen)} images of {scenes_path.parent.name} probed"
+        ),
         "model": ctx.module.source,
         "images": len(chosen),
         "images_without_sinks": without,
         "simulated_sinks": ctx.module.simulated_sinks is not None,
         "accuracy": table,
     }
-    title = f"linear probes on {len(chosen) - without} images" + (
-        " (SIMULATED sinks)" if summary["simulated_sinks"] else ""
-    )
-    return ctx.write(summary, {"probe_accuracy": plot_probe(table, title)})
+    return ctx.write(summary, {"probe": plot_probe(summary)})
 
 
 ANALYSES.register("probe", Analysis(run))

@@ -33,7 +33,7 @@ from sinkflow.analysis.massive_dims import MassiveActivations, MassiveCriterion
 from sinkflow.analysis.task import ANALYSES, Analysis
 from sinkflow.checks import choice
 from sinkflow.module import SinkflowModule
-from sinkflow.plotting import pyplot
+from sinkflow.plotting import pyplot, titled
 
 plt = pyplot()
 Queries = Literal["generated", "prompt"]  # the answer's tokens, or the prompt text after the image
@@ -133,31 +133,41 @@ def correlation(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def mean_and_sem(values: np.ndarray) -> tuple[float | None, float | None]:
+    """(mean, standard error of the mean) in %, of attention probabilities; None where undefined (no value, or one
+    value for the error)."""
+    if not len(values):
+        return None, None
+    sem = float(100 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+    return float(100 * values.mean()), sem
+
+
 def summarise(
     norms: torch.Tensor, attention: torch.Tensor, vit_sink: torch.Tensor, emerged: torch.Tensor, bin_width: float
 ) -> dict:
-    """Binned mean attention by ViT norm, mean attention per token type (in %), norm-attention correlations."""
+    """Binned mean attention by ViT norm (non-empty bins), mean attention per token type (in %, with the standard
+    error of the mean), norm-attention correlations."""
     if bin_width <= 0:
         raise ValueError(f"propagation.bin_width must be > 0, got {bin_width}")
     norms_np, attention_np = norms.double().numpy(), attention.double().numpy()
     types = {"non_sink": ~vit_sink & ~emerged, "vit_sink": vit_sink, "emerged_sink": emerged}
-    per_type = {
-        name: {
-            "tokens": int(mask.sum()),
-            "mean_attention_percent": float(100 * attention_np[mask.numpy()].mean()) if mask.any() else None,
-        }
-        for name, mask in types.items()
-    }
+    per_type = {}
+    for name, mask in types.items():
+        mean, sem = mean_and_sem(attention_np[mask.numpy()])
+        per_type[name] = {"tokens": int(mask.sum()), "mean_attention_percent": mean, "sem_percent": sem}
     index = np.floor(norms_np / bin_width).astype(np.int64)
-    bins = [
-        {
-            "norm_from": float(b * bin_width),
-            "norm_to": float((b + 1) * bin_width),
-            "tokens": int((index == b).sum()),
-            "mean_attention_percent": float(100 * attention_np[index == b].mean()),
-        }
-        for b in np.unique(index)
-    ]
+    bins = []
+    for b in np.unique(index):
+        mean, sem = mean_and_sem(attention_np[index == b])
+        bins.append(
+            {
+                "norm_from": float(b * bin_width),
+                "norm_to": float((b + 1) * bin_width),
+                "tokens": int((index == b).sum()),
+                "mean_attention_percent": mean,
+                "sem_percent": sem,
+            }
+        )
     base, sink = per_type["non_sink"]["mean_attention_percent"], per_type["vit_sink"]["mean_attention_percent"]
     return {
         "tokens": len(norms_np),
@@ -188,7 +198,9 @@ def run(ctx: AnalysisContext) -> dict:
     emerged = settings.emerged
     criterion = MassiveCriterion(tau=emerged.tau, min_layer=emerged.min_layer, dims=emerged.dims)
     parts: dict[str, list[torch.Tensor]] = {}
+    samples = 0
     for batch in ctx.batches():
+        samples += len(batch["meta"])
         for key, value in measure(ctx.module, batch, settings, criterion).items():
             parts.setdefault(key, []).append(value)
     if not parts:
@@ -197,6 +209,7 @@ def run(ctx: AnalysisContext) -> dict:
     n_layers = len(decoder_layers(ctx.module.hf))
     layers = layer_range(n_layers, settings.layers, "propagation.layers")
     summary = {
+        "caption": ctx.figure_caption(f"{samples} samples, {len(seen['norms'])} visual tokens"),
         "queries": settings.queries,
         "layers": [layers.start, layers.stop],
         "bin_width": settings.bin_width,
@@ -217,30 +230,52 @@ def run(ctx: AnalysisContext) -> dict:
     return ctx.write(summary, {"propagation": figure(summary)})
 
 
+def gapped(bins: list[dict]) -> tuple[list[float], list[float], list[float]]:
+    """(bin centres, means, standard errors) of the non-empty bins, a NaN point between two bins that are not
+    adjacent, so that the line breaks across the empty ones instead of joining them."""
+    x, y, error = [], [], []
+    for previous, current in zip([None, *bins], bins):
+        if previous is not None and previous["norm_to"] != current["norm_from"]:
+            x.append((previous["norm_to"] + current["norm_from"]) / 2)
+            y.append(math.nan)
+            error.append(math.nan)
+        x.append((current["norm_from"] + current["norm_to"]) / 2)
+        y.append(current["mean_attention_percent"])
+        error.append(math.nan if current["sem_percent"] is None else current["sem_percent"])
+    return x, y, error
+
+
+TYPE_COLOURS = {"non_sink": "tab:gray", "vit_sink": "tab:red", "emerged_sink": "tab:orange"}
+
+
 def figure(summary: dict) -> plt.Figure:
-    """Mean attention per ViT-norm bin (log scale; marker size ~ log token count) and per token type."""
-    fig, (by_norm, by_type) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2.2, 1]})
-    bins = summary["bins"]
-    centres = [(b["norm_from"] + b["norm_to"]) / 2 for b in bins]
-    values = [max(b["mean_attention_percent"], 1e-6) for b in bins]
-    by_norm.plot(centres, values, color="tab:blue", linewidth=1)
-    by_norm.scatter(centres, values, s=[6 + 6 * math.log1p(b["tokens"]) for b in bins], color="tab:blue")
-    by_norm.set_yscale("log")
-    by_norm.set_xlabel(f"ViT token norm (bins of {summary['bin_width']:g})")
-    by_norm.set_ylabel("mean attention received (%)")
-    by_norm.set_title(f"{summary['queries']} queries, LLM layers {summary['layers'][0]}-{summary['layers'][1] - 1}")
-    shown = [(name, v) for name, v in summary["mean_attention_percent"].items() if v["mean_attention_percent"]]
-    colours = {"non_sink": "tab:gray", "vit_sink": "tab:red", "emerged_sink": "tab:orange"}
-    by_type.bar(
-        [f"{name}\n({v['tokens']})" for name, v in shown],
-        [v["mean_attention_percent"] for _, v in shown],
-        color=[colours[name] for name, _ in shown],
+    """Mean attention per ViT-norm bin (points with their standard error, the line broken across empty bins) and per
+    token type (bars from zero with their standard error), both on linear axes, drawn from the summary alone."""
+    fig, (by_norm, by_type) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [2.2, 1]})
+    x, y, error = gapped(summary["bins"])
+    by_norm.errorbar(x, y, yerr=error, fmt="o-", color="tab:blue", markersize=3, linewidth=1, capsize=2)
+    by_norm.set_ylim(bottom=0)
+    by_norm.set_xlabel(f"ViT token norm (L2 of the projector input; bins of {summary['bin_width']:g})")
+    by_norm.set_ylabel("mean attention received (% of a query's)")
+    by_norm.set_title("by ViT norm (empty bins: gaps; bars: standard error)", fontsize=9)
+    shown = [(name, v) for name, v in summary["mean_attention_percent"].items() if v["tokens"]]
+    heights = [v["mean_attention_percent"] for _, v in shown]
+    bars = by_type.bar(
+        [f"{name}\n({v['tokens']} tokens)" for name, v in shown],
+        heights,
+        yerr=[math.nan if v["sem_percent"] is None else v["sem_percent"] for _, v in shown],
+        color=[TYPE_COLOURS[name] for name, _ in shown],
+        capsize=3,
     )
-    by_type.set_yscale("log")
-    by_type.set_ylabel("mean attention received (%)")
-    by_type.set_title("by token type")
-    fig.tight_layout()
-    return fig
+    by_type.bar_label(bars, labels=[f"{h:.3g} %" for h in heights], fontsize=8)
+    by_type.set_ylim(bottom=0)
+    by_type.set_xlabel("visual token type")
+    by_type.set_ylabel("mean attention received (% of a query's)")
+    by_type.set_title("by token type", fontsize=9)
+    layers = f"LLM layers {summary['layers'][0]}-{summary['layers'][1] - 1}"
+    return titled(
+        fig, f"attention that {summary['queries']} queries give each visual token ({layers})", summary["caption"]
+    )
 
 
 ANALYSES.register("propagation", Analysis(run, preflight=preflight))

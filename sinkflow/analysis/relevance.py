@@ -33,7 +33,7 @@ from sinkflow.analysis.context import AnalysisContext, image_names
 from sinkflow.analysis.task import ANALYSES, Analysis
 from sinkflow.checks import choice
 from sinkflow.pathway import VisualFeatures
-from sinkflow.plotting import pyplot
+from sinkflow.plotting import pyplot, titled
 from sinkflow.sinks.detectors.base import token_norms
 
 plt = pyplot()
@@ -166,43 +166,42 @@ def spread(relevance: torch.Tensor, cell: tuple[int, int] | None) -> tuple[float
     return entropy, float((weights * distance).sum())
 
 
-def plot_relevance(panels: list[dict], heads: str, title: str) -> plt.Figure:
-    """One row per image: the image, then the relevance map(s) laid over it, the target patch outlined."""
-    n_maps = panels[0]["maps"].shape[0] if heads == "all" else 1
-    fig, axes = plt.subplots(len(panels), n_maps + 1, figsize=(2.2 * (n_maps + 1), 2.2 * len(panels)), squeeze=False)
-    for ax_row, panel in zip(axes, panels):
-        image, maps, cell = panel["image"], panel["maps"], panel["cell"]
-        shown = maps if heads == "all" else maps.mean(dim=0, keepdim=True)
+def plot_relevance(panels: list[dict], images: list[np.ndarray], what: str, caption: str) -> plt.Figure:
+    """One row per image: the image, then the panel's relevance map(s) (as the summary holds them) laid over it, on one
+    colour scale from zero for every map, with its colour bar; the target patch outlined."""
+    n_maps = len(panels[0]["maps"])
+    top = max(float(np.max(relevance)) for panel in panels for relevance in panel["maps"])
+    fig, axes = plt.subplots(
+        len(panels), n_maps + 1, figsize=(2.2 * (n_maps + 1) + 1, 2.2 * len(panels) + 0.9), squeeze=False
+    )
+    for ax_row, panel, image in zip(axes, panels, images):
         height, width = image.shape[:2]
         ax_row[0].imshow(image)
-        ax_row[0].set_title(panel["label"], fontsize=7)
-        for h, (ax, relevance) in enumerate(zip(ax_row[1:], shown)):
+        ax_row[0].set_title(
+            f"{panel['image']}\n{panel['kind']} #{panel['feature']}, norm {panel['norm']:.1f}", fontsize=7
+        )
+        for h, (ax, relevance) in enumerate(zip(ax_row[1:], panel["maps"])):
             ax.imshow(image)
-            ax.imshow(
-                relevance.cpu().numpy(),
+            overlay = ax.imshow(
+                np.array(relevance),
                 cmap="inferno",
                 alpha=0.6,
+                vmin=0,
+                vmax=top,
                 extent=(0, width, height, 0),
                 interpolation="nearest",
             )
-            if cell is not None:
-                step_y, step_x = height / relevance.shape[0], width / relevance.shape[1]
+            if panel["cell"] is not None:
+                row, col = panel["cell"]
+                step_y, step_x = height / len(relevance), width / len(relevance[0])
                 ax.add_patch(
-                    Rectangle(
-                        (cell[1] * step_x, cell[0] * step_y),
-                        step_x,
-                        step_y,
-                        fill=False,
-                        edgecolor="cyan",
-                        linewidth=1.5,
-                    )
+                    Rectangle((col * step_x, row * step_y), step_x, step_y, fill=False, edgecolor="cyan", linewidth=1.5)
                 )
-            ax.set_title(f"head {h}" if heads == "all" else "mean over heads", fontsize=7)
+            ax.set_title(f"head {h}" if n_maps > 1 else "mean over heads", fontsize=7)
         for ax in ax_row:
             ax.set_axis_off()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    fig.colorbar(overlay, ax=axes.ravel().tolist(), label="attention probability paid to the outlined token")
+    return titled(fig, what, caption)
 
 
 def run(ctx: AnalysisContext) -> dict:
@@ -218,6 +217,7 @@ def run(ctx: AnalysisContext) -> dict:
     hf, family = module.hf, module.family
     seen: set[str] = set()
     panels = {token: [] for token in tokens}
+    pictures = {token: [] for token in tokens}  # each panel's image as the ViT saw it, under its maps
     stats = {token: [] for token in tokens}
     fallbacks = 0
     for batch in ctx.batches():
@@ -239,15 +239,18 @@ def run(ctx: AnalysisContext) -> dict:
                 maps, cell = captured.column(i, target), captured.cell(i, target)
                 stats[token].append([spread(m, cell) for m in maps])
                 is_sink = bool(sinks[i, target]) if sinks is not None else False
-                kind = "sink" if is_sink else "highest-norm (no sink)" if fell_back[i] else "non-sink"
+                drawn = maps if settings.heads == "all" else maps.mean(dim=0, keepdim=True)
                 panels[token].append(
                     {
-                        "image": images[i],
-                        "maps": maps,
-                        "cell": cell,
-                        "label": f"{name}\n{kind} #{target}, norm {float(norms[i, target]):.1f}",
+                        "image": name,
+                        "kind": "sink" if is_sink else "highest-norm (no sink)" if fell_back[i] else "non-sink",
+                        "feature": target,
+                        "norm": float(norms[i, target]),
+                        "cell": list(cell) if cell is not None else None,
+                        "maps": drawn.cpu().tolist(),  # [heads or 1][rows][cols]: what the figure draws
                     }
                 )
+                pictures[token].append(images[i])
     if not seen:
         raise ValueError("relevance: the dataset gave no images")
     if fallbacks:
@@ -258,7 +261,14 @@ def run(ctx: AnalysisContext) -> dict:
             len(seen),
         )
     block = family.feature_block(hf) if layer is None else layer % len(family.vision_attentions(hf))
-    summary = {"model": module.source, "images": len(seen), "sink_fallbacks": fallbacks, "layer": block, "tokens": {}}
+    summary = {
+        "caption": ctx.figure_caption(f"{len(seen)} images"),
+        "model": module.source,
+        "images": len(seen),
+        "sink_fallbacks": fallbacks,
+        "layer": block,
+        "tokens": {},
+    }
     figures = {}
     for token in tokens:
         per_head = torch.tensor(stats[token]).nanmean(dim=0)  # [heads, 2]: (entropy, distance) over images
@@ -268,9 +278,10 @@ def run(ctx: AnalysisContext) -> dict:
             "per_head": {
                 f"head_{h}": {"entropy": float(e), "distance": float(d)} for h, (e, d) in enumerate(per_head.tolist())
             },
+            "panels": panels[token],
         }
-        title = f"ViT block {block}: attention paid to the {token} token (cyan)"
-        figures[f"relevance_{token}"] = plot_relevance(panels[token], settings.heads, title)
+        what = f"ViT block {block}: attention every patch pays to the {token} token (outlined)"
+        figures[f"relevance_{token}"] = plot_relevance(panels[token], pictures[token], what, summary["caption"])
     return ctx.write(summary, figures)
 
 

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from sinkflow.analysis import decode
 from sinkflow.analysis.context import AnalysisContext
+from sinkflow.caption import Caption
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.models.tiny_qwen import TinyQwenSpec, build_tiny_qwen
 from sinkflow.sinks.strategies.none import NoneStrategy
@@ -76,7 +77,10 @@ def test_run_decodes_each_image_once_and_ranks_the_main_object(
     settings = OmegaConf.create(
         {"max_images": 4, "top_k": 3, "bos": True, "label": "largest_shape", "scenes": str(shapes_root / "scenes.json")}
     )
-    summary = decode.run(AnalysisContext(module, lambda: iter(loader), settings, tmp_path, task="decode"))
+    caption = Caption("tiny", "none", None, "shapes", True)
+    summary = decode.run(
+        AnalysisContext(module, lambda: iter(loader), settings, tmp_path, task="decode", caption=caption)
+    )
     assert summary["images"] == 4 and summary["bos"]
     assert summary["tokens"] == {"sink": 8, "nonsink": 56}  # 2 planted sinks of 16 tokens per image
     assert sum(f for _, f in summary["top1_words"]["sink"]) == pytest.approx(1.0)
@@ -85,7 +89,7 @@ def test_run_decodes_each_image_once_and_ranks_the_main_object(
     assert all(0 <= main["rank1_rate"][kind] <= 1 for kind in ("sink", "nonsink"))
     assert len(summary["examples"][0]["sink"][0]) == 3
     assert json.loads((tmp_path / "decode.json").read_text())["images"] == 4
-    assert (tmp_path / "decode_words.png").stat().st_size > 0
+    assert (tmp_path / "decode.png").stat().st_size > 0
     labels = "('background', 'count', 'dominant_color', 'largest_shape')"
     with pytest.raises(ValueError, match=re.escape(f"`decode.label` must be one of {labels}, got 'cat'")):
         decode.run(AnalysisContext(module, lambda: iter(loader), OmegaConf.merge(settings, {"label": "cat"}), tmp_path))

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from sinkflow.analysis import probe, scene_labels
 from sinkflow.analysis.context import AnalysisContext
+from sinkflow.caption import Caption
 from sinkflow.shapes import generate_shapes
 from sinkflow.sinks.strategies.none import NoneStrategy
 
@@ -95,10 +96,12 @@ def test_sinks_beat_an_ordinary_token_on_background_colour(tmp_path, simulated_l
             "l2": 1e-2,
         }
     )
-    summary = probe.run(AnalysisContext(module, lambda: iter([]), settings, tmp_path / "out", task="probe"))
+    caption = Caption("tiny", "none", None, "shapes", True)
+    ctx = AnalysisContext(module, lambda: iter([]), settings, tmp_path / "out", task="probe", caption=caption)
+    summary = probe.run(ctx)
     scores = summary["accuracy"]["background"]
     assert summary["images"] == 200 and summary["images_without_sinks"] == 0
     assert scores["n_test"] == 60 and scores["majority"] < 0.5
     assert scores["sink_mean"] > scores["nonsink_random"] > scores["majority"]
     assert json.loads((tmp_path / "out" / "probe.json").read_text())["accuracy"]["background"] == scores
-    assert (tmp_path / "out" / "probe_accuracy.png").stat().st_size > 0
+    assert (tmp_path / "out" / "probe.png").stat().st_size > 0

@@ -15,6 +15,7 @@ from sinkflow.analysis import massive_dims, propagation
 from sinkflow.analysis.context import AnalysisContext, visual_tokens
 from sinkflow.analysis.massive_dims import MassiveCriterion
 from sinkflow.analysis.propagation import average_ranks, query_inputs, summarise
+from sinkflow.caption import Caption
 from sinkflow.data.collate import Collator
 from sinkflow.data.templates import ProcessorChatTemplate, VicunaV1
 from sinkflow.models.build import load_pretrained
@@ -28,6 +29,7 @@ from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.none import NoneStrategy
 
+CAPTION = Caption("tiny", "none", "norm_threshold tau=100", "shapes", True)  # what the figures are titled with
 QUESTIONS = [
     "What is the background color?",
     "How many shapes are there in this picture? Count every one.",
@@ -185,6 +187,7 @@ def test_task_summaries_report_the_planted_sinks_and_the_brute_force_dims(family
             settings=OmegaConf.create(task_settings[task]),
             output_dir=tmp_path,
             task=task,
+            caption=CAPTION,
         )
         with torch.no_grad():
             summaries[task] = run(ctx)
@@ -200,6 +203,13 @@ def test_task_summaries_report_the_planted_sinks_and_the_brute_force_dims(family
     for layer, reported in enumerate(summaries["massive_dims"]["per_layer"]):
         expected = torch.topk(normalised[layer][sinks].mean(dim=0), 3).indices.tolist()
         assert [d["dim"] for d in reported["vit_sinks"]] == expected
+    judged = normalised[1:][:, tokens.valid]  # what tau is compared with: layers >= min_layer, every dim
+    assert summaries["massive_dims"]["peak"] == pytest.approx(float(judged.max()))
+    heatmap = summaries["massive_dims"]["heatmap"]  # what the figure draws: mean |h / rms(h)| per layer and dim
+    for group, mask in (("vit_sinks", sinks), ("non_sinks", tokens.valid & ~sinks)):
+        expected = normalised[:, mask][:, :, heatmap["dims"]].mean(dim=1)
+        torch.testing.assert_close(torch.tensor(heatmap[group]), expected.float(), atol=1e-5, rtol=1e-5)
+    assert summaries["propagation"]["caption"] == CAPTION.text(f"3 samples, {int(tokens.valid.sum())} visual tokens")
     emerged = massive & ~sinks
     profile = normalised[1:][:, emerged].mean(dim=(0, 1))
     assert summaries["massive_dims"]["groups"]["emerged"]["tokens"] == int(emerged.sum())

@@ -11,6 +11,7 @@ from transformers.vision_utils import get_vision_window_index
 
 from sinkflow.analysis import relevance
 from sinkflow.analysis.context import AnalysisContext
+from sinkflow.caption import Caption
 from sinkflow.models.families.base import FAMILIES
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.families.qwen2_5_vl import Qwen25VLFamily
@@ -117,7 +118,8 @@ def test_run_writes_summary_and_figure(tmp_path, image_question_batches, simulat
     processor = module.processor
     loader = image_question_batches(processor, 6, "What is the background color?")
     settings = OmegaConf.create({"tokens": ["sink", "nonsink"], "heads": "all", "max_images": 2, "layer": None})
-    ctx = AnalysisContext(module, lambda: iter(loader), settings, tmp_path, task="relevance")
+    caption = Caption("tiny", "none", None, "shapes", True)
+    ctx = AnalysisContext(module, lambda: iter(loader), settings, tmp_path, task="relevance", caption=caption)
     summary = relevance.run(ctx)
     assert summary["images"] == 2 and summary["sink_fallbacks"] == 2  # planted sinks are invisible to the ViT
     assert summary["layer"] == 1 and set(summary["tokens"]) == {"sink", "nonsink"}

@@ -122,7 +122,18 @@ def test_the_task_reads_each_image_once_and_names_an_image_the_processor_rejects
     direct = summarise(
         token_norms(visual.features), lengths=visual.lengths, configured=module.detector, planted=visual.planted
     )
-    assert summary == {"model": module.source, "split": "eval", **direct} and summary["images"] == 3
+    rows = [norms[:n] for norms, n in zip(token_norms(visual.features), visual.lengths)]
+    caption = (
+        "tiny/qwen2_vl (SIMULATED sinks) · strategy none · sinks: norm_threshold tau=100\ndata toy · 3 eval images"
+    )
+    assert summary == {
+        "caption": caption,
+        "model": module.source,
+        "split": "eval",
+        **direct,
+        **calibrate.figure_data(rows),  # what the figures draw
+    }
+    assert summary["images"] == 3
     assert json.loads((tmp_path / "calibration.json").read_text()) == json.loads(json.dumps(summary))
     for name in ("norm_histogram.png", "sorted_norms.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -152,7 +163,10 @@ def test_a_tiled_family_is_calibrated_per_vit_tile(shapes_root, tmp_path):
     norms, lengths = visual.by_tile(token_norms(visual.features))
     assert len(lengths) > 2 and summary["images"] == len(lengths)
     assert summary == {
+        "caption": f"tiny/llava_next · strategy none · sinks: norm_threshold tau=100\ndata toy · 2 eval images "
+        f"({len(lengths)} ViT tiles)",
         "model": module.source,
         "split": "eval",
         **summarise(norms, lengths=lengths, configured=module.detector),
+        **calibrate.figure_data([row[:n] for row, n in zip(norms, lengths)]),
     }
