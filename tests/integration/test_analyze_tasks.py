@@ -2,10 +2,12 @@
 its JSON summary and PNG figure, and reports the simulated sinks as the ViT sinks."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from sinkflow.analysis.task import ANALYSES
 from test_entry_points import ROOT, SMALL_DATA, run
@@ -16,6 +18,18 @@ MODELS = ["tiny_llava", "tiny_qwen2_vl"]
 # Every task runs on its defaults (the tiny models set massive_min_layer: 1 for their 2-layer LLMs).
 TASK_ARGS = {"propagation": ["propagation.max_new_tokens=4"]}
 SUMMARY_NAMES = {"calibrate": "calibration"}  # the JSON a task writes, when not <task>.json
+
+
+def readme_outputs() -> dict[str, list[str]]:
+    """The files each task writes, as the output column of the README's table of analyses names them (with
+    `relevance_<token>.png` for each of the configured tokens)."""
+    section = (ROOT / "README.md").read_text().split("\n## Analyses\n", 1)[1].split("\n## ", 1)[0]
+    tokens = OmegaConf.load(ROOT / "conf" / "analyze.yaml").relevance.tokens
+    outputs = {}
+    for task, cell in re.findall(r"^\| `(\w+)` \|.*\| ([^|]*) \|$", section, flags=re.MULTILINE):
+        names = re.findall(r"`([\w<>]+\.(?:json|png))`", cell)
+        outputs[task] = sorted(n.replace("<token>", str(t)) for n in names for t in (tokens if "<token>" in n else [0]))
+    return outputs
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -38,6 +52,10 @@ def test_task_writes_summary_and_figure(task, model, tmp_path, env, shared_image
     summary = json.loads((out / f"{SUMMARY_NAMES.get(task, task)}.json").read_text())
     figures = list(out.glob("*.png"))
     assert figures and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+    assert sorted(p.name for p in out.glob("*.*") if p.suffix in (".json", ".png")) == readme_outputs()[task]
+    # Every figure's caption, built from the model and the data that ran (6 images of the small shapes set)
+    source, _, rest = summary["caption"].partition(" (SIMULATED sinks) · strategy none · sinks: norm_threshold tau=")
+    assert source.startswith(f"{model}-") and "\ndata shapes-seed0-n32-e6-px64 · " in rest
     if task == "propagation":
         types = summary["mean_attention_percent"]
         assert summary["tokens"] == 6 * 16 == sum(t["tokens"] for t in types.values())  # 6 images, 16 tokens each
