@@ -57,8 +57,15 @@ class AnalysisContext:
 
     def write(self, summary: dict, figures: dict[str, plt.Figure], summary_name: str | None = None) -> dict:
         """Save `<summary_name>.json` (by default `<task>.json`) and `<figure>.png` for each figure, log them,
-        close the figures; return `summary`."""
+        close the figures; return `summary`. A figure must be titled with the summary's caption."""
         summary_name = summary_name or self.task
+        caption = " ".join(str(summary.get("caption", "")).split())
+        for figure_name, figure in figures.items():
+            if not caption or caption not in " ".join(figure.get_suptitle().split()):
+                raise ValueError(
+                    f"{self.task}: figure {figure_name!r} is not titled with the summary's caption (what model, "
+                    "strategy and data it shows): draw it with sinkflow.plotting.titled(fig, what, summary['caption'])"
+                )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / f"{summary_name}.json").write_text(json.dumps(summary, indent=2))
         paths = {}

@@ -3,10 +3,12 @@
 import json
 
 import matplotlib.pyplot as plt
+import pytest
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import OmegaConf
 
 from sinkflow.analysis.context import AnalysisContext, flatten
+from sinkflow.plotting import titled
 
 
 def test_summaries_flatten_to_numeric_scalars():
@@ -27,9 +29,13 @@ def test_write_saves_files_and_logs_scalars_and_images(tmp_path, monkeypatch):
         loggers=[wandb, csv],
         task="probe",
     )
-    figure, ax = plt.subplots()
+    summary = {"caption": "tiny · strategy none\ndata shapes · 12 images", "accuracy": {"sink_mean": 0.9}, "images": 12}
+    untitled, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    summary = {"accuracy": {"sink_mean": 0.9}, "images": 12}
+    with pytest.raises(ValueError, match="^probe: figure 'probe' is not titled with the summary's caption"):
+        ctx.write(summary, {"probe": untitled})
+    assert not (tmp_path / "out").exists()  # nothing written
+    figure = titled(untitled, "a line", summary["caption"])
     assert ctx.write(summary, {"probe": figure}) == summary
     assert json.loads((tmp_path / "out" / "probe.json").read_text()) == summary
     assert (tmp_path / "out" / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -38,7 +38,7 @@ def close_figures():
 def assert_titled(fig) -> None:
     """The caption is in the title (its lines may wrap), the title fits the figure's width and sits above every panel,
     every plotted axis has both labels."""
-    assert " ".join(CAPTION.split()) in " ".join(fig._suptitle.get_text().split())
+    assert " ".join(CAPTION.split()) in " ".join(fig.get_suptitle().split())
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     title = fig._suptitle.get_window_extent(renderer)
@@ -131,7 +131,7 @@ def test_massive_dims_heatmap_is_the_summary_with_tau_on_its_scale(close_figures
         assert image.norm.vmin <= 20.0 <= image.norm.vmax  # tau is on the colour scale
     colorbar = fig.axes[-1]
     assert any(list(line.get_ydata()) == [20.0, 20.0] for line in colorbar.lines)  # tau marked on the colour bar
-    title = " ".join(fig._suptitle.get_text().split())
+    title = " ".join(fig.get_suptitle().split())
     assert data["dims_chosen"] in title
     if massive_tokens:
         assert "5 massive tokens (max |h / rms(h)| = 41.5 > tau = 20)" in title
@@ -244,7 +244,7 @@ def test_calibration_figures_are_the_summary_and_say_when_sinks_are_simulated(cl
     assert band_y.max() == pytest.approx(max(summary["sorted_norms"]["q90"]))
     assert sorted(line.get_ydata()[0] for line in ax.lines if line is not median) == [60.0, 100.0]
     for fig in (histogram, ranked):
-        assert ("the sinks are SIMULATED" in " ".join(fig._suptitle.get_text().split())) is simulated
+        assert ("the sinks are SIMULATED" in " ".join(fig.get_suptitle().split())) is simulated
         assert_titled(fig)
 
 
