@@ -32,6 +32,11 @@ def titled(fig: Figure, what: str, caption: str) -> Figure:
     panels (tight_layout would let it overlap them)."""
     fig.set_layout_engine("constrained")
     width = int(fig.get_figwidth() * 72 / (0.6 * TITLE_SIZE))  # characters of about 0.6 em that fit across
-    lines = [part for line in f"{what}\n{caption}".splitlines() for part in textwrap.wrap(line, width)]
+    # Lines break between words only: a caption's names (hub ids, shapes-seed0-n1024-...) stay whole.
+    lines = [
+        part
+        for line in f"{what}\n{caption}".splitlines()
+        for part in textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False)
+    ]
     fig.suptitle("\n".join(lines), fontsize=TITLE_SIZE)
     return fig

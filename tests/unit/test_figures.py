@@ -22,7 +22,7 @@ from sinkflow.analysis import calibrate, decode, massive_dims, probe, propagatio
 from sinkflow.analysis.context import AnalysisContext
 from sinkflow.caption import Caption
 from sinkflow.loss_curves import loss_curves, plot_losses
-from sinkflow.plotting import pyplot
+from sinkflow.plotting import pyplot, titled
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 
 plt = pyplot()
@@ -258,6 +258,15 @@ def test_loss_curves_are_the_json_beside_them(close_figures):
     assert list(mean.get_ydata()) == curves["train_mean"]["loss"]
     assert (list(val.get_xdata()), list(val.get_ydata())) == ([3], [0.75])
     assert_titled(fig)
+
+
+def test_a_wrapped_title_keeps_every_name_of_the_caption_whole(close_figures):
+    caption = "llava-hf/llava-1.5-7b-hf · strategy sink_front\ndata shapes-seed0-n1024-e60-px64 · 64 images"
+    fig = titled(plt.figure(figsize=(1.5, 2)), "a narrow figure", caption)  # 20 characters across
+    lines = fig.get_suptitle().splitlines()
+    words = [word for line in lines for word in line.split()]
+    assert len(lines) > 3 and "shapes-seed0-n1024-e60-px64" in words and "llava-hf/llava-1.5-7b-hf" in words
+    assert " ".join(caption.split()) in " ".join(fig.get_suptitle().split())
 
 
 def test_no_figure_is_drawn_without_its_caption(tmp_path):
