@@ -21,8 +21,8 @@ class Caption:
     simulated_sinks: bool  # the tiny models plant their sinks (docs/contracts.md#simulated-sinks)
 
     @classmethod
-    def of(cls, module: SinkflowModule, datamodule: LVLMDataModule) -> Caption:
-        """The caption of a run of `module` on `datamodule`."""
+    def of(cls, module: SinkflowModule, datamodule: LVLMDataModule | None) -> Caption:
+        """The caption of a run of `module` on `datamodule` (None: loaders given to `Trainer.fit` directly)."""
         source = str(module.source)
         detector = module.detector
         settings = (
@@ -46,9 +46,11 @@ class Caption:
         return f"{model} · strategy {self.strategy}{detector}\ndata {self.data} · {count}"
 
 
-def data_name(datamodule: LVLMDataModule) -> str:
+def data_name(datamodule: LVLMDataModule | None) -> str:
     """The training file's directory (a generated dataset names its settings there: shapes-seed0-n1024-...), else the
     evaluation sets joined."""
+    if datamodule is None:
+        return "loaders given to Trainer.fit (no data module to name)"
     if datamodule.train_json:
         return Path(datamodule.train_json).parent.name
     return "+".join(datamodule.eval_sets)

@@ -66,6 +66,7 @@ def test_the_caption_names_model_strategy_detector_data_and_simulated_sinks(tmp_
     assert Caption.of(SimpleNamespace(**vars(hub), simulated_sinks=None), benchmarks).text("3 images") == (
         "llava-hf/llava-1.5-7b-hf · strategy dual_mlp\ndata pope+mme · 3 images"
     )
+    assert Caption.of(SimpleNamespace(**vars(hub), simulated_sinks=None), None).data.startswith("loaders given to")
 
 
 def test_propagation_bars_start_at_zero_and_the_line_breaks_across_empty_bins(close_figures):
