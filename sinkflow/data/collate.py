@@ -25,13 +25,20 @@ def batch_to(batch: dict, device: torch.device | str) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def load_image(path: str, sample_id=None) -> Image.Image:
-    """Open an image as RGB, with an error naming the file (and the sample whose image it is, given its id)."""
+# A sample's image: a file, or an image already in memory (lmms-eval hands its tasks' images over decoded).
+ImageSource = str | Image.Image
+
+
+def load_image(source: ImageSource, sample_id=None) -> Image.Image:
+    """An image as RGB: a file opened, with an error naming it (and the sample whose image it is, given its id), or
+    an image in memory converted."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             return img.convert("RGB")
     except (OSError, ValueError) as err:
-        raise OSError(f"cannot read image {path}{_question_suffix(sample_id)}: {err}") from err
+        raise OSError(f"cannot read image {source}{_question_suffix(sample_id)}: {err}") from err
 
 
 def _question_suffix(sample_id) -> str:
@@ -209,10 +216,11 @@ def key_hash(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def image_paths(sample: dict) -> list[str]:
-    """A sample's images: none, one (`image` a path) or several (`image` a list of paths, in placeholder order)."""
+def image_paths(sample: dict) -> list[ImageSource]:
+    """A sample's images: none, one (`image` a path or an image) or several (`image` a list of them, in placeholder
+    order)."""
     image = sample.get("image")
-    return [] if image is None else [image] if isinstance(image, str) else list(image)
+    return [] if image is None else [image] if isinstance(image, (str, Image.Image)) else list(image)
 
 
 def image_key(key: str, k: int) -> str:

@@ -209,3 +209,15 @@ def test_image_keys_are_unique_across_evaluation_sets(processor, image_path):
     ]
     samples.append({"id": "t0", "image": image_path, "conversations": [{"from": "human", "value": "<image>\nQ?"}]})
     assert Collator(processor, VicunaV1(), generate=True)(samples)["image_keys"] == ["mmstar/3", "open/3", "t0"]
+
+
+def test_an_image_in_memory_collates_as_its_file(processor, image_path):
+    """lmms-eval hands its tasks' images over decoded: one, or a list, stands for the file(s)."""
+    collator = Collator(processor, VicunaV1(), generate=True)
+    from_file = collator([conversation(image_path)])
+    with Image.open(image_path) as image:
+        in_memory = image.convert("RGBA")  # converted to RGB as a file is
+    for given in (in_memory, [in_memory]):
+        batch = collator([conversation(given)])
+        assert torch.equal(batch["pixel_values"], from_file["pixel_values"])
+        assert torch.equal(batch["input_ids"], from_file["input_ids"]) and batch["meta"] == from_file["meta"]
