@@ -63,13 +63,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Generate on the evaluation sets with a trained run (checkpoint or export) or a pretrained model; score and
     print."""
+    return fit_and_test(cfg, evaluation_module(cfg), fit=False, test=True)
+
+
+def evaluation_module(cfg: DictConfig) -> SinkflowModule:
+    """The module an evaluation answers with (evaluate.py, the lmms-eval model): the trained run at `cfg.ckpt_path`,
+    or the pretrained `cfg.model` routed by `cfg.sink_strategy`."""
     if cfg.ckpt_path:
-        module = load_trained(cfg)
-    else:
-        validate(cfg)
-        L.seed_everything(cfg.seed, workers=True)
-        module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=False)
-    return fit_and_test(cfg, module, fit=False, test=True)
+        return load_trained(cfg)
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    return SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=False)
 
 
 def load_trained(cfg: DictConfig) -> SinkflowModule:
