@@ -7,17 +7,33 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_SILENT ?= true
 
-.PHONY: install train evaluate test test-fast lint format bench clean
+LMMS_VENV := .venv-lmms-eval
+LMMS_STAMP := $(LMMS_VENV)/.installed
+
+.PHONY: install lmms-eval train evaluate test test-fast lint format bench clean
 
 install: $(STAMP)
 
 # torch is pinned in the lock and installed in the same command, so pip never picks a CUDA build.
-$(STAMP): requirements/cpu.txt requirements/no-deps.txt pyproject.toml
+$(STAMP): requirements/cpu.txt requirements/no-deps.txt requirements/lmms-eval.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-cache-dir -r requirements/cpu.txt
-	$(PY) -m pip install --quiet --no-cache-dir --no-deps -r requirements/no-deps.txt
+	$(PY) -m pip install --quiet --no-cache-dir --no-deps -r requirements/no-deps.txt -r requirements/lmms-eval.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# `lmms-eval --model sinkflow` runs from $(LMMS_VENV)/bin/lmms-eval: a venv layered over .venv (a .pth adds .venv's
+# packages after its own) holding only what lmms-eval's evaluator needs otherwise (requirements/lmms-eval-venv.txt).
+# Its own packages go in before the .pth, or pip would take .venv's lmms-eval for installed.
+lmms-eval: $(LMMS_STAMP)
+
+$(LMMS_STAMP): $(STAMP) requirements/lmms-eval-venv.txt
+	rm -rf $(LMMS_VENV)
+	$(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/python -m pip install --quiet --no-cache-dir --no-deps -r requirements/lmms-eval-venv.txt
+	echo "import site; site.addsitedir('$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")')" \
+		> "$$($(LMMS_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/sinkflow-venv.pth"
+	touch $(LMMS_STAMP)
 
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
@@ -25,8 +41,8 @@ train: $(STAMP)
 evaluate: $(STAMP)
 	$(PY) evaluate.py $(ARGS)
 
-# The whole suite (what CI runs), naming its 15 slowest tests.
-test: $(STAMP)
+# The whole suite (what CI runs), naming its 15 slowest tests; the lmms-eval venv runs its end-to-end test.
+test: $(STAMP) $(LMMS_STAMP)
 	$(PY) -m pytest --durations=15 $(ARGS)
 
 # The unit tier, for the edit loop: no entry point end to end, no spawned processes, no long training.
@@ -50,4 +66,4 @@ bench: $(STAMP)
 	$(PY) bench/analysis_memory.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache logs outputs
+	rm -rf $(VENV) $(LMMS_VENV) .pytest_cache logs outputs
