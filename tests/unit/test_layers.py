@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),
     ("sinkflow.analysis",),
     ("sinkflow.run",),
+    ("sinkflow.integrations",),  # sinkflow inside other tools (lmms-eval); nothing else imports them
 )
 
 
