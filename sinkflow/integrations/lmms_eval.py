@@ -1,7 +1,8 @@
 """sinkflow as an lmms-eval model: `lmms-eval --model sinkflow --model_args ckpt_path=<run>,sink_strategy=sink_front`.
 
 Every `--model_args` entry is a Hydra override of `conf/evaluate.yaml` (`ckpt_path=`, `model=`, `sink_strategy=`,
-`sink_strategy.detector.tau=80`, ...), so the model is built exactly as `evaluate.py` builds it
+`sink_strategy.detector.tau=80`, ...; a `sink_strategy` beside a `ckpt_path` routes the run with it), so the model is
+built exactly as `evaluate.py` builds it
 (`sinkflow.run.evaluation_module`), and each `generate_until` request becomes the sample `evaluate.py` would make of
 the same question (`<image>\\n` before the task's prompt, the model config's template, the collator), answered in
 batches by the module's own test-loop generation (`SinkflowModule.predict_step`): same pathway, strategy, template
@@ -46,8 +47,13 @@ LOGLIKELIHOOD_TASKS = (
 
 def hydra_overrides(model_args: dict) -> list[str]:
     """`key=value` overrides from lmms-eval's parsed `--model_args` (it turns `true` into True and digits into
-    numbers: they are written back as Hydra reads them)."""
-    return [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in model_args.items()]
+    numbers: they are written back as Hydra reads them). A `sink_strategy` named beside a `ckpt_path` routes the
+    trained run with it (`use_checkpoint_strategy=false`, unless the arguments set that themselves): evaluate.py's
+    default, the run's own strategy, would leave the strategy asked for unused."""
+    args = dict(model_args)
+    if "ckpt_path" in args and "sink_strategy" in args:
+        args.setdefault("use_checkpoint_strategy", False)
+    return [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in args.items()]
 
 
 def cut_at_stops(text: str, until: list[str]) -> str:

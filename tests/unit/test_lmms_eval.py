@@ -9,6 +9,7 @@ from importlib import import_module
 from pathlib import Path
 
 import pytest
+import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.models.registry_v2 import ModelRegistryV2
 from lmms_eval.tasks.pope import utils as pope_task
@@ -21,6 +22,8 @@ from sinkflow.config import compose_config
 from sinkflow.data.predictions import read_predictions
 from sinkflow.eval.metrics import score_records
 from sinkflow.integrations.lmms_eval import SinkflowLMM, cut_at_stops, hydra_overrides
+from sinkflow.models.export import export_trainable
+from sinkflow.module import SinkflowModule
 from sinkflow.run import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,9 +73,25 @@ def pope_requests(docs: list[dict]) -> list[Instance]:
     ]
 
 
-@pytest.mark.parametrize("strategy", ["none", "sink_front"])
-def test_the_adapter_answers_lmms_eval_requests_as_evaluate_py(strategy, tmp_path):
+def trained_export(args: dict, tmp: Path) -> Path:
+    """An export of the tiny model trained with `none` (LoRA and projector weights drawn at random, so that they change
+    the answers), as `evaluate.py ckpt_path=` and `--model_args ckpt_path=` take it."""
+    cfg = compose_config([*hydra_overrides(args), "sink_strategy=none"], config_name="evaluate")
+    module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+    return export_trainable(module, tmp / "export")
+
+
+@pytest.mark.slow  # evaluate.py's run (in this process) on each
+@pytest.mark.parametrize("strategy,trained", [("none", False), ("sink_front", False), ("sink_front", True)])
+def test_the_adapter_answers_lmms_eval_requests_as_evaluate_py(strategy, trained, tmp_path):
     args = model_args(strategy, tmp_path)
+    if trained:
+        args["ckpt_path"] = str(trained_export(args, tmp_path))
     # evaluate.py on the shapes POPE questions, each answered within lmms-eval's POPE limit (128 new tokens).
     overrides = [
         *hydra_overrides(args),
@@ -100,6 +119,10 @@ def test_the_adapter_answers_lmms_eval_requests_as_evaluate_py(strategy, tmp_pat
     assert prompts == [evaluated[item["id"]]["prompt"] for item in items]
     assert answers == [cut_at_stops(evaluated[item["id"]]["prediction"], ["\n\n"]) for item in items]
     assert any(answers)  # the tiny model says something (random words), so equal answers are not equally empty
+    if trained:  # the run's weights answered, not the pretrained model's
+        pretrained = SinkflowLMM(batch_size=3, device="cpu", **model_args(strategy, tmp_path))
+        pretrained.task_dict = lm.task_dict
+        assert pretrained.generate_until(requests) != answers
 
 
 def test_stop_strings_cut_the_answer_before_the_first_of_them():
@@ -109,12 +132,19 @@ def test_stop_strings_cut_the_answer_before_the_first_of_them():
 
 
 def test_model_args_become_hydra_overrides_as_written():
-    parsed = {"ckpt_path": "/runs/a/checkpoints/last.ckpt", "use_checkpoint_strategy": False, "x.tau": 80}
+    parsed = {"ckpt_path": "/runs/a/checkpoints/last.ckpt", "use_checkpoint_strategy": True, "x.tau": 80}
     assert hydra_overrides(parsed) == [
         "ckpt_path=/runs/a/checkpoints/last.ckpt",
-        "use_checkpoint_strategy=false",
+        "use_checkpoint_strategy=true",
         "x.tau=80",
     ]
+    # A strategy named beside a trained run routes it, unless use_checkpoint_strategy says otherwise.
+    assert hydra_overrides({"ckpt_path": "/r", "sink_strategy": "sink_front"}) == [
+        "ckpt_path=/r",
+        "sink_strategy=sink_front",
+        "use_checkpoint_strategy=false",
+    ]
+    assert hydra_overrides({**parsed, "sink_strategy": "sink_end"})[1] == "use_checkpoint_strategy=true"
 
 
 def test_the_entry_point_names_the_adapter_for_lmms_eval_s_registry():
