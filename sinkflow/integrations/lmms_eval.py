@@ -2,12 +2,11 @@
 
 Every `--model_args` entry is a Hydra override of `conf/evaluate.yaml` (`ckpt_path=`, `model=`, `sink_strategy=`,
 `sink_strategy.detector.tau=80`, ...; a `sink_strategy` beside a `ckpt_path` routes the run with it), so the model is
-built exactly as `evaluate.py` builds it
-(`sinkflow.run.evaluation_module`), and each `generate_until` request becomes the sample `evaluate.py` would make of
-the same question (`<image>\\n` before the task's prompt, the model config's template, the collator), answered in
-batches by the module's own test-loop generation (`SinkflowModule.predict_step`): same pathway, strategy, template
-and greedy decoding. lmms-eval finds the class through the `lmms_eval.models` entry point (pyproject.toml,
-`lmms_eval_manifest.py`). Only this package imports lmms_eval.
+built as `evaluate.py` builds it (`sinkflow.run.evaluation_module`). Each `generate_until` request becomes the sample
+`evaluate.py` makes of the same question (`<image>\\n` before the task's prompt, the model config's template, the
+collator) and is answered in batches by the module's own test-loop generation (`SinkflowModule.predict_step`): same
+pathway, strategy, template and greedy decoding. lmms-eval finds the class through the `lmms_eval.models` entry point
+(pyproject.toml, `lmms_eval_manifest.py`). Only this package imports lmms_eval.
 """
 
 from __future__ import annotations
@@ -109,7 +108,7 @@ class SinkflowLMM(lmms):
         # One image: `<image>\n` before the prompt, as evaluate.py asks; several: the prompt's own placeholders, or
         # one per image before it.
         text = context if IMAGE_TOKEN in context else f"{IMAGE_TOKEN}\n" * len(visuals) + context
-        limit = gen_kwargs.get("max_new_tokens", self.module.generation.max_new_tokens)
+        limit = gen_kwargs.get("max_new_tokens") or self.module.generation.max_new_tokens
         sample = {
             "id": f"{task}/{doc_id}",
             "image": list(visuals) or None,
