@@ -200,6 +200,10 @@ class LVLMDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self):
+        if self.trainer is not None and self.trainer.overfit_batches:
+            # `debug=overfit`: the same first batches every epoch, in order; Lightning would otherwise rebuild the
+            # shuffling loader with its own sampler, which ResumableLoader does not take.
+            return self._loader(self.train_set, self.batch_size, generate=False)
         # Under DDP, this process's share (as Lightning's DistributedSampler would give it).
         sharding = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         self.train_loader = ResumableLoader(
