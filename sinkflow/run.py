@@ -63,6 +63,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Generate on the evaluation sets with a trained run (checkpoint or export) or a pretrained model; score and
     print."""
+    if cfg.trainer.get("overfit_batches"):
+        raise ValueError(
+            "trainer.overfit_batches (debug=overfit) repeats training batches, and evaluate.py does not train: "
+            "use debug=default|fdr|limit|profiler"
+        )
     return fit_and_test(cfg, evaluation_module(cfg), fit=False, test=True)
 
 
