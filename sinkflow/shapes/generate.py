@@ -9,6 +9,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 from sinkflow.benchmarks.mme import YES_NO_SUFFIX
 from sinkflow.benchmarks.pope import CATEGORIES as POPE_CATEGORIES
 from sinkflow.checks import number
@@ -115,7 +117,16 @@ def _write_images(folder: Path, prefix: str, scenes: list[Scene], image_size: in
         render_scene(scene, image_size).save(folder / f"{prefix}_{i:05d}.png", format="PNG")
 
 
-def generate_shapes(
+def generate_shapes(root: str | Path, **options) -> Path:
+    """`write_shapes(root, **options)` under a lock beside `root`: the parallel jobs of a sweep (submitit, SLURM) that
+    share a data directory write it once, and the others wait and reuse it (without, each would delete the files
+    another is writing)."""
+    Path(root).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{root}.lock"):
+        return write_shapes(root, **options)
+
+
+def write_shapes(
     root: str | Path,
     *,
     seed: int = 0,
