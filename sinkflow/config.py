@@ -1,4 +1,5 @@
-"""Config helpers: the `wandb_offline` resolver and start-up validation with errors that name the key."""
+"""Config helpers: the resolvers (`wandb_offline`, the SLURM launcher's) and start-up validation with errors that name
+the key."""
 
 from __future__ import annotations
 
@@ -48,8 +49,28 @@ def wandb_offline() -> bool:
     return os.environ.get("WANDB_MODE", "offline").lower() != "online"
 
 
-if not OmegaConf.has_resolver("wandb_offline"):
-    OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
+def slurm_tasks_per_node(devices: int | str) -> int:
+    """`hydra/launcher=slurm`: a srun task per trainer device, each a DDP rank (Lightning's SLURMEnvironment)."""
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+        return devices
+    raise ValueError(
+        f"hydra/launcher=slurm starts one task per device: trainer.devices must be a number >= 1, got {devices!r} "
+        "(e.g. trainer=ddp trainer.devices=4)"
+    )
+
+
+def slurm_gpus_per_node(accelerator: str, devices: int | str) -> int | None:
+    """`hydra/launcher=slurm`: the GPUs a node of the job asks for (none for a CPU trainer)."""
+    return slurm_tasks_per_node(devices) if accelerator in ("gpu", "cuda") else None
+
+
+for _name, _resolver in (
+    ("wandb_offline", wandb_offline),
+    ("slurm_tasks_per_node", slurm_tasks_per_node),
+    ("slurm_gpus_per_node", slurm_gpus_per_node),
+):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 def validate(cfg: DictConfig, groups: tuple[str, ...] = tuple(REQUIRED)) -> None:
