@@ -8,10 +8,9 @@ import sinkflow.config  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from sinkflow.run import train  # here, not above: --help and config errors answer before torch loads
+    from sinkflow.run import optimized_value, train  # here, not above: --help and config errors answer before torch
 
-    metrics = train(cfg)
-    return metrics.get(cfg.optimized_metric)
+    return optimized_value(cfg, train(cfg))
 
 
 if __name__ == "__main__":

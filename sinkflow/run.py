@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -58,6 +60,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=True, init_from=cfg.init_from)
     return fit_and_test(cfg, module, fit=cfg.train, test=cfg.test, callbacks=[DivergenceGuard(**cfg.divergence)])
+
+
+def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """What train.py returns to Hydra's sweeper: the run's `optimized_metric`. A search sweeper (Optuna) needs it, so
+    there a metric the run did not measure is an error naming the closest keys it did."""
+    value = metrics.get(cfg.optimized_metric)
+    sweeper = HydraConfig.get().runtime.choices.get("hydra/sweeper") if HydraConfig.initialized() else None
+    if value is None and sweeper not in (None, "basic"):
+        close = difflib.get_close_matches(cfg.optimized_metric, list(metrics), n=5, cutoff=0.3)
+        raise ValueError(
+            f"optimized_metric={cfg.optimized_metric} is not among this run's {len(metrics)} metrics, and the "
+            f"{sweeper} sweeper optimises it; closest: {close or 'none (did the run test? test=true)'}"
+        )
+    return value
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
