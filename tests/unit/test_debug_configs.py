@@ -3,10 +3,15 @@ that evaluate.py refuses the one that only trains."""
 
 import pytest
 from hydra.utils import instantiate
+from lightning.pytorch import Trainer
 from lightning.pytorch.profilers import SimpleProfiler
 from omegaconf import OmegaConf
+from torch.utils.data import SequentialSampler
 
 from sinkflow.config import CONF_DIR, compose_config
+from sinkflow.data.datamodule import LVLMDataModule
+from sinkflow.data.templates import VicunaV1
+from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.run import evaluate
 
 OPTIONS = sorted(path.stem for path in (CONF_DIR / "debug").glob("*.yaml"))
@@ -69,3 +74,18 @@ def test_evaluate_refuses_overfit_before_loading_anything():
     cfg = compose_config(["debug=overfit"], config_name="evaluate")
     with pytest.raises(ValueError, match=r"trainer.overfit_batches \(debug=overfit\) .* evaluate.py does not train"):
         evaluate(cfg)
+
+
+def test_overfitting_reads_the_first_training_batches_in_order(shapes_root):
+    # Lightning keeps a loader with a SequentialSampler as it is; any other sampler it rebuilds, which
+    # ResumableLoader (the usual training loader) cannot be.
+    _, processor = build_tiny_llava(TinyLlavaSpec())
+    data = LVLMDataModule(
+        str(shapes_root / "train.json"), str(shapes_root), batch_size=4, val_fraction=0.1, limit_train=16, seed=3
+    ).bind(processor, VicunaV1())
+    data.setup("fit")
+    data.trainer = Trainer(overfit_batches=2, logger=False, enable_checkpointing=False, accelerator="cpu")
+    loader = data.train_dataloader()
+    assert isinstance(loader.sampler, SequentialSampler)
+    first, again = ([meta["id"] for batch in loader for meta in batch["meta"]] for _ in range(2))
+    assert first == again == [sample["id"] for sample in data.train_set]
