@@ -154,7 +154,7 @@ class SweepTable(Callback):
             return
         try:
             job_return.return_value  # noqa: B018  (raises the job's exception when it failed)
-        except Exception as error:  # noqa: BLE001  (whatever the job raised is recorded, not handled)
+        except Exception as error:  # whatever the job raised is recorded here; Hydra reports it
             message = f"{type(error).__name__}: {error}".splitlines()[0]
             (Path(config.hydra.runtime.output_dir) / FAILED).write_text(message + "\n")
         self.tabulate(config)
