@@ -56,8 +56,9 @@ class AnalysisContext:
         return self.caption.text(count)
 
     def write(self, summary: dict, figures: dict[str, plt.Figure], summary_name: str | None = None) -> dict:
-        """Save `<summary_name>.json` (by default `<task>.json`) and `<figure>.png` for each figure, log them,
-        close the figures; return `summary`. A figure must be titled with the summary's caption."""
+        """Save `<summary_name>.json` (by default `<task>.json`), its numeric leaves flat in `metrics.json`
+        (`<task>/<key>/...`) and `<figure>.png` for each figure, log them, close the figures; return `summary`. A
+        figure must be titled with the summary's caption."""
         summary_name = summary_name or self.task
         caption = " ".join(str(summary.get("caption", "")).split())
         for figure_name, figure in figures.items():
@@ -74,6 +75,8 @@ class AnalysisContext:
             figure.savefig(paths[figure_name], dpi=120)
             plt.close(figure)
         scalars = {f"{self.task}/{k}": v for k, v in flatten(summary).items()}
+        # the summary's numbers, flat, as train.py and evaluate.py write theirs: what a multirun's table reads
+        (self.output_dir / "metrics.json").write_text(json.dumps(scalars, indent=2))
         for logger in self.loggers:
             logger.log_metrics(scalars)
             if hasattr(logger, "log_image"):  # W&B; other loggers keep the PNG files only

@@ -38,6 +38,11 @@ def test_write_saves_files_and_logs_scalars_and_images(tmp_path, monkeypatch):
     figure = titled(untitled, "a line", summary["caption"])
     assert ctx.write(summary, {"probe": figure}) == summary
     assert json.loads((tmp_path / "out" / "probe.json").read_text()) == summary
+    # flat, as the multirun table reads it
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == {
+        "probe/accuracy/sink_mean": 0.9,
+        "probe/images": 12,
+    }
     assert (tmp_path / "out" / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     header, values = (tmp_path / "csv" / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
     logged = dict(zip(header.split(","), values.split(",")))
