@@ -1,5 +1,5 @@
 """A callback that draws the run's training and validation loss to `loss_curves.png`, beside `loss_curves.json`
-(what the figure draws), whatever the logger."""
+(what the figure draws), whatever the logger; W&B gets the image too."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import lightning as L
 
 from sinkflow.caption import Caption
+from sinkflow.loggers import log_images
 from sinkflow.plotting import pyplot, titled
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class LossCurves(L.Callback):
             figure = plot_losses(curves)
             figure.savefig(self.path, dpi=120)
             pyplot().close(figure)
+            log_images(trainer.loggers, {"train/loss_curves": self.path}, step=trainer.global_step)
 
 
 def loss_curves(train: list[tuple[int, float]], val: list[tuple[int, float]], caption: str) -> dict:

@@ -24,6 +24,7 @@ from sinkflow.checks import number
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.datamodule import LVLMDataModule
 from sinkflow.data.templates import IMAGE_TOKEN
+from sinkflow.loggers import leaves, log_images, log_summary_table
 from sinkflow.module import SinkflowModule
 from sinkflow.pathway import VisualFeatures
 from sinkflow.plotting import pyplot
@@ -79,9 +80,9 @@ class AnalysisContext:
         (self.output_dir / "metrics.json").write_text(json.dumps(scalars, indent=2))
         for logger in self.loggers:
             logger.log_metrics(scalars)
-            if hasattr(logger, "log_image"):  # W&B; other loggers keep the PNG files only
-                for figure_name, path in paths.items():
-                    logger.log_image(key=f"{self.task}/{figure_name}", images=[str(path)])
+        log_images(self.loggers, {f"{self.task}/{name}": path for name, path in paths.items()})
+        log_summary_table(self.loggers, f"{self.task}/{summary_name}", summary)
+        for logger in self.loggers:
             logger.save()
         log.info(
             "%s written to %s (%s)",
@@ -94,14 +95,11 @@ class AnalysisContext:
 
 def flatten(summary: dict, prefix: str = "") -> dict[str, float]:
     """The numeric leaves of a nested summary as flat `/`-joined keys (what scalar loggers accept)."""
-    flat: dict[str, float] = {}
-    for key, value in summary.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:  # no NaN
-            flat[name] = float(value)
-    return flat
+    return {
+        name: float(value)
+        for name, value in leaves(summary, prefix).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # no NaN
+    }
 
 
 @dataclass

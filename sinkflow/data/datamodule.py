@@ -25,13 +25,14 @@ log = logging.getLogger(__name__)
 
 
 def eval_sample(item: dict, with_image: bool = True) -> dict:
-    """A benchmark item as a one-turn sample; everything but the image path and raw prompt goes to `meta`.
+    """A benchmark item as a one-turn sample; everything but the raw prompt goes to `meta` (so into its prediction
+    record), the image path(s) only when the question is asked with them.
 
     One image (`image_path` a path): `<image>` goes before the prompt. Several (`image_path` a list): the prompt
     already holds one `<image>` per image where each goes, and is asked as it is. `with_image=False` asks the same
     question without any image, every placeholder removed (MMStar's multi-modal gain / leakage).
     """
-    meta = {k: v for k, v in item.items() if k not in ("image_path", "prompt")}
+    meta = {k: v for k, v in item.items() if k != "prompt" and (with_image or k != "image_path")}
     several = isinstance(item["image_path"], list)
     if not with_image:
         text = item["prompt"].replace(IMAGE_TOKEN, "") if several else item["prompt"]

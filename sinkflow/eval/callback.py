@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.distributed as dist
 
-from sinkflow.benchmarks.base import Parser
+from sinkflow.benchmarks.base import BENCHMARKS, Benchmark, Parser
 from sinkflow.checks import choice
 from sinkflow.data.predictions import PredictionsWriter, read_predictions
 from sinkflow.eval.benchmark_scores import BenchmarkScores
@@ -42,7 +43,8 @@ class PredictionsCallback(L.Callback):
     """Writes `predictions.jsonl` as batches finish and `metrics.json` when the test ends (`metrics` holds it then;
     None until something was scored).
 
-    W&B loggers also get `test/predictions`, a table of `table_size` predictions spread evenly over the file.
+    W&B loggers also get `test/predictions`, a table of `table_size` predictions spread evenly over the file, each
+    with its image and whether it is right (`log_prediction_table`).
     """
 
     def __init__(self, predictions_path: str, resume: bool = True, table_size: int = 64, parser: Parser = "official"):
@@ -144,14 +146,28 @@ class PredictionsCallback(L.Callback):
         metrics_path.write_text(json.dumps(self.metrics, indent=2))
         for logger in trainer.loggers:
             logger.log_metrics({f"test/{k}": v for k, v in scores.items()}, step=trainer.global_step)
-        log_prediction_table(trainer.loggers, read_predictions(self.path), self.table_size)
+        log_prediction_table(trainer.loggers, read_predictions(self.path), self.table_size, self.parser)
 
 
-TABLE_COLUMNS = ("benchmark", "id", "category", "question", "answer", "prediction")
+TABLE_COLUMNS = (
+    "benchmark",
+    "id",
+    "category",
+    "image",
+    "question",
+    "answer",
+    "prediction",
+    "correct",
+    "route",
+    "routing",
+)
 
 
-def log_prediction_table(loggers: list, records: list[dict], size: int) -> None:
-    """A W&B table of `size` records spread evenly over the predictions (every benchmark shows up)."""
+def log_prediction_table(loggers: list, records: list[dict], size: int, parser: Parser) -> None:
+    """A W&B table of `size` records spread evenly over the predictions (every benchmark shows up): the image the
+    model was shown (the first of several), the question, answer and prediction, whether the prediction is right
+    under `parser` (the benchmark's own rule, `Benchmark.correct`) and, for a deciding strategy, the route(s) taken
+    and the whole decision (JSON)."""
     from lightning.pytorch.loggers import WandbLogger
 
     wandb_loggers = [logger for logger in loggers if isinstance(logger, WandbLogger)]
@@ -160,6 +176,28 @@ def log_prediction_table(loggers: list, records: list[dict], size: int) -> None:
     import wandb
 
     step = max(len(records) // size, 1)
-    rows = [[str(r.get(c, "")) for c in TABLE_COLUMNS] for r in records[::step][:size]]
+    rows = [table_row(record, parser, wandb.Image) for record in records[::step][:size]]
     for logger in wandb_loggers:
         logger.experiment.log({"test/predictions": wandb.Table(columns=list(TABLE_COLUMNS), data=rows)})
+
+
+def table_row(record: dict, parser: Parser, image: Callable[[str], object]) -> list:
+    """One record as a row of `TABLE_COLUMNS`; `image(path)` makes the image cell (None when the record names no
+    image file: asked without images, or written before records carried `image_path`)."""
+    paths = record.get("image_path")
+    first = paths[0] if isinstance(paths, list) and paths else paths
+    decisions = record.get("routing")
+    routes = [d["route"] for d in (decisions if isinstance(decisions, list) else [decisions])] if decisions else []
+    benchmark = BENCHMARKS.get(record["benchmark"]) or Benchmark  # an unknown one: scored by first word
+    return [
+        str(record["benchmark"]),
+        str(record["id"]),
+        str(record.get("category", "")),
+        image(first) if first else None,
+        str(record["question"]),
+        str(record["answer"]),
+        str(record["prediction"]),
+        benchmark.correct(record, parser),
+        ",".join(routes),
+        json.dumps(decisions) if decisions else "",
+    ]

@@ -28,6 +28,7 @@ from torch import nn
 
 from sinkflow.divergence import require_finite
 from sinkflow.models.build import unwrap
+from sinkflow.wandb_logger import JobWandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +213,17 @@ def _module_path(root: nn.Module, target: nn.Module) -> str:
 
 
 class ExportTrainable(L.Callback):
-    """At the end of fit, export the trainable weights next to the Lightning checkpoints (rank 0 only)."""
+    """At the end of fit, export the trainable weights next to the Lightning checkpoints (rank 0 only), and log the
+    export as an artifact to the W&B loggers that ask for it (`logger.wandb.log_export=true`)."""
 
     def __init__(self, dirpath: str):
         self.dirpath = dirpath
 
     def on_train_end(self, trainer, pl_module):
-        if trainer.is_global_zero:
-            export_trainable(pl_module, self.dirpath)
+        if not trainer.is_global_zero:
+            return
+        out = export_trainable(pl_module, self.dirpath)
+        info = {k: v for k, v in json.loads((out / INFO).read_text()).items() if k != "config"}  # the run has it
+        for logger in trainer.loggers:
+            if isinstance(logger, JobWandbLogger) and logger.log_export:
+                logger.log_directory(out, "export", metadata=info)

@@ -344,11 +344,12 @@ def test_eval_sample_prepends_one_placeholder_or_takes_the_prompt_as_it_is():
     assert eval_sample(one)["image"] == "/a.png"
     assert eval_sample(several)["conversations"][0]["value"] == "<image> or <image>?"
     assert eval_sample(several)["image"] == ["/a.png", "/b.png"]
-    assert eval_sample(several)["meta"] == {"benchmark": "mmmu", "id": "2"}
+    assert eval_sample(several)["meta"] == {"benchmark": "mmmu", "id": "2", "image_path": ["/a.png", "/b.png"]}
     # Without images: no image and no placeholder left.
     assert eval_sample(one, with_image=False)["conversations"][0]["value"] == "Q?"
     without = eval_sample(several, with_image=False)
     assert without["image"] is None and without["conversations"][0]["value"] == " or ?"
+    assert "image_path" not in without["meta"]  # its record does not claim images it was not shown
 
 
 class Decider(NoneStrategy):

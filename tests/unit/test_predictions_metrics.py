@@ -1,5 +1,7 @@
 """Predictions files (append, dedupe, resume, errors) and the basic accuracy table."""
 
+import json
+
 import pytest
 
 from sinkflow.benchmarks.base import BENCHMARKS, first_word
@@ -92,7 +94,7 @@ def test_scores_group_by_benchmark_category_and_scope():
     assert scores["mmstar/overall"] == 1.0
 
 
-def test_wandb_gets_a_table_of_predictions_from_every_benchmark(tmp_path, hermetic_env):
+def test_wandb_gets_a_table_of_predictions_from_every_benchmark(tmp_path, hermetic_env, image_path):
     import wandb
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
@@ -102,15 +104,42 @@ def test_wandb_gets_a_table_of_predictions_from_every_benchmark(tmp_path, hermet
     sent = []
     logger.experiment.log = lambda data, **kwargs: sent.append(data)
     records = [
-        {"benchmark": b, "id": str(i), "question": "q", "answer": "yes", "prediction": "no"}
+        {"benchmark": b, "id": str(i), "question": "q", "answer": "yes", "prediction": "no", "image_path": image_path}
         for b in ("pope", "mme")
         for i in range(10)
     ]
-    log_prediction_table([CSVLogger(tmp_path), logger], records, size=4)
+    log_prediction_table([CSVLogger(tmp_path), logger], records, size=4, parser="official")
     table = sent[0]["test/predictions"]
     assert isinstance(table, wandb.Table) and table.columns == list(TABLE_COLUMNS)
     assert [row[0] for row in table.data] == ["pope", "pope", "mme", "mme"]
+    assert all(isinstance(row[TABLE_COLUMNS.index("image")], wandb.Image) for row in table.data)
     wandb.finish()
+
+
+def test_a_table_row_judges_the_prediction_by_the_benchmark_rule_and_shows_the_route():
+    """POPE's official rule reads "There is no dog." as no (a first-word match would not); a cot_route record shows
+    the route it took and its whole decision."""
+    from sinkflow.eval.callback import TABLE_COLUMNS, table_row
+
+    decision = {"image": "symbolic", "question": "global", "route": "sinks_only"}
+    pope = {
+        **record("pope", "random/1", "no", "There is no dog.", category="random"),
+        "question": "Is there a dog in the image?",
+        "image_path": "/data/pope/1.png",
+        "routing": decision,
+    }
+    row = dict(zip(TABLE_COLUMNS, table_row(pope, "official", lambda path: f"image of {path}")))
+    assert row["image"] == "image of /data/pope/1.png" and row["question"] == "Is there a dog in the image?"
+    assert row["answer"] == "no" and row["prediction"] == "There is no dog."
+    assert row["correct"] is True and row["route"] == "sinks_only" and json.loads(row["routing"]) == decision
+    assert table_row(pope, "lmms_eval", str)[TABLE_COLUMNS.index("correct")] is False  # lmms-eval: "no" only
+    # Several images: the first is shown, each image's route listed; no image file: an empty cell.
+    several = {**pope, "image_path": ["/a.png", "/b.png"], "routing": [decision, {**decision, "route": "both"}]}
+    row = dict(zip(TABLE_COLUMNS, table_row(several, "official", str)))
+    assert row["image"] == "/a.png" and row["route"] == "sinks_only,both"
+    without = {k: v for k, v in pope.items() if k not in ("image_path", "routing")}
+    row = dict(zip(TABLE_COLUMNS, table_row(without, "official", str)))
+    assert row["image"] is None and row["route"] == "" and row["routing"] == ""
 
 
 def test_a_pope_answer_that_is_not_yes_or_no_is_named():
