@@ -23,6 +23,8 @@ from sinkflow.divergence import DivergenceGuard
 from sinkflow.eval.callback import PredictionsCallback
 from sinkflow.eval.results import now, results_document, run_provenance, write_results
 from sinkflow.eval.score import print_table
+from sinkflow.job import job
+from sinkflow.loggers import build_loggers, log_config
 from sinkflow.models.build import resolve_checkpoint
 from sinkflow.models.checkpoint import read_checkpoint, read_trained
 from sinkflow.module import SinkflowModule
@@ -41,17 +43,13 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list) -> L.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks + extra_callbacks, logger=loggers or False)
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    """The Lightning loggers of `cfg.logger` (none when the group is `none`)."""
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-
-
 def build_datamodule(cfg: DictConfig, module: SinkflowModule, predictions: Path | None):
     """The dataset's DataModule, bound to the model's processor and template."""
     datamodule = instantiate(cfg.dataset, skip_predicted=str(predictions) if predictions else None)
     return datamodule.bind(module.processor, instantiate(cfg.model.template))
 
 
+@job
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, export the trainable weights, then test on the evaluation sets; returns the test metrics."""
     validate(cfg)
@@ -76,6 +74,7 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     return value
 
 
+@job
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Generate on the evaluation sets with a trained run (checkpoint or export) or a pretrained model; score and
     print."""
@@ -160,6 +159,7 @@ def fit_and_test(
     return scorer.metrics or {}
 
 
+@job
 def analyze(cfg: DictConfig) -> dict:
     """`analyze.py task=<name>`: run one registered analysis (`sinkflow.analysis`) on the pretrained model, without
     gradients, and return its summary. The task's preflight checks its settings before anything loads."""
@@ -169,7 +169,9 @@ def analyze(cfg: DictConfig) -> dict:
         analysis.preflight(cfg[cfg.task], llm_depth(cfg.model))
     L.seed_everything(cfg.seed, workers=True)
     module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=False).eval()
-    ctx = analysis_context(cfg, module, build_datamodule(cfg, module, None), build_loggers(cfg))
+    loggers = build_loggers(cfg)
+    log_config(loggers, cfg)
+    ctx = analysis_context(cfg, module, build_datamodule(cfg, module, None), loggers)
     with torch.no_grad():
         return analysis.run(ctx)
 
@@ -194,7 +196,5 @@ def log_parameter_counts(trainer: L.Trainer, module: SinkflowModule, cfg: DictCo
     """Send the resolved config and parameter counts to every logger."""
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    params = {"params/total": total, "params/trainable": trainable}
-    for logger in trainer.loggers:
-        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **params})
+    log_config(trainer.loggers, cfg, {"params/total": total, "params/trainable": trainable})
     log.info("parameters: %d trainable of %d (%.3f%%)", trainable, total, 100 * trainable / max(total, 1))

@@ -16,7 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sinkflow"
 # longest prefix that names it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("sinkflow.checks", "sinkflow.registry", "sinkflow.pathway"),  # torch and the standard library only
-    ("sinkflow.config", "sinkflow.console", "sinkflow.divergence", "sinkflow.plotting"),
+    # config, console, guards, plotting; a job's loggers and extras (lightning, hydra, wandb, rich only)
+    ("sinkflow.config", "sinkflow.console", "sinkflow.divergence", "sinkflow.plotting", "sinkflow.loggers")
+    + ("sinkflow.wandb_logger", "sinkflow.extras", "sinkflow.job"),
     ("sinkflow.data",),  # question files, collation, templates, instruct data, the resumable loader
     ("sinkflow.benchmarks",),  # one module per benchmark: loaders, parse rules, scores
     ("sinkflow.data.predictions", "sinkflow.data.datamodule"),  # both check records against BENCHMARKS
