@@ -396,3 +396,61 @@ def qwen_reference_inputs():
         }
 
     return inputs
+
+
+@pytest.fixture(scope="session")
+def wandb_offline_runs():
+    """`wandb_offline_runs(folder)`: every W&B offline run under `folder` (its `offline-run-*/run-*.wandb` files, in
+    time order), read from the run's records: name, group, job_type, tags, config (top-level key -> value), the keys it
+    logged, its artifacts (type, name, files: path in the artifact -> local copy) and its exit code (None: never
+    finished). W&B's offline folders hold no config.yaml: the records are all there is."""
+    import json
+    import struct
+    from types import SimpleNamespace
+
+    from wandb.proto import wandb_internal_pb2
+
+    def records(path: Path):
+        # LevelDB's log format: 32 KiB blocks of chunks (crc, length, type: full / first / middle / last) after W&B's
+        # 7-byte header.
+        data = path.read_bytes()
+        assert data[:4] == b":W&B", f"{path}: not a W&B run file"
+        position, pending = 7, b""
+        while position + 7 <= len(data):
+            room = 32768 - position % 32768
+            if room < 7:
+                position += room
+                continue
+            _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+            if kind == 0:
+                return
+            pending += data[position + 7 : position + 7 + length]
+            position += 7 + length
+            if kind in (1, 4):
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(pending)
+                pending = b""
+                yield record
+
+    def read(path: Path) -> SimpleNamespace:
+        run = SimpleNamespace(config={}, logged=set(), artifacts=[], exit_code=None)
+        for record in records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                run.name, run.group = record.run.display_name, record.run.run_group
+                run.job_type, run.tags = record.run.job_type, list(record.run.tags)
+            elif kind == "config":
+                run.config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+            elif kind == "history":
+                run.logged |= {"/".join(item.nested_key) or item.key for item in record.history.item}
+            elif kind == "artifact":
+                files = {item.path: Path(item.local_path) for item in record.artifact.manifest.contents}
+                run.artifacts.append(SimpleNamespace(type=record.artifact.type, name=record.artifact.name, files=files))
+            elif kind == "exit":
+                run.exit_code = record.exit.exit_code
+        return run
+
+    def runs(folder: Path) -> list[SimpleNamespace]:
+        return [read(path) for path in sorted(Path(folder).rglob("offline-run-*/run-*.wandb"))]
+
+    return runs

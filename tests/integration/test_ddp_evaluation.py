@@ -46,16 +46,18 @@ def evaluate(out, extra, tmp_path, env, args=ARGS):
     return records, metrics, proc.stdout + proc.stderr
 
 
-def test_ddp_predictions_and_metrics_equal_single_process(tmp_path, hermetic_env):
+def test_ddp_predictions_and_metrics_equal_single_process(tmp_path, hermetic_env, wandb_offline_runs):
     env = {**os.environ, **hermetic_env, "SINKFLOW_ROOT": str(tmp_path)}
     single, single_metrics, _ = evaluate(tmp_path / "single", [], tmp_path, env)
     ddp, ddp_metrics, log = evaluate(
         tmp_path / "ddp",
-        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"],
+        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "logger=wandb"],
         tmp_path,
         env,
     )
     assert "MEMBER: 2/2" in log, "the DDP run must really use two processes"
+    (run,) = wandb_offline_runs(tmp_path / "ddp" / "wandb")  # rank 0's alone, finished, with the scores
+    assert run.exit_code == 0 and run.job_type == "evaluate" and "test/pope/f1_mean" in run.logged
     assert len(single) == 21
     assert len(read_predictions(tmp_path / "ddp" / "predictions.jsonl")) == 21  # no padded duplicates written
     assert ddp == single

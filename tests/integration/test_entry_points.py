@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from sinkflow.benchmarks.base import BENCHMARKS
 from sinkflow.data.predictions import read_predictions
 from sinkflow.eval.results import grouped_scores
 
@@ -84,6 +85,7 @@ def trained_run(tmp_path_factory, hermetic_env):
         "train.py",
         [
             "logger=wandb",
+            "logger.wandb.log_export=true",
             "sink_strategy=none",
             "trainer.max_steps=6",
             "trainer.val_check_interval=3",
@@ -103,6 +105,35 @@ def test_train_writes_checkpoint_logs_and_wandb_offline(trained_run):
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     offline = list((out / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
+
+
+def test_the_trained_run_logs_to_one_named_wandb_run(trained_run, wandb_offline_runs):
+    """The run's W&B run (offline): named after its overrides, typed `train`, holding the composed config, the
+    loss curves, the sink histograms of validation and test, the prediction table and, asked for, the export."""
+    _, _, out = trained_run
+    (run,) = wandb_offline_runs(out / "wandb")
+    assert run.name.startswith("logger=wandb,logger.wandb.log_export=true,sink_strategy=none,trainer.max_steps=6,")
+    assert run.job_type == "train" and run.group == "" and run.exit_code == 0  # a single run: no sweep, no group
+    assert run.config["sink_strategy"]["strategy"]["_target_"].endswith("NoneStrategy")
+    assert run.config["trainer"]["max_steps"] == 6 and run.config["params/trainable"] > 0
+    for stage in ("val", "test"):
+        assert {f"{stage}/sinks/per_image_hist/_type", f"{stage}/sinks/log10_norm_hist/_type"} <= run.logged
+    assert {"train/loss_curves/_type", "test/predictions/_type", "test/pope/f1_mean"} <= run.logged
+    (export,) = [artifact for artifact in run.artifacts if artifact.type == "export"]
+    assert {"export.json", "projector.safetensors", "adapter/adapter_config.json"} <= set(export.files)
+    # The prediction table, as W&B stores it offline: an artifact holding the table and the images in its cells.
+    (table_artifact,) = [artifact for artifact in run.artifacts if artifact.type == "run_table"]
+    table = json.loads(table_artifact.files["test/predictions.table.json"].read_text())
+    assert table["columns"][3:8] == ["image", "question", "answer", "prediction", "correct"]
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert rows and all(
+        row["image"]["_type"] == "image-file" and row["image"]["path"] in table_artifact.files for row in rows
+    )
+    records = {(r["benchmark"], str(r["id"])): r for r in read_predictions(out / "predictions.jsonl")}
+    assert all(
+        row["correct"] is BENCHMARKS[row["benchmark"]].correct(records[(row["benchmark"], row["id"])], "official")
+        for row in rows
+    )
 
 
 def test_evaluate_checkpoint_reproduces_train_predictions_and_resumes(trained_run):
@@ -161,15 +192,26 @@ def test_evaluate_from_the_export_equals_evaluate_from_the_checkpoint(trained_ru
     assert read_predictions(exported / "predictions.jsonl") == read_predictions(out / "predictions.jsonl")
 
 
-def test_multirun_sweep_writes_one_run_per_job_under_the_working_dir(tmp_path, env):
+def test_multirun_sweep_writes_one_run_and_one_wandb_run_per_job_under_the_working_dir(
+    tmp_path, env, wandb_offline_runs
+):
+    """Before, Lightning reused job 0's W&B run for job 1: one run held both configs, and job 1 had none.
+    (trainer=debug would not do: fast_dev_run turns the loggers off.)"""
     env = {k: v for k, v in env.items() if k != "SINKFLOW_ROOT"}  # default root: the working directory
-    proc = run(
-        "train.py", ["-m", "trainer=debug", "logger=none", *SMALL_DATA, "model.optim.lr=1e-3,2e-3"], tmp_path, env
-    )
+    short = ["trainer.max_steps=1", "trainer.val_check_interval=1", "dataset.limit_eval=1"]
+    proc = run("train.py", ["-m", "logger=wandb", *short, *SMALL_DATA, "model.optim.lr=1e-3,2e-3"], tmp_path, env)
     assert "Launching 2 jobs locally" in proc.stdout + proc.stderr
-    jobs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/*/metrics.json"))
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    jobs = sorted(sweep.glob("*/metrics.json"))
     assert [p.parent.name for p in jobs] == ["0", "1"]
     assert (tmp_path / "data").is_dir()
+    common = ",".join(["logger=wandb", *short, *SMALL_DATA])
+    for job, lr in (("0", 0.001), ("1", 0.002)):
+        (wandb_run,) = wandb_offline_runs(sweep / job / "wandb")  # its own run, in its own folder
+        assert wandb_run.config["model"]["optim"]["lr"] == lr and wandb_run.exit_code == 0
+        assert wandb_run.name == f"{common},model.optim.lr={lr:g}"
+        assert wandb_run.group == f"train/{sweep.name}" and wandb_run.job_type == "train"
+        assert "test/open/accuracy" in wandb_run.logged
 
 
 def test_training_free_sweep_tabulates_every_strategy(trained_run):
@@ -237,9 +279,12 @@ def test_cot_route_records_each_decision_and_logs_the_routing_time(trained_run):
         assert share == sum(r["routing"]["route"] == key.split("/")[1] for r in records) / len(records)
 
 
-def test_calibrate_writes_summary_and_plots(tmp_path, env, shared_image_sets):
+def test_calibrate_writes_summary_and_plots_and_logs_them_to_wandb(
+    tmp_path, env, shared_image_sets, wandb_offline_runs
+):
     out = tmp_path / "calibration"
-    run("analyze.py", ["task=calibrate", *SMALL_DATA, *shared_image_sets, f"hydra.run.dir={out}"], tmp_path, env)
+    args = ["task=calibrate", "logger=wandb", *SMALL_DATA, *shared_image_sets, f"hydra.run.dir={out}"]
+    run("analyze.py", args, tmp_path, env)
     summary = json.loads((out / "calibration.json").read_text())
     assert summary["images"] == 6 and summary["tokens_per_image"] == 16
     assert summary["norm_max"] == pytest.approx(150.0, rel=1e-5)  # the simulated sinks' norm
@@ -248,6 +293,14 @@ def test_calibrate_writes_summary_and_plots(tmp_path, env, shared_image_sets):
     assert summary["simulated_sinks"]["precision_at_suggestion"] == 1.0
     for name in ("norm_histogram.png", "sorted_norms.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Its W&B run: the composed config (not only `_wandb`), the figures, the summary as scalars and as a table.
+    (wandb_run,) = wandb_offline_runs(out / "wandb")
+    assert wandb_run.job_type == "analyze" and wandb_run.exit_code == 0
+    assert wandb_run.config["task"] == "calibrate" and wandb_run.config["calibrate"]["max_images"] == 512
+    assert {"calibrate/norm_histogram/_type", "calibrate/sorted_norms/_type", "calibrate/calibration/_type"} <= (
+        wandb_run.logged
+    )
+    assert "calibrate/suggested_tau" in wandb_run.logged
 
 
 def test_tiny_qwen_runs_the_default_pipeline_and_its_checkpoint_evaluates_the_same(tmp_path, env):
