@@ -92,4 +92,5 @@ def test_an_unknown_task_is_refused_with_the_registered_ones(tmp_path):
         run.analyze(compose_analyze(["task=propagaton"], tmp_path))
     assert str(caught.value) == f"unknown analysis task 'propagaton'; available: {sorted(ANALYSES)}"
     assert KNOWN <= set(ANALYSES)
-    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+    assert not (tmp_path / "data").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["config_tree.log"]  # extras.print_config's, at start

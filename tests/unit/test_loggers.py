@@ -55,11 +55,38 @@ def test_each_job_of_a_process_logs_into_its_own_finished_run(tmp_path, hermetic
     assert all(found[0].job_type == "train" and "job/lr" in found[0].logged for found in runs)
 
 
-def test_the_wandb_logger_drops_the_setting_wandb_warns_about(tmp_path, hermetic_env):
-    """Lightning passes `anonymous=None`, which W&B answers with "The anonymous setting has no effect"."""
-    logger = JobWandbLogger(save_dir=str(tmp_path), offline=True, job_type="analyze")
-    assert "anonymous" not in logger._wandb_init
-    assert logger._wandb_init["name"] == "analyze" and logger._wandb_init["job_type"] == "analyze"
+@pytest.fixture()
+def hydra_job():
+    """`hydra_job(overrides, multirun)`: make the Hydra job of train.py with `overrides` the running one (as
+    `@hydra.main` does), the sweep in /sweeps/2026-12-01_10-00-00; none afterwards."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from sinkflow.config import CONF_DIR
+
+    def start(overrides: list[str], multirun: bool) -> None:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            sweep = ["hydra.sweep.dir=/sweeps/2026-12-01_10-00-00"]
+            cfg = compose("train", overrides=overrides + sweep, return_hydra_config=True)
+        cfg.hydra.mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+        HydraConfig.instance().set_config(cfg)
+
+    yield start
+    HydraConfig.instance().cfg = None
+
+
+def test_the_wandb_logger_takes_its_name_and_group_from_the_hydra_job(tmp_path, hermetic_env, hydra_job):
+    hydra_job(["experiment=training_free_sweep", "model.optim.lr=0.001"], multirun=True)
+    logger = JobWandbLogger(save_dir=str(tmp_path), offline=True, job_type="training_free_sweep")
+    options = logger._wandb_init
+    assert options["name"] == "experiment=training_free_sweep,model.optim.lr=0.001"
+    assert options["group"] == "training_free_sweep/2026-12-01_10-00-00"
+    # Lightning passes `anonymous=None`, which W&B answers with "The anonymous setting has no effect".
+    assert "anonymous" not in options
+    hydra_job([], multirun=False)
+    options = JobWandbLogger(save_dir=str(tmp_path), offline=True, job_type="train", name="baseline")._wandb_init
+    assert options["name"] == "baseline" and options["group"] is None and options["job_type"] == "train"
 
 
 def tensorboard_scalars(path) -> dict[str, float]:

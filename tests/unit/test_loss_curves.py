@@ -12,7 +12,9 @@ from sinkflow.sinks.detectors.topk import TopK
 
 def test_records_train_and_val_losses_and_writes_png_and_json(tmp_path):
     curves = LossCurves(str(tmp_path / "run" / "loss_curves.png"))
-    trainer = SimpleNamespace(global_step=0, sanity_checking=False, is_global_zero=True, callback_metrics={})
+    trainer = SimpleNamespace(
+        global_step=0, sanity_checking=False, is_global_zero=True, callback_metrics={}, loggers=[]
+    )
     trainer.datamodule = SimpleNamespace(train_json=str(tmp_path / "shapes-seed0-n32" / "train.json"), eval_sets={})
     module = SimpleNamespace(
         source="llava-hf/llava-1.5-7b-hf", strategy=SimpleNamespace(name="dual_mlp"), detector=TopK(k=4)
