@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -39,8 +38,10 @@ def apply_extras(cfg: DictConfig) -> None:
 
 def is_first_process() -> bool:
     """Whether this is the process that reports: under DDP, Lightning relaunches the entry point for the other ranks
-    with their rank in the environment."""
-    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    (or SLURM starts them) with their rank in the environment, which Lightning reads on import."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return rank_zero_only.rank == 0
 
 
 def print_config_tree(cfg: DictConfig, path: Path) -> None:
