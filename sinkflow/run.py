@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 from pathlib import Path
 
 import lightning as L
@@ -78,7 +79,7 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Generate on the evaluation sets with a trained run (checkpoint or export) or a pretrained model; score and
     print."""
-    if cfg.trainer.get("overfit_batches"):
+    if OmegaConf.select(cfg, "trainer.overfit_batches"):
         raise ValueError(
             "trainer.overfit_batches (debug=overfit) repeats training batches, and evaluate.py does not train: "
             "use debug=default|fdr|limit|profiler"
@@ -101,6 +102,13 @@ def load_trained(cfg: DictConfig) -> SinkflowModule:
     `use_checkpoint_strategy=false`, its strategy; `cfg` takes both groups so that the run reports what it used."""
     trained = read_trained(cfg.ckpt_path)
     saved = OmegaConf.create(trained.config)
+    ignored = strategy_overrides(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    if cfg.use_checkpoint_strategy and ignored:
+        raise ValueError(
+            f"{' '.join(ignored)}: with ckpt_path the run routes with the strategy its checkpoint trained with "
+            f"({strategy_name(saved.sink_strategy)}), so these would be ignored; add use_checkpoint_strategy=false "
+            "to route with the strategy given"
+        )
     strategy_cfg = saved.sink_strategy if cfg.use_checkpoint_strategy else cfg.sink_strategy
     trained_with, routed_with = strategy_name(saved.sink_strategy), strategy_name(strategy_cfg)
     hint = (
@@ -122,6 +130,11 @@ def load_trained(cfg: DictConfig) -> SinkflowModule:
     if trained.state is not None:
         module.load_trainable(trained.state, trained.path, hint)
     return module
+
+
+def strategy_overrides(overrides: list[str]) -> list[str]:
+    """The command-line overrides that set the `sink_strategy` group or any of its keys."""
+    return [o for o in overrides if re.match(r"[+~]*sink_strategy([./=@]|$)", o)]
 
 
 def fit_and_test(

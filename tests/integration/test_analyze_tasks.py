@@ -25,6 +25,7 @@ def readme_outputs() -> dict[str, list[str]]:
     `relevance_<token>.png` for each of the configured tokens)."""
     section = (ROOT / "README.md").read_text().split("\n## Analyses\n", 1)[1].split("\n## ", 1)[0]
     tokens = OmegaConf.load(ROOT / "conf" / "analyze.yaml").relevance.tokens
+    assert "its numbers flat in `metrics.json`" in section
     outputs = {}
     for task, cell in re.findall(r"^\| `(\w+)` \|.*\| ([^|]*) \|$", section, flags=re.MULTILINE):
         names = re.findall(r"`([\w<>]+\.(?:json|png))`", cell)
@@ -52,7 +53,9 @@ def test_task_writes_summary_and_figure(task, model, tmp_path, env, shared_image
     summary = json.loads((out / f"{SUMMARY_NAMES.get(task, task)}.json").read_text())
     figures = list(out.glob("*.png"))
     assert figures and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
-    assert sorted(p.name for p in out.glob("*.*") if p.suffix in (".json", ".png")) == readme_outputs()[task]
+    # the table's files, and the flat metrics.json every task writes (the section's first paragraph says so)
+    written = sorted(p.name for p in out.glob("*.*") if p.suffix in (".json", ".png"))
+    assert written == sorted([*readme_outputs()[task], "metrics.json"])
     # Every figure's caption, built from the model and the data that ran (6 images of the small shapes set)
     source, _, rest = summary["caption"].partition(" (SIMULATED sinks) · strategy none · sinks: norm_threshold tau=")
     assert source.startswith(f"{model}-") and "\ndata shapes-seed0-n32-e6-px64 · " in rest

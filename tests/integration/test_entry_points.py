@@ -175,6 +175,24 @@ def test_evaluate_checkpoint_reproduces_train_predictions_and_resumes(trained_ru
     assert json.loads((eval_out / "metrics.json").read_text()) == metrics
 
 
+def test_a_strategy_given_beside_a_checkpoint_is_not_silently_replaced_by_its_own(trained_run):
+    tmp, env, out = trained_run
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"]
+        + ["sink_strategy=sink_front", "sink_strategy.detector.tau=80", f"hydra.run.dir={tmp / 'refused'}"],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1 and not (tmp / "refused" / "predictions.jsonl").exists()
+    assert (
+        "sink_strategy=sink_front sink_strategy.detector.tau=80: with ckpt_path the run routes with the strategy its "
+        "checkpoint trained with (none), so these would be ignored; add use_checkpoint_strategy=false"
+    ) in proc.stderr
+
+
 def test_evaluate_from_the_export_equals_evaluate_from_the_checkpoint(trained_run):
     tmp, env, out = trained_run
     exported = tmp / "from_export"
@@ -233,13 +251,15 @@ def test_training_free_sweep_tabulates_every_strategy(trained_run):
         env,
     )
     assert f"Launching {len(training_free)} jobs locally" in proc.stdout + proc.stderr
-    rows = {line.split(" | ")[0].strip("| "): line for line in (sweep / "table.md").read_text().splitlines()[2:]}
+    lines = (sweep / "table.md").read_text().splitlines()
+    assert lines[0].startswith("| job | sink_strategy | open/global/accuracy | open/local/accuracy |")
+    rows = {line.strip("| ").split(" | ")[1]: line.strip("| ").split(" | ") for line in lines[2:]}
     assert set(rows) == training_free
-    assert "failed" not in "".join(rows.values())
+    assert not any("failed" in row or "missing" in row for row in rows.values())
     # The `none` row is the trained run's own evaluation, reproduced.
     trained = json.loads((out / "metrics.json").read_text())
-    none = rows["none"].strip("| ").split(" | ")
-    assert none[1:3] == [f"{trained['open/global/accuracy']:.3f}", f"{trained['open/local/accuracy']:.3f}"]
+    none = rows["none"]
+    assert none[2:4] == [f"{trained['open/global/accuracy']:.3f}", f"{trained['open/local/accuracy']:.3f}"]
     assert (sweep / "table.md").read_text() in proc.stdout
 
 

@@ -65,6 +65,14 @@ def test_llava_family_rejects_unknown_select_strategy():
         LlavaFamily(vision_feature_select_strategy="cls")
 
 
+def test_the_overrides_of_the_strategy_group_and_its_keys_are_found():
+    from sinkflow.run import strategy_overrides
+
+    overrides = ["sink_strategy=sink_front", "+sink_strategy.detector.k=2", "sink_strategy/detector=topk"]
+    others = ["model=tiny_llava", "sink_strategy_lr=1", "ckpt_path=/runs/sink_strategy=x/last.ckpt"]
+    assert strategy_overrides([*others, *overrides]) == overrides
+
+
 def test_evaluate_rejects_a_checkpoint_sinkflow_did_not_write(tmp_path):
     from omegaconf import OmegaConf
 
