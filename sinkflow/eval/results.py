@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import shlex
 import subprocess
@@ -35,6 +36,7 @@ PACKAGES = ("sinkflow", "torch", "transformers", "peft", "lightning", "torchmetr
 # Weight and config files identify a model; tokenizer and processor files are part of it too, and small.
 HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja")
 LARGE_BYTES = 1 << 30  # hashing more than this is worth a log line
+DIGEST_CACHE = "sha256.json"  # in paths.cache_dir: the local files' hashes, read once per file version
 
 
 def now() -> str:
@@ -56,36 +58,64 @@ def scored_counts(records: list[dict]) -> dict[str, int]:
     return dict(sorted(Counter(benchmark for benchmark, _ in {record_key(r) for r in records}).items()))
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, cache: Path | None = None) -> str:
     """A file's SHA-256; for a file of the Hugging Face cache, the name of the blob it links to (the hub stores
-    large files under their SHA-256), so a cached 7B model is identified without reading it."""
+    large files under their SHA-256), so a cached 7B model is identified without reading it. Other files are read
+    once per `cache` (a JSON file of digests by path, size and modification time): the jobs of a sweep over a local
+    7B model do not each read its weights again."""
     target = path.resolve()
     if path.is_symlink() and target.parent.name == "blobs" and len(target.name) == 64:
         return target.name
+    stat = target.stat()
+    key = f"{target}:{stat.st_size}:{stat.st_mtime_ns}"
+    known = read_digests(cache) if cache is not None else {}
+    if key in known:
+        return known[key]
     digest = hashlib.sha256()
     with target.open("rb") as f:
         while chunk := f.read(1 << 24):
             digest.update(chunk)
+    if cache is not None:
+        write_digests(cache, {**read_digests(cache), key: digest.hexdigest()})
     return digest.hexdigest()
 
 
-def files_sha256(folder: Path) -> dict[str, str]:
+def read_digests(cache: Path) -> dict[str, str]:
+    """The digests a cache file remembers (none if it is missing; an unreadable one is warned about and rebuilt)."""
+    if not cache.is_file():
+        return {}
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("%s: unreadable digest cache (%s): hashing again and rewriting it", cache, err)
+        return {}
+
+
+def write_digests(cache: Path, digests: dict[str, str]) -> None:
+    """Replace the cache file whole (parallel jobs: the last writer wins, and a lost entry is only hashed again)."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(f"{cache.name}.{os.getpid()}")
+    partial.write_text(json.dumps(digests, indent=1))
+    os.replace(partial, cache)
+
+
+def files_sha256(folder: Path, cache: Path | None = None) -> dict[str, str]:
     """SHA-256 of the files of a model or export folder that define it (weights, configs, tokenizer)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in HASHED_SUFFIXES)
     total = sum(p.stat().st_size for p in files if not p.is_symlink())
     if total > LARGE_BYTES:
-        log.info("hashing %.1f GB of %s for results.json", total / 1e9, folder)
-    return {str(p.relative_to(folder)): file_sha256(p) for p in files}
+        log.info("hashing %.1f GB of %s for results.json (once: %s remembers it)", total / 1e9, folder, cache)
+    return {str(p.relative_to(folder)): file_sha256(p, cache) for p in files}
 
 
-def source_provenance(source: str) -> dict:
+def source_provenance(source: str, cache: Path | None = None) -> dict:
     """Where a model came from: a local folder (with its files' hashes) or a hub id (with the revision of the cached
-    snapshot it was loaded from, and its files' hashes)."""
+    snapshot it was loaded from, and its files' hashes); `cache` remembers the hashes read (`file_sha256`)."""
     path = Path(source)
     if path.is_dir():
-        return {"source": str(path.resolve()), "revision": None, "sha256": files_sha256(path)}
+        return {"source": str(path.resolve()), "revision": None, "sha256": files_sha256(path, cache)}
     if path.is_file():
-        return {"source": str(path.resolve()), "revision": None, "sha256": {path.name: file_sha256(path)}}
+        return {"source": str(path.resolve()), "revision": None, "sha256": {path.name: file_sha256(path, cache)}}
     from huggingface_hub import try_to_load_from_cache
 
     try:
@@ -95,7 +125,7 @@ def source_provenance(source: str) -> dict:
     if not isinstance(cached, str):
         return {"source": source, "revision": None, "sha256": {}, "note": "not in the Hugging Face cache"}
     snapshot = Path(cached).parent
-    return {"source": source, "revision": snapshot.name, "sha256": files_sha256(snapshot)}
+    return {"source": source, "revision": snapshot.name, "sha256": files_sha256(snapshot, cache)}
 
 
 def run_provenance(
@@ -103,17 +133,19 @@ def run_provenance(
 ) -> dict:
     """What produced an evaluation's answers: the evaluation sets' sizes (`eval_counts`: questions, asked), the model
     (config and files), the strategy and detector, the trained weights on top (`weights`: name -> checkpoint or export
-    path, None when unset), the seed, the job's overrides and the whole resolved config."""
+    path, None when unset), the seed, the job's overrides and the whole resolved config. Local files' hashes are
+    remembered in `<paths.cache_dir>/sha256.json`."""
+    cache = Path(cfg.paths.cache_dir) / DIGEST_CACHE
     return {
         "eval_sets": eval_counts,
         "model": {
-            "checkpoint": source_provenance(source),
+            "checkpoint": source_provenance(source, cache),
             "family": OmegaConf.select(cfg, "model.family._target_"),
             "dtype": cfg.model.dtype,
         },
         "sink_strategy": OmegaConf.to_container(cfg.sink_strategy, resolve=True),
         "weights": {
-            name: source_provenance(str(path)) for name, path in weights.items() if path and Path(path).exists()
+            name: source_provenance(str(path), cache) for name, path in weights.items() if path and Path(path).exists()
         },
         "seed": cfg.seed,
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None,

@@ -10,6 +10,7 @@ import huggingface_hub.constants
 
 from sinkflow.eval.metrics import score_records
 from sinkflow.eval.results import (
+    file_sha256,
     grouped_scores,
     recorded_provenance,
     scored_counts,
@@ -58,6 +59,22 @@ def test_a_local_model_is_identified_by_the_sha256_of_its_files(tmp_path):
         name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
         for name in ("config.json", "model.safetensors")
     }
+
+
+def test_a_local_files_hash_is_read_once_per_version_of_the_file(tmp_path, monkeypatch):
+    """A sweep's jobs over a local model hash its weights once: the cache answers while the file's size and time are
+    unchanged (a planted wrong digest proves it is not re-read), and a rewritten file is read again."""
+    weights, cache = tmp_path / "model.safetensors", tmp_path / "cache" / "sha256.json"
+    weights.write_bytes(b"first version")
+    assert file_sha256(weights, cache) == hashlib.sha256(b"first version").hexdigest()
+    (key,) = json.loads(cache.read_text())
+    cache.write_text(json.dumps({key: "remembered"}))
+    assert file_sha256(weights, cache) == "remembered"
+    weights.write_bytes(b"second version, longer")
+    assert file_sha256(weights, cache) == hashlib.sha256(b"second version, longer").hexdigest()
+    assert len(json.loads(cache.read_text())) == 2
+    cache.write_text("{torn")
+    assert file_sha256(weights, cache) == hashlib.sha256(b"second version, longer").hexdigest()  # rebuilt, warned
 
 
 def test_a_hub_model_gives_its_cached_revision_and_blob_hashes_without_reading_the_weights(tmp_path, monkeypatch):
