@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(PY) bench/overhead.py
 	$(PY) bench/eval_throughput.py
 	$(PY) bench/analysis_memory.py
+	$(PY) bench/startup.py
 
 clean:
 	rm -rf $(VENV) $(LMMS_VENV) .pytest_cache logs outputs
