@@ -15,6 +15,7 @@ from sinkflow.benchmarks.mme import YES_NO_SUFFIX
 from sinkflow.benchmarks.pope import CATEGORIES as POPE_CATEGORIES
 from sinkflow.checks import number
 from sinkflow.data.collate import first_question
+from sinkflow.shapes.captions import CAPTION_PROMPT, caption
 from sinkflow.shapes.formats.base import FORMATS
 from sinkflow.shapes.questions import (
     GLOBAL_KINDS,
@@ -103,6 +104,18 @@ def _routing_record(index: int, record: dict, first: Question, image_prompt: str
     }
 
 
+def _caption_record(record: dict, scene: Scene) -> dict:
+    """A one-turn caption of a training image (LLaVA's stage-1 form)."""
+    return {
+        "id": f"{record['id']}_caption",
+        "image": record["image"],
+        "conversations": [
+            {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"},
+            {"from": "gpt", "value": caption(scene)},
+        ],
+    }
+
+
 def _write_json(path: Path, obj: dict | list) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
@@ -137,6 +150,7 @@ def write_shapes(
     routing_questions: bool = False,
     image_prompt: str | None = None,
     question_prompt: str | None = None,
+    captions: bool = False,
     overwrite: bool = False,
 ) -> Path:
     """Write the shapes dataset under root (reusing it when manifest.json has the same parameters) and return root.
@@ -145,6 +159,8 @@ def write_shapes(
     `image_prompt` (the answer: every shapes image is 'symbolic') or `question_prompt` about the image's first
     question (the answer: its scope), so that the tiny model learns to judge, as a real LVLM would zero-shot. The
     prompts are the configured ones (conf/routing/), and are ignored without `routing_questions`.
+    `captions` adds one caption record per training image (`sinkflow.shapes.captions`: every shape by colour, kind
+    and cell), the dense supervision a model trained from scratch needs to learn what each region shows.
     """
     number("dataset.prepare.n_train", n_train, integer=True, at_least=1)
     number("dataset.prepare.n_eval", n_eval, integer=True, at_least=1)
@@ -170,6 +186,8 @@ def write_shapes(
                 f"{image_prompt!r} and {question_prompt!r}"
             )
         params.update(routing_questions=True, image_prompt=image_prompt, question_prompt=question_prompt)
+    if captions:  # absent when off, so that existing datasets stay valid
+        params["captions"] = True
     manifest = root / "manifest.json"
     if not overwrite and manifest.is_file() and json.loads(manifest.read_text("utf-8")).get("params") == params:
         return root
@@ -192,6 +210,8 @@ def write_shapes(
             _routing_record(i, record, questions[0], image_prompt, question_prompt)
             for i, (record, questions) in enumerate(zip(records, data.train))
         ]
+    if captions:
+        records += [_caption_record(record, scene) for record, scene in zip(records, data.train_scenes)]
     _write_json(root / "train.json", records)
     _write_json(
         root / "scenes.json",

@@ -100,12 +100,13 @@ class Asked(NamedTuple):
     question: Question
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """'a' or 'an' before `word`."""
     return "an" if word[0] in "aeiou" else "a"
 
 
 def _exists(color: str, shape: str, answer: str) -> Question:
-    return Question("existence", f"Is there {_article(color)} {color} {shape} in the image?", answer)
+    return Question("existence", f"Is there {article(color)} {color} {shape} in the image?", answer)
 
 
 def _count(n: int, answer: str) -> Question:

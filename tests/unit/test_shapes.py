@@ -431,3 +431,36 @@ def test_a_registered_format_is_written_with_its_own_stream_and_changes_no_other
     for path in plain.rglob("*"):
         if path.is_file() and path.name != "manifest.json":
             assert path.read_bytes() == (with_toy / path.relative_to(plain)).read_bytes(), path
+
+
+def test_caption_records_name_every_shape_with_the_colour_its_pixels_have_and_the_cell_its_box_sits_in(tmp_path, root):
+    """Captions come after the unchanged training records; each names the background and every shape once, its
+    colour the pixel colour at the shape's centre and its cell the 3x3 cell of that centre, in reading order."""
+    captioned = generate_shapes(tmp_path, seed=3, captions=True, **SMALL)
+    records, n = json.loads((captioned / "train.json").read_text()), SMALL["n_train"]
+    assert records[:n] == json.loads((root / "train.json").read_text())
+    assert len(records) == 2 * n
+    scenes = json.loads((captioned / "scenes.json").read_text())
+    rows, columns = ("top", "middle", "bottom"), ("left", "center", "right")
+    cell = 64 / 3
+    for record, caption_record in zip(records[:n], records[n:], strict=True):
+        assert caption_record["id"] == f"{record['id']}_caption" and caption_record["image"] == record["image"]
+        (human, gpt) = caption_record["conversations"]
+        assert human == {"from": "human", "value": "<image>\nDescribe the image briefly."}
+        scene, image = scenes[record["image"]], Image.open(captioned / record["image"]).convert("RGB")
+        background, listed = re.fullmatch(r"An? (\w+) background with (.+)\.", gpt["value"]).groups()
+        assert image.getpixel((0, 0)) == BACKGROUNDS[background]
+        named = [
+            re.fullmatch(r"an? (\w+) (\w+) at the ([\w ]+)", part).groups() for part in re.split(r", | and ", listed)
+        ]
+        expected = []
+        for o in scene["objects"]:
+            x0, y0, x1, y1 = o["box"]
+            cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+            row, column = int(cy // cell), int(cx // cell)
+            where = "center" if (row, column) == (1, 1) else f"{rows[row]} {columns[column]}"
+            color = next(c for c, rgb in SHAPE_COLORS.items() if rgb == image.getpixel((cx, cy)))
+            expected.append(((row, column), (color, o["shape"], where)))
+        assert named == [name for _, name in sorted(expected)]
+    params = json.loads((captioned / "manifest.json").read_text())["params"]
+    assert params == {**json.loads((root / "manifest.json").read_text())["params"], "captions": True}
