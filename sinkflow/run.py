@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import re
 from pathlib import Path
@@ -28,6 +29,7 @@ from sinkflow.job import job
 from sinkflow.loggers import build_loggers, log_config
 from sinkflow.models.build import resolve_checkpoint
 from sinkflow.models.checkpoint import read_checkpoint, read_trained
+from sinkflow.models.region_pretraining import pretrain_vision
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.strategies.base import strategy_name
 
@@ -58,6 +60,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         read_checkpoint(cfg.ckpt_path)  # a one-line error for anything that is not a sinkflow checkpoint
     L.seed_everything(cfg.seed, workers=True)
     module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=True, init_from=cfg.init_from)
+    if cfg.get("vision_pretraining") and not cfg.ckpt_path:  # a resumed run's checkpoint holds the pretrained ViT
+        accuracy = pretrain_vision(module, **cfg.vision_pretraining)
+        (Path(cfg.paths.output_dir) / "vision_pretraining.json").write_text(json.dumps(accuracy, indent=2) + "\n")
     return fit_and_test(cfg, module, fit=cfg.train, test=cfg.test, callbacks=[DivergenceGuard(**cfg.divergence)])
 
 

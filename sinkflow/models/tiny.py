@@ -54,6 +54,9 @@ _CORPUS = [
     "white black gray beige pink brown cyan 0 1 2 3 4 5 6 7 8 9",
     "Answer the question using a single word or phrase. Please answer yes or no.",
     "Answer with the option's letter from the given choices directly. Options: A: B: C: D:",
+    "Describe the image briefly. A An background with at the top middle bottom left center right and",
+    "Is this image a symbolic diagram or a real-world photo? Answer 'symbolic' or 'real-world'.",
+    "Question: Does answering it need global or local understanding? Answer 'global' or 'local'.",
 ]
 
 
@@ -72,7 +75,7 @@ class TinyLlavaSpec:
     text_kv_heads: int = 2
     vocab_size: int = 512
     seed: int = 0
-    revision: int = 2  # bump when the build code changes, so cached checkpoints are rebuilt
+    revision: int = 3  # bump when the build code changes, so cached checkpoints are rebuilt
 
     def fingerprint(self) -> str:
         """Short hash naming the cache folder of this spec."""
