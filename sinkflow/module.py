@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 
@@ -27,6 +28,7 @@ from sinkflow.models.export import Export
 from sinkflow.models.families.base import VisualFamily
 from sinkflow.pathway import PaddingSide, PathwayResult, Routed, VisualFeatures
 from sinkflow.sinks.detectors.base import SinkDetector, token_norms
+from sinkflow.sinks.routing_answers import answer_tokens
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.stats import SinkStats, log_histograms
 from sinkflow.sinks.strategies.base import SinkStrategy, strategy_name
@@ -189,17 +191,31 @@ class SinkflowModule(L.LightningModule):
 
     @torch.no_grad()
     def ask(
-        self, batch: dict, visual: VisualFeatures, questions: list[str], routed: Routed, max_new_tokens: int
+        self,
+        batch: dict,
+        visual: VisualFeatures,
+        questions: list[str],
+        images: list[int],
+        routed: Routed,
+        max_new_tokens: int | None,
+        answers: Sequence[str] = (),
     ) -> list[str]:
-        """The model's greedy answers to `questions[i]` about the batch's i-th image, entering the LLM as `routed`."""
+        """The model's greedy answers to `questions[k]` about the batch's image `images[k]` (repeats allowed), in one
+        generation, the images entering the LLM as `routed`: encoded and routed once, however often they are asked
+        about. Each answer takes at most `max_new_tokens` tokens, or with None as many as the longest of the expected
+        `answers` takes as the tokenizer writes it (`routing_answers.answer_tokens`)."""
         if self.question_collator is None:
             raise ValueError(
                 f"strategy {self.strategy.name!r} asks the model questions: give SinkflowModule a "
                 "question_collator (a generation Collator with the model's template)"
             )
-        inputs = self.family.merge(
-            self.hf, self.question_collator.ask(batch, questions), visual, routed, padding_side="left"
-        )
+        if max_new_tokens is None:
+            if not answers:
+                raise ValueError("ask: max_new_tokens=None caps answers at the longest expected answer; give `answers`")
+            max_new_tokens = answer_tokens(self.processor.tokenizer, answers)
+        image_inputs, shown = self.family.select_images(batch, visual, images)
+        asked = {**self.question_collator.ask(batch, questions, images), **image_inputs}
+        inputs = self.family.merge(self.hf, asked, shown, routed.select(images), padding_side="left")
         return [answer.strip() for answer in self._greedy(inputs, max_new_tokens)]
 
     def visual(self, batch: dict) -> VisualFeatures:

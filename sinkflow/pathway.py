@@ -7,7 +7,7 @@ It imports only torch, so every layer above can depend on it (docs/architecture.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -127,6 +127,44 @@ class VisualFeatures:
         """Per image, the tile of each patch, or of each token (its first patch's) with `tokens`."""
         return [ids[:: self.group] for ids in self.tiles] if tokens else self.tiles
 
+    def select(self, images: Sequence[int], extras: dict[str, object] | None = None) -> VisualFeatures:
+        """The features of the images at `images` (indices into this batch's images, repeats allowed), in that
+        order: what a batch showing those images merges with (cot_route asks two questions of every image in one
+        batch). `extras` are family-private, so the family selects them (`VisualFamily.select_images`): features
+        that carry extras are refused without them rather than carried along unselected."""
+        if self.extras and extras is None:
+            raise ValueError(
+                f"these features carry family extras {sorted(self.extras)}: select them with the family "
+                "(VisualFamily.select_images)"
+            )
+        index = check_selection(images, len(self.lengths))
+        rows = torch.tensor(index, dtype=torch.long, device=self.features.device)
+
+        def pick(values: list) -> list:
+            return [values[i] for i in index] if values else []
+
+        return VisualFeatures(
+            features=self.features[rows],
+            lengths=pick(self.lengths),
+            group=self.group,
+            planted=None if self.planted is None else self.planted[rows],
+            keys=pick(self.keys),
+            questions=pick(self.questions),
+            tiles=pick(self.tiles),
+            layouts=pick(self.layouts),
+            extras=extras or {},
+            runs=pick(self.runs),
+        )
+
+
+def check_selection(images: Sequence[int], n_images: int) -> list[int]:
+    """`images` as a list of indices, each checked to name one of the batch's `n_images` images."""
+    index = [int(i) for i in images]
+    outside = [i for i in index if not 0 <= i < n_images]
+    if outside:
+        raise IndexError(f"image indices {outside} name no image of a batch of {n_images}")
+    return index
+
 
 @dataclass
 class Routed:
@@ -137,6 +175,17 @@ class Routed:
     position_ids: PositionIds = "contiguous"  # "original": moved tokens keep their slot's position (rebuild_rows)
     decisions: list[dict] | None = None  # per image, what a deciding strategy chose (written to the predictions)
     decision_seconds: float = 0.0  # time spent deciding before the answer pass (cot_route's routing generation)
+
+    def select(self, images: Sequence[int]) -> Routed:
+        """The routed tokens of the images at `images` (repeats allowed), in that order (see `VisualFeatures.select`);
+        decisions follow their images."""
+        index = check_selection(images, len(self.tokens))
+        return replace(
+            self,
+            tokens=[self.tokens[i] for i in index],
+            sources=[self.sources[i] for i in index],
+            decisions=None if self.decisions is None else [self.decisions[i] for i in index],
+        )
 
 
 @dataclass
@@ -149,9 +198,11 @@ class PathwayResult:
     routed: Routed | None = None
 
 
-# ask(questions, routed, max_new_tokens) -> the model's greedy answers, one question per image, the images entering
-# the LLM as `routed` says (SinkflowModule provides it; cot_route uses it).
-Ask = Callable[[list[str], Routed, int], list[str]]
+# ask(questions, images, routed, max_new_tokens, answers) -> the model's greedy answers to questions[k] about the
+# batch's image images[k] (repeats allowed), all in one generation, the images entering the LLM as `routed` says; each
+# answer at most `max_new_tokens` tokens, or with None as many as the longest of the expected `answers` takes as the
+# model's tokenizer writes it (SinkflowModule provides it; cot_route uses it).
+Ask = Callable[[list[str], list[int], Routed, int | None, Sequence[str]], list[str]]
 # project(visual) -> every image's LLM tokens [slots_i, D_llm] through the family's projector.
 Project = Callable[[VisualFeatures], list[torch.Tensor]]
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
 
 from sinkflow.data.templates import IMAGE_TOKEN, to_turns
-from sinkflow.pathway import IGNORE_INDEX
+from sinkflow.pathway import IGNORE_INDEX, check_selection
 
 TEXT_KEYS = ("input_ids", "attention_mask", "labels")
 # Batch entries that describe the samples rather than feed the model.
@@ -138,16 +139,20 @@ class Collator:
                     raise ValueError(f"cannot process image {path}{_question_suffix(sample_id)}: {err}") from err
             raise  # no single image fails: the batch as a whole does
 
-    def ask(self, batch: dict, questions: list[str]) -> dict:
-        """A generation batch asking `questions[i]` about the batch's i-th image, its image tensors reused.
+    def ask(self, batch: dict, questions: list[str], images: Sequence[int] | None = None) -> dict:
+        """The text inputs (`input_ids`, `attention_mask`, `labels`) of generation prompts asking `questions[k]`
+        about the batch's image `images[k]` (indices into its images, repeats allowed; default: image k), each
+        placeholder expanded for its image from the batch's image tensors.
 
-        The routing pass of strategies that let the model decide (cot_route): same images, new prompts.
-        """
+        The routing pass of strategies that let the model decide (cot_route): the images are already encoded, so the
+        prompts carry no image tensors; the family selects what its merge reads of them
+        (`VisualFamily.select_images`)."""
         if not self.generate:
             raise ValueError("Collator.ask builds generation prompts: create the collator with generate=True")
         n_images = len(batch.get("image_keys", []))
-        if len(questions) != n_images:
-            raise ValueError(f"{len(questions)} questions for the batch's {n_images} images")
+        images = list(range(n_images)) if images is None else check_selection(images, n_images)
+        if len(questions) != len(images):
+            raise ValueError(f"{len(questions)} questions for {len(images)} images to ask about")
         texts, spans = [], []
         for question in questions:
             turns = to_turns([{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"}])
@@ -155,19 +160,24 @@ class Collator:
             texts.append(rendered.text)
             spans.append(rendered.supervised)
         image_inputs = {k: v for k, v in batch.items() if k not in (*TEXT_KEYS, *BOOKKEEPING_KEYS)}
-        return {**batch, **self._encode(texts, spans, image_inputs)}
+        return self._encode(texts, spans, image_inputs, images)
 
-    def _encode(self, texts: list[str], spans: list[list[tuple[int, int]]], image_inputs: dict) -> dict:
-        """Expand each text's image tokens (the batch's images in order), tokenize, pad and mask the labels."""
-        image_idx = 0
+    def _encode(
+        self,
+        texts: list[str],
+        spans: list[list[tuple[int, int]]],
+        image_inputs: dict,
+        images: list[int] | None = None,
+    ) -> dict:
+        """Expand each text's image tokens (placeholder k shows the batch's image `images[k]`; by default the images
+        in order), tokenize, pad and mask the labels."""
+        shown = iter(images) if images is not None else itertools.count()
         for i, text in enumerate(texts):
             n_images = text.count(self.image_token)
             if n_images:
                 expansions = [
-                    self.processor.replace_image_token(image_inputs, idx)
-                    for idx in range(image_idx, image_idx + n_images)
+                    self.processor.replace_image_token(image_inputs, idx) for idx in itertools.islice(shown, n_images)
                 ]
-                image_idx += n_images
                 texts[i], spans[i] = _expand(text, spans[i], self.image_token, expansions)
 
         tokenizer = self.processor.tokenizer

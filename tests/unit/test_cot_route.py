@@ -16,7 +16,8 @@ from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import TinyLlavaSpec, build_tiny_llava
 from sinkflow.module import SinkflowModule
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
-from sinkflow.sinks.strategies.cot_route import CotRoute, decide
+from sinkflow.sinks.routing_answers import decide
+from sinkflow.sinks.strategies.cot_route import CotRoute
 from sinkflow.sinks.strategies.drop_sinks import DropSinks
 from sinkflow.sinks.strategies.sink_front import SinkFront
 from sinkflow.sinks.strategies.sinks_only import SinksOnly
@@ -87,9 +88,9 @@ def test_with_copied_projectors_each_route_is_the_training_free_strategy(
     batch = Collator(module.processor, VicunaV1(), generate=True)(samples_for(shapes_root, QUESTIONS))
     asked = []
 
-    def ask(questions, routed, max_new_tokens):
-        asked.append(questions)
-        return [answers[len(asked) - 1]] * len(questions)
+    def ask(questions, images, routed, max_new_tokens, expected):
+        asked.append((questions, images))
+        return [answers[0]] * 2 + [answers[1]] * 2
 
     with torch.no_grad():
         visual = module.visual(batch)
@@ -97,7 +98,8 @@ def test_with_copied_projectors_each_route_is_the_training_free_strategy(
         routed = module.strategy(visual, sinks, partial(module.family.project, module.hf), ask=ask)
         expected = plain.strategy(visual, sinks, partial(plain.family.project, plain.hf))
     image_prompt, question_prompt = routing_prompts["image_prompt"], routing_prompts["question_prompt"]
-    assert asked == [[image_prompt] * 2, [question_prompt.replace("{question}", q) for q in QUESTIONS]]
+    questions = [image_prompt] * 2 + [question_prompt.replace("{question}", q) for q in QUESTIONS]
+    assert asked == [(questions, [0, 1, 0, 1])]  # both questions about both images in one call
     assert [d["route"] for d in routed.decisions] == [decide(*answers)["route"]] * 2
     assert all(torch.equal(a, b) for a, b in zip(routed.sources, expected.sources))
     assert all(torch.equal(a, b) for a, b in zip(routed.tokens, expected.tokens))
@@ -113,7 +115,7 @@ def test_the_routing_pass_answers_as_if_the_routing_question_were_asked(shapes_r
         visual = module.visual(batch)
         sinks = module.family.token_sinks(module.detector, visual)
         both = front.strategy(visual, sinks, partial(front.family.project, front.hf))
-        answers = module.ask(batch, visual, [image_prompt] * 2, both, 6)
+        answers = module.ask(batch, visual, [image_prompt] * 2, [0, 1], both, 6)
         front.generation.max_new_tokens = 6
         expected = [a.strip() for a in front.generate(collate(samples_for(shapes_root, [image_prompt] * 2)))]
     assert answers == expected
@@ -174,7 +176,7 @@ def test_asking_needs_a_question_collator_and_one_question_per_image(shapes_root
     batch = Collator(processor, VicunaV1(), generate=True)(samples_for(shapes_root, QUESTIONS))
     with pytest.raises(ValueError, match="create the collator with generate=True"):
         Collator(processor, VicunaV1()).ask(batch, QUESTIONS)
-    with pytest.raises(ValueError, match="1 questions for the batch's 2 images"):
+    with pytest.raises(ValueError, match="1 questions for 2 images to ask about"):
         Collator(processor, VicunaV1(), generate=True).ask(batch, QUESTIONS[:1])
     module = SinkflowModule(
         model, processor, LlavaFamily(), CotRoute(**routing_prompts), NormThreshold(tau=100.0)

@@ -327,14 +327,18 @@ def test_the_chat_template_puts_each_image_where_its_token_is():
 
 
 def test_the_routing_pass_asks_about_every_image(images, tiny_family):
-    """`Collator.ask` (cot_route) puts one question on each image of a several-image sample, tensors reused."""
+    """`Collator.ask` (cot_route) puts one question on each image of a several-image sample (by default), or on the
+    images it is given by index, each placeholder expanded for its image; the prompts carry no image tensors."""
     _, processor, family, template = tiny(tiny_family, "qwen2_vl")
     collate = Collator(processor, template, generate=True)
     batch = collate([two_image(images), one_image(images[2])])
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    per_image = (batch["image_grid_thw"].prod(-1) // 4).tolist()
     asked = collate.ask(batch, ["a?", "b?", "c?"])
-    assert asked["pixel_values"] is batch["pixel_values"]
-    tokens = (asked["input_ids"] == processor.tokenizer.convert_tokens_to_ids(processor.image_token)).sum(dim=1)
-    assert tokens.tolist() == (batch["image_grid_thw"].prod(-1) // 4).tolist()
+    assert set(asked) == {"input_ids", "attention_mask", "labels"}
+    assert (asked["input_ids"] == image_id).sum(dim=1).tolist() == per_image
+    again = collate.ask(batch, ["a?", "b?", "c?", "d?"], [2, 1, 2, 0])
+    assert (again["input_ids"] == image_id).sum(dim=1).tolist() == [per_image[i] for i in (2, 1, 2, 0)]
 
 
 def test_eval_sample_prepends_one_placeholder_or_takes_the_prompt_as_it_is():
@@ -431,14 +435,15 @@ def test_cot_route_decides_each_image_of_a_question(simulated_llava, routing_pro
     module.generation.max_new_tokens = 2
     asked, ask = [], module.ask
 
-    def recording_ask(batch, visual, questions, routed, max_new_tokens):
-        asked.append(questions)
-        return ask(batch, visual, questions, routed, max_new_tokens)
+    def recording_ask(batch, visual, questions, images, routed, max_new_tokens, answers):
+        asked.append((questions, images))
+        return ask(batch, visual, questions, images, routed, max_new_tokens, answers)
 
     module.ask = recording_ask
     batch = Collator(module.processor, VicunaV1(), generate=True)([two_image(images), one_image(images[2])])
     records, seen = module._answer(batch)
     question = routing_prompts["question_prompt"].replace("{question}", batch["image_questions"][0])
-    assert asked[1][:2] == [question, question] and len(asked[1]) == 3
+    ((questions, shown),) = asked
+    assert questions[3:5] == [question, question] and len(questions) == 6 and shown == [0, 1, 2, 0, 1, 2]
     decisions = [dict(d, seconds=seen.routed.decision_seconds / 3) for d in seen.routed.decisions]
     assert records[0]["routing"] == decisions[:2] and records[1]["routing"] == decisions[2]

@@ -139,6 +139,28 @@ class VisualFamily(ABC):
         """Each image as the ViT saw it: [H, W, 3] in [0, 1] (the processor's normalisation undone)."""
         raise NotImplementedError(f"{type(self).__name__} does not rebuild its images from pixel_values")
 
+    def select_images(
+        self, batch: dict, visual: VisualFeatures, images: list[int]
+    ) -> tuple[dict[str, torch.Tensor], VisualFeatures]:
+        """What `merge` reads of the images at `images` (indices into the batch's images, repeats allowed), in that
+        order: the batch's image inputs it reads (`image_inputs`) and the features with their extras
+        (`select_extras`). A batch asking questions about those images (`Collator.ask`) merges with them, so the
+        images are encoded and routed once however often they are asked about."""
+        return self.image_inputs(batch, images), visual.select(images, self.select_extras(visual, images))
+
+    def image_inputs(self, batch: dict, images: list[int]) -> dict[str, torch.Tensor]:
+        """The batch's image inputs that `merge` reads (through `position_ids`), for the images at `images`: none
+        by default."""
+        return {}
+
+    def select_extras(self, visual: VisualFeatures, images: list[int]) -> dict[str, object]:
+        """`visual.extras` for the images at `images`: a family that keeps extras says how they follow its images."""
+        if visual.extras:
+            raise NotImplementedError(
+                f"{type(self).__name__} keeps extras {sorted(visual.extras)} but does not select them per image"
+            )
+        return {}
+
     def position_ids(self, model: nn.Module, batch: dict) -> torch.Tensor | None:
         """Position ids of the unrouted batch, [P, B, L], when the family cannot leave them to transformers.
 

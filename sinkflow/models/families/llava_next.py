@@ -116,6 +116,10 @@ class LlavaNextFamily(LlavaFamily, name="llava_next"):
     ) -> list[torch.Tensor]:
         return list((projector or self.projector(model))(visual.features[visual.valid()]).split(visual.slots))
 
+    def select_extras(self, visual: VisualFeatures, images: list[int]) -> dict[str, object]:
+        """Each image's patch rows (its features' places among its tiles' patches); the patches per tile."""
+        return {**visual.extras, "patch_rows": [visual.extras["patch_rows"][i] for i in images]}
+
     def fixed_tokens(self, model: nn.Module, visual: VisualFeatures) -> list[torch.Tensor]:
         """`image_newline` at the end of every row of the high-resolution grid."""
         newline = model.model.image_newline

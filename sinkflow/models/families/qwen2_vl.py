@@ -109,6 +109,10 @@ class Qwen2VLFamily(VisualFamily, name="qwen2_vl"):
             start += height * width
         return unnormalise(images, image_processor)
 
+    def image_inputs(self, batch: dict, images: list[int]) -> dict[str, torch.Tensor]:
+        """Each image's `image_grid_thw`, from which `position_ids` numbers its block."""
+        return {"image_grid_thw": batch["image_grid_thw"][images]}
+
     def position_ids(self, model: nn.Module, batch: dict) -> torch.Tensor:
         """[4, B, L]: text positions (what generate numbers) then the (t, h, w) M-RoPE ids of `get_rope_index`.
 

@@ -60,6 +60,10 @@ class Qwen3VLFamily(Qwen2VLFamily, name="qwen3_vl"):
         visual.extras["deepstack"] = [list(level.split(visual.slots)) for level in out.deepstack_features]
         return visual
 
+    def select_extras(self, visual: VisualFeatures, images: list[int]) -> dict[str, object]:
+        """Each image's DeepStack features, at every level."""
+        return {"deepstack": [[level[i] for i in images] for level in visual.extras["deepstack"]]}
+
     def llm_inputs(
         self,
         model: nn.Module,

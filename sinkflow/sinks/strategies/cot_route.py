@@ -10,57 +10,23 @@ The routing pass sees the full Dual-MLP input ([sinks; others]). Its two project
 them as Dual-MLP, for a model with no trained Dual-MLP; training always sees both blocks, routing is for
 inference). Without `projectors` both are copies of the model's own projector, so the three routes are exactly
 `sinks_only`, `drop_sinks` and `sink_front`.
+Both questions about every image go through one batched generation (the images encoded and routed once), each
+answer capped at `max_new_tokens`, by default the tokens the longest expected answer takes (`routing_answers`).
 Answers are parsed by keyword (first match wins, a negated keyword is skipped); every decision and both raw answers
 go to the predictions file, and the routing time to the logs.
 """
 
 from __future__ import annotations
 
-import re
 import time
 
 import torch
 
 from sinkflow.checks import number
 from sinkflow.pathway import Ask, PositionIds, Project, Routed, VisualFeatures
+from sinkflow.sinks.routing_answers import ANSWERS, decide
 from sinkflow.sinks.strategies.base import SinkOrder
 from sinkflow.sinks.strategies.dual_mlp import DualMLP, Init
-
-# label -> keywords (whole words, case-insensitive).
-IMAGE_KEYWORDS = {
-    "symbolic": ("symbolic", "simple", "diagram", "chart", "synthetic", "schematic", "abstract", "drawing"),
-    "real_world": ("real-world", "real world", "realworld", "real", "complex", "photo", "photograph", "natural"),
-}
-QUESTION_KEYWORDS = {
-    "global": ("global", "holistic", "whole", "overall", "entire"),
-    "local": ("local", "detail", "details", "detailed", "specific", "region"),
-}
-NEGATION = r"\b(?:not|isn't|is not|no|neither|nor|rather than|instead of)\s+(?:an?\s+|the\s+)?$"
-ROUTES = {("symbolic", "global"): "sinks_only", ("real_world", "local"): "others_only"}
-
-
-def parse_label(answer: str, keywords: dict[str, tuple[str, ...]]) -> str:
-    """The label whose keyword appears first in `answer` (negated keywords skipped), or 'unknown'."""
-    text = answer.lower()
-    found = []
-    for label, words in keywords.items():
-        for word in words:
-            for match in re.finditer(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text):
-                if not re.search(NEGATION, text[: match.start()]):
-                    found.append((match.start(), label))
-    return min(found)[1] if found else "unknown"
-
-
-def decide(image_answer: str, question_answer: str) -> dict:
-    """The routing decision for one image from the model's two answers."""
-    image, scope = parse_label(image_answer, IMAGE_KEYWORDS), parse_label(question_answer, QUESTION_KEYWORDS)
-    return {
-        "image": image,
-        "question": scope,
-        "route": ROUTES.get((image, scope), "both"),
-        "image_answer": image_answer,
-        "question_answer": question_answer,
-    }
 
 
 class CotRoute(DualMLP, name="cot_route"):
@@ -72,7 +38,7 @@ class CotRoute(DualMLP, name="cot_route"):
         self,
         image_prompt: str,
         question_prompt: str,
-        max_new_tokens: int = 8,
+        max_new_tokens: int | None = None,
         projectors: str | None = None,
         init: Init = "copy",
         order: SinkOrder = "raster",
@@ -86,7 +52,8 @@ class CotRoute(DualMLP, name="cot_route"):
                 "`sink_strategy.strategy.question_prompt` must contain '{question}' (the user's "
                 f"question), got {question_prompt!r}"
             )
-        number("sink_strategy.strategy.max_new_tokens", max_new_tokens, integer=True, at_least=1)
+        if max_new_tokens is not None:
+            number("sink_strategy.strategy.max_new_tokens", max_new_tokens, integer=True, at_least=1)
         self.image_prompt, self.question_prompt, self.max_new_tokens = image_prompt, question_prompt, max_new_tokens
 
     def forward(
@@ -103,11 +70,12 @@ class CotRoute(DualMLP, name="cot_route"):
         if ask is None:
             raise RuntimeError("cot_route asks the model about each image: run it through SinkflowModule (ask=...)")
         start = time.perf_counter()
-        image_answers = ask([self.image_prompt] * len(both.tokens), both, self.max_new_tokens)
-        question_answers = ask(
-            [self.question_prompt.replace("{question}", q) for q in visual.questions], both, self.max_new_tokens
-        )
+        # Both questions about every image in one generation: rows 0..n-1 ask the image type, rows n..2n-1 the scope.
+        n = len(both.tokens)
+        questions = [self.image_prompt] * n + [self.question_prompt.replace("{question}", q) for q in visual.questions]
+        answers = ask(questions, [*range(n), *range(n)], both, self.max_new_tokens, ANSWERS)
         seconds = time.perf_counter() - start  # answers are decoded text, so the device work is done
+        image_answers, question_answers = answers[:n], answers[n:]
         decisions = [decide(a, q) for a, q in zip(image_answers, question_answers)]
         tokens, sources = [], []
         for i, decision in enumerate(decisions):

@@ -1,0 +1,135 @@
+"""cot_route asks both routing questions about every image in one generation, on every family: the answers equal
+asking each question about each image alone, the answers are capped at the longest expected label, and a bad
+selection of images is named."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from sinkflow.data.collate import Collator
+from sinkflow.models.families.base import FAMILIES
+from sinkflow.module import SinkflowModule
+from sinkflow.pathway import Routed
+from sinkflow.sinks.detectors.norm_threshold import NormThreshold
+from sinkflow.sinks.routing_answers import answer_tokens
+from sinkflow.sinks.simulated import SimulatedSinks
+from sinkflow.sinks.strategies.cot_route import CotRoute
+from sinkflow.sinks.strategies.dual_mlp import DualMLP
+
+QUESTIONS = ["What is the background color?", "Is there a red circle in the image?", "How many shapes are there?"]
+
+
+@pytest.fixture(scope="module")
+def images(resized_images):
+    """Three images in two sizes (Qwen keeps each size, the tiling families cut them differently)."""
+    return resized_images([(64, 64), (48, 32), (32, 48)])
+
+
+def routing_module(tiny_family, family_name: str, strategy: CotRoute) -> SinkflowModule:
+    model, processor, family, template = tiny_family(family_name, 3)
+    return SinkflowModule(
+        model.eval(),
+        processor,
+        family,
+        strategy,
+        NormThreshold(tau=100.0),
+        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+        question_collator=Collator(processor, template, generate=True),
+    ).eval()
+
+
+def hand_counted_cap(tokenizer) -> int:
+    """The longest expected label in tokens, counted one label at a time, with and without a leading space."""
+    labels = ("symbolic", "real-world", "global", "local")
+    return max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for w in labels for text in (w, f" {w}"))
+
+
+@pytest.mark.parametrize("family_name", FAMILIES.names())
+def test_one_batched_generation_answers_as_each_question_asked_alone(family_name, images, routing_prompts, tiny_family):
+    module = routing_module(tiny_family, family_name, CotRoute(**routing_prompts))
+    collate = module.question_collator
+    samples = [
+        {"id": str(i), "image": image, "conversations": [{"from": "human", "value": f"<image>\n{question}"}]}
+        for i, (image, question) in enumerate(zip(images, QUESTIONS))
+    ]
+    batch = collate(samples)
+    generations = []
+    generate = module.hf.generate
+
+    def counting_generate(**inputs):
+        generations.append((inputs["inputs_embeds"].shape[0], inputs["max_new_tokens"]))
+        return generate(**inputs)
+
+    module.hf.generate = counting_generate
+    with torch.no_grad():
+        seen = module.pathway(batch, padding_side="left")
+        both = DualMLP.forward(module.strategy, seen.visual, seen.sinks, partial(module.family.project, module.hf))
+    cap = hand_counted_cap(module.processor.tokenizer)
+    assert generations == [(6, cap)]  # one generation, two rows per image, capped at the longest label
+    # The old path by hand: each question about each image alone, with the same cap.
+    image_prompt, question_prompt = routing_prompts["image_prompt"], routing_prompts["question_prompt"]
+    alone = [
+        [module.ask(batch, seen.visual, [prompt], [i], both, cap)[0] for i, prompt in enumerate(prompts)]
+        for prompts in ([image_prompt] * 3, [question_prompt.replace("{question}", q) for q in QUESTIONS])
+    ]
+    decisions = seen.routed.decisions
+    assert [d["image_answer"] for d in decisions] == alone[0]
+    assert [d["question_answer"] for d in decisions] == alone[1]
+    assert any(answer for answers in alone for answer in answers), "the tiny model must say something"
+
+
+def test_each_image_of_a_repeated_selection_keeps_its_own_tokens(images, routing_prompts, tiny_family):
+    """Qwen3-VL: grid (M-RoPE) and DeepStack features follow each repeated image; asking about images [1, 0, 1]
+    equals asking about image 1, then 0, then 1 in three batches of one."""
+    module = routing_module(tiny_family, "qwen3_vl", CotRoute(**routing_prompts))
+    collate = module.question_collator
+    samples = [
+        {"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>\nQ?"}]}
+        for i, image in enumerate(images[:2])
+    ]
+    batch = collate(samples)
+    with torch.no_grad():
+        visual = module.visual(batch)
+        sinks = module.family.token_sinks(module.detector, visual)
+        routed = DualMLP.forward(module.strategy, visual, sinks, partial(module.family.project, module.hf))
+        together = module.ask(batch, visual, ["a?", "b?", "c?"], [1, 0, 1], routed, 5)
+        alone = [module.ask(batch, visual, [q], [i], routed, 5)[0] for q, i in zip(["a?", "b?", "c?"], [1, 0, 1])]
+    assert together == alone
+    image_inputs, shown = module.family.select_images(batch, visual, [1, 0, 1])
+    assert image_inputs["image_grid_thw"].tolist() == batch["image_grid_thw"][[1, 0, 1]].tolist()
+    assert shown.lengths == [visual.lengths[1], visual.lengths[0], visual.lengths[1]]
+    for level, chosen in zip(visual.extras["deepstack"], shown.extras["deepstack"]):
+        assert [t is level[i] for t, i in zip(chosen, [1, 0, 1])] == [True] * 3
+
+
+def test_the_auto_cap_is_the_longest_label_with_its_leading_space():
+    """Each label alone, or after a space that a tokenizer may write as a token of its own."""
+
+    def words(text, add_special_tokens=False):  # one token per word, and one for a leading space
+        return {"input_ids": ([0] if text.startswith(" ") else []) + [1] * len(text.split("-"))}
+
+    assert answer_tokens(words) == 3  # " real-world": the space, "real", "world"
+    assert answer_tokens(words, ["global", "local"]) == 2
+
+
+def test_the_configured_cap_overrides_the_auto_one_and_bad_input_is_named(images, routing_prompts, tiny_family):
+    module = routing_module(tiny_family, "llava", CotRoute(**routing_prompts, max_new_tokens=3))
+    batch = module.question_collator(
+        [{"id": "0", "image": images[0], "conversations": [{"from": "human", "value": "<image>\nQ?"}]}]
+    )
+    caps = []
+    generate = module.hf.generate
+    module.hf.generate = lambda **inputs: caps.append(inputs["max_new_tokens"]) or generate(**inputs)
+    with torch.no_grad():
+        module.pathway(batch, padding_side="left")
+    assert caps == [3]
+    with torch.no_grad():
+        visual = module.visual(batch)
+        routed = Routed([torch.zeros(16, 8)], [torch.arange(16)])
+        with pytest.raises(IndexError, match=r"image indices \[1\] name no image of a batch of 1"):
+            module.ask(batch, visual, ["a?"], [1], routed, 3)
+        with pytest.raises(ValueError, match="2 questions for 1 images to ask about"):
+            module.ask(batch, visual, ["a?", "b?"], [0], routed, 3)
+        with pytest.raises(ValueError, match="max_new_tokens=None caps answers at the longest expected answer"):
+            module.ask(batch, visual, ["a?"], [0], routed, None)
