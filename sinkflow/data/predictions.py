@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 TEXT = ("question", "answer", "prediction", "prompt")
 REQUIRED = ("benchmark", "id", *TEXT)
-# Read where present: they name per-category and per-scope accuracies.
-OPTIONAL = ("category", "scope")
+# Read where present: they name per-category and per-scope accuracies; the truth routing decisions are judged by.
+OPTIONAL = ("category", "scope", "image_type")
 
 
 def record_key(record: dict) -> tuple[str, str]:

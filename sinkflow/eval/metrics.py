@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from sinkflow.benchmarks.base import BENCHMARKS, Benchmark, Parser, accuracies
 from sinkflow.checks import choice
 from sinkflow.data.predictions import record_key
+from sinkflow.sinks.routing_answers import route_of
 
 
 def unique_records(records: list[dict]) -> list[dict]:
@@ -76,21 +77,42 @@ def routing_metrics(records: list[dict]) -> dict[str, float]:
     """A deciding strategy's choices (cot_route's `routing` field) over records that hold each question once: the
     share of routed images sent down each route, `routing/<route>`, and the mean time spent deciding,
     `routing/seconds_per_image`. A question with several images holds a list of decisions, one per image; with one
-    image per question, image shares are question shares."""
-    decisions = [
-        decision
+    image per question, image shares are question shares.
+
+    Where a record carries the truth (shapes data: its question's `scope`, its images' `image_type`), each of its
+    decisions that names the labels (cot_route's `question` and `image`) is judged against it:
+    `routing/accuracy/question` (the scope label), `routing/accuracy/image` (the image-type label; an 'unknown' answer
+    is wrong), and per true route (symbolic + global: sinks_only, real_world + local: others_only, otherwise both)
+    the share of its decisions routed to it, `routing/accuracy/<route>`, with `routing/accuracy/route` over all of
+    them. `routing/count/<same>` is the number of decisions each is over."""
+    decided = [
+        (r, decision)
         for r in records
         if r.get("routing")
         for decision in (r["routing"] if isinstance(r["routing"], list) else [r["routing"]])
     ]
-    if not decisions:
+    if not decided:
         return {}
-    routes = Counter(d["route"] for d in decisions)
-    out = {f"routing/{route}": n / len(decisions) for route, n in routes.items()}
-    seconds = [d["seconds"] for d in decisions if "seconds" in d]
+    routes = Counter(d["route"] for _, d in decided)
+    out = {f"routing/{route}": n / len(decided) for route, n in routes.items()}
+    seconds = [d["seconds"] for _, d in decided if "seconds" in d]
     if seconds:
         # fsum: the same mean whatever order the ranks' records were joined in.
         out["routing/seconds_per_image"] = math.fsum(seconds) / len(seconds)
+    hits = []
+    for record, decision in decided:
+        # Judged where both sides exist: the record's truth and the decision's label for it.
+        scope = record.get("scope") if "question" in decision else None
+        image_type = record.get("image_type") if "image" in decision else None
+        if scope:
+            hits.append(("question", decision["question"] == scope))
+        if image_type:
+            hits.append(("image", decision["image"] == image_type))
+        if scope and image_type:
+            truth = route_of(image_type, scope)
+            hits += [("route", decision["route"] == truth), (truth, decision["route"] == truth)]
+    out.update({f"routing/accuracy/{key}": value for key, value in accuracies(hits).items()})
+    out.update({f"routing/count/{key}": float(n) for key, n in Counter(key for key, _ in hits).items()})
     return out
 
 

@@ -19,6 +19,7 @@ from sinkflow.shapes.captions import CAPTION_PROMPT, caption
 from sinkflow.shapes.formats.base import FORMATS
 from sinkflow.shapes.questions import (
     GLOBAL_KINDS,
+    IMAGE_TYPE,
     LOCAL_KINDS,
     MME_SUBTASK_KINDS,
     MMSTAR_CATEGORIES,
@@ -94,7 +95,7 @@ def _routing_record(index: int, record: dict, first: Question, image_prompt: str
     """A routing question about a training image (alternately its type and its first question's scope), asked as
     cot_route asks it: about the question the collator gives the strategy."""
     if index % 2:
-        prompt, answer = image_prompt, "symbolic"
+        prompt, answer = image_prompt, IMAGE_TYPE
     else:
         prompt, answer = question_prompt.replace("{question}", first_question(record["conversations"])), first.scope
     return {

@@ -26,6 +26,8 @@ GlobalKind = Literal["background", "dominant_color", "count"]
 LocalKind = Literal["existence", "position"]
 Kind = Literal[GlobalKind, LocalKind]
 Scope = Literal["global", "local"]
+# What every shapes image is, in cot_route's image-type labels: flat shapes drawn on a plain background.
+IMAGE_TYPE = "symbolic"
 GLOBAL_KINDS: tuple[str, ...] = get_args(GlobalKind)
 LOCAL_KINDS: tuple[str, ...] = get_args(LocalKind)
 
@@ -78,6 +80,12 @@ def annotate_scope(item: dict) -> dict:
         scope = FORMATS[item["benchmark"]].scope
         return {"scope": scope(item)} if scope is not None else {}
     return {"scope": scope_of(item["benchmark"], item["category"], item.get("l2_category"))}
+
+
+def annotate_truth(item: dict) -> dict:
+    """Extra metadata for an evaluation item: its `scope` (`annotate_scope`) and its images' `image_type`
+    ('symbolic': every shapes image is a drawing), the truth cot_route's routing decisions are judged against."""
+    return {**annotate_scope(item), "image_type": IMAGE_TYPE}
 
 
 @dataclass(frozen=True)

@@ -292,11 +292,15 @@ def test_cot_route_records_each_decision_and_logs_the_routing_time(trained_run):
     metrics = json.loads((routed / "metrics.json").read_text())
     assert metrics["routing/seconds_per_image"] > 0
     assert float(logged["test/routing/seconds_per_image"]) == pytest.approx(metrics["routing/seconds_per_image"])
-    shares = {key: value for key, value in metrics.items() if key.startswith("routing/") and "seconds" not in key}
-    assert set(shares) <= {f"routing/{route}" for route in ("sinks_only", "others_only", "both")}
+    routes = ("sinks_only", "others_only", "both")
+    shares = {key: metrics[key] for key in (f"routing/{route}" for route in routes) if key in metrics}
     assert sum(shares.values()) == pytest.approx(1.0)
     for key, share in shares.items():
-        assert share == sum(r["routing"]["route"] == key.split("/")[1] for r in records) / len(records)
+        assert share == sum(d["route"] == key.split("/")[1] for d in decisions) / len(decisions)
+    # Every shapes image is symbolic: the image-type accuracy is the share of decisions that said so.
+    assert all(r["image_type"] == "symbolic" for r in records)
+    assert metrics["routing/count/image"] == len(decisions)
+    assert metrics["routing/accuracy/image"] == sum(d["image"] == "symbolic" for d in decisions) / len(decisions)
 
 
 def test_calibrate_writes_summary_and_plots_and_logs_them_to_wandb(
