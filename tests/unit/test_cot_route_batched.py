@@ -9,8 +9,9 @@ import torch
 
 from sinkflow.data.collate import Collator
 from sinkflow.models.families.base import FAMILIES
+from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.module import SinkflowModule
-from sinkflow.pathway import Routed
+from sinkflow.pathway import Routed, VisualFeatures
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.routing_answers import answer_tokens
 from sinkflow.sinks.simulated import SimulatedSinks
@@ -133,3 +134,13 @@ def test_the_configured_cap_overrides_the_auto_one_and_bad_input_is_named(images
             module.ask(batch, visual, ["a?", "b?"], [0], routed, 3)
         with pytest.raises(ValueError, match="max_new_tokens=None caps answers at the longest expected answer"):
             module.ask(batch, visual, ["a?"], [0], routed, None)
+
+
+def test_features_with_family_extras_are_selected_by_their_family_or_refused():
+    visual = VisualFeatures(torch.zeros(2, 4, 3), extras={"private": [1, 2]})
+    with pytest.raises(ValueError, match=r"carry family extras \['private'\]: select them with the family"):
+        visual.select([1, 0])
+    with pytest.raises(NotImplementedError, match=r"LlavaFamily keeps extras \['private'\] but does not select them"):
+        LlavaFamily().select_images({}, visual, [1, 0])
+    chosen = VisualFeatures(torch.arange(8.0).view(2, 4, 1), keys=["a", "b"]).select([1, 1, 0])
+    assert chosen.keys == ["b", "b", "a"] and chosen.features[:, 0, 0].tolist() == [4.0, 4.0, 0.0]
