@@ -17,7 +17,12 @@ latency instead, as the paper does (0.09 s -> 0.25 s per sample on its GPU): sec
 shared one generation: one generation per question, 8 new tokens each; `routing_max_new_tokens` is the cap
 cot_route's default (`max_new_tokens: null`) derives from the tokenizer.
 
+`--base` times the answers of the pre-trained tiny base instead (model=tiny_llava_shapes, which learned the routing
+questions), on a batch of its shapes evaluation questions, each answer as long as the model makes it (it stops at
+its end-of-sequence token): none, cot_route and the two-call path, round-robin in one run.
+
     python bench/overhead.py [--family llava qwen2_vl qwen2_5_vl] [--repeats 30] [--batch 8] [--accelerator cuda]
+    python bench/overhead.py --base [--batch 16] [--answer-repeats 15]
 """
 
 from __future__ import annotations
@@ -39,12 +44,14 @@ from sinkflow.data.instruct import load_instruct
 from sinkflow.models.families.base import FAMILIES
 from sinkflow.module import SinkflowModule
 from sinkflow.pathway import Ask, Project, Routed, VisualFeatures
+from sinkflow.run import build_datamodule
 from sinkflow.shapes import generate_shapes
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.routing_answers import answer_tokens
 from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.base import STRATEGIES
 from sinkflow.sinks.strategies.cot_route import CotRoute
+from sinkflow.sinks.strategies.none import NoneStrategy
 
 # Forward time relative to `none`: detection + sink_front, the strategies with weights, and any registered strategy.
 TARGETS = {"sink_front": 1.03, "trained": 1.08, "any": 1.10}
@@ -174,6 +181,53 @@ def measure(family: str, args, device: torch.device) -> dict:
     }
 
 
+def measure_base(args, device: torch.device) -> dict:
+    """Answer latency of cot_route against none on the pre-trained tiny base, natural answer lengths."""
+    torch.manual_seed(0)
+    root = tempfile.mkdtemp()
+    cfg = compose_config(
+        ["model=tiny_llava_shapes", "sink_strategy=cot_route", "dataset.prepare.n_train=8", f"paths.root_dir={root}"],
+        config_name="evaluate",
+    )
+    cfg.dataset.eval_sets = {"open": cfg.dataset.eval_sets.open}
+    cot_route = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=False).eval().to(device)
+    strategy = OmegaConf.to_container(cfg.sink_strategy.strategy, resolve=True)
+    shared = (cot_route.hf, cot_route.processor, cot_route.family)
+    others = {"none": (NoneStrategy(), None), "cot_route_two_calls": (TwoCallCotRoute(**strategy), NormThreshold())}
+    modules = {
+        name: SinkflowModule(
+            *shared,
+            routing,
+            detector,
+            simulated_sinks=cot_route.simulated_sinks,
+            question_collator=cot_route.question_collator,
+        ).eval()
+        for name, (routing, detector) in others.items()
+    }
+    modules["cot_route"] = cot_route
+    datamodule = build_datamodule(cfg, cot_route, None)
+    datamodule.eval_batch_size = args.batch
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    batch = batch_to(next(iter(datamodule.test_dataloader())), device)
+    answers = round_robin(
+        modules, timed_answers, batch, device, argparse.Namespace(warmup=1, repeats=args.answer_repeats)
+    )
+    per_sample = {name: round(seconds / args.batch, 5) for name, seconds in answers.items()}
+    return {
+        "bench": "overhead --base",
+        "model": "tiny_llava_shapes",
+        "answer_seconds_per_sample": per_sample,
+        "cot_route_to_none": round(per_sample["cot_route"] / per_sample["none"], 3),
+        "cot_route_two_calls_to_none": round(per_sample["cot_route_two_calls"] / per_sample["none"], 3),
+        "cot_route_within_target": per_sample["cot_route"] / per_sample["none"] <= COT_ROUTE_TARGET,
+        "routing_max_new_tokens": answer_tokens(cot_route.processor.tokenizer),
+        "batch": args.batch,
+        "answer_repeats": args.answer_repeats,
+        "device": device_label(device),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", nargs="+", choices=FAMILIES.names(), default=FAMILIES.names())
@@ -184,7 +238,11 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=8, help="answer length of the latency measurement")
     parser.add_argument("--answer-repeats", type=int, default=5)
     parser.add_argument("--accelerator", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--base", action="store_true", help="cot_route's answer latency on the pre-trained tiny base")
     args = parser.parse_args()
+    if args.base:
+        print(json.dumps(measure_base(args, torch.device(args.accelerator))), flush=True)
+        return
     for family in args.family:
         print(json.dumps(measure(family, args, torch.device(args.accelerator))), flush=True)
 

@@ -117,14 +117,17 @@ def pretrain_vision(
             if k.startswith("target_")
         }
 
-    head = RegionHead(module.hf.config.vision_config.hidden_size)
+    with torch.random.fork_rng(devices=[]):  # the head's initialisation is the seed's, whatever ran before
+        torch.manual_seed(seed)
+        head = RegionHead(module.hf.config.vision_config.hidden_size)
     params = [p for p in tower.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
     module.hf.train()
     train = data["train"]
     for step in track(range(steps), description=f"stage 0: ViT on patch labels ({n_images} scenes)"):
-        batch = {k: v[torch.randint(0, n_images, (batch_size,), generator=generator)] for k, v in train.items()}
+        index = torch.randint(0, n_images, (batch_size,), generator=generator)
+        batch = {k: v[index] for k, v in train.items()}
         logits, truth = predict(batch), targets(batch)
         loss = sum(F.cross_entropy(logits[k].flatten(0, 1), truth[k].flatten()) for k in logits)
         for group in optimizer.param_groups:

@@ -20,8 +20,10 @@ import hashlib
 import json
 import shutil
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from sinkflow.models.export import Export, load_export
@@ -29,7 +31,8 @@ from sinkflow.models.export import Export, load_export
 SHIPPED = Path(__file__).with_name("tiny_llava_shapes")
 INFO = "base.json"
 WEIGHTS = "model.safetensors"
-# What base.json keeps of the recipe run's metrics.json: the figures the README's quick start quotes.
+# What base.json keeps of the recipe run's resolved config, and of its metrics.json (the figures the README quotes).
+RECIPE = ("seed", "vision_pretraining", "model", "trainer", "dataset")
 HEADLINE = (
     "open/global/accuracy",
     "open/local/accuracy",
@@ -38,11 +41,32 @@ HEADLINE = (
     "open/count/accuracy",
     "open/position/accuracy",
     "pope/f1_mean",
+    "pope/random/f1",
     "mmstar/overall",
     "mme/perception",
     "all/global/accuracy",
     "all/local/accuracy",
 )
+
+
+def _started(run: Path) -> datetime:
+    """The time of the run log's first line ('[2026-12-02 03:20:35,288][...'), in UTC as sinkflow logs."""
+    stamp = (run / "train.log").read_text().split("]", 1)[0].lstrip("[")
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=timezone.utc)
+
+
+def _finished(run: Path) -> datetime:
+    return datetime.fromisoformat(json.loads((run / "results.json").read_text())["date"]["finished"])
+
+
+def _stages(run: Path) -> list[tuple[Path, dict]]:
+    """The recipe's runs, first stage first: `run`, then the run its `init_from` names, and so on."""
+    stages = []
+    while run is not None:
+        config = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"))
+        stages.insert(0, (run, config))
+        run = Path(config["init_from"]) if config.get("init_from") else None
+    return stages
 
 
 def sha256(path: Path) -> str:
@@ -90,19 +114,29 @@ def bake(run_dir: str | Path, out_dir: str | Path = SHIPPED) -> Path:
     missing = [k for k in HEADLINE if k not in metrics]
     if missing:
         raise ValueError(f"{run_dir / 'metrics.json'}: {missing} missing (was the run tested?)")
+    stages = _stages(run_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     AutoProcessor.from_pretrained(source).save_pretrained(partial)
+    first = stages[0][0]
     info = {
         "spec": json.loads((Path(source) / "spec.json").read_text()),
-        "recipe": "conf/experiment/tiny_base.yaml",
         "command": "make tiny-base",
-        "overrides": (run_dir / ".hydra" / "overrides.yaml").read_text().splitlines(),
-        "vision_pretraining": json.loads((run_dir / "vision_pretraining.json").read_text()),
+        "stages": [
+            {
+                "overrides": OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "overrides.yaml")),
+                "recipe": {key: config.get(key) for key in RECIPE},
+                "minutes": round((_finished(run) - _started(run)).total_seconds() / 60, 1),
+            }
+            for run, config in stages
+        ],
+        "versions": json.loads((run_dir / "results.json").read_text())["versions"],
+        "vision_pretraining": json.loads((first / "vision_pretraining.json").read_text()),
         "metrics": {k: metrics[k] for k in HEADLINE},
         "sha256": sha256(partial / WEIGHTS),
     }
+    info["minutes"] = round(sum(stage["minutes"] for stage in info["stages"]), 1)
     (partial / INFO).write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
