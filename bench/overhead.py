@@ -18,11 +18,12 @@ shared one generation: one generation per question, 8 new tokens each; `routing_
 cot_route's default (`max_new_tokens: null`) derives from the tokenizer.
 
 `--base` times the answers of the pre-trained tiny base instead (model=tiny_llava_shapes, which learned the routing
-questions), on a batch of its shapes evaluation questions, each answer as long as the model makes it (it stops at
-its end-of-sequence token): none, cot_route and the two-call path, round-robin in one run.
+questions) over a whole evaluation of the shapes `open` set (its ~200 questions about 60 images, `--batch` at a time),
+each answer as long as the model makes it (it stops at its end-of-sequence token): none, cot_route (which asks an
+image's type once per evaluation) and the two-call path, round-robin in one run.
 
     python bench/overhead.py [--family llava qwen2_vl qwen2_5_vl] [--repeats 30] [--batch 8] [--accelerator cuda]
-    python bench/overhead.py --base [--batch 16] [--answer-repeats 15]
+    python bench/overhead.py --base [--batch 16] [--answer-repeats 5]
 """
 
 from __future__ import annotations
@@ -192,6 +193,7 @@ def measure_base(args, device: torch.device) -> dict:
     cfg.dataset.eval_sets = {"open": cfg.dataset.eval_sets.open}
     cot_route = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=False).eval().to(device)
     strategy = OmegaConf.to_container(cfg.sink_strategy.strategy, resolve=True)
+    strategy.pop("_target_")
     shared = (cot_route.hf, cot_route.processor, cot_route.family)
     others = {"none": (NoneStrategy(), None), "cot_route_two_calls": (TwoCallCotRoute(**strategy), NormThreshold())}
     modules = {
@@ -209,11 +211,17 @@ def measure_base(args, device: torch.device) -> dict:
     datamodule.eval_batch_size = args.batch
     datamodule.prepare_data()
     datamodule.setup("test")
-    batch = batch_to(next(iter(datamodule.test_dataloader())), device)
+    batches = [batch_to(b, device) for b in datamodule.test_dataloader()]
+    n_questions = sum(len(b["meta"]) for b in batches)
+
+    def evaluation(module: SinkflowModule, batches: list[dict], device: torch.device) -> float:
+        module.eval()  # a new evaluation: cot_route forgets the image types it was told
+        return sum(timed_answers(module, batch, device) for batch in batches)
+
     answers = round_robin(
-        modules, timed_answers, batch, device, argparse.Namespace(warmup=1, repeats=args.answer_repeats)
+        modules, evaluation, batches, device, argparse.Namespace(warmup=1, repeats=args.answer_repeats)
     )
-    per_sample = {name: round(seconds / args.batch, 5) for name, seconds in answers.items()}
+    per_sample = {name: round(seconds / n_questions, 5) for name, seconds in answers.items()}
     return {
         "bench": "overhead --base",
         "model": "tiny_llava_shapes",
@@ -223,6 +231,7 @@ def measure_base(args, device: torch.device) -> dict:
         "cot_route_within_target": per_sample["cot_route"] / per_sample["none"] <= COT_ROUTE_TARGET,
         "routing_max_new_tokens": answer_tokens(cot_route.processor.tokenizer),
         "batch": args.batch,
+        "questions": n_questions,
         "answer_repeats": args.answer_repeats,
         "device": device_label(device),
     }

@@ -6,7 +6,7 @@ scorer can judge recorded decisions against a scene's ground truth (`sinkflow.ev
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 
 # label -> keywords (whole words, case-insensitive). Each label's first keyword is the answer the configured prompts
 # ask for (conf/routing/cot.yaml: 'symbolic' or 'real-world', 'global' or 'local').
@@ -52,12 +52,16 @@ def decide(image_answer: str, question_answer: str) -> dict:
     }
 
 
-def answer_tokens(tokenizer: Callable[..., Mapping], answers: Iterable[str] = ANSWERS) -> int:
-    """The most tokens any of `answers` takes as `tokenizer` writes it, alone or after a space (an answer may follow
-    the prompt directly or after a space, and a tokenizer may give the space a token of its own): enough new
-    tokens for the parser to read every expected answer whole."""
-    return max(
-        len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        for answer in answers
-        for text in (answer, f" {answer}")
-    )
+def answer_tokens(tokenizer, answers: Iterable[str] = ANSWERS) -> int:
+    """The fewest new tokens that let the parser read every expected answer: for each answer, alone or after a space
+    (it may follow the prompt directly or after a space, which a tokenizer may write as a token of its own), the
+    shortest prefix of its tokens that parses to the answer's own label ('real-world' is read as real-world once
+    'real' is out); the most over the answers. `tokenizer` encodes (`__call__`) and decodes."""
+    keywords = {**IMAGE_KEYWORDS, **QUESTION_KEYWORDS}
+
+    def needed(text: str) -> int:
+        label = parse_label(text, keywords)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return next(n for n in range(1, len(ids) + 1) if parse_label(tokenizer.decode(ids[:n]), keywords) == label)
+
+    return max(needed(text) for answer in answers for text in (answer, f" {answer}"))

@@ -10,12 +10,13 @@ import torch
 from sinkflow.data.collate import Collator
 from sinkflow.models.families.base import FAMILIES
 from sinkflow.models.families.llava import LlavaFamily
+from sinkflow.models.tiny import build_tokenizer
 from sinkflow.module import SinkflowModule
 from sinkflow.pathway import Routed, VisualFeatures
 from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.routing_answers import answer_tokens
 from sinkflow.sinks.simulated import SimulatedSinks
-from sinkflow.sinks.strategies.cot_route import CotRoute
+from sinkflow.sinks.strategies.cot_route import CotRoute, content_key
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
 
 QUESTIONS = ["What is the background color?", "Is there a red circle in the image?", "How many shapes are there?"]
@@ -41,9 +42,15 @@ def routing_module(tiny_family, family_name: str, strategy: CotRoute) -> Sinkflo
 
 
 def hand_counted_cap(tokenizer) -> int:
-    """The longest expected label in tokens, counted one label at a time, with and without a leading space."""
-    labels = ("symbolic", "real-world", "global", "local")
-    return max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for w in labels for text in (w, f" {w}"))
+    """Per expected label, with and without a leading space, the fewest of its tokens whose text names the label's
+    keyword ('real' for 'real-world'); the most over the labels."""
+    words = {"symbolic": "symbolic", "real-world": "real", "global": "global", "local": "local"}
+    need = []
+    for label, word in words.items():
+        for text in (label, f" {label}"):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            need.append(next(n for n in range(1, len(ids) + 1) if word in tokenizer.decode(ids[:n])))
+    return max(need)
 
 
 @pytest.mark.parametrize("family_name", FAMILIES.names())
@@ -104,14 +111,22 @@ def test_each_image_of_a_repeated_selection_keeps_its_own_tokens(images, routing
         assert [t is level[i] for t, i in zip(chosen, [1, 0, 1])] == [True] * 3
 
 
-def test_the_auto_cap_is_the_longest_label_with_its_leading_space():
-    """Each label alone, or after a space that a tokenizer may write as a token of its own."""
+def test_the_auto_cap_is_the_fewest_tokens_that_parse_to_every_label():
+    """Each label alone, or after a space that a tokenizer may write as a token of its own; an answer is read once a
+    keyword of its label is out ('real' of 'real-world')."""
 
-    def words(text, add_special_tokens=False):  # one token per word, and one for a leading space
-        return {"input_ids": ([0] if text.startswith(" ") else []) + [1] * len(text.split("-"))}
+    class Words:  # one token per word piece split at '-', one for a leading space
+        def __call__(self, text, add_special_tokens=False):
+            self.pieces = ([" "] if text.startswith(" ") else []) + text.strip().replace("-", " - ").split()
+            return {"input_ids": list(range(len(self.pieces)))}
 
-    assert answer_tokens(words) == 3  # " real-world": the space, "real", "world"
-    assert answer_tokens(words, ["global", "local"]) == 2
+        def decode(self, ids):
+            return "".join(self.pieces[i] for i in ids)
+
+    assert answer_tokens(Words()) == 2  # " real-world": the space, then "real" parses as real-world
+    assert answer_tokens(Words(), ["global", "local"]) == 2
+    assert answer_tokens(Words(), ["symbolic"]) == 2
+    assert answer_tokens(build_tokenizer(1024), ["symbolic", "real-world", "global", "local"]) == 1
 
 
 def test_the_configured_cap_overrides_the_auto_one_and_bad_input_is_named(images, routing_prompts, tiny_family):
@@ -144,3 +159,9 @@ def test_features_with_family_extras_are_selected_by_their_family_or_refused():
         LlavaFamily().select_images({}, visual, [1, 0])
     chosen = VisualFeatures(torch.arange(8.0).view(2, 4, 1), keys=["a", "b"]).select([1, 1, 0])
     assert chosen.keys == ["b", "b", "a"] and chosen.features[:, 0, 0].tolist() == [4.0, 4.0, 0.0]
+
+
+def test_equal_visual_inputs_share_a_key_and_only_equal_ones():
+    a, b = torch.arange(6.0).view(3, 2), torch.ones(3, 2)
+    keys = [content_key(t) for t in (a, b, a.clone(), a + 1e-6, torch.arange(6.0).view(2, 3))]
+    assert keys[0] == keys[2] and len({keys[0], keys[1], keys[3], keys[4]}) == 4

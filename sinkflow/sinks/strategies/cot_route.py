@@ -18,6 +18,7 @@ go to the predictions file, and the routing time to the logs.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import torch
@@ -27,6 +28,11 @@ from sinkflow.pathway import Ask, PositionIds, Project, Routed, VisualFeatures
 from sinkflow.sinks.routing_answers import ANSWERS, decide
 from sinkflow.sinks.strategies.base import SinkOrder
 from sinkflow.sinks.strategies.dual_mlp import DualMLP, Init
+
+
+def content_key(block: torch.Tensor) -> str:
+    """A key equal for exactly equal blocks (shape and values)."""
+    return f"{tuple(block.shape)}:{hashlib.blake2b(block.detach().float().cpu().numpy().tobytes()).hexdigest()}"
 
 
 class CotRoute(DualMLP, name="cot_route"):
@@ -55,6 +61,13 @@ class CotRoute(DualMLP, name="cot_route"):
         if max_new_tokens is not None:
             number("sink_strategy.strategy.max_new_tokens", max_new_tokens, integer=True, at_least=1)
         self.image_prompt, self.question_prompt, self.max_new_tokens = image_prompt, question_prompt, max_new_tokens
+        self.image_answers: dict[str, str] = {}  # image-type answers of this evaluation, by visual input
+
+    def train(self, mode: bool = True) -> CotRoute:
+        """A change of mode starts a new evaluation (the weights may have changed): its image-type answers are
+        forgotten."""
+        self.image_answers.clear()
+        return super().train(mode)
 
     def forward(
         self, visual: VisualFeatures, sink_mask: torch.Tensor | None, project: Project, ask: Ask | None = None
@@ -70,12 +83,18 @@ class CotRoute(DualMLP, name="cot_route"):
         if ask is None:
             raise RuntimeError("cot_route asks the model about each image: run it through SinkflowModule (ask=...)")
         start = time.perf_counter()
-        # Both questions about every image in one generation: rows 0..n-1 ask the image type, rows n..2n-1 the scope.
+        # Both questions in one generation: the image type of each image not seen before in this evaluation (the
+        # prompt and the visual input are the same for every question about an image, so is the answer: asked once,
+        # remembered until the strategy changes mode), then the scope of every question.
         n = len(both.tokens)
-        questions = [self.image_prompt] * n + [self.question_prompt.replace("{question}", q) for q in visual.questions]
-        answers = ask(questions, [*range(n), *range(n)], both, self.max_new_tokens, ANSWERS)
+        keys = [content_key(block) for block in both.tokens]
+        new = list({key: i for i, key in reversed(list(enumerate(keys))) if key not in self.image_answers}.values())
+        questions = [self.image_prompt] * len(new)
+        questions += [self.question_prompt.replace("{question}", q) for q in visual.questions]
+        answers = ask(questions, [*new, *range(n)], both, self.max_new_tokens, ANSWERS)
         seconds = time.perf_counter() - start  # answers are decoded text, so the device work is done
-        image_answers, question_answers = answers[:n], answers[n:]
+        self.image_answers.update({keys[i]: answer for i, answer in zip(new, answers[: len(new)])})
+        image_answers, question_answers = [self.image_answers[key] for key in keys], answers[len(new) :]
         decisions = [decide(a, q) for a, q in zip(image_answers, question_answers)]
         tokens, sources = [], []
         for i, decision in enumerate(decisions):
