@@ -54,10 +54,15 @@ _CORPUS = [
     "white black gray beige pink brown cyan 0 1 2 3 4 5 6 7 8 9",
     "Answer the question using a single word or phrase. Please answer yes or no.",
     "Answer with the option's letter from the given choices directly. Options: A: B: C: D:",
+]
+# Words of the shapes captions and of cot_route's routing prompts, learned as well by a vocabulary of 1024 or more (the
+# tiny base's): each then takes a token or two. Smaller vocabularies keep the tokens the tiny models always had.
+_LARGE_CORPUS = [
     "Describe the image briefly. A An background with at the top middle bottom left center right and",
     "Is this image a symbolic diagram or a real-world photo? Answer 'symbolic' or 'real-world'.",
     "Question: Does answering it need global or local understanding? Answer 'global' or 'local'.",
 ]
+LARGE_VOCABULARY = 1024
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ def build_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.train_from_iterator(_CORPUS + (_LARGE_CORPUS if vocab_size >= LARGE_VOCABULARY else []), trainer=trainer)
     post = [processors.ByteLevel(trim_offsets=False)]
     if bos is not None:
         bos_id = tok.token_to_id(bos)

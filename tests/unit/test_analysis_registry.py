@@ -17,7 +17,7 @@ from sinkflow.analysis.task import ANALYSES
 from sinkflow.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL_DATA = ["dataset.prepare.n_train=32", "dataset.prepare.n_eval=6"]
+SMALL_DATA = ["model=tiny_llava", "dataset.prepare.n_train=32", "dataset.prepare.n_eval=6"]  # an LLM of 2 layers
 
 KNOWN = {"calibrate", "propagation", "massive_dims", "relevance", "decode", "probe"}  # guards against an empty registry
 

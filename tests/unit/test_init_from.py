@@ -17,7 +17,8 @@ from test_configs import compose_cfg  # pytest puts tests/unit on sys.path (no _
 
 
 def build(tmp_path, overrides, **kwargs):
-    cfg = compose_cfg("train", overrides, tmp_path)
+    """A module of the random tiny LLaVA (the one `tiny_checkpoint` and `batch` are made for)."""
+    cfg = compose_cfg("train", ["model=tiny_llava", *overrides], tmp_path)
     return SinkflowModule.from_config(
         cfg.model, cfg.sink_strategy, train=True, init_from=cfg.get("init_from"), **kwargs
     )
