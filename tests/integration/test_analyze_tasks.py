@@ -78,8 +78,9 @@ def test_task_writes_summary_and_figure(task, model, tmp_path, env, shared_image
 @pytest.mark.parametrize(
     "task,setting,message",
     [
-        ("massive_dims", "massive_dims.min_layer=2", "massive_dims.min_layer=2 leaves none of the LLM's 2 layers"),
-        ("propagation", "propagation.layers=[5,6]", "propagation.layers=[5, 6] selects none of the LLM's 2 layers"),
+        # The default model, the tiny base: an LLM of 4 layers.
+        ("massive_dims", "massive_dims.min_layer=4", "massive_dims.min_layer=4 leaves none of the LLM's 4 layers"),
+        ("propagation", "propagation.layers=[5,6]", "propagation.layers=[5, 6] selects none of the LLM's 4 layers"),
     ],
 )
 def test_a_setting_the_model_cannot_take_fails_before_anything_loads(task, setting, message, tmp_path, env):

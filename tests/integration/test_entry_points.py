@@ -310,7 +310,7 @@ def test_calibrate_writes_summary_and_plots_and_logs_them_to_wandb(
     args = ["task=calibrate", "logger=wandb", *SMALL_DATA, *shared_image_sets, f"hydra.run.dir={out}"]
     run("analyze.py", args, tmp_path, env)
     summary = json.loads((out / "calibration.json").read_text())
-    assert summary["images"] == 6 and summary["tokens_per_image"] == 16
+    assert summary["images"] == 6 and summary["tokens_per_image"] == 64  # the tiny base: 8-px patches of 64 px
     assert summary["norm_max"] == pytest.approx(150.0, rel=1e-5)  # the simulated sinks' norm
     assert summary["norm_quantiles"]["q50"] < summary["suggested_tau"] < 150.0
     assert summary["sinks_per_image_at_suggestion"] == {"mean": 2.0, "histogram": {"2": 6}}

@@ -88,7 +88,7 @@ class CotRoute(DualMLP, name="cot_route"):
         # remembered until the strategy changes mode), then the scope of every question.
         n = len(both.tokens)
         keys = [content_key(block) for block in both.tokens]
-        new = list({key: i for i, key in reversed(list(enumerate(keys))) if key not in self.image_answers}.values())
+        new = sorted({key: i for i, key in reversed(list(enumerate(keys))) if key not in self.image_answers}.values())
         questions = [self.image_prompt] * len(new)
         questions += [self.question_prompt.replace("{question}", q) for q in visual.questions]
         answers = ask(questions, [*new, *range(n)], both, self.max_new_tokens, ANSWERS)
