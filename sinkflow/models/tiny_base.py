@@ -1,16 +1,15 @@
 """The pre-trained tiny base: a tiny LLaVA trained from scratch in full (ViT, projector, LLM) on the shapes data,
-shipped
-in the repository (sinkflow/models/tiny_llava_shapes/, a few MB of safetensors) so that the offline demo starts from
-a model that sees.
+shipped in the repository (sinkflow/models/tiny_llava_shapes/, 5.3 MB of safetensors) so that the offline demo
+starts from a model that sees. `make tiny-base` runs its recipe (conf/experiment/tiny_base.yaml):
 
-    make tiny-base      # = python train.py experiment=tiny_base hydra.run.dir=logs/tiny_base
-                        #   + python -m sinkflow.models.tiny_base logs/tiny_base
+    train.py experiment=tiny_base                      # stage 0 (the ViT on patch labels) + stage 1 (every weight)
+    train.py experiment=tiny_base init_from=<stage 1> vision_pretraining=null model.optim.lr=1e-3 ...   # stage 2
+    python -m sinkflow.models.tiny_base <stage 2 run>  # bake
 
-The recipe is conf/experiment/tiny_base.yaml (stage 0: the ViT on region labels, `region_pretraining`; stage 1:
-every weight on captions, questions of every kind and cot_route's routing questions). `bake` turns that run's
-export into an HF checkpoint (loadable with plain `from_pretrained`) and writes `base.json` beside it: the recipe,
-the command, the run's scores, its time and the SHA-256 of the weights. `tiny_base_checkpoint`, the loader
-conf/model/tiny_llava_shapes.yaml names, checks that hash and the sizes the config asks for.
+`bake` turns the last run's export into an HF checkpoint (loadable with plain `from_pretrained`) and writes
+`base.json` beside it: every stage's overrides, resolved recipe and minutes, the package versions, the scores and the
+SHA-256 of the weights. `tiny_base_checkpoint`, the loader conf/model/tiny_llava_shapes.yaml names, checks that hash
+and the sizes the config asks for.
 """
 
 from __future__ import annotations
