@@ -126,6 +126,33 @@ def tiny_family():
 
 
 @pytest.fixture(scope="session")
+def planted_family_module(tiny_family):
+    """`planted_family_module(name, seed, strategy, prepare=None)`: a SinkflowModule over a registered family's tiny
+    model with planted sinks (k = 2, norm 150) that the paper's detector (tau = 100) finds, and the question collator
+    strategies that ask the model need; `prepare(model, family)` may LoRA the model first."""
+    from sinkflow.data.collate import Collator
+    from sinkflow.module import SinkflowModule
+    from sinkflow.sinks.detectors.norm_threshold import NormThreshold
+    from sinkflow.sinks.simulated import SimulatedSinks
+
+    def build(name: str, seed: int, strategy, prepare=None):
+        model, processor, family, template = tiny_family(name, seed)
+        if prepare is not None:
+            model = prepare(model, family)
+        return SinkflowModule(
+            model,
+            processor,
+            family,
+            strategy,
+            NormThreshold(tau=100.0),
+            simulated_sinks=SimulatedSinks(k=2, norm=150.0),
+            question_collator=Collator(processor, template, generate=True),
+        )
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def resized_images(shapes_root, tmp_path_factory):
     """`resized_images(sizes)`: the first shapes evaluation images resized to `sizes` ((w, h) each), saved as PNGs."""
     from PIL import Image

@@ -7,15 +7,11 @@ from functools import partial
 import pytest
 import torch
 
-from sinkflow.data.collate import Collator
 from sinkflow.models.families.base import FAMILIES
 from sinkflow.models.families.llava import LlavaFamily
 from sinkflow.models.tiny import build_tokenizer
-from sinkflow.module import SinkflowModule
 from sinkflow.pathway import Routed, VisualFeatures
-from sinkflow.sinks.detectors.norm_threshold import NormThreshold
 from sinkflow.sinks.routing_answers import answer_tokens
-from sinkflow.sinks.simulated import SimulatedSinks
 from sinkflow.sinks.strategies.cot_route import CotRoute, content_key
 from sinkflow.sinks.strategies.dual_mlp import DualMLP
 
@@ -26,19 +22,6 @@ QUESTIONS = ["What is the background color?", "Is there a red circle in the imag
 def images(resized_images):
     """Three images in two sizes (Qwen keeps each size, the tiling families cut them differently)."""
     return resized_images([(64, 64), (48, 32), (32, 48)])
-
-
-def routing_module(tiny_family, family_name: str, strategy: CotRoute) -> SinkflowModule:
-    model, processor, family, template = tiny_family(family_name, 3)
-    return SinkflowModule(
-        model.eval(),
-        processor,
-        family,
-        strategy,
-        NormThreshold(tau=100.0),
-        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-        question_collator=Collator(processor, template, generate=True),
-    ).eval()
 
 
 def hand_counted_cap(tokenizer) -> int:
@@ -54,8 +37,10 @@ def hand_counted_cap(tokenizer) -> int:
 
 
 @pytest.mark.parametrize("family_name", FAMILIES.names())
-def test_one_batched_generation_answers_as_each_question_asked_alone(family_name, images, routing_prompts, tiny_family):
-    module = routing_module(tiny_family, family_name, CotRoute(**routing_prompts))
+def test_one_batched_generation_answers_as_each_question_asked_alone(
+    family_name, images, routing_prompts, planted_family_module
+):
+    module = planted_family_module(family_name, 3, CotRoute(**routing_prompts)).eval()
     collate = module.question_collator
     samples = [
         {"id": str(i), "image": image, "conversations": [{"from": "human", "value": f"<image>\n{question}"}]}
@@ -87,10 +72,10 @@ def test_one_batched_generation_answers_as_each_question_asked_alone(family_name
     assert any(answer for answers in alone for answer in answers), "the tiny model must say something"
 
 
-def test_each_image_of_a_repeated_selection_keeps_its_own_tokens(images, routing_prompts, tiny_family):
+def test_each_image_of_a_repeated_selection_keeps_its_own_tokens(images, routing_prompts, planted_family_module):
     """Qwen3-VL: grid (M-RoPE) and DeepStack features follow each repeated image; asking about images [1, 0, 1]
     equals asking about image 1, then 0, then 1 in three batches of one."""
-    module = routing_module(tiny_family, "qwen3_vl", CotRoute(**routing_prompts))
+    module = planted_family_module("qwen3_vl", 3, CotRoute(**routing_prompts)).eval()
     collate = module.question_collator
     samples = [
         {"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>\nQ?"}]}
@@ -129,8 +114,10 @@ def test_the_auto_cap_is_the_fewest_tokens_that_parse_to_every_label():
     assert answer_tokens(build_tokenizer(1024), ["symbolic", "real-world", "global", "local"]) == 1
 
 
-def test_the_configured_cap_overrides_the_auto_one_and_bad_input_is_named(images, routing_prompts, tiny_family):
-    module = routing_module(tiny_family, "llava", CotRoute(**routing_prompts, max_new_tokens=3))
+def test_the_configured_cap_overrides_the_auto_one_and_bad_input_is_named(
+    images, routing_prompts, planted_family_module
+):
+    module = planted_family_module("llava", 3, CotRoute(**routing_prompts, max_new_tokens=3)).eval()
     batch = module.question_collator(
         [{"id": "0", "image": images[0], "conversations": [{"from": "human", "value": "<image>\nQ?"}]}]
     )

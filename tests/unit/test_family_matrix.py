@@ -81,12 +81,12 @@ def config_overrides(strategy_name: str, tiny_encoder: str) -> list[str]:
 
 @pytest.mark.parametrize("strategy_name", strategy_configs())
 @pytest.mark.parametrize("family_name", FAMILIES.names())
-def test_strategy_trains_a_step_and_generates(family_name, strategy_name, images, tiny_encoder, tiny_family):
+def test_strategy_trains_a_step_and_generates(family_name, strategy_name, images, tiny_encoder, planted_family_module):
     strategy_cfg = compose_strategy(strategy_name, *config_overrides(strategy_name, tiny_encoder))
-    check_trains_and_generates(family_name, strategy_cfg, images, tiny_family)
+    check_trains_and_generates(family_name, strategy_cfg, images, planted_family_module)
 
 
-def test_a_new_strategy_joins_the_matrix_with_no_list_edited(tmp_path, monkeypatch, images, tiny_family):
+def test_a_new_strategy_joins_the_matrix_with_no_list_edited(tmp_path, monkeypatch, images, planted_family_module):
     """One class + one YAML, both outside the package: the registry and the matrix pick them up."""
     (tmp_path / "toy_reverse.py").write_text(
         textwrap.dedent("""
@@ -111,22 +111,17 @@ def test_a_new_strategy_joins_the_matrix_with_no_list_edited(tmp_path, monkeypat
     assert "toy_reverse" in STRATEGIES and "toy_reverse" in strategy_configs(tmp_path / "conf")
     strategy_cfg = compose_strategy("toy_reverse", search=(tmp_path / "conf",))
     assert type(instantiate(strategy_cfg.strategy)) is STRATEGIES["toy_reverse"]
-    check_trains_and_generates("llava", strategy_cfg, images, tiny_family)
+    check_trains_and_generates("llava", strategy_cfg, images, planted_family_module)
 
 
-def check_trains_and_generates(family_name: str, strategy_cfg: DictConfig, images: list[str], tiny_family) -> None:
-    model, processor, family, template = tiny_family(family_name, 4)
-    model = prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4, dropout=0.0))
-    strategy = instantiate(strategy_cfg.strategy)
-    module = SinkflowModule(
-        model,
-        processor,
-        family,
-        strategy,
-        NormThreshold(tau=100.0),
-        simulated_sinks=SimulatedSinks(k=2, norm=150.0),
-        question_collator=Collator(processor, template, generate=True),
-    )  # cot_route asks
+def check_trains_and_generates(
+    family_name: str, strategy_cfg: DictConfig, images: list[str], planted_family_module
+) -> None:
+    def with_lora(model, family):
+        return prepare_for_training(model, family, lora=LoraSpec(r=2, alpha=4, dropout=0.0))
+
+    module = planted_family_module(family_name, 4, instantiate(strategy_cfg.strategy), prepare=with_lora)
+    processor, family, template = module.processor, module.family, module.question_collator.template
     module.train()
     optimizer = torch.optim.AdamW(module.parameter_groups(), lr=1e-2)
     loss = module(Collator(processor, template)(samples(images, answer=True))).loss
