@@ -14,13 +14,15 @@ A strategy that decides by asking the model (`cot_route`) pays extra generation 
 latency instead, as the paper does (0.09 s -> 0.25 s per sample on its GPU): seconds per sample of greedy answers
 (`--new-tokens`) for none, dual_mlp, reweight and cot_route, and cot_route's ratio to none and to dual_mlp (target:
 <= 2.0x none). `cot_route_two_calls` times, in the same run, the path cot_route took before its two routing questions
-shared one generation: one generation per question, 8 new tokens each; `routing_max_new_tokens` is the cap
-cot_route's default (`max_new_tokens: null`) derives from the tokenizer.
+shared one generation: one generation per question, 8 new tokens each, nothing reused; `routing_max_new_tokens` is
+the cap cot_route's default (`max_new_tokens: null`) derives from the tokenizer.
 
 `--base` times the answers of the pre-trained tiny base instead (model=tiny_llava_shapes, which learned the routing
 questions) over a whole evaluation of the shapes `open` set (its ~200 questions about 60 images, `--batch` at a time),
-each answer as long as the model makes it (it stops at its end-of-sequence token): none, cot_route (which asks an
-image's type once per evaluation) and the two-call path, round-robin in one run.
+each answer as long as the model makes it (it stops at its end-of-sequence token), round-robin in one run: none,
+cot_route (which asks an image's type once per evaluation and lets the answer pass take the prompt prefix it shares
+with the routing pass from that pass's cache), `cot_route_no_reuse` (`reuse: false`: one generation, capped, nothing
+reused) and the two-call path.
 
     python bench/overhead.py [--family llava qwen2_vl qwen2_5_vl] [--repeats 30] [--batch 8] [--accelerator cuda]
     python bench/overhead.py --base [--batch 16] [--answer-repeats 5]
@@ -64,7 +66,11 @@ TWO_CALL_CAP = 8
 
 class TwoCallCotRoute(CotRoute):
     """cot_route as it was before one batched generation (not registered: this bench's reference only): the image-type
-    questions, then the question-scope ones, each in a generation of its own with `TWO_CALL_CAP` new tokens."""
+    questions, then the question-scope ones, each in a generation of its own with `TWO_CALL_CAP` new tokens, and
+    nothing reused (`reuse=False`: every image's type asked in every batch, every answer prompt prefilled in full)."""
+
+    def __init__(self, **options):
+        super().__init__(**{**options, "reuse": False})
 
     def forward(
         self, visual: VisualFeatures, sink_mask: torch.Tensor | None, project: Project, ask: Ask | None = None
@@ -195,7 +201,11 @@ def measure_base(args, device: torch.device) -> dict:
     strategy = OmegaConf.to_container(cfg.sink_strategy.strategy, resolve=True)
     strategy.pop("_target_")
     shared = (cot_route.hf, cot_route.processor, cot_route.family)
-    others = {"none": (NoneStrategy(), None), "cot_route_two_calls": (TwoCallCotRoute(**strategy), NormThreshold())}
+    others = {
+        "none": (NoneStrategy(), None),
+        "cot_route_no_reuse": (CotRoute(**{**strategy, "reuse": False}), NormThreshold()),
+        "cot_route_two_calls": (TwoCallCotRoute(**strategy), NormThreshold()),
+    }
     modules = {
         name: SinkflowModule(
             *shared,
@@ -227,6 +237,7 @@ def measure_base(args, device: torch.device) -> dict:
         "model": "tiny_llava_shapes",
         "answer_seconds_per_sample": per_sample,
         "cot_route_to_none": round(per_sample["cot_route"] / per_sample["none"], 3),
+        "cot_route_no_reuse_to_none": round(per_sample["cot_route_no_reuse"] / per_sample["none"], 3),
         "cot_route_two_calls_to_none": round(per_sample["cot_route_two_calls"] / per_sample["none"], 3),
         "cot_route_within_target": per_sample["cot_route"] / per_sample["none"] <= COT_ROUTE_TARGET,
         "routing_max_new_tokens": answer_tokens(cot_route.processor.tokenizer),

@@ -26,6 +26,7 @@ from sinkflow.divergence import require_finite
 from sinkflow.models.build import load_pretrained, prepare_for_training, resolve_checkpoint, unwrap
 from sinkflow.models.export import Export
 from sinkflow.models.families.base import VisualFamily
+from sinkflow.models.shared_prefix import RoutingPrompts, one_image_per_row, prefill_once, reuse_prefix
 from sinkflow.pathway import PaddingSide, PathwayResult, Routed, VisualFeatures
 from sinkflow.sinks.detectors.base import SinkDetector, token_norms
 from sinkflow.sinks.routing_answers import answer_tokens
@@ -92,6 +93,9 @@ class SinkflowModule(L.LightningModule):
         # renders the questions a deciding strategy (cot_route) asks about the images into generation prompts
         self.question_collator = question_collator
         self.init_from = init_from  # the export this run started from (its weights go into this run's export too)
+        # While an answer pass is being prepared: the routing generations its strategy ran, whose cache it may reuse.
+        self._routing_prompts: list[RoutingPrompts] | None = None
+        self._answer_caps: dict[tuple[str, ...], int] = {}  # `ask`'s cap per tuple of expected answers
         if strategy.needs_sinks and detector is None:
             raise ValueError(f"sink strategy {strategy.name!r} needs a detector: set sink_strategy.detector")
         strategy.setup(unwrap(model), family)
@@ -203,7 +207,8 @@ class SinkflowModule(L.LightningModule):
         """The model's greedy answers to `questions[k]` about the batch's image `images[k]` (repeats allowed), in one
         generation, the images entering the LLM as `routed`: encoded and routed once, however often they are asked
         about. Each answer takes at most `max_new_tokens` tokens, or with None as many as the longest of the expected
-        `answers` takes as the tokenizer writes it (`routing_answers.answer_tokens`)."""
+        `answers` takes as the tokenizer writes it (`routing_answers.answer_tokens`). With a strategy that reuses its
+        routing cache, rows about one image prefill the prefix they share once (`shared_prefix.prefill_once`)."""
         if self.question_collator is None:
             raise ValueError(
                 f"strategy {self.strategy.name!r} asks the model questions: give SinkflowModule a "
@@ -212,11 +217,24 @@ class SinkflowModule(L.LightningModule):
         if max_new_tokens is None:
             if not answers:
                 raise ValueError("ask: max_new_tokens=None caps answers at the longest expected answer; give `answers`")
-            max_new_tokens = answer_tokens(self.processor.tokenizer, answers)
+            answers = tuple(answers)
+            if answers not in self._answer_caps:
+                self._answer_caps[answers] = answer_tokens(self.processor.tokenizer, answers)
+            max_new_tokens = self._answer_caps[answers]
         image_inputs, shown = self.family.select_images(batch, visual, images)
         asked = {**self.question_collator.ask(batch, questions, images), **image_inputs}
         inputs = self.family.merge(self.hf, asked, shown, routed.select(images), padding_side="left")
-        return [answer.strip() for answer in self._greedy(inputs, max_new_tokens)]
+        inputs.pop("labels", None)
+        cache = None
+        if self.strategy.reuse_routing_cache and (shared := prefill_once(self.hf, inputs, list(images))) is not None:
+            inputs, cache = shared
+        out = self._generate(inputs, max_new_tokens, cache)
+        if self._routing_prompts is not None:
+            prompts = RoutingPrompts(
+                inputs["inputs_embeds"], inputs["attention_mask"], list(images), out.past_key_values
+            )
+            self._routing_prompts.append(prompts)
+        return [answer.strip() for answer in self._decode(out.sequences, max_new_tokens)]
 
     def visual(self, batch: dict) -> VisualFeatures:
         """The projector-input features of the batch's images (with the simulated sinks, when planted)."""
@@ -258,25 +276,50 @@ class SinkflowModule(L.LightningModule):
     @torch.no_grad()
     def generate(self, batch: dict) -> list[str]:
         """Greedy batched generation (left-padded prompts) -> decoded answers."""
-        return self._greedy(self.pathway(batch, padding_side="left").inputs)
+        return self._greedy(batch)[0]
 
-    def _greedy(self, inputs: dict, max_new_tokens: int | list[int] | None = None) -> list[str]:
-        """Greedy answers; `max_new_tokens` may give each row its own limit (a record's benchmark setting): the batch
-        generates to the longest and each row is cut at its own, which greedy decoding makes the same answer as
-        generating that row alone with its limit."""
+    def _greedy(self, batch: dict, max_new_tokens: int | list[int] | None = None) -> tuple[list[str], PathwayResult]:
+        """Greedy answers to the batch, and what its pathway saw. `max_new_tokens` may give each row its own limit (a
+        record's benchmark setting): the batch generates to the longest and each row is cut at its own, which greedy
+        decoding makes the same answer as generating that row alone with its limit.
+
+        When the strategy asked the model before routing and reuses its cache (`reuse_routing_cache`), the answer
+        prompts' prefix shared with the routing prompts is not prefilled again (`models.shared_prefix`)."""
+        self._routing_prompts = [] if self.strategy.reuse_routing_cache else None
+        try:
+            seen = self.pathway(batch, padding_side="left")
+            asked = self._routing_prompts
+        finally:
+            self._routing_prompts = None
+        inputs, cache = seen.inputs, None
         inputs.pop("labels", None)
+        if asked:
+            rows = one_image_per_row(batch["image_samples"], len(batch["input_ids"]))
+            reused = reuse_prefix(inputs, rows, asked[-1])
+            if reused is not None:
+                inputs, cache = reused
+        return self._decode(self._generate(inputs, max_new_tokens, cache).sequences, max_new_tokens), seen
+
+    def _generate(self, inputs: dict, max_new_tokens: int | list[int] | None, past_key_values=None):
+        """HF greedy generation to the longest of the limits: the new tokens and the cache it filled."""
         tokenizer = self.processor.tokenizer
         limits = max_new_tokens or self.generation.max_new_tokens
-        out = self.hf.generate(
+        return self.hf.generate(
             **inputs,
+            past_key_values=past_key_values,
             max_new_tokens=max(limits) if isinstance(limits, list) else limits,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            return_dict_in_generate=True,
         )
-        if isinstance(limits, list):
-            return tokenizer.batch_decode([row[:limit] for row, limit in zip(out, limits)], skip_special_tokens=True)
-        return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def _decode(self, sequences: torch.Tensor, max_new_tokens: int | list[int] | None) -> list[str]:
+        """Generated tokens -> text, each row cut at its own limit when rows have their own."""
+        tokenizer = self.processor.tokenizer
+        if isinstance(max_new_tokens, list):
+            sequences = [row[:limit] for row, limit in zip(sequences, max_new_tokens)]
+        return tokenizer.batch_decode(sequences, skip_special_tokens=True)
 
     def _observe(self, stage: str, seen: PathwayResult) -> None:
         """Accumulate sink statistics of one batch (when the detector ran)."""
@@ -326,9 +369,8 @@ class SinkflowModule(L.LightningModule):
         """Prediction records of a batch (with each image's routing decision and its share of the deciding time, when
         the strategy decided: the decision itself for a question with one image, the list of its images' decisions
         in prompt order for one with several)."""
-        seen = self.pathway(batch, padding_side="left")
         limits = [meta.get("max_new_tokens", self.generation.max_new_tokens) for meta in batch["meta"]]
-        answers = self._greedy(seen.inputs, limits)
+        answers, seen = self._greedy(batch, limits)
         records = [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], answers)]
         routed = seen.routed
         if routed is not None and routed.decisions is not None:

@@ -183,7 +183,7 @@ class Collator:
         tokenizer = self.processor.tokenizer
         enc = tokenizer(
             texts,
-            return_offsets_mapping=True,
+            return_offsets_mapping=not self.generate,  # generation prompts supervise nothing; offsets cost time
             padding=True,
             padding_side="left" if self.generate else "right",
             return_tensors="pt",

@@ -12,6 +12,10 @@ inference). Without `projectors` both are copies of the model's own projector, s
 `sinks_only`, `drop_sinks` and `sink_front`.
 Both questions about every image go through one batched generation (the images encoded and routed once), each
 answer capped at `max_new_tokens`, by default the tokens the longest expected answer takes (`routing_answers`).
+With `reuse` (the default) nothing the routing pass computed is computed again: an image's type is asked once per
+evaluation, and the answer pass takes the prompt prefix it shares with the routing pass (the system text and the
+image block up to the route's cut) from the routing pass's key/value cache (`sinkflow.models.shared_prefix`); both
+are exact, `reuse: false` is the reference path.
 Answers are parsed by keyword (first match wins, a negated keyword is skipped); every decision and both raw answers
 go to the predictions file, and the routing time to the logs.
 """
@@ -50,6 +54,7 @@ class CotRoute(DualMLP, name="cot_route"):
         order: SinkOrder = "raster",
         position_ids: PositionIds = "contiguous",
         train_projectors: bool = False,
+        reuse: bool = True,
     ):
         super().__init__(init, order, position_ids, sink_projector_from=projectors, other_projector_from=projectors)
         self.trains_projectors = train_projectors
@@ -61,6 +66,7 @@ class CotRoute(DualMLP, name="cot_route"):
         if max_new_tokens is not None:
             number("sink_strategy.strategy.max_new_tokens", max_new_tokens, integer=True, at_least=1)
         self.image_prompt, self.question_prompt, self.max_new_tokens = image_prompt, question_prompt, max_new_tokens
+        self.reuse = self.reuse_routing_cache = reuse
         self.image_answers: dict[str, str] = {}  # image-type answers of this evaluation, by visual input
 
     def train(self, mode: bool = True) -> CotRoute:
@@ -88,13 +94,17 @@ class CotRoute(DualMLP, name="cot_route"):
         # remembered until the strategy changes mode), then the scope of every question.
         n = len(both.tokens)
         keys = [content_key(block) for block in both.tokens]
-        new = sorted({key: i for i, key in reversed(list(enumerate(keys))) if key not in self.image_answers}.values())
+        known = self.image_answers if self.reuse else {}
+        if self.reuse:
+            new = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in known}.values())
+        else:
+            new = list(range(n))
         questions = [self.image_prompt] * len(new)
         questions += [self.question_prompt.replace("{question}", q) for q in visual.questions]
         answers = ask(questions, [*new, *range(n)], both, self.max_new_tokens, ANSWERS)
         seconds = time.perf_counter() - start  # answers are decoded text, so the device work is done
-        self.image_answers.update({keys[i]: answer for i, answer in zip(new, answers[: len(new)])})
-        image_answers, question_answers = [self.image_answers[key] for key in keys], answers[len(new) :]
+        known.update({keys[i]: answer for i, answer in zip(new, answers[: len(new)])})
+        image_answers, question_answers = [known[key] for key in keys], answers[len(new) :]
         decisions = [decide(a, q) for a, q in zip(image_answers, question_answers)]
         tokens, sources = [], []
         for i, decision in enumerate(decisions):
