@@ -23,11 +23,13 @@ from sinkflow.checks import number
 from sinkflow.config import check_optim
 from sinkflow.data.collate import Collator
 from sinkflow.divergence import require_finite
+from sinkflow.interventions.base import Intervention
+from sinkflow.interventions.none import NoIntervention
 from sinkflow.models.build import load_pretrained, prepare_for_training, resolve_checkpoint, unwrap
 from sinkflow.models.export import Export
 from sinkflow.models.families.base import VisualFamily
 from sinkflow.models.shared_prefix import RoutingPrompts, one_image_per_row, prefill_once, reuse_prefix
-from sinkflow.pathway import PaddingSide, PathwayResult, Routed, VisualFeatures
+from sinkflow.pathway import LlmColumns, PaddingSide, PathwayResult, Routed, VisualFeatures
 from sinkflow.sinks.detectors.base import SinkDetector, token_norms
 from sinkflow.sinks.routing_answers import answer_tokens
 from sinkflow.sinks.simulated import SimulatedSinks
@@ -80,6 +82,7 @@ class SinkflowModule(L.LightningModule):
         simulated_sinks: SimulatedSinks | None = None,
         question_collator: Collator | None = None,
         init_from: Export | None = None,
+        intervention: Intervention | None = None,
     ):
         super().__init__()
         self.source = source  # the base checkpoint (hub id or directory) the trainable weights apply to
@@ -99,6 +102,9 @@ class SinkflowModule(L.LightningModule):
         if strategy.needs_sinks and detector is None:
             raise ValueError(f"sink strategy {strategy.name!r} needs a detector: set sink_strategy.detector")
         strategy.setup(unwrap(model), family)
+        # changes how the LLM runs (its attention) while the strategy's tokens pass through it; none by default
+        self.intervention = intervention or NoIntervention()
+        self.intervention.setup(unwrap(model))
         self.stats = nn.ModuleDict({"val": SinkStats(), "test": SinkStats()})
         self.optim = OptimSpec(**optim) if isinstance(optim, dict) else (optim or OptimSpec())
         self.generation = (
@@ -116,10 +122,11 @@ class SinkflowModule(L.LightningModule):
         train: bool,
         init_from: str | None = None,
         hint: str = "",
+        intervention_cfg: DictConfig | None = None,
     ) -> SinkflowModule:
         """Load the model, start it from an earlier run's export (`init_from`), freeze / LoRA it (when training),
-        and wrap it with family, detector and strategy. `hint` ends the error of a strategy the export's weights do
-        not fit."""
+        and wrap it with family, detector, strategy and intervention (`intervention_cfg`; none without). `hint` ends
+        the error of a strategy the export's weights do not fit."""
         source = resolve_checkpoint(model_cfg)
         family = instantiate(model_cfg.family)
         start = Export.read(init_from, what="init_from") if init_from else None
@@ -153,6 +160,7 @@ class SinkflowModule(L.LightningModule):
         run_config = {
             "model": OmegaConf.to_container(model_cfg, resolve=True),
             "sink_strategy": OmegaConf.to_container(strategy_cfg, resolve=True),
+            **({"intervention": OmegaConf.to_container(intervention_cfg, resolve=True)} if intervention_cfg else {}),
             **({"init_from": str(start.path.resolve())} if start is not None else {}),
         }
         module = cls(
@@ -168,6 +176,7 @@ class SinkflowModule(L.LightningModule):
             simulated_sinks=instantiate(simulated) if simulated else None,
             question_collator=Collator(processor, instantiate(model_cfg.template), generate=True),
             init_from=start,
+            intervention=instantiate(intervention_cfg.intervention) if intervention_cfg else None,
         )
         if start is not None:
             start.apply_strategy(module.strategy, hint)
@@ -186,12 +195,20 @@ class SinkflowModule(L.LightningModule):
         """
         hf = self.hf
         if batch.get("pixel_values") is None:
-            return PathwayResult(self.family.merge(hf, batch, None, None, padding_side))
+            inputs, columns = self.family.merge_columns(hf, batch, None, None, padding_side)
+            return PathwayResult(inputs, columns=columns)
         visual = self.visual(batch)
-        detect = self.detector is not None and (self.strategy.needs_sinks or not self.training)
+        needs_sinks = self.strategy.needs_sinks or getattr(self.intervention, "needs_sinks", False)
+        detect = self.detector is not None and (needs_sinks or not self.training)
         sinks = self.family.token_sinks(self.detector, visual) if detect else None
         routed = self.strategy(visual, sinks, partial(self.family.project, hf), ask=partial(self.ask, batch, visual))
-        return PathwayResult(self.family.merge(hf, batch, visual, routed, padding_side), visual, sinks, routed)
+        inputs, columns = self.family.merge_columns(hf, batch, visual, routed, padding_side, sinks)
+        return PathwayResult(inputs, visual, sinks, routed, columns)
+
+    def llm(self, seen: PathwayResult):
+        """The HF model's forward on the pathway's LLM inputs, the intervention acting."""
+        with self.intervention.acting(self.hf, seen.columns):
+            return self.hf(**seen.inputs)
 
     @torch.no_grad()
     def ask(
@@ -223,12 +240,12 @@ class SinkflowModule(L.LightningModule):
             max_new_tokens = self._answer_caps[answers]
         image_inputs, shown = self.family.select_images(batch, visual, images)
         asked = {**self.question_collator.ask(batch, questions, images), **image_inputs}
-        inputs = self.family.merge(self.hf, asked, shown, routed.select(images), padding_side="left")
+        inputs, columns = self.family.merge_columns(self.hf, asked, shown, routed.select(images), padding_side="left")
         inputs.pop("labels", None)
         cache = None
-        if self.strategy.reuse_routing_cache and (shared := prefill_once(self.hf, inputs, list(images))) is not None:
+        if self._reuses_routing_cache and (shared := prefill_once(self.hf, inputs, list(images))) is not None:
             inputs, cache = shared
-        out = self._generate(inputs, max_new_tokens, cache)
+        out = self._generate(inputs, max_new_tokens, columns, cache)
         if self._routing_prompts is not None:
             prompts = RoutingPrompts(
                 inputs["inputs_embeds"], inputs["attention_mask"], list(images), out.past_key_values
@@ -251,7 +268,7 @@ class SinkflowModule(L.LightningModule):
 
     def forward(self, batch: dict):
         """Forward with labels: HF output with `.loss` (mean over supervised tokens) and `.logits`."""
-        return self.hf(**self.pathway(batch).inputs)
+        return self.llm(self.pathway(batch))
 
     def training_step(self, batch, batch_idx):
         loss = self(batch).loss
@@ -268,7 +285,7 @@ class SinkflowModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         seen = self.pathway(batch)
-        loss = self.hf(**seen.inputs).loss
+        loss = self.llm(seen).loss
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["meta"]))
         self._observe("val", seen)
         return loss
@@ -285,7 +302,7 @@ class SinkflowModule(L.LightningModule):
 
         When the strategy asked the model before routing and reuses its cache (`reuse_routing_cache`), the answer
         prompts' prefix shared with the routing prompts is not prefilled again (`models.shared_prefix`)."""
-        self._routing_prompts = [] if self.strategy.reuse_routing_cache else None
+        self._routing_prompts = [] if self._reuses_routing_cache else None
         try:
             seen = self.pathway(batch, padding_side="left")
             asked = self._routing_prompts
@@ -298,21 +315,36 @@ class SinkflowModule(L.LightningModule):
             reused = reuse_prefix(inputs, rows, asked[-1])
             if reused is not None:
                 inputs, cache = reused
-        return self._decode(self._generate(inputs, max_new_tokens, cache).sequences, max_new_tokens), seen
+        out = self._generate(inputs, max_new_tokens, seen.columns, cache)
+        return self._decode(out.sequences, max_new_tokens), seen
 
-    def _generate(self, inputs: dict, max_new_tokens: int | list[int] | None, past_key_values=None):
-        """HF greedy generation to the longest of the limits: the new tokens and the cache it filled."""
+    @property
+    def _reuses_routing_cache(self) -> bool:
+        """Whether routing and answer passes share their prefixes' caches: the strategy asks for it, and no
+        intervention changes the attention (its context would differ between the passes' rows)."""
+        return self.strategy.reuse_routing_cache and isinstance(self.intervention, NoIntervention)
+
+    def _generate(
+        self,
+        inputs: dict,
+        max_new_tokens: int | list[int] | None,
+        columns: LlmColumns | None,
+        past_key_values=None,
+    ):
+        """HF greedy generation to the longest of the limits, the intervention acting on rows laid out as `columns`:
+        the new tokens and the cache it filled."""
         tokenizer = self.processor.tokenizer
         limits = max_new_tokens or self.generation.max_new_tokens
-        return self.hf.generate(
-            **inputs,
-            past_key_values=past_key_values,
-            max_new_tokens=max(limits) if isinstance(limits, list) else limits,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            return_dict_in_generate=True,
-        )
+        with self.intervention.acting(self.hf, columns):
+            return self.hf.generate(
+                **inputs,
+                past_key_values=past_key_values,
+                max_new_tokens=max(limits) if isinstance(limits, list) else limits,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                return_dict_in_generate=True,
+            )
 
     def _decode(self, sequences: torch.Tensor, max_new_tokens: int | list[int] | None) -> list[str]:
         """Generated tokens -> text, each row cut at its own limit when rows have their own."""
@@ -383,9 +415,10 @@ class SinkflowModule(L.LightningModule):
         return records, seen
 
     def parameter_groups(self) -> list[dict]:
-        """Trainable parameters split into LoRA / projector / strategy / other groups, each with its own LR."""
+        """Trainable parameters split into LoRA / projector / strategy (with the intervention's) / other groups, each
+        with its own LR."""
         projector = {id(p) for p in self.family.projector(self.hf).parameters()}
-        strategy = {id(p) for p in self.strategy.parameters()}
+        strategy = {id(p) for p in (*self.strategy.parameters(), *self.intervention.parameters())}
         strategy_lr = self.optim.projector_lr if self.optim.strategy_lr is None else self.optim.strategy_lr
         groups = {
             "lora": ([], self.optim.lr),

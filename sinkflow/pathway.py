@@ -189,6 +189,32 @@ class Routed:
 
 
 @dataclass
+class LlmColumns:
+    """Which columns of the LLM input rows hold what: image-block tokens, visual tokens among them (not a layout's
+    fixed tokens), and the ViT sinks among those (when the detector ran), [B, L] bool each; and `answer_start` [B],
+    the column of each row's first answer token: its first supervised one when the rows carry labels, else the
+    column after the prompt. An intervention inside the LLM reads them (`sinkflow.interventions`)."""
+
+    image: torch.Tensor
+    visual: torch.Tensor
+    sinks: torch.Tensor | None
+    answer_start: torch.Tensor
+
+    @classmethod
+    def of(
+        cls, image: torch.Tensor, visual: torch.Tensor, sinks: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> LlmColumns:
+        """The columns of rows with these flags and (training) labels."""
+        length = image.shape[1]
+        if labels is None:
+            start = torch.full((image.shape[0],), length, device=image.device)
+        else:
+            supervised = labels != IGNORE_INDEX
+            start = torch.where(supervised.any(1), supervised.long().argmax(1), length).to(image.device)
+        return cls(image, visual, sinks, start)
+
+
+@dataclass
 class PathwayResult:
     """What one pass through the pathway produced: the LLM inputs and, when the batch had images, what was seen."""
 
@@ -196,6 +222,7 @@ class PathwayResult:
     visual: VisualFeatures | None = None
     sinks: torch.Tensor | None = None  # [n_images, N // group] bool, when the detector ran
     routed: Routed | None = None
+    columns: LlmColumns | None = None  # where the image, visual and sink tokens sit in the LLM input rows
 
 
 # ask(questions, images, routed, max_new_tokens, answers) -> the model's greedy answers to questions[k] about the

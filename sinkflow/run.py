@@ -59,7 +59,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.ckpt_path:
         read_checkpoint(cfg.ckpt_path)  # a one-line error for anything that is not a sinkflow checkpoint
     L.seed_everything(cfg.seed, workers=True)
-    module = SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=True, init_from=cfg.init_from)
+    module = SinkflowModule.from_config(
+        cfg.model, cfg.sink_strategy, train=True, init_from=cfg.init_from, intervention_cfg=cfg.get("intervention")
+    )
     if cfg.get("vision_pretraining") and not cfg.ckpt_path:  # a resumed run's checkpoint holds the pretrained ViT
         accuracy = pretrain_vision(module, **cfg.vision_pretraining)
         (Path(cfg.paths.output_dir) / "vision_pretraining.json").write_text(json.dumps(accuracy, indent=2) + "\n")
@@ -99,7 +101,9 @@ def evaluation_module(cfg: DictConfig) -> SinkflowModule:
         return load_trained(cfg)
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    return SinkflowModule.from_config(cfg.model, cfg.sink_strategy, train=False)
+    return SinkflowModule.from_config(
+        cfg.model, cfg.sink_strategy, train=False, intervention_cfg=cfg.get("intervention")
+    )
 
 
 def load_trained(cfg: DictConfig) -> SinkflowModule:
@@ -130,7 +134,12 @@ def load_trained(cfg: DictConfig) -> SinkflowModule:
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     module = SinkflowModule.from_config(
-        cfg.model, cfg.sink_strategy, train=trained.state is not None, init_from=trained.init_from, hint=hint
+        cfg.model,
+        cfg.sink_strategy,
+        train=trained.state is not None,
+        init_from=trained.init_from,
+        hint=hint,
+        intervention_cfg=cfg.get("intervention"),
     )
     if trained.state is not None:
         module.load_trainable(trained.state, trained.path, hint)

@@ -17,15 +17,12 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from sinkflow.models.build import decoder_layers
+
 RECORDING = "sinkflow_recording"  # the attention implementation of a module being recorded
 # recorder(query [B, H, T, d], key [B, H_kv, T, d], attention_mask, scaling), called before the module's SDPA.
 Recorder = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, float | None], None]
 _RECORDERS: dict[nn.Module, Recorder] = {}
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The LLM's decoder layers (LLaVA: Llama's, Qwen-VL: Qwen2's)."""
-    return model.get_decoder().layers
 
 
 def layer_range(n_layers: int, layers, setting: str) -> range:

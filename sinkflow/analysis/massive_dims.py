@@ -20,9 +20,10 @@ from matplotlib.colors import LogNorm
 from omegaconf import DictConfig
 from rich.console import Console
 
-from sinkflow.analysis.capture import decoder_layers, visual_layer_inputs
+from sinkflow.analysis.capture import visual_layer_inputs
 from sinkflow.analysis.context import AnalysisContext, VisualTokens, visual_tokens
 from sinkflow.analysis.task import ANALYSES, Analysis
+from sinkflow.models.build import decoder_layers
 from sinkflow.module import SinkflowModule
 from sinkflow.plotting import pyplot, titled
 

@@ -27,11 +27,12 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from sinkflow.analysis.capture import AttentionRows, decoder_layers, layer_range, visual_layer_inputs
+from sinkflow.analysis.capture import AttentionRows, layer_range, visual_layer_inputs
 from sinkflow.analysis.context import AnalysisContext, VisualTokens, visual_tokens
 from sinkflow.analysis.massive_dims import MassiveActivations, MassiveCriterion
 from sinkflow.analysis.task import ANALYSES, Analysis
 from sinkflow.checks import choice
+from sinkflow.models.build import decoder_layers
 from sinkflow.module import SinkflowModule
 from sinkflow.plotting import pyplot, titled
 

@@ -175,6 +175,11 @@ def check_adapter(config: LoraConfig, lora: LoraSpec, family: VisualFamily, adap
         )
 
 
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The LLM's decoder layers (LLaVA: Llama's, Qwen-VL: Qwen2's)."""
+    return unwrap(model).get_decoder().layers
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The HF model inside a `PeftModel` (LoRA layers stay injected), or the model itself."""
     return model.get_base_model() if isinstance(model, PeftModel) else model

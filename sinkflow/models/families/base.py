@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 
 from sinkflow.checks import choice
 from sinkflow.data.templates import ProcessorChatTemplate
-from sinkflow.pathway import PaddingSide, Routed, VisualFeatures, by_run, rebuild_rows, with_fixed
+from sinkflow.pathway import LlmColumns, PaddingSide, Routed, VisualFeatures, by_run, rebuild_rows, with_fixed
 from sinkflow.registry import Registry
 
 SinkTokens = Literal["any_patch", "own_norm"]
@@ -176,8 +177,22 @@ class VisualFamily(ABC):
         routed: Routed | None,
         padding_side: PaddingSide = "right",
     ) -> dict[str, torch.Tensor]:
-        """LLM inputs: text embeddings with each image's placeholders replaced by its routed tokens, in order (a row
-        with several images holds one placeholder block per image; the images fill them in turn).
+        """The LLM inputs of `merge_columns`."""
+        return self.merge_columns(model, batch, visual, routed, padding_side)[0]
+
+    def merge_columns(
+        self,
+        model: nn.Module,
+        batch: dict,
+        visual: VisualFeatures | None,
+        routed: Routed | None,
+        padding_side: PaddingSide = "right",
+        sinks: torch.Tensor | None = None,
+    ) -> tuple[dict[str, torch.Tensor], LlmColumns]:
+        """LLM inputs, and where the image, visual and sink tokens landed in them (`sinks`: the detector's mask over
+        each image's LLM-token slots, when it ran). The inputs: text embeddings with each image's placeholders
+        replaced by its routed tokens, in order (a row with several images holds one placeholder block per image; the
+        images fill them in turn).
 
         When every image keeps its placeholder count and positions stay contiguous, the tokens are scattered in
         place (exactly what transformers does). Otherwise each row is rebuilt (`sinkflow.pathway.rebuild_rows`):
@@ -202,22 +217,48 @@ class VisualFamily(ABC):
         if routed is None:
             if placeholders.any():
                 raise ValueError("the batch has image placeholder tokens but no images")
-            return self.llm_inputs(model, inputs, placeholders, None, None)
+            columns = LlmColumns.of(placeholders, placeholders, None, inputs.get("labels"))
+            return self.llm_inputs(model, inputs, placeholders, None, None), columns
         n_slots, blocks = int(placeholders.sum()), visual.blocks
         if n_slots != sum(blocks):
             raise ValueError(
                 f"the batch has {n_slots} image placeholder tokens but its {len(blocks)} images need "
                 f"{sum(blocks)}; the placeholders must be expanded by the processor"
             )
-        laid_out = with_fixed(routed, visual.layouts, self.fixed_tokens(model, visual)) if visual.layouts else routed
+        # Per routed token: visual (1) and sink (1) flags, laid out exactly as the tokens are.
+        flags = [
+            torch.stack(
+                [torch.ones(len(s), device=s.device), sinks[i, s.to(sinks.device)].float().to(s.device)]
+                if sinks is not None
+                else [torch.ones(len(s), device=s.device), torch.zeros(len(s), device=s.device)],
+                -1,
+            )
+            for i, s in enumerate(routed.sources)
+        ]
+        flags = replace(routed, tokens=flags)
+        if visual.layouts:
+            fixed = self.fixed_tokens(model, visual)
+            laid_out = with_fixed(routed, visual.layouts, fixed)
+            flags = with_fixed(flags, visual.layouts, [f.new_zeros(len(f), 2) for f in fixed])
+        else:
+            laid_out = routed
         if visual.runs:  # from here on each placeholder run is a block of its own
             laid_out, blocks = by_run(laid_out, visual.runs)
+            flags, _ = by_run(flags, visual.runs)
         if laid_out.position_ids == "contiguous" and [len(t) for t in laid_out.tokens] == blocks:
             tokens = torch.cat(laid_out.tokens).to(inputs_embeds.device, inputs_embeds.dtype)
             inputs["inputs_embeds"] = inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), tokens)
-            return self.llm_inputs(model, inputs, placeholders, visual, routed)
-        inputs, image_columns = rebuild_rows(inputs, placeholders, blocks, laid_out, padding_side)
-        return self.llm_inputs(model, inputs, image_columns, visual, routed)
+            image_columns = placeholders
+        else:
+            inputs, image_columns = rebuild_rows(inputs, placeholders, blocks, laid_out, padding_side)
+        # The image columns in row-major order hold the laid-out tokens in order, in both paths.
+        token_flags = torch.cat(flags.tokens).to(image_columns.device) > 0
+        visual_columns, sink_columns = torch.zeros_like(image_columns), torch.zeros_like(image_columns)
+        visual_columns[image_columns], sink_columns[image_columns] = token_flags[:, 0], token_flags[:, 1]
+        columns = LlmColumns.of(
+            image_columns, visual_columns, sink_columns if sinks is not None else None, inputs.get("labels")
+        )
+        return self.llm_inputs(model, inputs, image_columns, visual, routed), columns
 
 
 def unnormalise(images: list[torch.Tensor], image_processor) -> list[torch.Tensor]:

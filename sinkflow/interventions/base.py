@@ -1,0 +1,227 @@
+"""The second extension point beside the routing strategies: interventions inside the model while it runs.
+
+A strategy decides which visual tokens reach the LLM and in what order; an intervention changes how the model treats
+them once they are there (the attention the LLM pays them). The two compose: any intervention runs with any
+strategy. Interventions register by name in `INTERVENTIONS` (`class Lsg(Intervention, name="lsg")`) and are
+chosen with `intervention=<name>` (conf/intervention/<name>.yaml); `none` changes nothing, so parity with plain
+transformers is untouched.
+
+`SinkflowModule` runs every LLM forward (training, the routing pass, generation with or without the KV cache) inside
+`intervention.acting(model, columns)`, with the `LlmColumns` of the rows: where the visual tokens and the ViT sinks
+sit. An attention intervention (`AttentionIntervention`) routes the attention of its layers through
+`intervened_attention`, which wraps the model's own implementation (SDPA or eager, whichever it loaded with):
+- `keys` may rescale the keys before the model's attention runs (LSG: exact under SDPA);
+- `edits_rows` interventions recompute the query rows they touch (`touched`) in float32 with the model's mask,
+  editing the pre-softmax logits (`edit_logits`) or the post-softmax weights (`edit_weights`), and keep the model's
+  output for every other row, so their cost is the touched rows' (one per generated token) rather than an eager
+  pass over the whole sequence.
+
+Layers are given as the paper gives them, for its model (LLaVA-1.5-7B: 32 LLM layers): `reference_depth` maps them
+onto this model's depth (layer i -> floor(i x depth / reference_depth)); null takes them as they are.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv
+
+from sinkflow.checks import number
+from sinkflow.models.build import decoder_layers
+from sinkflow.pathway import LlmColumns
+from sinkflow.registry import Registry
+
+INTERVENED = "sinkflow_intervention"  # the attention implementation of a module an intervention acts in
+# module -> (intervention, layer index, the module's own attention function)
+_ACTING: dict[nn.Module, tuple[AttentionIntervention, int, object]] = {}
+
+
+class Intervention(nn.Module):
+    """Changes how the model runs (`acting`); an `nn.Module`, so that trainable parts (LSG's gates) are its own
+    parameters, optimised and saved with the run like a strategy's."""
+
+    name: ClassVar[str]
+    training_free: ClassVar[bool] = True  # False: the intervention has parts that must be trained first
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+            INTERVENTIONS.register(name, cls)
+
+    def setup(self, model: nn.Module) -> None:
+        """Build parts shaped like the model's (no-op). The module calls it once the model is loaded."""
+
+    @contextmanager
+    def acting(self, model: nn.Module, columns: LlmColumns | None) -> Iterator[None]:
+        """While inside, `model` runs with the intervention; `columns` are its input rows' (None: text only)."""
+        yield
+
+
+@dataclass
+class AttentionCall:
+    """One call of an intervened attention module: its layer; the columns of its query rows (`queries` [q]) and of
+    its keys (`keys` [K]: the last K, as a sliding-window cache keeps them); where the visual tokens and the ViT
+    sinks sit among those keys ([B, K]; the rows' columns, then text columns for the tokens generated since); and
+    `answer_start` [B], the column of each row's first answer token (its prompt's end)."""
+
+    layer: int
+    queries: torch.Tensor
+    keys: torch.Tensor
+    visual: torch.Tensor
+    sinks: torch.Tensor | None
+    answer_start: torch.Tensor
+
+
+class AttentionIntervention(Intervention):
+    """An intervention in the attention of chosen LLM layers (see the module docstring)."""
+
+    edits_rows: ClassVar[bool] = False  # True: `touched` rows are recomputed with `edit_logits` / `edit_weights`
+    needs_sinks: ClassVar[bool] = False  # True: it reads the ViT sinks' columns (run with a detector)
+
+    def __init__(self, layers: Sequence[int] | None = None, reference_depth: int | None = 32):
+        super().__init__()
+        if reference_depth is not None:
+            number("intervention.reference_depth", reference_depth, integer=True, at_least=1)
+        self.layers_given, self.reference_depth = None if layers is None else list(layers), reference_depth
+        self.columns: LlmColumns | None = None
+        self._ends: dict[int, int] = {}  # per layer, the columns its keys have reached (a cache grows them)
+
+    def layer_indices(self, depth: int) -> list[int]:
+        """The LLM layers (of `depth`) it acts in: all when none are given; given ones mapped from the reference
+        depth."""
+        if self.layers_given is None:
+            return list(range(depth))
+        reference = self.reference_depth or depth
+        outside = [i for i in self.layers_given if not 0 <= i < reference]
+        if outside:
+            raise ValueError(
+                f"intervention.layers {outside} outside [0, {reference}) "
+                + ("(intervention.reference_depth)" if self.reference_depth else f"(the LLM's {depth} layers)")
+            )
+        return sorted({i * depth // reference for i in self.layers_given})
+
+    @contextmanager
+    def acting(self, model: nn.Module, columns: LlmColumns | None) -> Iterator[None]:
+        if columns is None or not bool(columns.visual.any()):
+            yield  # nothing visual to act on
+            return
+        if self.needs_sinks and columns.sinks is None:
+            raise ValueError(f"intervention {self.name!r} reads the ViT sinks: give the strategy a detector")
+        layers = decoder_layers(model)
+        saved = {}
+        for index in self.layer_indices(len(layers)):
+            attention = layers[index].self_attn
+            base = _base_attention(attention)
+            saved[attention] = attention.config
+            patched = copy.copy(attention.config)
+            patched._attn_implementation_internal = INTERVENED
+            attention.config, _ACTING[attention] = patched, (self, index, base)
+        self.columns, self._ends = columns, {}
+        try:
+            yield
+        finally:
+            for attention, config in saved.items():
+                attention.config = config
+                del _ACTING[attention]
+            self.columns = None
+
+    def call(self, layer: int, n_queries: int, n_keys: int) -> AttentionCall:
+        """The context of one attention call with `n_queries` rows over `n_keys` keys: a call whose queries are all
+        its keys starts the sequence (a forward without cache, or a prefill); any other continues it."""
+        columns = self.columns
+        end = n_keys if n_queries == n_keys else self._ends[layer] + n_queries
+        self._ends[layer] = end
+
+        def keys_of(flags: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(flags, (0, max(end - flags.shape[1], 0)))[:, end - n_keys : end]
+
+        device = columns.visual.device
+        return AttentionCall(
+            layer=layer,
+            queries=torch.arange(end - n_queries, end, device=device),
+            keys=torch.arange(end - n_keys, end, device=device),
+            visual=keys_of(columns.visual),
+            sinks=None if columns.sinks is None else keys_of(columns.sinks),
+            answer_start=columns.answer_start,
+        )
+
+    def keys(self, key: torch.Tensor, call: AttentionCall) -> torch.Tensor:
+        """The keys [B, H_kv, K, d] the attention runs with (unchanged by default)."""
+        return key
+
+    def touched(self, call: AttentionCall) -> torch.Tensor:
+        """[B, q] bool: the query rows whose attention `edit_logits` / `edit_weights` change."""
+        raise NotImplementedError
+
+    def edit_logits(self, logits: torch.Tensor, call: AttentionCall, rows: torch.Tensor) -> torch.Tensor:
+        """The pre-softmax logits [B, H, R, K] of query rows `rows` [R] (indices into the call's rows); masked keys
+        hold -inf."""
+        return logits
+
+    def edit_weights(self, weights: torch.Tensor, call: AttentionCall, rows: torch.Tensor) -> torch.Tensor:
+        """The post-softmax weights [B, H, R, K] of query rows `rows` [R]."""
+        return weights
+
+
+def _base_attention(attention: nn.Module):
+    """The attention function `attention` runs without an intervention: the registered one of its implementation,
+    or its modeling file's eager one."""
+    implementation = attention.config._attn_implementation
+    if implementation == "eager":
+        return sys.modules[type(attention).__module__].eager_attention_forward
+    if implementation not in AttentionInterface._global_mapping:
+        raise ValueError(f"interventions run on eager or SDPA attention, not {implementation!r}")
+    return AttentionInterface._global_mapping[implementation]
+
+
+def allowed_keys(mask: torch.Tensor | None, call: AttentionCall, rows: torch.Tensor) -> torch.Tensor:
+    """[B or 1, 1, R, K] bool: the keys query rows `rows` may attend to under the model's mask (SDPA's boolean one,
+    eager's additive one, or none: causal)."""
+    if mask is None:
+        return (call.keys[None, :] <= call.queries[rows][:, None])[None, None]
+    picked = mask[:, :, rows] if mask.shape[2] > 1 else mask
+    return picked if picked.dtype == torch.bool else picked == 0
+
+
+def intervened_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The attention of a module an intervention acts in: the model's own, with the intervention's keys and, for the
+    rows it touches, its edits."""
+    intervention, layer, base = _ACTING[module]
+    call = intervention.call(layer, query.shape[2], key.shape[2])
+    key = intervention.keys(key, call)
+    out, weights = base(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    if not intervention.edits_rows:
+        return out, weights
+    touched = intervention.touched(call)
+    rows = touched.any(0).nonzero().squeeze(1)
+    if len(rows) == 0:
+        return out, weights
+    if dropout and module.training:
+        raise ValueError(f"intervention {intervention.name!r} recomputes attention rows: it needs attention dropout 0")
+    repeats = query.shape[1] // key.shape[1]
+    keys, values = repeat_kv(key, repeats).float(), repeat_kv(value, repeats).float()
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    logits = query[:, :, rows].float() @ keys.transpose(-1, -2) * scale
+    if kwargs.get("softcap") is not None:
+        logits = torch.tanh(logits / kwargs["softcap"]) * kwargs["softcap"]
+    logits = logits.masked_fill(~allowed_keys(attention_mask, call, rows), float("-inf"))
+    weights_rows = torch.softmax(intervention.edit_logits(logits, call, rows), dim=-1)
+    weights_rows = intervention.edit_weights(weights_rows, call, rows)
+    recomputed = (weights_rows @ values).to(out.dtype).transpose(1, 2)  # [B, R, H, d], as the model's output
+    out = out.clone()
+    out[:, rows] = torch.where(touched[:, rows, None, None], recomputed, out[:, rows])
+    return out, weights
+
+
+AttentionInterface.register(INTERVENED, intervened_attention)
+
+INTERVENTIONS: Registry[type[Intervention]] = Registry("intervention", "sinkflow.interventions")

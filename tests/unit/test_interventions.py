@@ -1,0 +1,152 @@
+"""Interventions inside the LLM (sinkflow.interventions): each equals its paper's formula applied by hand to an
+eager attention written here in plain torch (the model loaded with eager attention and with SDPA); `none` is the
+model as loaded; generation with the KV cache equals generation without it; every intervention trains a step and
+generates on every family; the columns the interventions read are where the visual tokens and the sinks are."""
+
+import copy
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from transformers import AttentionInterface
+
+from sinkflow.config import CONF_DIR, compose_config
+from sinkflow.data.collate import Collator
+from sinkflow.interventions.base import INTERVENTIONS
+from sinkflow.models.build import decoder_layers
+from sinkflow.models.families.base import FAMILIES
+from sinkflow.sinks.strategies.none import NoneStrategy
+from sinkflow.sinks.strategies.sink_front import SinkFront
+
+QUESTIONS = ["What is the background color?", "How many shapes are there?", "Is there a red circle?"]
+REFERENCE = "test_reference_attention"
+
+
+@pytest.fixture(scope="module")
+def images(resized_images):
+    return resized_images([(64, 64), (48, 32), (32, 48)])
+
+
+def samples(images, answer: bool) -> list[dict]:
+    out = []
+    for i, (image, question) in enumerate(zip(images, QUESTIONS)):
+        turns = [{"from": "human", "value": f"<image>\n{question}"}]
+        if answer:
+            turns.append({"from": "gpt", "value": "two red circles"})
+        out.append({"id": str(i), "image": image, "conversations": turns})
+    return out
+
+
+def intervention(name: str, *overrides: str):
+    """`intervention=<name>` as train.py composes it."""
+    return instantiate(compose_config([f"intervention={name}", *overrides]).intervention.intervention)
+
+
+# The papers' formulas, in plain torch, on one layer's pre-softmax logits z [B, H, T, T] of a full forward (query
+# row t is column t, before the mask), given the rows' visual columns [B, T] and answer starts [B].
+def pai_formula(z, visual, answer_start, alpha=0.2):
+    rows = torch.arange(z.shape[2])[None, :] >= answer_start[:, None] - 1  # the rows producing answer tokens
+    edit = rows[:, None, :, None] & visual[:, None, None, :]
+    return torch.where(edit, z + alpha * z.abs(), z)
+
+
+FORMULAS = {"pai": pai_formula}
+
+
+def reference_attention(formula, layers: set[int], columns):
+    """Eager attention by hand, `formula` applied to the logits of `layers`."""
+
+    def attend(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        repeats = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(repeats, 1).float(), value.repeat_interleave(repeats, 1).float()
+        z = query.float() @ key.transpose(-1, -2) * scaling
+        if module.layer_idx in layers:
+            z = formula(z, columns.visual, columns.answer_start)
+        z = z + attention_mask  # eager's additive mask (0, or the dtype's minimum: padded rows stay finite)
+        weights = torch.softmax(z, dim=-1)
+        return (weights @ value).to(query.dtype).transpose(1, 2), weights
+
+    return attend
+
+
+@pytest.mark.parametrize("name", sorted(FORMULAS))
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("answer", [False, True], ids=["prompt", "with_answer"])
+def test_each_intervention_equals_its_formula_by_hand(name, implementation, answer, images, planted_family_module):
+    module = planted_family_module("llava", 7, NoneStrategy()).eval()
+    module.intervention = intervention(name)
+    module.hf.set_attn_implementation(implementation)
+    batch = Collator(module.processor, module.question_collator.template, generate=not answer)(samples(images, answer))
+    with torch.no_grad():
+        seen = module.pathway(batch, padding_side="left" if not answer else "right")
+        got = module.llm(seen).logits
+        plain = module.hf(**seen.inputs).logits
+        # The reference: the same model, eager, every LLM attention by hand, the formula in the intervention's layers.
+        module.hf.set_attn_implementation("eager")
+        layers = decoder_layers(module.hf)
+        chosen = set(module.intervention.layer_indices(len(layers)))
+        AttentionInterface.register(REFERENCE, reference_attention(FORMULAS[name], chosen, seen.columns))
+        for layer in layers:
+            layer.self_attn.config = copy.copy(layer.self_attn.config)
+            layer.self_attn.config._attn_implementation_internal = REFERENCE
+        expected = module.hf(**seen.inputs).logits
+    valid = seen.inputs["attention_mask"].bool()
+    torch.testing.assert_close(got[valid], expected[valid], atol=2e-5, rtol=1e-4)
+    assert (got[valid] - plain[valid]).abs().max() > 1e-3, "the intervention must change the model's output"
+
+
+@pytest.mark.parametrize("name", INTERVENTIONS.names())
+@pytest.mark.parametrize("family_name", FAMILIES.names())
+def test_every_intervention_trains_and_generates_on_every_family(name, family_name, images, planted_family_module):
+    """A training step (finite loss, gradients reach the projector) and batched generation equal to one sample at a
+    time, with the KV cache equal to without it, with sinks moved to the front (the columns follow the routing)."""
+    module = planted_family_module(family_name, 4, SinkFront())
+    module.intervention = intervention(name)
+    module.intervention.setup(module.hf)
+    template = module.question_collator.template
+    loss = module(Collator(module.processor, template)(samples(images, answer=True))).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None for p in module.family.projector(module.hf).parameters())
+    module.eval()
+    module.generation.max_new_tokens = 4
+    collate = module.question_collator
+    with torch.no_grad():
+        batched = module.generate(collate(samples(images, answer=False)))
+        alone = [module.generate(collate([item]))[0] for item in samples(images, answer=False)]
+        generate = module.hf.generate
+        module.hf.generate = lambda **inputs: generate(**inputs, use_cache=False)
+        uncached = module.generate(collate(samples(images, answer=False)))
+    assert batched == alone == uncached and all(batched)
+
+
+@pytest.mark.parametrize("family_name", FAMILIES.names())
+def test_the_columns_hold_the_visual_tokens_and_the_sinks_where_the_routing_put_them(
+    family_name, images, planted_family_module
+):
+    """The sink columns hold the planted sinks' tokens (sent to the front of each image block), the visual columns
+    every routed visual token, and the answer starts where the labels do."""
+    module = planted_family_module(family_name, 4, SinkFront()).eval()
+    batch = Collator(module.processor, module.question_collator.template)(samples(images, answer=True))
+    with torch.no_grad():
+        seen = module.pathway(batch)
+    columns, embeds = seen.columns, seen.inputs["inputs_embeds"]
+    routed = torch.cat(seen.routed.tokens).to(embeds.dtype)
+    assert int(columns.visual.sum()) == len(routed)
+    torch.testing.assert_close(embeds[columns.visual], routed)  # every routed token, in order
+    sink_tokens = torch.cat([t[: int(s.sum())] for t, s in zip(seen.routed.tokens, seen.sinks)]).to(embeds.dtype)
+    torch.testing.assert_close(embeds[columns.sinks], sink_tokens)  # the front of each block: its sinks
+    assert int(columns.sinks.sum()) == int(seen.sinks.sum()) > 0
+    first_answer = (seen.inputs["labels"] != -100).long().argmax(1)
+    assert columns.answer_start.tolist() == first_answer.tolist()
+
+
+def test_none_changes_nothing_and_the_configs_match_the_registry(images, planted_family_module):
+    assert sorted(path.stem for path in (CONF_DIR / "intervention").glob("*.yaml")) == INTERVENTIONS.names()
+    module = planted_family_module("llava", 7, NoneStrategy()).eval()
+    batch = Collator(module.processor, module.question_collator.template)(samples(images, answer=True))
+    with torch.no_grad():
+        seen = module.pathway(batch)
+        torch.testing.assert_close(module.llm(seen).logits, module.hf(**seen.inputs).logits, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"intervention.layers \[40\] outside \[0, 32\)"):
+        intervention("pai", "intervention.intervention.layers=[40]").layer_indices(4)
