@@ -70,14 +70,17 @@ class Intervention(nn.Module):
 class AttentionCall:
     """One call of an intervened attention module: its layer; the columns of its query rows (`queries` [q]) and of
     its keys (`keys` [K]: the last K, as a sliding-window cache keeps them); where the visual tokens and the ViT
-    sinks sit among those keys ([B, K]; the rows' columns, then text columns for the tokens generated since); and
-    `answer_start` [B], the column of each row's first answer token (its prompt's end)."""
+    sinks sit among those keys ([B, K]; the rows' columns, then text columns for the tokens generated since); and per
+    row [B] the columns where its image blocks start and end (the first after the last; a row without an image:
+    both its length) and where its answer starts (its prompt's end)."""
 
     layer: int
     queries: torch.Tensor
     keys: torch.Tensor
     visual: torch.Tensor
     sinks: torch.Tensor | None
+    image_start: torch.Tensor
+    image_end: torch.Tensor
     answer_start: torch.Tensor
 
 
@@ -145,12 +148,17 @@ class AttentionIntervention(Intervention):
             return torch.nn.functional.pad(flags, (0, max(end - flags.shape[1], 0)))[:, end - n_keys : end]
 
         device = columns.visual.device
+        length, has_image = columns.image.shape[1], columns.image.any(1)
+        first = columns.image.long().argmax(1)
+        after_last = length - columns.image.flip(1).long().argmax(1)
         return AttentionCall(
             layer=layer,
             queries=torch.arange(end - n_queries, end, device=device),
             keys=torch.arange(end - n_keys, end, device=device),
             visual=keys_of(columns.visual),
             sinks=None if columns.sinks is None else keys_of(columns.sinks),
+            image_start=torch.where(has_image, first, length),
+            image_end=torch.where(has_image, after_last, length),
             answer_start=columns.answer_start,
         )
 

@@ -43,14 +43,26 @@ def intervention(name: str, *overrides: str):
 
 
 # The papers' formulas, in plain torch, on one layer's pre-softmax logits z [B, H, T, T] of a full forward (query
-# row t is column t, before the mask), given the rows' visual columns [B, T] and answer starts [B].
-def pai_formula(z, visual, answer_start, alpha=0.2):
+# row t is column t, before the mask), given the rows' visual columns [B, T], answer starts [B] and image columns
+# [B, T].
+def pai_formula(z, visual, answer_start, image, alpha=0.2):
     rows = torch.arange(z.shape[2])[None, :] >= answer_start[:, None] - 1  # the rows producing answer tokens
     edit = rows[:, None, :, None] & visual[:, None, None, :]
     return torch.where(edit, z + alpha * z.abs(), z)
 
 
-FORMULAS = {"pai": pai_formula}
+def vaf_formula(z, visual, answer_start, image, visual_scale=1.15, system_scale=0.95):
+    columns = torch.arange(z.shape[-1])
+    first = torch.stack([row.nonzero()[0, 0] for row in image])
+    after = torch.stack([row.nonzero()[-1, 0] + 1 for row in image])
+    rows = columns[None, :] >= after[:, None]  # the rows after the image
+    scale = torch.ones(visual.shape)
+    scale[visual] = visual_scale
+    scale[columns[None, :] < first[:, None]] = system_scale  # the keys before the image
+    return torch.where(rows[:, None, :, None], z * scale[:, None, None, :], z)
+
+
+FORMULAS = {"pai": pai_formula, "vaf": vaf_formula}
 
 
 def reference_attention(formula, layers: set[int], columns):
@@ -61,7 +73,7 @@ def reference_attention(formula, layers: set[int], columns):
         key, value = key.repeat_interleave(repeats, 1).float(), value.repeat_interleave(repeats, 1).float()
         z = query.float() @ key.transpose(-1, -2) * scaling
         if module.layer_idx in layers:
-            z = formula(z, columns.visual, columns.answer_start)
+            z = formula(z, columns.visual, columns.answer_start, columns.image)
         z = z + attention_mask  # eager's additive mask (0, or the dtype's minimum: padded rows stay finite)
         weights = torch.softmax(z, dim=-1)
         return (weights @ value).to(query.dtype).transpose(1, 2), weights
