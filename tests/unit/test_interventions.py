@@ -4,6 +4,7 @@ model as loaded; generation with the KV cache equals generation without it; ever
 generates on every family; the columns the interventions read are where the visual tokens and the sinks are."""
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from transformers import AttentionInterface
 from sinkflow.config import CONF_DIR, compose_config
 from sinkflow.data.collate import Collator
 from sinkflow.interventions.base import INTERVENTIONS
+from sinkflow.interventions.var import massive_tokens
 from sinkflow.models.build import decoder_layers
 from sinkflow.models.families.base import FAMILIES
 from sinkflow.sinks.strategies.none import NoneStrategy
@@ -45,13 +47,13 @@ def intervention(name: str, *overrides: str):
 # The papers' formulas, in plain torch, on one layer's pre-softmax logits z [B, H, T, T] of a full forward (query
 # row t is column t, before the mask), given the rows' visual columns [B, T], answer starts [B] and image columns
 # [B, T].
-def pai_formula(z, visual, answer_start, image, alpha=0.2):
+def pai_formula(z, visual, answer_start, image, sinks, alpha=0.2):
     rows = torch.arange(z.shape[2])[None, :] >= answer_start[:, None] - 1  # the rows producing answer tokens
     edit = rows[:, None, :, None] & visual[:, None, None, :]
     return torch.where(edit, z + alpha * z.abs(), z)
 
 
-def vaf_formula(z, visual, answer_start, image, visual_scale=1.15, system_scale=0.95):
+def vaf_formula(z, visual, answer_start, image, sinks, visual_scale=1.15, system_scale=0.95):
     columns = torch.arange(z.shape[-1])
     first = torch.stack([row.nonzero()[0, 0] for row in image])
     after = torch.stack([row.nonzero()[-1, 0] + 1 for row in image])
@@ -62,20 +64,50 @@ def vaf_formula(z, visual, answer_start, image, visual_scale=1.15, system_scale=
     return torch.where(rows[:, None, :, None], z * scale[:, None, None, :], z)
 
 
-FORMULAS = {"pai": pai_formula, "vaf": vaf_formula}
+def var_formula(a, visual, answer_start, image, sinks, keep=0.6, max_share=0.5, min_mass=0.2):
+    """Post-softmax weights a [B, H, T, T]; the sinks are the ViT sinks (sink_dims: null)."""
+    after = torch.stack([row.nonzero()[-1, 0] + 1 for row in image])
+    out = a.clone()
+    for b, h, t in itertools.product(range(a.shape[0]), range(a.shape[1]), range(a.shape[2])):
+        if t < after[b]:
+            continue
+        row, vis, sink = a[b, h, t], visual[b], sinks[b]
+        others = vis & ~sink
+        if (
+            not (vis & sink).any()
+            or row[vis].sum() < min_mass
+            or row[vis & sink].sum() / (row[vis].sum() + 1e-6) > max_share
+        ):
+            continue
+        budget = (1 - keep) * row[sink].sum()
+        new = row.clone()
+        new[sink] = keep * row[sink]
+        new[others] = row[others] + budget * row[others] / row[others].sum()
+        out[b, h, t] = new
+    return out
 
 
-def reference_attention(formula, layers: set[int], columns):
-    """Eager attention by hand, `formula` applied to the logits of `layers`."""
+# The tiny models' LLMs have no known sink dimensions: VAR takes the ViT sinks there.
+TINY = {"var": ("intervention.intervention.sink_dims=null",)}
+# name -> (what the formula edits, the formula)
+FORMULAS = {"pai": ("logits", pai_formula), "vaf": ("logits", vaf_formula), "var": ("weights", var_formula)}
+
+
+def reference_attention(stage: str, formula, layers: set[int], columns):
+    """Eager attention by hand, `formula` applied to the logits or weights (`stage`) of `layers`."""
 
     def attend(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         repeats = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(repeats, 1).float(), value.repeat_interleave(repeats, 1).float()
         z = query.float() @ key.transpose(-1, -2) * scaling
-        if module.layer_idx in layers:
-            z = formula(z, columns.visual, columns.answer_start, columns.image)
+        edit = module.layer_idx in layers
+        seen = (columns.visual, columns.answer_start, columns.image, columns.sinks)
+        if edit and stage == "logits":
+            z = formula(z, *seen)
         z = z + attention_mask  # eager's additive mask (0, or the dtype's minimum: padded rows stay finite)
         weights = torch.softmax(z, dim=-1)
+        if edit and stage == "weights":
+            weights = formula(weights, *seen)
         return (weights @ value).to(query.dtype).transpose(1, 2), weights
 
     return attend
@@ -86,7 +118,8 @@ def reference_attention(formula, layers: set[int], columns):
 @pytest.mark.parametrize("answer", [False, True], ids=["prompt", "with_answer"])
 def test_each_intervention_equals_its_formula_by_hand(name, implementation, answer, images, planted_family_module):
     module = planted_family_module("llava", 7, NoneStrategy()).eval()
-    module.intervention = intervention(name)
+    stage, formula = FORMULAS[name]
+    module.intervention = intervention(name, *TINY.get(name, ()))
     module.hf.set_attn_implementation(implementation)
     batch = Collator(module.processor, module.question_collator.template, generate=not answer)(samples(images, answer))
     with torch.no_grad():
@@ -97,7 +130,7 @@ def test_each_intervention_equals_its_formula_by_hand(name, implementation, answ
         module.hf.set_attn_implementation("eager")
         layers = decoder_layers(module.hf)
         chosen = set(module.intervention.layer_indices(len(layers)))
-        AttentionInterface.register(REFERENCE, reference_attention(FORMULAS[name], chosen, seen.columns))
+        AttentionInterface.register(REFERENCE, reference_attention(stage, formula, chosen, seen.columns))
         for layer in layers:
             layer.self_attn.config = copy.copy(layer.self_attn.config)
             layer.self_attn.config._attn_implementation_internal = REFERENCE
@@ -113,7 +146,7 @@ def test_every_intervention_trains_and_generates_on_every_family(name, family_na
     """A training step (finite loss, gradients reach the projector) and batched generation equal to one sample at a
     time, with the KV cache equal to without it, with sinks moved to the front (the columns follow the routing)."""
     module = planted_family_module(family_name, 4, SinkFront())
-    module.intervention = intervention(name)
+    module.intervention = intervention(name, *TINY.get(name, ()))
     module.intervention.setup(module.hf)
     template = module.question_collator.template
     loss = module(Collator(module.processor, template)(samples(images, answer=True))).loss
@@ -162,3 +195,27 @@ def test_none_changes_nothing_and_the_configs_match_the_registry(images, planted
         torch.testing.assert_close(module.llm(seen).logits, module.hf(**seen.inputs).logits, atol=0, rtol=0)
     with pytest.raises(ValueError, match=r"intervention.layers \[40\] outside \[0, 32\)"):
         intervention("pai", "intervention.intervention.layers=[40]").layer_indices(4)
+
+
+def test_var_finds_the_llm_sinks_on_its_dimensions_over_the_prompt(images, planted_family_module):
+    hidden = torch.ones(1, 4, 8)
+    hidden[0, 2, 5] = 100.0  # RMS ~ 35.4: |x / rms| ~ 2.8 on dim 5
+    assert massive_tokens(hidden, [5], 2.5).tolist() == [[False, False, True, False]]
+    assert massive_tokens(hidden, [4], 2.5).tolist() == [[False, False, False, False]]
+    module = planted_family_module("llava", 4, NoneStrategy()).eval()
+    module.intervention = intervention(
+        "var", "intervention.intervention.sink_dims=[3,7]", "intervention.intervention.tau=2.0"
+    )
+    module.generation.max_new_tokens = 4
+    found = []
+    finding = module.intervention._finding
+    module.intervention._finding = lambda index, columns: (found.append(index), finding(index, columns))[1]
+    with torch.no_grad():
+        batched = module.generate(module.question_collator(samples(images, answer=False)))
+        generate = module.hf.generate
+        module.hf.generate = lambda **inputs: generate(**inputs, use_cache=False)
+        uncached = module.generate(module.question_collator(samples(images, answer=False)))
+    assert batched == uncached and found  # the sinks found over the prompt serve every decoding step
+    module.intervention = intervention("var")
+    with pytest.raises(ValueError, match=r"intervention.sink_dims \[1415, 2533\] outside the LLM's"):
+        module.generate(module.question_collator(samples(images, answer=False)))

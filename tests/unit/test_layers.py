@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sinkflow.data.predictions", "sinkflow.data.datamodule"),  # both check records against BENCHMARKS
     ("sinkflow.shapes",),  # the generated dataset, written in the benchmarks' formats
     ("sinkflow.models",),  # families, loading, LoRA, tiny models, checkpoints and exports
-    ("sinkflow.sinks",),  # detectors, strategies, simulated sinks, sink statistics
+    ("sinkflow.sinks", "sinkflow.interventions"),  # detectors, strategies, sink statistics; interventions
     ("sinkflow.eval",),  # the metric, the predictions callback, the scorer CLI
     (
         "sinkflow.module",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from sinkflow.interventions.base import INTERVENTIONS
 from sinkflow.models.families.base import FAMILIES
 from sinkflow.registry import Registry, UnknownName
 from sinkflow.sinks.detectors.base import DETECTORS
@@ -20,6 +21,11 @@ def test_the_readme_strategy_table_lists_every_registered_strategy_training_free
     assert sorted(rows) == STRATEGIES.names()
     free = int(re.search(r"the first (\w+) are training-free", README).group(1).replace("six", "6"))
     assert [STRATEGIES[name].training_free for name in rows] == [True] * free + [False] * (len(rows) - free)
+
+
+def test_the_readme_intervention_table_lists_every_registered_intervention():
+    table = README.split("| intervention | where it acts |", 1)[1].split("\n\n", 1)[0]
+    assert re.findall(r"^\| `(\w+)` \|", table, flags=re.M) == ["none", *sorted(set(INTERVENTIONS.names()) - {"none"})]
 
 
 def test_the_readme_names_every_detector_and_family():
