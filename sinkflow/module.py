@@ -195,14 +195,14 @@ class SinkflowModule(L.LightningModule):
         """
         hf = self.hf
         if batch.get("pixel_values") is None:
-            inputs, columns = self.family.merge_columns(hf, batch, None, None, padding_side)
+            inputs, columns = self.family.merge(hf, batch, None, None, padding_side)
             return PathwayResult(inputs, columns=columns)
         visual = self.visual(batch)
         needs_sinks = self.strategy.needs_sinks or getattr(self.intervention, "needs_sinks", False)
         detect = self.detector is not None and (needs_sinks or not self.training)
         sinks = self.family.token_sinks(self.detector, visual) if detect else None
         routed = self.strategy(visual, sinks, partial(self.family.project, hf), ask=partial(self.ask, batch, visual))
-        inputs, columns = self.family.merge_columns(hf, batch, visual, routed, padding_side, sinks)
+        inputs, columns = self.family.merge(hf, batch, visual, routed, padding_side, sinks)
         return PathwayResult(inputs, visual, sinks, routed, columns)
 
     def llm(self, seen: PathwayResult):
@@ -240,7 +240,7 @@ class SinkflowModule(L.LightningModule):
             max_new_tokens = self._answer_caps[answers]
         image_inputs, shown = self.family.select_images(batch, visual, images)
         asked = {**self.question_collator.ask(batch, questions, images), **image_inputs}
-        inputs, columns = self.family.merge_columns(self.hf, asked, shown, routed.select(images), padding_side="left")
+        inputs, columns = self.family.merge(self.hf, asked, shown, routed.select(images), padding_side="left")
         inputs.pop("labels", None)
         cache = None
         if self._reuses_routing_cache and (shared := prefill_once(self.hf, inputs, list(images))) is not None:

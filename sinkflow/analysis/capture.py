@@ -8,7 +8,6 @@ input at the visual columns to a callback that reduces it on the spot.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -17,6 +16,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from sinkflow.models.attention_patch import patched_attention
 from sinkflow.models.build import decoder_layers
 
 RECORDING = "sinkflow_recording"  # the attention implementation of a module being recorded
@@ -48,23 +48,9 @@ AttentionInterface.register(RECORDING, _recording_attention)
 
 @contextmanager
 def recording_attention(modules: Iterable[nn.Module], recorder: Recorder) -> Iterator[None]:
-    """While inside, every call of these attention modules is recorded (the model's SDPA masks are unchanged).
-
-    Each module gets its own copy of the config naming the recording implementation: configs are shared by
-    every layer (and the model's mask builder), which keep theirs.
-    """
-    saved = {}
-    for module in modules:
-        saved[module] = module.config
-        patched = copy.copy(module.config)
-        patched._attn_implementation_internal = RECORDING
-        module.config, _RECORDERS[module] = patched, recorder
-    try:
+    """While inside, every call of these attention modules is recorded (the model's SDPA masks are unchanged)."""
+    with patched_attention(dict.fromkeys(modules, recorder), _RECORDERS, RECORDING):
         yield
-    finally:
-        for module, config in saved.items():
-            module.config = config
-            del _RECORDERS[module]
 
 
 class AttentionRows:

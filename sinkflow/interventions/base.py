@@ -22,7 +22,6 @@ onto this model's depth (layer i -> floor(i x depth / reference_depth)); null ta
 
 from __future__ import annotations
 
-import copy
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 
 from sinkflow.checks import number
+from sinkflow.models.attention_patch import patched_attention
 from sinkflow.models.build import decoder_layers
 from sinkflow.pathway import LlmColumns
 from sinkflow.registry import Registry
@@ -120,21 +120,15 @@ class AttentionIntervention(Intervention):
         if self.needs_sinks and columns.sinks is None:
             raise ValueError(f"intervention {self.name!r} reads the ViT sinks: give the strategy a detector")
         layers = decoder_layers(model)
-        saved = {}
-        for index in self.layer_indices(len(layers)):
-            attention = layers[index].self_attn
-            base = _base_attention(attention)
-            saved[attention] = attention.config
-            patched = copy.copy(attention.config)
-            patched._attn_implementation_internal = INTERVENED
-            attention.config, _ACTING[attention] = patched, (self, index, base)
+        states = {
+            layers[index].self_attn: (self, index, _base_attention(layers[index].self_attn))
+            for index in self.layer_indices(len(layers))
+        }
         self.columns, self._ends = columns, {}
         try:
-            yield
+            with patched_attention(states, _ACTING, INTERVENED):
+                yield
         finally:
-            for attention, config in saved.items():
-                attention.config = config
-                del _ACTING[attention]
             self.columns = None
 
     def call(self, layer: int, n_queries: int, n_keys: int) -> AttentionCall:

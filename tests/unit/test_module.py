@@ -44,7 +44,7 @@ def test_merge_checks_the_placeholders_against_the_images(module):
     with pytest.raises(ValueError, match="placeholder tokens but no images"):
         module.family.merge(module.hf, batch, None, None)
     two_slots = VisualFeatures(torch.zeros(1, 2, 8))
-    merged = module.family.merge(module.hf, batch, two_slots, Routed([torch.ones(2, width)], [torch.arange(2)]))
+    merged = module.family.merge(module.hf, batch, two_slots, Routed([torch.ones(2, width)], [torch.arange(2)]))[0]
     assert (merged["inputs_embeds"][0, 1:3] == 1).all()
 
 

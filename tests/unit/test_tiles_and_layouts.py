@@ -104,9 +104,9 @@ def test_merge_lays_routed_tokens_around_the_familys_fixed_tokens():
     visual = VisualFeatures(torch.zeros(1, 6, 4), layouts=[newline_layout()])
     tokens = torch.arange(6.0)[:, None].expand(6, width)
     reverse = Routed([tokens.flip(0)], [torch.arange(5, -1, -1)])
-    merged = family.merge(model, batch, visual, reverse)
+    merged = family.merge(model, batch, visual, reverse)[0]
     assert merged["inputs_embeds"][0, 1:9, 0].tolist() == [5, 4, 3, -1, 2, 1, 0, -1]
-    dropped = family.merge(model, batch, visual, Routed([tokens[:2]], [torch.arange(2)]), padding_side="left")
+    dropped = family.merge(model, batch, visual, Routed([tokens[:2]], [torch.arange(2)]), padding_side="left")[0]
     assert dropped["inputs_embeds"][0, :, 0].tolist()[-3:-1] == [0, 1] and dropped["inputs_embeds"].shape[1] == 4
 
 

@@ -176,17 +176,6 @@ class VisualFamily(ABC):
         visual: VisualFeatures | None,
         routed: Routed | None,
         padding_side: PaddingSide = "right",
-    ) -> dict[str, torch.Tensor]:
-        """The LLM inputs of `merge_columns`."""
-        return self.merge_columns(model, batch, visual, routed, padding_side)[0]
-
-    def merge_columns(
-        self,
-        model: nn.Module,
-        batch: dict,
-        visual: VisualFeatures | None,
-        routed: Routed | None,
-        padding_side: PaddingSide = "right",
         sinks: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], LlmColumns]:
         """LLM inputs, and where the image, visual and sink tokens landed in them (`sinks`: the detector's mask over
