@@ -180,6 +180,7 @@ class SinkflowModule(L.LightningModule):
         )
         if start is not None:
             start.apply_strategy(module.strategy, hint)
+            start.apply_intervention(module.intervention, required=not train)
         return module
 
     @property

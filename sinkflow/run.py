@@ -119,6 +119,10 @@ def load_trained(cfg: DictConfig) -> SinkflowModule:
             "to route with the strategy given"
         )
     strategy_cfg = saved.sink_strategy if cfg.use_checkpoint_strategy else cfg.sink_strategy
+    # The run's intervention comes with it (LSG's gates are trained for it), unless the command line sets one: a
+    # training-free intervention applies to any trained run.
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    saved_intervention = None if group_overrides(overrides, "intervention") else saved.get("intervention")
     trained_with, routed_with = strategy_name(saved.sink_strategy), strategy_name(strategy_cfg)
     hint = (
         ""
@@ -131,6 +135,8 @@ def load_trained(cfg: DictConfig) -> SinkflowModule:
     # Replace (not merge) the groups: the checkpoint's model may have keys the default model config lacks.
     with open_dict(cfg):
         cfg.model, cfg.sink_strategy = saved.model, strategy_cfg
+        if saved_intervention is not None:
+            cfg.intervention = saved_intervention
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     module = SinkflowModule.from_config(
@@ -148,7 +154,12 @@ def load_trained(cfg: DictConfig) -> SinkflowModule:
 
 def strategy_overrides(overrides: list[str]) -> list[str]:
     """The command-line overrides that set the `sink_strategy` group or any of its keys."""
-    return [o for o in overrides if re.match(r"[+~]*sink_strategy([./=@]|$)", o)]
+    return group_overrides(overrides, "sink_strategy")
+
+
+def group_overrides(overrides: list[str], group: str) -> list[str]:
+    """The command-line overrides that set config `group` or any of its keys."""
+    return [o for o in overrides if re.match(rf"[+~]*{group}([./=@]|$)", o)]
 
 
 def fit_and_test(

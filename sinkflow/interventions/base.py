@@ -112,6 +112,10 @@ class AttentionIntervention(Intervention):
             )
         return sorted({i * depth // reference for i in self.layers_given})
 
+    def attention_layers(self, depth: int) -> list[int]:
+        """The layers whose attention it changes (its layers, by default)."""
+        return self.layer_indices(depth)
+
     @contextmanager
     def acting(self, model: nn.Module, columns: LlmColumns | None) -> Iterator[None]:
         if columns is None or not bool(columns.visual.any()):
@@ -122,7 +126,7 @@ class AttentionIntervention(Intervention):
         layers = decoder_layers(model)
         states = {
             layers[index].self_attn: (self, index, _base_attention(layers[index].self_attn))
-            for index in self.layer_indices(len(layers))
+            for index in self.attention_layers(len(layers))
         }
         self.columns, self._ends = columns, {}
         try:

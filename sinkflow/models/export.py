@@ -36,7 +36,8 @@ INFO = "export.json"
 
 
 def export_trainable(module, out_dir: str | Path) -> Path:
-    """Write `adapter/` (peft), `projector.safetensors`, `strategy.safetensors` (if it has weights),
+    """Write `adapter/` (peft), `projector.safetensors`, `strategy.safetensors` and `intervention.safetensors` (if
+    they have weights),
     `language_model.safetensors` (LLM weights that differ from the base: full fine-tuning, or inherited from the
     export the run started from) and `export.json` (base checkpoint, projector path, the run's config)."""
     out = Path(out_dir)
@@ -55,6 +56,7 @@ def export_trainable(module, out_dir: str | Path) -> Path:
     files = {
         "projector.safetensors": projector.state_dict(),
         "strategy.safetensors": module.strategy.state_dict(),
+        "intervention.safetensors": module.intervention.state_dict(),
         "language_model.safetensors": tuned,
     }
     files = {
@@ -147,6 +149,19 @@ class Export:
         _load(model.get_submodule(self.info["projector_module"]), self.path / "projector.safetensors", strict=True)
         if self.info.get("language_model"):
             _load(model, self.path / "language_model.safetensors", strict=False)
+
+    def apply_intervention(self, intervention: nn.Module, required: bool) -> None:
+        """Load `intervention.safetensors` (LSG's gates) into `intervention`, which must hold exactly its weights;
+        without the file, an intervention with weights keeps its initialisation unless they are `required` (an
+        evaluation: untrained gates would be evaluated as if trained)."""
+        path = self.path / "intervention.safetensors"
+        if path.is_file():
+            _load(intervention, path, strict=True)
+        elif required and intervention.state_dict():
+            raise ValueError(
+                f"{self.path}: no intervention.safetensors for intervention {type(intervention).__name__}, whose "
+                "parts must be trained (the run was trained without it)"
+            )
 
     def apply_strategy(self, strategy: nn.Module, hint: str = "") -> None:
         """Load `strategy.safetensors` into `strategy`: every weight in the file must have a place; parts the file

@@ -219,3 +219,79 @@ def test_var_finds_the_llm_sinks_on_its_dimensions_over_the_prompt(images, plant
     module.intervention = intervention("var")
     with pytest.raises(ValueError, match=r"intervention.sink_dims \[1415, 2533\] outside the LLM's"):
         module.generate(module.question_collator(samples(images, answer=False)))
+
+
+def lsg_formula_layers(module, seen, gate_layer: int):
+    """LSG by hand: the gate on the plain model's state after `gate_layer` at each row's last prompt token gives
+    (rho_sinks, rho_rest); layer `gate_layer + 1` then attends with the visual keys scaled by their group's rho."""
+    with torch.no_grad():
+        states = module.hf(**seen.inputs, output_hidden_states=True).hidden_states[gate_layer + 1]
+    columns = seen.columns
+    last = columns.answer_start - 1
+    gate = module.intervention.gates[str(gate_layer)]
+    mlp = gate.mlp
+    hidden = states[torch.arange(len(last)), last].float()
+    normed = torch.nn.functional.layer_norm(hidden, hidden.shape[-1:], gate.norm.weight, gate.norm.bias)
+    rho = torch.softmax(mlp[2](torch.nn.functional.gelu(mlp[0](normed))), -1)
+    scale = torch.ones(columns.visual.shape)
+    scale = torch.where(columns.visual & columns.sinks, rho[:, :1], torch.where(columns.visual, rho[:, 1:], scale))
+
+    def formula(z, visual, answer_start, image, sinks):
+        return z * scale[:, None, None, :]
+
+    return formula
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("answer", [False, True], ids=["prompt", "with_answer"])
+def test_lsg_scales_the_next_layers_visual_keys_by_its_gate(implementation, answer, images, planted_family_module):
+    module = planted_family_module("llava", 7, NoneStrategy()).eval()
+    module.intervention = intervention(
+        "lsg", "intervention.intervention.layers=[0]", "intervention.intervention.reference_depth=null"
+    )
+    module.intervention.setup(module.hf)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(module.intervention.gates["0"].mlp[2].weight, std=0.5)  # rho differs per row
+    module.hf.set_attn_implementation(implementation)
+    batch = Collator(module.processor, module.question_collator.template, generate=not answer)(samples(images, answer))
+    with torch.no_grad():
+        seen = module.pathway(batch, padding_side="left" if not answer else "right")
+        got = module.llm(seen).logits
+        formula = lsg_formula_layers(module, seen, 0)
+        module.hf.set_attn_implementation("eager")
+        AttentionInterface.register(REFERENCE, reference_attention("logits", formula, {1}, seen.columns))
+        for layer in decoder_layers(module.hf):
+            layer.self_attn.config = copy.copy(layer.self_attn.config)
+            layer.self_attn.config._attn_implementation_internal = REFERENCE
+        expected = module.hf(**seen.inputs).logits
+    valid = seen.inputs["attention_mask"].bool()
+    torch.testing.assert_close(got[valid], expected[valid], atol=2e-5, rtol=1e-4)
+
+
+def test_lsg_gates_train_alone_and_travel_in_the_export(tmp_path, images, planted_family_module):
+    from sinkflow.models.export import Export, export_trainable
+
+    module = planted_family_module("llava", 7, NoneStrategy())
+    for p in module.hf.parameters():
+        p.requires_grad_(False)  # the frozen model the paper trains the gates on
+    module.intervention = intervention("lsg")
+    module.intervention.setup(module.hf)
+    gates = list(module.intervention.parameters())
+    assert gates and [g["name"] for g in module.parameter_groups()] == ["strategy"]
+    before = [p.detach().clone() for p in gates]
+    optimizer = torch.optim.AdamW(module.parameter_groups(), lr=1e-2)
+    module.train()
+    module(Collator(module.processor, module.question_collator.template)(samples(images, answer=True))).loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, gates)), "the gates must train"
+    module.run_config = {}
+    export = Export.read(export_trainable(module, tmp_path / "export"))
+    fresh = intervention("lsg")
+    fresh.setup(module.hf)
+    export.apply_intervention(fresh, required=True)
+    for (name, a), b in zip(module.intervention.state_dict().items(), fresh.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    (export.path / "intervention.safetensors").unlink()
+    with pytest.raises(ValueError, match="no intervention.safetensors for intervention Lsg"):
+        export.apply_intervention(fresh, required=True)
+    export.apply_intervention(fresh, required=False)  # a run starting from it trains them
