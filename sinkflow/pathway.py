@@ -190,28 +190,29 @@ class Routed:
 
 @dataclass
 class LlmColumns:
-    """Which columns of the LLM input rows hold what: image-block tokens, visual tokens among them (not a layout's
-    fixed tokens), and the ViT sinks among those (when the detector ran), [B, L] bool each; and `answer_start` [B],
+    """Which columns of the LLM input rows hold what: tokens (not padding), image-block tokens, visual tokens among
+    them (not a layout's fixed tokens), and the ViT sinks among those (when the detector ran), [B, L] bool each; and
+    `answer_start` [B],
     the column of each row's first answer token: its first supervised one when the rows carry labels, else the
     column after the prompt. An intervention inside the LLM reads them (`sinkflow.interventions`)."""
 
+    tokens: torch.Tensor
     image: torch.Tensor
     visual: torch.Tensor
     sinks: torch.Tensor | None
     answer_start: torch.Tensor
 
     @classmethod
-    def of(
-        cls, image: torch.Tensor, visual: torch.Tensor, sinks: torch.Tensor | None, labels: torch.Tensor | None
-    ) -> LlmColumns:
-        """The columns of rows with these flags and (training) labels."""
+    def of(cls, inputs: dict[str, torch.Tensor], image, visual, sinks) -> LlmColumns:
+        """The columns of LLM `inputs` (their mask, and labels when training) with these flags."""
+        labels = inputs.get("labels")
         length = image.shape[1]
         if labels is None:
             start = torch.full((image.shape[0],), length, device=image.device)
         else:
             supervised = labels != IGNORE_INDEX
             start = torch.where(supervised.any(1), supervised.long().argmax(1), length).to(image.device)
-        return cls(image, visual, sinks, start)
+        return cls(inputs["attention_mask"].bool().to(image.device), image, visual, sinks, start)
 
 
 @dataclass

@@ -160,6 +160,10 @@ class AttentionIntervention(Intervention):
             answer_start=columns.answer_start,
         )
 
+    def inspect(self, query: torch.Tensor, key: torch.Tensor, mask, scaling: float | None, call: AttentionCall) -> None:
+        """Sees the call's queries [B, H, q, d] and keys [B, H_kv, K, d] (after RoPE) and the model's mask before the
+        attention runs (nothing by default; FastV ranks the visual tokens here)."""
+
     def keys(self, key: torch.Tensor, call: AttentionCall) -> torch.Tensor:
         """The keys [B, H_kv, K, d] the attention runs with (unchanged by default)."""
         return key
@@ -189,6 +193,19 @@ def _base_attention(attention: nn.Module):
     return AttentionInterface._global_mapping[implementation]
 
 
+def attention_rows(query, key, mask, scaling: float | None, call: AttentionCall, rows: torch.Tensor, softcap=None):
+    """Post-softmax attention [B, H, R, K] of query rows `rows` (indices into the call's rows), in float32 under the
+    model's mask, and the keys each may attend to [B or 1, 1, R, K]."""
+    repeats = query.shape[1] // key.shape[1]
+    keys = repeat_kv(key, repeats).float()
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    logits = query[:, :, rows].float() @ keys.transpose(-1, -2) * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    allowed = allowed_keys(mask, call, rows)
+    return logits.masked_fill(~allowed, float("-inf")), allowed
+
+
 def allowed_keys(mask: torch.Tensor | None, call: AttentionCall, rows: torch.Tensor) -> torch.Tensor:
     """[B or 1, 1, R, K] bool: the keys query rows `rows` may attend to under the model's mask (SDPA's boolean one,
     eager's additive one, or none: causal)."""
@@ -203,6 +220,7 @@ def intervened_attention(module: nn.Module, query, key, value, attention_mask, s
     rows it touches, its edits."""
     intervention, layer, base = _ACTING[module]
     call = intervention.call(layer, query.shape[2], key.shape[2])
+    intervention.inspect(query, key, attention_mask, scaling, call)
     key = intervention.keys(key, call)
     out, weights = base(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     if not intervention.edits_rows:
@@ -213,13 +231,8 @@ def intervened_attention(module: nn.Module, query, key, value, attention_mask, s
         return out, weights
     if dropout and module.training:
         raise ValueError(f"intervention {intervention.name!r} recomputes attention rows: it needs attention dropout 0")
-    repeats = query.shape[1] // key.shape[1]
-    keys, values = repeat_kv(key, repeats).float(), repeat_kv(value, repeats).float()
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    logits = query[:, :, rows].float() @ keys.transpose(-1, -2) * scale
-    if kwargs.get("softcap") is not None:
-        logits = torch.tanh(logits / kwargs["softcap"]) * kwargs["softcap"]
-    logits = logits.masked_fill(~allowed_keys(attention_mask, call, rows), float("-inf"))
+    logits, _ = attention_rows(query, key, attention_mask, scaling, call, rows, kwargs.get("softcap"))
+    values = repeat_kv(value, query.shape[1] // key.shape[1]).float()
     weights_rows = torch.softmax(intervention.edit_logits(logits, call, rows), dim=-1)
     weights_rows = intervention.edit_weights(weights_rows, call, rows)
     recomputed = (weights_rows @ values).to(out.dtype).transpose(1, 2)  # [B, R, H, d], as the model's output

@@ -87,8 +87,9 @@ def var_formula(a, visual, answer_start, image, sinks, keep=0.6, max_share=0.5, 
     return out
 
 
-# The tiny models' LLMs have no known sink dimensions: VAR takes the ViT sinks there.
-TINY = {"var": ("intervention.intervention.sink_dims=null",)}
+# The tiny models' LLMs have no known sink dimensions (VAR takes the ViT sinks there) and 2 layers (FastV drops after
+# the first).
+TINY = {"var": ("intervention.intervention.sink_dims=null",), "fastv": ("intervention.intervention.layer=1",)}
 # name -> (what the formula edits, the formula)
 FORMULAS = {"pai": ("logits", pai_formula), "vaf": ("logits", vaf_formula), "var": ("weights", var_formula)}
 
@@ -295,3 +296,61 @@ def test_lsg_gates_train_alone_and_travel_in_the_export(tmp_path, images, plante
     with pytest.raises(ValueError, match="no intervention.safetensors for intervention Lsg"):
         export.apply_intervention(fresh, required=True)
     export.apply_intervention(fresh, required=False)  # a run starting from it trains them
+
+
+def test_fastv_equals_the_forward_recomputed_on_the_kept_tokens_from_layer_k(images, planted_family_module):
+    """The reference by hand: layer K - 1's attention of the last prompt token (eager, averaged over heads) ranks each
+    row's visual tokens; the top half and every text token go on alone through layer K at their original
+    positions, then the final norm and the head."""
+    module = planted_family_module("llava", 7, NoneStrategy()).eval()
+    module.intervention = intervention("fastv", "intervention.intervention.layer=1")
+    module.hf.set_attn_implementation("eager")
+    with torch.no_grad():
+        seen = module.pathway(module.question_collator(samples(images, answer=False)), padding_side="left")
+        got = module.llm(seen).logits[:, -1]
+        out = module.hf(**seen.inputs, output_attentions=True, output_hidden_states=True)
+        decoder, mask = module.hf.get_decoder(), seen.inputs["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        for row in range(len(mask)):
+            scores = out.attentions[0][row, :, -1].mean(0)
+            visual = seen.columns.visual[row].nonzero().squeeze(1)
+            top = visual[scores[visual].argsort(descending=True, stable=True)[: round(len(visual) * 0.5)]]
+            text = (mask[row].bool() & ~seen.columns.visual[row]).nonzero().squeeze(1)
+            kept = torch.cat([text, top]).sort().values
+            hidden = out.hidden_states[1][row, kept][None]
+            n = len(kept)
+            causal = torch.full((n, n), torch.finfo(hidden.dtype).min).triu(1)[None, None]
+            hidden = decoder.layers[1](
+                hidden,
+                attention_mask=causal,
+                position_embeddings=decoder.rotary_emb(hidden, positions[row, kept][None]),
+                position_ids=positions[row, kept][None],
+            )
+            expected = module.hf.lm_head(decoder.norm(hidden))[0, -1]
+            torch.testing.assert_close(got[row], expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("keep_sinks", [False, True])
+def test_fastv_keeps_each_rows_budget_and_with_keep_sinks_the_sinks(keep_sinks, images, planted_family_module):
+    module = planted_family_module("llava", 7, NoneStrategy()).eval()
+    module.intervention = intervention(
+        "fastv",
+        "intervention.intervention.layer=1",
+        "intervention.intervention.ratio=0.75",
+        f"intervention.intervention.keep_sinks={keep_sinks}",
+    )
+    ranked = []
+    rank = module.intervention._rank
+    module.intervention._rank = lambda scores, call: (rank(scores, call), ranked.append(module.intervention.kept))
+    with torch.no_grad():
+        seen = module.pathway(module.question_collator(samples(images, answer=False)), padding_side="left")
+        module.llm(seen)
+    (kept,) = ranked
+    columns = seen.columns
+    for row in range(len(kept)):
+        n_visual = int(columns.visual[row].sum())
+        kept_visual = [int(c) for c in kept[row] if columns.visual[row, c]]
+        assert len(kept_visual) == round(n_visual * 0.25)
+        sinks = columns.sinks[row].nonzero().squeeze(1).tolist()
+        assert set(sinks) <= set(kept_visual) or not keep_sinks
+    assert kept.shape[1] < columns.visual.shape[1]  # the rows after layer K are shorter

@@ -206,7 +206,7 @@ class VisualFamily(ABC):
         if routed is None:
             if placeholders.any():
                 raise ValueError("the batch has image placeholder tokens but no images")
-            columns = LlmColumns.of(placeholders, placeholders, None, inputs.get("labels"))
+            columns = LlmColumns.of(inputs, placeholders, placeholders, None)
             return self.llm_inputs(model, inputs, placeholders, None, None), columns
         n_slots, blocks = int(placeholders.sum()), visual.blocks
         if n_slots != sum(blocks):
@@ -244,9 +244,7 @@ class VisualFamily(ABC):
         token_flags = torch.cat(flags.tokens).to(image_columns.device) > 0
         visual_columns, sink_columns = torch.zeros_like(image_columns), torch.zeros_like(image_columns)
         visual_columns[image_columns], sink_columns[image_columns] = token_flags[:, 0], token_flags[:, 1]
-        columns = LlmColumns.of(
-            image_columns, visual_columns, sink_columns if sinks is not None else None, inputs.get("labels")
-        )
+        columns = LlmColumns.of(inputs, image_columns, visual_columns, sink_columns if sinks is not None else None)
         return self.llm_inputs(model, inputs, image_columns, visual, routed), columns
 
 
