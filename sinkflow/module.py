@@ -29,6 +29,7 @@ from sinkflow.models.build import load_pretrained, prepare_for_training, resolve
 from sinkflow.models.export import Export
 from sinkflow.models.families.base import VisualFamily
 from sinkflow.models.shared_prefix import RoutingPrompts, one_image_per_row, prefill_once, reuse_prefix
+from sinkflow.models.vit_attention import with_attention
 from sinkflow.pathway import LlmColumns, PaddingSide, PathwayResult, Routed, VisualFeatures
 from sinkflow.sinks.detectors.base import SinkDetector, token_norms
 from sinkflow.sinks.routing_answers import answer_tokens
@@ -257,8 +258,12 @@ class SinkflowModule(L.LightningModule):
     def visual(self, batch: dict) -> VisualFeatures:
         """The projector-input features of the batch's images (with the simulated sinks, when planted)."""
         tower_trains = any(p.requires_grad for p in self.family.vision_tower(self.hf).parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):
-            visual = self.family.encode(self.hf, batch)
+        grad = torch.is_grad_enabled() and tower_trains
+        if self.strategy.needs_vit_attention:
+            visual = with_attention(self.hf, self.family, batch, grad)
+        else:
+            with torch.set_grad_enabled(grad):
+                visual = self.family.encode(self.hf, batch)
         visual = replace(
             visual, keys=list(batch.get("image_keys", [])), questions=list(batch.get("image_questions", []))
         )

@@ -48,6 +48,11 @@ class VisualFeatures:
     # Per image, the sizes of the separate placeholder runs its block is split into, in block order (Idefics3: one run
     # per crop, the crop's text tags between runs); empty: one run per image. A token never leaves its run (`by_run`).
     runs: list[list[int]] = field(default_factory=list)
+    # When a strategy asks for them (`SinkStrategy.needs_vit_attention`): per patch, the attention it receives in the
+    # ViT block the projector reads, summed over heads ([n_images, N]: from CLS where the tower has one, else the mean
+    # over its sequence's queries), and its key there averaged over heads ([n_images, N, d]); zero-padded.
+    attention_received: torch.Tensor | None = None
+    attention_keys: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.lengths:
@@ -154,6 +159,8 @@ class VisualFeatures:
             layouts=pick(self.layouts),
             extras=extras or {},
             runs=pick(self.runs),
+            attention_received=None if self.attention_received is None else self.attention_received[rows],
+            attention_keys=None if self.attention_keys is None else self.attention_keys[rows],
         )
 
 

@@ -8,21 +8,14 @@ input at the visual columns to a callback that reduces it on the spot.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from sinkflow.models.attention_patch import patched_attention
+from sinkflow.models.attention_patch import recording_attention
 from sinkflow.models.build import decoder_layers
-
-RECORDING = "sinkflow_recording"  # the attention implementation of a module being recorded
-# recorder(query [B, H, T, d], key [B, H_kv, T, d], attention_mask, scaling), called before the module's SDPA.
-Recorder = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, float | None], None]
-_RECORDERS: dict[nn.Module, Recorder] = {}
 
 
 def layer_range(n_layers: int, layers, setting: str) -> range:
@@ -35,22 +28,6 @@ def layer_range(n_layers: int, layers, setting: str) -> range:
     if len(chosen) == 0:
         raise ValueError(f"{setting}={list(layers)} selects none of the LLM's {n_layers} layers")
     return chosen
-
-
-def _recording_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
-    """The module's recorder sees its queries and keys; its output is SDPA's, as without recording."""
-    _RECORDERS[module](query.detach(), key.detach(), attention_mask, kwargs.get("scaling"))
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-AttentionInterface.register(RECORDING, _recording_attention)
-
-
-@contextmanager
-def recording_attention(modules: Iterable[nn.Module], recorder: Recorder) -> Iterator[None]:
-    """While inside, every call of these attention modules is recorded (the model's SDPA masks are unchanged)."""
-    with patched_attention(dict.fromkeys(modules, recorder), _RECORDERS, RECORDING):
-        yield
 
 
 class AttentionRows:

@@ -2,7 +2,7 @@
 on the patch grid.
 
 Non-sinks gather from their neighbourhood; sinks gather from broad foreground or background regions. Only the
-chosen layer's queries and keys are kept (`capture.recording_attention`: after rotary embeddings, as the model
+chosen layer's queries and keys are kept (`models.vit_attention.capture`: after rotary embeddings, as the model
 uses them; the output is computed as usual); the column softmax(q k^T * scale)[:, t] is formed afterwards for the
 chosen token t only. No other layer's attention is touched or stored.
 
@@ -20,102 +20,22 @@ non-sink of median norm (a typical token); an int is a feature index.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 from matplotlib.patches import Rectangle
-from torch import nn
 
-from sinkflow.analysis.capture import recording_attention
 from sinkflow.analysis.context import AnalysisContext, image_names
 from sinkflow.analysis.task import ANALYSES, Analysis
 from sinkflow.checks import choice
-from sinkflow.pathway import VisualFeatures
+from sinkflow.models.vit_attention import capture
 from sinkflow.plotting import pyplot, titled
 from sinkflow.sinks.detectors.base import token_norms
 
 plt = pyplot()
 log = logging.getLogger(__name__)
 Heads = Literal["mean", "all"]  # one map averaged over the heads, or one map per head
-
-
-def softmax_column(
-    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float | None, target: int
-) -> torch.Tensor:
-    """[heads, n]: the attention every query of one sequence ([heads, n, d]) pays to key `target`."""
-    key = key.repeat_interleave(query.shape[0] // key.shape[0], 0)
-    scores = (query.float() @ key.float().transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, -torch.inf) if mask.dtype == torch.bool else scores + mask.float()
-    return scores.softmax(dim=-1)[..., target]
-
-
-@dataclass
-class Captured:
-    """One forward pass of the ViT: its projector-input features and the recorded layer's q / k.
-
-    q / k are laid end to end over all images as one "global" sequence (per image for CLIP; in the order the
-    tower ran its attention chunks for Qwen), `chunks` giving the [start, end) of each attention chunk.
-    """
-
-    visual: VisualFeatures
-    query: torch.Tensor  # [heads, T, d]
-    key: torch.Tensor
-    chunks: list[tuple[int, int]]
-    masks: list[torch.Tensor | None]
-    scaling: float | None
-    grids: list[torch.Tensor]  # per image [rows, cols]: global index of the patch in each grid cell
-    feature_index: list[torch.Tensor]  # per image [n_features]: global index of each feature row
-
-    def column(self, image: int, feature: int) -> torch.Tensor:
-        """[heads, rows, cols]: attention paid by each patch of `image` to its feature `feature`."""
-        target = int(self.feature_index[image][feature])
-        full = self.query.new_zeros(self.query.shape[0], self.query.shape[1], dtype=torch.float32)
-        for (start, end), mask in zip(self.chunks, self.masks):
-            if start <= target < end:  # only queries in the target's chunk (image or window) can attend to it
-                full[:, start:end] = softmax_column(
-                    self.query[:, start:end], self.key[:, start:end], mask, self.scaling, target - start
-                )
-        return full[:, self.grids[image]]
-
-    def cell(self, image: int, feature: int) -> tuple[int, int] | None:
-        """(row, col) of a feature's patch on the grid; None for a token that is not a patch (CLS)."""
-        hit = (self.grids[image] == self.feature_index[image][feature]).nonzero()
-        return (int(hit[0, 0]), int(hit[0, 1])) if len(hit) else None
-
-
-def capture(model: nn.Module, family, batch: dict, layer: int | None) -> Captured:
-    """Run the family's ViT on the batch recording block `layer`'s attention (None: the feature block)."""
-    attentions = family.vision_attentions(model)
-    index = family.feature_block(model) if layer is None else layer
-    if not -len(attentions) <= index < len(attentions):
-        raise ValueError(f"relevance.layer={layer} is outside the ViT's {len(attentions)} blocks")
-    calls = []
-    with torch.no_grad(), recording_attention([attentions[index]], lambda *call: calls.append(call)):
-        visual = family.encode(model, batch)
-    # Every call's batch entries end to end: one call of all images (CLIP), or one per image / window (Qwen).
-    queries = [q for query, _, _, _ in calls for q in query]
-    keys = [k for _, key, _, _ in calls for k in key]
-    masks = [
-        None if mask is None else mask[b if mask.shape[0] > 1 else 0, 0]
-        for query, _, mask, _ in calls
-        for b in range(len(query))
-    ]
-    lengths = [q.shape[1] for q in queries]
-    bounds = np.cumsum([0, *lengths]).tolist()
-    feature_index, grids = family.attention_positions(model, batch, visual, lengths)
-    return Captured(
-        visual=visual,
-        query=torch.cat(queries, dim=1),
-        key=torch.cat(keys, dim=1),
-        chunks=list(zip(bounds[:-1], bounds[1:])),
-        masks=masks,
-        scaling=calls[0][3],
-        grids=grids,
-        feature_index=feature_index,
-    )
 
 
 def parse_token(token) -> str | int:

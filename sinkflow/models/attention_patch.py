@@ -1,13 +1,21 @@
-"""Routing chosen attention modules through a registered attention implementation for a while (analyses record
-through it, interventions edit through it)."""
+"""Routing chosen attention modules through a registered attention implementation for a while (analyses and
+sink-aware pruning record through it, interventions edit through it)."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+RECORDING = "sinkflow_recording"  # the attention implementation of a module being recorded
+# recorder(query [B, H, T, d], key [B, H_kv, T, d], attention_mask, scaling), called before the module's SDPA.
+Recorder = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, float | None], None]
+_RECORDERS: dict[nn.Module, Recorder] = {}
 
 
 @contextmanager
@@ -29,3 +37,19 @@ def patched_attention(states: dict[nn.Module, object], registry: dict, implement
         for module, config in saved.items():
             module.config = config
             del registry[module]
+
+
+def _recording_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """The module's recorder sees its queries and keys; its output is SDPA's, as without recording."""
+    _RECORDERS[module](query.detach(), key.detach(), attention_mask, kwargs.get("scaling"))
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(RECORDING, _recording_attention)
+
+
+@contextmanager
+def recording_attention(modules: Iterable[nn.Module], recorder: Recorder) -> Iterator[None]:
+    """While inside, every call of these attention modules is recorded (the model's SDPA masks are unchanged)."""
+    with patched_attention(dict.fromkeys(modules, recorder), _RECORDERS, RECORDING):
+        yield

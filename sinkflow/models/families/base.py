@@ -136,6 +136,13 @@ class VisualFamily(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not map its ViT sequence to the patch grid")
 
+    def feature_positions(
+        self, model: nn.Module, batch: dict, visual: VisualFeatures, chunks: list[int]
+    ) -> list[torch.Tensor]:
+        """Per image, the position of each feature row [n_features] in the sequences its ViT blocks attend within
+        (`attention_positions` without the grids, for families that cannot draw one)."""
+        return self.attention_positions(model, batch, visual, chunks)[0]
+
     def seen_images(self, batch: dict, processor) -> list[torch.Tensor]:
         """Each image as the ViT saw it: [H, W, 3] in [0, 1] (the processor's normalisation undone)."""
         raise NotImplementedError(f"{type(self).__name__} does not rebuild its images from pixel_values")

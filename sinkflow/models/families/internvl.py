@@ -13,6 +13,7 @@ What differs from LLaVA (docs/models.md#internvl3):
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -93,6 +94,15 @@ class InternVLFamily(VisualFamily, name="internvl"):
         if hidden == 0:
             raise ValueError("the projector reads the ViT embeddings (vision_feature_layer 0): no attention block")
         return hidden - 1
+
+    def feature_positions(self, model, batch, visual, chunks):
+        """Each tile is one sequence, [CLS, patches in raster order]; a feature is a patch in window order."""
+        side = math.isqrt(chunks[0] - 1)
+        order = pixel_shuffle.window_order(side, self._scale(model))
+        starts = torch.tensor([0, *chunks[:-1]]).cumsum(0)
+        tiles = batch["num_patches"].tolist()
+        first = [sum(tiles[:i]) for i in range(len(tiles))]
+        return [torch.cat([starts[first[i] + t] + 1 + order for t in range(n)]) for i, n in enumerate(tiles)]
 
     def attention_positions(self, model, batch, visual, chunks):
         raise NotImplementedError(

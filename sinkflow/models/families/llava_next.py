@@ -151,6 +151,20 @@ class LlavaNextFamily(LlavaFamily, name="llava_next"):
             images.append(unpad_image(grid.reshape(3, rows * tile, cols * tile), size))
         return unnormalise(images, processor.image_processor)
 
+    def feature_positions(self, model, batch, visual, chunks):
+        """Every tile is one ViT sequence ([CLS,] patches in raster order), all images' tiles in order; a feature is
+        the tile patch its `patch_rows` entry names."""
+        n_patches = visual.extras["tile_patches"]
+        leading = chunks[0] - n_patches  # CLIP's CLS before the patches
+        starts = torch.tensor([0, *chunks[:-1]]).cumsum(0)
+        sizes, tiled = batch["image_sizes"].tolist(), self.tiled(batch)
+        positions, before = [], 0
+        for i, rows in enumerate(visual.extras["patch_rows"]):
+            rows = rows.cpu()
+            positions.append(starts[before + rows // n_patches] + leading + rows % n_patches)
+            before += self.plan(model, i, sizes[i], tiled[i]).n_tiles
+        return positions
+
     def attention_positions(self, model, batch, visual, chunks):
         raise NotImplementedError(
             f"{type(self).__name__}: an AnyRes image is several ViT sequences (its base view and each tile), which "

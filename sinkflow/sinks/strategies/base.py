@@ -36,6 +36,8 @@ class SinkStrategy(nn.Module):
     needs_sinks: ClassVar[bool] = True
     training_free: ClassVar[bool] = True  # False: the strategy has parts that must be trained first
     decides: ClassVar[bool] = False  # True: it asks the model about each image before routing (`ask`)
+    # True: it reads what each patch receives in the ViT's feature block (`VisualFeatures.attention_received`)
+    needs_vit_attention: ClassVar[bool] = False
     # True: the answer pass may take the prefix it shares with the routing prompts from their key/value cache
     # (sinkflow.models.shared_prefix); a deciding strategy's option.
     reuse_routing_cache: bool = False
