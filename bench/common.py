@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -35,3 +36,14 @@ def timed(function: Callable, device: torch.device):
     result = function()
     synchronize(device)
     return result, time.perf_counter() - start
+
+
+def round_robin(modules: dict, measure, batch: dict, device: torch.device, args) -> dict[str, float]:
+    """Median seconds of `measure(module, batch, device)` per module, modules interleaved within each repeat."""
+    times: dict[str, list[float]] = {name: [] for name in modules}
+    for repeat in range(args.warmup + args.repeats):
+        for name, module in modules.items():
+            elapsed = measure(module, batch, device)
+            if repeat >= args.warmup:
+                times[name].append(elapsed)
+    return {name: statistics.median(t) for name, t in times.items()}

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 from collections.abc import Sequence
 
@@ -40,7 +39,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from common import SIZES, device_label, timed
+from common import SIZES, device_label, round_robin, timed
 from sinkflow.config import compose_config
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.instruct import load_instruct
@@ -103,17 +102,6 @@ def timed_forward(module: SinkflowModule, batch: dict, device: torch.device) -> 
 
 def timed_answers(module: SinkflowModule, batch: dict, device: torch.device) -> float:
     return timed(lambda: module.generate(batch), device)[1]
-
-
-def round_robin(modules: dict, measure, batch: dict, device: torch.device, args) -> dict[str, float]:
-    """Median seconds of `measure(module, batch, device)` per module, modules interleaved within each repeat."""
-    times: dict[str, list[float]] = {name: [] for name in modules}
-    for repeat in range(args.warmup + args.repeats):
-        for name, module in modules.items():
-            elapsed = measure(module, batch, device)
-            if repeat >= args.warmup:
-                times[name].append(elapsed)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def measure(family: str, args, device: torch.device) -> dict:

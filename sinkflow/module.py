@@ -28,6 +28,7 @@ from sinkflow.interventions.none import NoIntervention
 from sinkflow.models.build import load_pretrained, prepare_for_training, resolve_checkpoint, unwrap
 from sinkflow.models.export import Export
 from sinkflow.models.families.base import VisualFamily
+from sinkflow.models.prefill import timing_prefill
 from sinkflow.models.shared_prefix import RoutingPrompts, one_image_per_row, prefill_once, reuse_prefix
 from sinkflow.models.vit_attention import with_attention
 from sinkflow.pathway import LlmColumns, PaddingSide, PathwayResult, Routed, VisualFeatures
@@ -100,6 +101,7 @@ class SinkflowModule(L.LightningModule):
         # While an answer pass is being prepared: the routing generations its strategy ran, whose cache it may reuse.
         self._routing_prompts: list[RoutingPrompts] | None = None
         self._answer_caps: dict[tuple[str, ...], int] = {}  # `ask`'s cap per tuple of expected answers
+        self._cache_bytes = 0  # the KV cache of the last answer pass
         if strategy.needs_sinks and detector is None:
             raise ValueError(f"sink strategy {strategy.name!r} needs a detector: set sink_strategy.detector")
         strategy.setup(unwrap(model), family)
@@ -322,6 +324,12 @@ class SinkflowModule(L.LightningModule):
             if reused is not None:
                 inputs, cache = reused
         out = self._generate(inputs, max_new_tokens, seen.columns, cache)
+        self._cache_bytes = sum(
+            t.numel() * t.element_size()
+            for layer in out.past_key_values.layers
+            for t in (layer.keys, layer.values)
+            if t is not None
+        )
         return self._decode(out.sequences, max_new_tokens), seen
 
     @property
@@ -408,7 +416,9 @@ class SinkflowModule(L.LightningModule):
         the strategy decided: the decision itself for a question with one image, the list of its images' decisions
         in prompt order for one with several)."""
         limits = [meta.get("max_new_tokens", self.generation.max_new_tokens) for meta in batch["meta"]]
-        answers, seen = self._greedy(batch, limits)
+        with timing_prefill(self.hf) as prefill:
+            answers, seen = self._greedy(batch, limits)
+        self._log_efficiency(seen, prefill, len(batch["meta"]))
         records = [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], answers)]
         routed = seen.routed
         if routed is not None and routed.decisions is not None:
@@ -419,6 +429,21 @@ class SinkflowModule(L.LightningModule):
             for row, decisions in per_record.items():
                 records[row]["routing"] = decisions[0] if len(decisions) == 1 else decisions
         return records, seen
+
+    def _log_efficiency(self, seen: PathwayResult, prefill: list[float], n_questions: int) -> None:
+        """Per question: the visual tokens the LLM kept (after FastV's drop, with it), the prefill's milliseconds and
+        the KV cache after answering (MB); on CUDA the peak memory of the test so far."""
+        if seen.columns is None or self._trainer is None:
+            return
+        measured = {
+            "visual_tokens": float(self.intervention.visual_tokens(seen.columns).float().mean()),
+            "prefill_ms": 1000 * sum(prefill) / n_questions,
+            "kv_cache_mb": self._cache_bytes / n_questions / 2**20,
+        }
+        if seen.inputs["inputs_embeds"].is_cuda:
+            measured["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        for key, value in measured.items():
+            self.log(f"test/efficiency/{key}", value, batch_size=n_questions, sync_dist=True)
 
     def parameter_groups(self) -> list[dict]:
         """Trainable parameters split into LoRA / projector / strategy (with the intervention's) / other groups, each

@@ -60,6 +60,11 @@ class Intervention(nn.Module):
     def setup(self, model: nn.Module) -> None:
         """Build parts shaped like the model's (no-op). The module calls it once the model is loaded."""
 
+    def visual_tokens(self, columns: LlmColumns) -> torch.Tensor:
+        """[B]: the visual tokens each row's LLM kept in its last forward (its input's, unless the intervention
+        removed some)."""
+        return columns.visual.sum(1)
+
     @contextmanager
     def acting(self, model: nn.Module, columns: LlmColumns | None) -> Iterator[None]:
         """While inside, `model` runs with the intervention; `columns` are its input rows' (None: text only)."""

@@ -39,6 +39,7 @@ class FastV(AttentionIntervention, name="fastv"):
         self.kept: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None
         self.full_width = 0  # the columns of the forward that ranked (prompt, or prompt + generated without cache)
+        self.kept_visual: torch.Tensor | None = None  # [B] visual tokens kept by the last ranking
 
     def attention_layers(self, depth: int) -> list[int]:
         if self.layer >= depth:
@@ -62,6 +63,12 @@ class FastV(AttentionIntervention, name="fastv"):
                     stack.callback(delattr, decoder, "_deepstack_process")
             stack.callback(self._forget)
             yield
+
+    def visual_tokens(self, columns: LlmColumns) -> torch.Tensor:
+        """The visual tokens each row kept after layer K (in its last ranking)."""
+        if self.kept_visual is None or len(self.kept_visual) != len(columns.visual):
+            return super().visual_tokens(columns)
+        return self.kept_visual
 
     def _forget(self) -> None:
         self.kept = self.valid = None
@@ -101,7 +108,7 @@ class FastV(AttentionIntervention, name="fastv"):
     def _rank(self, scores: torch.Tensor, call: AttentionCall) -> None:
         """The kept columns of each row: its tokens that are not visual (prompt and generated), and its top visual
         ones; left re-padded to the longest row."""
-        width = len(call.keys)
+        width, counts = len(call.keys), []
         tokens = torch.nn.functional.pad(self.columns.tokens, (0, width - self.columns.tokens.shape[1]), value=True)
         kept = []
         for row in range(scores.shape[0]):
@@ -112,6 +119,8 @@ class FastV(AttentionIntervention, name="fastv"):
             top = visual[priority.argsort(descending=True, stable=True)[: round(len(visual) * (1 - self.ratio))]]
             text = (tokens[row].to(visual.device) & ~call.visual[row]).nonzero().squeeze(1)
             kept.append(torch.cat([text, top]).sort().values)
+            counts.append(len(top))
+        self.kept_visual = torch.tensor(counts)
         length = max(len(columns) for columns in kept)
         self.kept = torch.zeros(len(kept), length, dtype=torch.long, device=scores.device)
         self.valid = torch.zeros(len(kept), length, dtype=torch.bool, device=scores.device)

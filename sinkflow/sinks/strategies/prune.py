@@ -1,12 +1,13 @@
 """`prune`: sink-aware token pruning at a budget, VisionZip-style (arXiv 2412.04467), training-free.
 
-Each image keeps `budget` LLM tokens: `budget - contextual` dominant ones (with `keep_sinks`, the ViT sinks first,
-then the tokens that receive the most attention in the ViT block the projector reads: from CLS where the tower has
-one, else on average, summed over heads), in raster order; then `contextual` tokens that summarise the rest: evenly
-spaced targets among the remaining tokens, each other remaining token joining the target whose key (in that block,
+Each image keeps `budget` LLM tokens (a count, or below 1 a fraction of the image's tokens): `budget - contextual`
+dominant ones (with `keep_sinks`, the ViT sinks first, then the tokens that receive the most attention in the ViT
+block the projector reads: from CLS where the tower has one, else on average, summed over heads), in raster order;
+then `contextual` tokens (a count, or below 1 a fraction of the budget) that summarise the rest: evenly spaced
+targets among the remaining tokens, each other remaining token joining the target whose key (in that block,
 averaged over heads) is most similar by cosine, and each target's features becoming its own plus the mean of its
-members' before the projector. The sequence is shorter: the LLM sees `budget` tokens per image, not a mask. An image
-with no more tokens than the budget keeps them all.
+members' before the projector. The sequence is shorter: the LLM sees `budget` tokens per image, not a mask. An
+image with no more tokens than the budget keeps them all.
 
 VisionZip's budgets on LLaVA-1.5's 576 tokens: 64 = 54 + 10 (the default), 128 = 108 + 20, 192 = 162 + 30. Its
 code counts CLIP's CLS among the dominant tokens and feeds it to the LLM; LLaVA's projector never reads CLS, so here
@@ -33,15 +34,15 @@ class Prune(SinkStrategy, name="prune"):
 
     def __init__(
         self,
-        budget: int = 64,
-        contextual: int = 10,
+        budget: float = 64,
+        contextual: float = 10,
         keep_sinks: bool = True,
         position_ids: PositionIds = "contiguous",
     ):
         super().__init__(position_ids)
-        self.budget = number("sink_strategy.strategy.budget", budget, integer=True, at_least=1)
-        self.contextual = number("sink_strategy.strategy.contextual", contextual, integer=True, at_least=0)
-        if self.contextual >= self.budget:
+        self.budget = _count_or_fraction("sink_strategy.strategy.budget", budget, above_zero=True)
+        self.contextual = _count_or_fraction("sink_strategy.strategy.contextual", contextual, above_zero=False)
+        if (self.budget >= 1) == (self.contextual >= 1) and self.contextual >= self.budget:
             raise ValueError(
                 f"sink_strategy.strategy.contextual ({contextual}) must be below the budget ({budget}): the dominant "
                 "tokens take the rest"
@@ -49,26 +50,35 @@ class Prune(SinkStrategy, name="prune"):
         self.keep_sinks = keep_sinks
         self.needs_sinks = keep_sinks
 
+    def sizes(self, n_tokens: int) -> tuple[int, int]:
+        """The tokens an image of `n_tokens` keeps, and how many of them are contextual."""
+        budget = self.budget if self.budget >= 1 else max(1, round(self.budget * n_tokens))
+        contextual = (
+            self.contextual if self.contextual >= 1 or self.contextual == 0 else round(self.contextual * budget)
+        )
+        return int(budget), int(min(contextual, budget - 1))
+
     def plan(self, visual: VisualFeatures, sink_mask: torch.Tensor | None) -> list[tuple]:
         """Per image: its dominant tokens (raster order), its contextual targets, and each target's members."""
         if visual.attention_received is None:
             raise ValueError("prune reads the ViT's attention: run it through SinkflowModule (needs_vit_attention)")
         plans = []
         for i, (n_tokens, length) in enumerate(zip(visual.slots, visual.lengths)):
-            if n_tokens <= self.budget:
+            budget, contextual = self.sizes(n_tokens)
+            if n_tokens <= budget:
                 plans.append((torch.arange(n_tokens), torch.arange(0), []))
                 continue
             scores = visual.attention_received[i, :length].view(n_tokens, visual.group).sum(1)
             if self.keep_sinks and sink_mask is not None:
                 scores = scores.masked_fill(sink_mask[i, :n_tokens].to(scores.device), float("inf"))
             order = scores.argsort(descending=True, stable=True).cpu()
-            dominant = order[: self.budget - self.contextual].sort().values
-            rest = order[self.budget - self.contextual :].sort().values
-            if self.contextual == 0:
+            dominant = order[: budget - contextual].sort().values
+            rest = order[budget - contextual :].sort().values
+            if contextual == 0:
                 plans.append((dominant, torch.arange(0), []))
                 continue
-            step = max(1, len(rest) // self.contextual)
-            targets = rest[::step][: self.contextual]
+            step = max(1, len(rest) // contextual)
+            targets = rest[::step][:contextual]
             others = rest[~torch.isin(rest, targets)]
             keys = visual.attention_keys[i, :length].view(n_tokens, visual.group, -1).mean(1)
             keys = F.normalize(keys.float(), dim=-1)
@@ -96,3 +106,11 @@ class Prune(SinkStrategy, name="prune"):
             tokens.append(tokens_i[kept])
             sources.append(kept)
         return Routed(tokens, sources, self.position_ids)
+
+
+def _count_or_fraction(setting: str, value: float, above_zero: bool) -> float:
+    """A token count (an integer >= 1) or a fraction in (0, 1)."""
+    number(setting, value, above=0) if above_zero else number(setting, value, at_least=0)
+    if value >= 1 and value != int(value):
+        raise ValueError(f"`{setting}` must be a whole number of tokens or a fraction below 1, got {value}")
+    return int(value) if value >= 1 else float(value)
