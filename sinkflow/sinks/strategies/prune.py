@@ -42,7 +42,7 @@ class Prune(SinkStrategy, name="prune"):
         super().__init__(position_ids)
         self.budget = _count_or_fraction("sink_strategy.strategy.budget", budget, above_zero=True)
         self.contextual = _count_or_fraction("sink_strategy.strategy.contextual", contextual, above_zero=False)
-        if (self.budget >= 1) == (self.contextual >= 1) and self.contextual >= self.budget:
+        if self.budget >= 1 and self.contextual >= self.budget:  # a fraction of the budget is always below it
             raise ValueError(
                 f"sink_strategy.strategy.contextual ({contextual}) must be below the budget ({budget}): the dominant "
                 "tokens take the rest"

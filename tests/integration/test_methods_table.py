@@ -1,0 +1,39 @@
+"""`evaluate.py experiment=methods_table`: one multirun, one table of every method's accuracy and cost."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # evaluate.py in a subprocess
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_methods_table_shows_accuracy_and_what_each_method_keeps(tmp_path, env, other_eval_sets):
+    command = [
+        sys.executable,
+        str(ROOT / "evaluate.py"),
+        "experiment=methods_table",
+        "method=none,visionzip_64,fastv_75",
+        "dataset.prepare.n_train=8",
+        "dataset.prepare.n_eval=6",
+        *other_eval_sets("shapes", "open"),
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(tmp_path / "sweep" / "table.csv") as table:
+        rows = {row["method"]: row for row in csv.DictReader(table)}
+    assert set(rows) == {"none", "visionzip_64", "fastv_75"}
+    tokens = {name: float(row["efficiency/visual_tokens"]) for name, row in rows.items()}
+    cache = {name: float(row["efficiency/kv_cache_mb"]) for name, row in rows.items()}
+    assert tokens["none"] == 64  # the tiny base's 64 tokens per image, one image per open question
+    assert tokens["visionzip_64"] == round(64 * 0.1111)  # VisionZip's 64 of 576, as a fraction
+    assert tokens["fastv_75"] == 16  # a quarter kept after layer K
+    assert cache["visionzip_64"] < cache["fastv_75"] < cache["none"]  # FastV keeps every token before K
+    assert all(
+        0 <= float(row["open/accuracy"]) <= 1 and float(row["efficiency/prefill_ms"]) > 0 for row in rows.values()
+    )
