@@ -31,7 +31,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv
 
 from sinkflow.checks import number
 from sinkflow.models.attention_patch import patched_attention
@@ -201,10 +200,11 @@ def _base_attention(attention: nn.Module):
 def attention_rows(query, key, mask, scaling: float | None, call: AttentionCall, rows: torch.Tensor, softcap=None):
     """Post-softmax attention [B, H, R, K] of query rows `rows` (indices into the call's rows), in float32 under the
     model's mask, and the keys each may attend to [B or 1, 1, R, K]."""
-    repeats = query.shape[1] // key.shape[1]
-    keys = repeat_kv(key, repeats).float()
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    logits = query[:, :, rows].float() @ keys.transpose(-1, -2) * scale
+    batch, heads, _, dim = query.shape
+    scale = scaling if scaling is not None else dim**-0.5
+    # Grouped query heads against their key head by broadcasting (no copy of the keys per query head).
+    grouped = query[:, :, rows].float().view(batch, key.shape[1], heads // key.shape[1], len(rows), dim)
+    logits = (grouped @ key.float().transpose(-1, -2)[:, :, None] * scale).view(batch, heads, len(rows), -1)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     allowed = allowed_keys(mask, call, rows)
@@ -237,11 +237,14 @@ def intervened_attention(module: nn.Module, query, key, value, attention_mask, s
     if dropout and module.training:
         raise ValueError(f"intervention {intervention.name!r} recomputes attention rows: it needs attention dropout 0")
     logits, _ = attention_rows(query, key, attention_mask, scaling, call, rows, kwargs.get("softcap"))
-    values = repeat_kv(value, query.shape[1] // key.shape[1]).float()
     weights_rows = torch.softmax(intervention.edit_logits(logits, call, rows), dim=-1)
     weights_rows = intervention.edit_weights(weights_rows, call, rows)
-    recomputed = (weights_rows @ values).to(out.dtype).transpose(1, 2)  # [B, R, H, d], as the model's output
-    out = out.clone()
+    batch, heads, n_rows, n_keys = weights_rows.shape
+    grouped = weights_rows.view(batch, value.shape[1], heads // value.shape[1], n_rows, n_keys)
+    recomputed = (grouped @ value.float()[:, :, None]).view(batch, heads, n_rows, -1)
+    recomputed = recomputed.to(out.dtype).transpose(1, 2)  # [B, R, H, d], as the model's output
+    if torch.is_grad_enabled():
+        out = out.clone()  # the model's output may be saved for its backward
     out[:, rows] = torch.where(touched[:, rows, None, None], recomputed, out[:, rows])
     return out, weights
 
