@@ -73,6 +73,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/train_step.py
 	$(PY) bench/overhead.py
+	$(PY) bench/methods.py
 	$(PY) bench/eval_throughput.py
 	$(PY) bench/analysis_memory.py
 	$(PY) bench/startup.py

@@ -261,11 +261,12 @@ class SinkflowModule(L.LightningModule):
         """The projector-input features of the batch's images (with the simulated sinks, when planted)."""
         tower_trains = any(p.requires_grad for p in self.family.vision_tower(self.hf).parameters())
         grad = torch.is_grad_enabled() and tower_trains
-        if self.strategy.needs_vit_attention:
-            visual = with_attention(self.hf, self.family, batch, grad)
-        else:
-            with torch.set_grad_enabled(grad):
-                visual = self.family.encode(self.hf, batch)
+        with self.intervention.encoding(self.hf, self.family):
+            if self.strategy.needs_vit_attention:
+                visual = with_attention(self.hf, self.family, batch, grad)
+            else:
+                with torch.set_grad_enabled(grad):
+                    visual = self.family.encode(self.hf, batch)
         visual = replace(
             visual, keys=list(batch.get("image_keys", [])), questions=list(batch.get("image_questions", []))
         )

@@ -66,7 +66,12 @@ class Intervention(nn.Module):
 
     @contextmanager
     def acting(self, model: nn.Module, columns: LlmColumns | None) -> Iterator[None]:
-        """While inside, `model` runs with the intervention; `columns` are its input rows' (None: text only)."""
+        """While inside, `model`'s LLM runs with the intervention; `columns` are its input rows' (None: text only)."""
+        yield
+
+    @contextmanager
+    def encoding(self, model: nn.Module, family) -> Iterator[None]:
+        """While inside, `model`'s ViT runs with the intervention (test-time registers); nothing by default."""
         yield
 
 

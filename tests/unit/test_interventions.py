@@ -89,7 +89,11 @@ def var_formula(a, visual, answer_start, image, sinks, keep=0.6, max_share=0.5, 
 
 # The tiny models' LLMs have no known sink dimensions (VAR takes the ViT sinks there) and 2 layers (FastV drops after
 # the first).
-TINY = {"var": ("intervention.intervention.sink_dims=null",), "fastv": ("intervention.intervention.layer=1",)}
+TINY = {
+    "var": ("intervention.intervention.sink_dims=null",),
+    "fastv": ("intervention.intervention.layer=1",),
+    "test_time_registers": ("intervention.intervention.neurons={0: [0, 1]}",),  # a random ViT has no outliers
+}
 # name -> (what the formula edits, the formula)
 FORMULAS = {"pai": ("logits", pai_formula), "vaf": ("logits", vaf_formula), "var": ("weights", var_formula)}
 
@@ -150,6 +154,10 @@ def test_every_intervention_trains_and_generates_on_every_family(name, family_na
     module.intervention = intervention(name, *TINY.get(name, ()))
     module.intervention.setup(module.hf)
     template = module.question_collator.template
+    if name == "test_time_registers" and family_name.startswith("qwen"):
+        with pytest.raises(ValueError, match="test_time_registers needs a ViT with embeddings and encoder layers"):
+            module(Collator(module.processor, template)(samples(images, answer=True)))
+        return
     loss = module(Collator(module.processor, template)(samples(images, answer=True))).loss
     loss.backward()
     assert torch.isfinite(loss)
@@ -354,3 +362,49 @@ def test_fastv_keeps_each_rows_budget_and_with_keep_sinks_the_sinks(keep_sinks, 
         sinks = columns.sinks[row].nonzero().squeeze(1).tolist()
         assert set(sinks) <= set(kept_visual) or not keep_sinks
     assert kept.shape[1] < columns.visual.shape[1]  # the rows after layer K are shorter
+
+
+def plant_register_neuron(model, family, patch: int, neuron: int) -> None:
+    """Make MLP neuron `neuron` of the tiny CLIP's first layer write a high-norm outlier into patch `patch`: its
+    input row reads a direction added to that patch's position embedding, its output column writes a large vector."""
+    inner = getattr(family.vision_tower(model), "vision_model", family.vision_tower(model))
+    positions, mlp = inner.embeddings.position_embedding.weight, inner.encoder.layers[0].mlp
+    generator = torch.Generator().manual_seed(0)
+    direction = torch.randn(positions.shape[1], generator=generator)
+    direction /= direction.norm()
+    written = torch.randn(positions.shape[1], generator=generator)
+    with torch.no_grad():
+        positions[1 + patch] += 8 * direction * positions.norm(dim=1).mean()
+        mlp.fc1.weight[neuron] = 3.0 * (direction - direction.mean())
+        mlp.fc1.bias[neuron] = -2.0
+        mlp.fc2.weight[:, neuron] = 60 * written / written.norm()
+
+
+def test_test_time_registers_move_the_planted_outlier_into_the_extra_token(images, tiny_family):
+    from sinkflow.sinks.detectors.norm_threshold import NormThreshold
+
+    model, processor, family, template = tiny_family("llava", 3)
+    plant_register_neuron(model, family, patch=5, neuron=3)
+    batch = Collator(processor, template)(samples(images, answer=True))
+    registers = intervention(
+        "test_time_registers", "intervention.intervention.threshold=100", "intervention.intervention.top_k=1"
+    )
+    detector = NormThreshold(tau=100.0)
+    with torch.no_grad():
+        before = family.encode(model, batch)
+        with registers.encoding(model, family):
+            after = family.encode(model, batch)
+    assert registers.neurons == {0: [3]}  # found on the batch: the planted neuron
+    assert after.features.shape == before.features.shape  # the extra token never reaches the projector
+    sinks_before = detector(before.features, before.lengths)
+    assert sinks_before[:, 5].all()  # the planted outlier in every image (and where else the neuron fires)
+    assert not detector(after.features, after.lengths).any()  # gone at the source
+    assert (after.features.norm(dim=-1) < 100).all()
+    assert (registers.register_norms > 100).all()  # the extra token took it
+    strict = intervention("test_time_registers", "intervention.intervention.threshold=1000")
+    with (
+        pytest.raises(ValueError, match="no token's norm after ViT layer -1 exceeds intervention.threshold=1000"),
+        torch.no_grad(),
+        strict.encoding(model, family),
+    ):
+        family.encode(model, batch)
