@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -139,10 +139,22 @@ class AttentionIntervention(Intervention):
         }
         self.columns, self._ends = columns, {}
         try:
-            with patched_attention(states, _ACTING, INTERVENED):
+            with ExitStack() as stack:
+                stack.enter_context(patched_attention(states, _ACTING, INTERVENED))
+                for handle in self.hooks(model, columns):
+                    stack.callback(handle.remove)
+                stack.callback(self.forget)
                 yield
         finally:
             self.columns = None
+
+    def hooks(self, model: nn.Module, columns: LlmColumns) -> list:
+        """Hooks (anything with `remove()`) it needs on the model while it acts beside the attention (none by
+        default: LSG reads a layer's output, VAR the states entering its layers, FastV shortens the rows)."""
+        return []
+
+    def forget(self) -> None:
+        """Drops what it kept about the rows it acted on (nothing by default)."""
 
     def call(self, layer: int, n_queries: int, n_keys: int) -> AttentionCall:
         """The context of one attention call with `n_queries` rows over `n_keys` keys: a call whose queries are all
@@ -189,6 +201,12 @@ class AttentionIntervention(Intervention):
     def edit_weights(self, weights: torch.Tensor, call: AttentionCall, rows: torch.Tensor) -> torch.Tensor:
         """The post-softmax weights [B, H, R, K] of query rows `rows` [R]."""
         return weights
+
+
+def holds_prompt(hidden: torch.Tensor, columns: LlmColumns) -> bool:
+    """Whether a layer's states [B, T, D] are those of a forward over the whole prompt (without cache, or the
+    prefill), not a decoding step's."""
+    return hidden.shape[1] >= columns.visual.shape[1]
 
 
 def _base_attention(attention: nn.Module):

@@ -14,9 +14,6 @@ Qwen3-VL's DeepStack features follow the kept visual tokens. Layers from K on ma
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-
 import torch
 from torch import nn
 
@@ -46,31 +43,20 @@ class FastV(AttentionIntervention, name="fastv"):
             raise ValueError(f"intervention.layer={self.layer}: FastV drops tokens after a layer of the LLM's {depth}")
         return [self.layer - 1]
 
-    @contextmanager
-    def acting(self, model: nn.Module, columns: LlmColumns | None) -> Iterator[None]:
-        with ExitStack() as stack:
-            stack.enter_context(super().acting(model, columns))
-            if columns is not None and bool(columns.visual.any()):
-                layers = decoder_layers(model)
-                self._check(layers)
-                for index in range(self.layer, len(layers)):
-                    hook = layers[index].register_forward_pre_hook(self._shortening(index), with_kwargs=True)
-                    stack.callback(hook.remove)
-                decoder = unwrap(model).get_decoder()
-                stack.callback(decoder.norm.register_forward_hook(self._restoring).remove)
-                if hasattr(decoder, "_deepstack_process"):  # Qwen3-VL adds ViT features in its first layers
-                    decoder._deepstack_process = self._deepstack(decoder._deepstack_process)
-                    stack.callback(delattr, decoder, "_deepstack_process")
-            stack.callback(self._forget)
-            yield
+    def hooks(self, model: nn.Module, columns: LlmColumns) -> list:
+        layers = decoder_layers(model)
+        self._check(layers)
+        handles = [
+            layers[i].register_forward_pre_hook(self._shortening(i), with_kwargs=True)
+            for i in range(self.layer, len(layers))
+        ]
+        decoder = unwrap(model).get_decoder()
+        handles.append(decoder.norm.register_forward_hook(self._restoring))
+        if hasattr(decoder, "_deepstack_process"):  # Qwen3-VL adds ViT features in its first layers
+            handles.append(_Patched(decoder, "_deepstack_process", self._deepstack(decoder._deepstack_process)))
+        return handles
 
-    def visual_tokens(self, columns: LlmColumns) -> torch.Tensor:
-        """The visual tokens each row kept after layer K (in its last ranking)."""
-        if self.kept_visual is None or len(self.kept_visual) != len(columns.visual):
-            return super().visual_tokens(columns)
-        return self.kept_visual
-
-    def _forget(self) -> None:
+    def forget(self) -> None:
         self.kept = self.valid = None
         self.full_width = 0
 
@@ -170,6 +156,17 @@ class FastV(AttentionIntervention, name="fastv"):
         restored = output.new_zeros(output.shape[0], self.full_width, output.shape[-1])
         index = self.kept[..., None].expand(-1, -1, output.shape[-1])
         return restored.scatter(1, index, output * self.valid[..., None].to(output.dtype))
+
+
+class _Patched:
+    """An instance attribute set for a while (removed like a hook)."""
+
+    def __init__(self, owner: object, name: str, value: object):
+        self.owner, self.name = owner, name
+        setattr(owner, name, value)
+
+    def remove(self) -> None:
+        delattr(self.owner, self.name)
 
 
 def _as_mask(allowed: torch.Tensor, layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:

@@ -15,13 +15,12 @@ stay for the decoding steps, so generation with and without the KV cache agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from sinkflow.interventions.base import AttentionCall, AttentionIntervention
+from sinkflow.interventions.base import AttentionCall, AttentionIntervention, holds_prompt
 from sinkflow.models.build import decoder_layers
 from sinkflow.pathway import LlmColumns
 
@@ -68,27 +67,21 @@ class Lsg(AttentionIntervention, name="lsg"):
     def attention_layers(self, depth: int) -> list[int]:
         return [index + 1 for index in self.layer_indices(depth)]
 
-    @contextmanager
-    def acting(self, model: nn.Module, columns: LlmColumns | None) -> Iterator[None]:
-        with ExitStack() as stack:
-            if columns is not None:
-                layers = decoder_layers(model)
-                for index in self.layer_indices(len(layers)):
-                    hook = layers[index].register_forward_hook(self._gating(index, columns))
-                    stack.callback(hook.remove)
-            stack.enter_context(super().acting(model, columns))
-            stack.callback(self.scales.clear)
-            yield
+    def hooks(self, model: nn.Module, columns: LlmColumns) -> list:
+        layers = decoder_layers(model)
+        return [layers[i].register_forward_hook(self._gating(i, columns)) for i in self.layer_indices(len(layers))]
+
+    def forget(self) -> None:
+        self.scales.clear()
 
     def _gating(self, index: int, columns: LlmColumns):
-        """A hook on decoder layer `index` that gates layer `index + 1` from the prompt's last token (in a forward
-        that holds the prompt: without cache, or the prefill)."""
-        width = columns.visual.shape[1]
+        """A hook on decoder layer `index`: in the forward over the prompt, layer `index + 1`'s scales from the
+        prompt's last token."""
+        last = (columns.answer_start - 1).clamp(0, columns.visual.shape[1] - 1)
 
         def gate(layer, args, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            if hidden.shape[1] >= width:
-                last = (columns.answer_start - 1).clamp(0, width - 1)
+            if holds_prompt(hidden, columns):
                 rows = hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
                 self.scales[index + 1] = self.gates[str(index)](rows)
 

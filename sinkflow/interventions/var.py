@@ -18,14 +18,13 @@ effect). The sinks are found again for every batch (the released code keeps the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from sinkflow.checks import number
-from sinkflow.interventions.base import AttentionCall, AttentionIntervention
+from sinkflow.interventions.base import AttentionCall, AttentionIntervention, holds_prompt
 from sinkflow.models.build import decoder_layers
 from sinkflow.pathway import LlmColumns
 
@@ -62,34 +61,33 @@ class Var(AttentionIntervention, name="var"):
         self.needs_sinks = sink_dims is None  # the ViT sinks stand in for the LLM's
         self.llm_sinks: dict[int, torch.Tensor] = {}  # per layer, [B, prompt columns] while acting
 
-    @contextmanager
-    def acting(self, model: nn.Module, columns: LlmColumns | None) -> Iterator[None]:
-        with ExitStack() as stack:
-            if self.sink_dims is not None and columns is not None:
-                layers = decoder_layers(model)
-                width = layers[0].self_attn.config.hidden_size
-                outside = [d for d in self.sink_dims if not 0 <= d < width]
-                if outside:
-                    raise ValueError(
-                        f"intervention.sink_dims {outside} outside the LLM's {width} hidden dimensions (the defaults "
-                        "are LLaVA-1.5-7B's; null: the ViT sinks the detector finds)"
-                    )
-                for index in self.layer_indices(len(layers)):
-                    hook = layers[index].register_forward_pre_hook(self._finding(index, columns), with_kwargs=True)
-                    stack.callback(hook.remove)
-            stack.enter_context(super().acting(model, columns))
-            stack.callback(self.llm_sinks.clear)
-            yield
+    def hooks(self, model: nn.Module, columns: LlmColumns) -> list:
+        if self.sink_dims is None:
+            return []
+        layers = decoder_layers(model)
+        width = layers[0].self_attn.config.hidden_size
+        outside = [d for d in self.sink_dims if not 0 <= d < width]
+        if outside:
+            raise ValueError(
+                f"intervention.sink_dims {outside} outside the LLM's {width} hidden dimensions (the defaults are "
+                "LLaVA-1.5-7B's; null: the ViT sinks the detector finds)"
+            )
+        return [
+            layers[i].register_forward_pre_hook(self._finding(i, columns), with_kwargs=True)
+            for i in self.layer_indices(len(layers))
+        ]
+
+    def forget(self) -> None:
+        self.llm_sinks.clear()
 
     def _finding(self, index: int, columns: LlmColumns):
-        """A pre-hook on decoder layer `index` that finds the prompt's sinks in the state entering it (a forward that
-        holds the whole prompt: without cache, or the prefill)."""
-        width = columns.visual.shape[1]
+        """A pre-hook on decoder layer `index`: in the forward over the prompt, the prompt's sinks in the states
+        entering it."""
 
         def find(layer, args, kwargs):
             hidden = kwargs.get("hidden_states", args[0] if args else None)
-            if hidden.shape[1] >= width:
-                self.llm_sinks[index] = massive_tokens(hidden[:, :width], self.sink_dims, self.tau)
+            if holds_prompt(hidden, columns):
+                self.llm_sinks[index] = massive_tokens(hidden[:, : columns.visual.shape[1]], self.sink_dims, self.tau)
 
         return find
 
