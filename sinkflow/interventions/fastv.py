@@ -56,6 +56,12 @@ class FastV(AttentionIntervention, name="fastv"):
             handles.append(_Patched(decoder, "_deepstack_process", self._deepstack(decoder._deepstack_process)))
         return handles
 
+    def visual_tokens(self, columns: LlmColumns) -> torch.Tensor:
+        """The visual tokens each row kept after layer K (in its last ranking)."""
+        if self.kept_visual is None or len(self.kept_visual) != len(columns.visual):
+            return super().visual_tokens(columns)
+        return self.kept_visual
+
     def forget(self) -> None:
         self.kept = self.valid = None
         self.full_width = 0
