@@ -325,12 +325,8 @@ class SinkflowModule(L.LightningModule):
             if reused is not None:
                 inputs, cache = reused
         out = self._generate(inputs, max_new_tokens, seen.columns, cache)
-        self._cache_bytes = sum(
-            t.numel() * t.element_size()
-            for layer in out.past_key_values.layers
-            for t in (layer.keys, layer.values)
-            if t is not None
-        )
+        cache = out.past_key_values.layers if out.past_key_values is not None else []
+        self._cache_bytes = sum(t.numel() * t.element_size() for layer in cache for t in (layer.keys, layer.values))
         return self._decode(out.sequences, max_new_tokens), seen
 
     @property

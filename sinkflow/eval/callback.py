@@ -5,9 +5,9 @@ counts each (benchmark, id) once, so the sampler's padding duplicates never coun
 single-process evaluation. The records are also gathered on rank 0, only to be written to the predictions file.
 
 `metrics.json` holds everything the evaluation measured: the scores of every record in the predictions file
-(including those answered before a resume) and what the module logged under `test/` (sink statistics), which
-cover the questions answered by this process, as does the throughput (`throughput/questions_per_second`, over the
-test loop's wall-clock `throughput/seconds`).
+(including those answered before a resume) and what the module logged under `test/` (sink statistics; the cost
+per question, `efficiency/*`), which cover the questions answered by this process, as does the throughput
+(`throughput/questions_per_second`, over the test loop's wall-clock `throughput/seconds`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ from sinkflow.data.predictions import PredictionsWriter, read_predictions
 from sinkflow.eval.benchmark_scores import BenchmarkScores
 
 log = logging.getLogger(__name__)
+
+# Metrics that measure this run (wall clock, memory, what its batches held) rather than score its answers: no two
+# runs, nor a run and its 2-process twin, share them.
+RUN_MEASURES = ("throughput/", "efficiency/")
 
 
 def gather_objects(items: list) -> list:

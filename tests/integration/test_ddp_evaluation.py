@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sinkflow.data.predictions import read_predictions
+from sinkflow.eval.callback import RUN_MEASURES
 
 pytestmark = pytest.mark.slow  # two processes (DDP, gloo) running evaluate.py / train.py
 
@@ -42,7 +43,9 @@ def evaluate(out, extra, tmp_path, env, args=ARGS):
     assert proc.returncode == 0, proc.stderr[-5000:]
     records = {(r["benchmark"], r["id"]): r for r in read_predictions(out / "predictions.jsonl")}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics.pop("throughput/questions_per_second") > 0 and metrics.pop("throughput/seconds") > 0  # per process
+    measures = {k: metrics.pop(k) for k in list(metrics) if k.startswith(RUN_MEASURES)}  # per process
+    assert measures["throughput/questions_per_second"] > 0 and measures["throughput/seconds"] > 0
+    assert measures["efficiency/visual_tokens"] > 0 and measures["efficiency/kv_cache_mb"] > 0
     return records, metrics, proc.stdout + proc.stderr
 
 

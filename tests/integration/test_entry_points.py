@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from sinkflow.benchmarks.base import BENCHMARKS
 from sinkflow.data.predictions import read_predictions
+from sinkflow.eval.callback import RUN_MEASURES
 from sinkflow.eval.results import grouped_scores
 
 pytestmark = pytest.mark.slow  # every test runs train.py or evaluate.py in a subprocess
@@ -44,8 +45,9 @@ def test_train_debug_from_a_temp_dir(tmp_path, env):
     assert {r["benchmark"] for r in records} <= set(SHAPES_SETS)
     assert all(r["prompt"].endswith("ASSISTANT:") and "<image>" in r["prompt"] for r in records)
     metrics = json.loads((out / "metrics.json").read_text())
-    # MME scores are in official points; sink statistics are counts and norms; throughput questions and seconds
-    fractions = {k: v for k, v in metrics.items() if not k.startswith(("mme/", "sinks/", "throughput/"))}
+    # MME scores are in official points; sink statistics are counts and norms; the run's measures are rates, times,
+    # tokens and megabytes
+    fractions = {k: v for k, v in metrics.items() if not k.startswith(("mme/", "sinks/", *RUN_MEASURES))}
     assert all(0.0 <= v <= 1.0 for v in fractions.values()) and any(k.endswith("/accuracy") for k in metrics)
     export = out / "checkpoints" / "export"
     assert (export / "adapter" / "adapter_config.json").exists() and (export / "projector.safetensors").exists()
@@ -147,8 +149,8 @@ def test_evaluate_checkpoint_reproduces_train_predictions_and_resumes(trained_ru
     def by_key(path):
         return {(r["benchmark"], r["id"]): r["prediction"] for r in read_predictions(path)}
 
-    def measured(path):  # everything but the wall-clock throughput, which no two runs share
-        return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("throughput/")}
+    def measured(path):  # everything but the run's own measures (wall clock, batches), which no two runs share
+        return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith(RUN_MEASURES)}
 
     trained = by_key(out / "predictions.jsonl")
     evaluated = by_key(eval_out / "predictions.jsonl")
@@ -396,7 +398,7 @@ def test_evaluate_on_the_real_pope_files_with_stand_in_images(tmp_path, env, pop
     records = read_predictions(out / "predictions.jsonl")
     assert len(records) == 5 and {r["category"] for r in records} == {"random"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {k for k in metrics if not k.startswith(("sinks/", "throughput/"))} == {
+    assert {k for k in metrics if not k.startswith(("sinks/", *RUN_MEASURES))} == {
         f"pope/random/{m}" for m in ("accuracy", "precision", "recall", "f1", "yes_ratio")
     } | {"pope/f1_mean"}
 
