@@ -326,7 +326,9 @@ class SinkflowModule(L.LightningModule):
                 inputs, cache = reused
         out = self._generate(inputs, max_new_tokens, seen.columns, cache)
         cache = out.past_key_values.layers if out.past_key_values is not None else []
-        self._cache_bytes = sum(t.numel() * t.element_size() for layer in cache for t in (layer.keys, layer.values))
+        self._cache_bytes = sum(
+            t.numel() * t.element_size() for layer in cache for t in (layer.keys, layer.values) if t is not None
+        )
         return self._decode(out.sequences, max_new_tokens), seen
 
     @property
