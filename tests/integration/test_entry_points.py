@@ -237,7 +237,7 @@ def test_multirun_sweep_writes_one_run_and_one_wandb_run_per_job_under_the_worki
 def test_training_free_sweep_tabulates_every_strategy(trained_run):
     from sinkflow.sinks.strategies.base import STRATEGIES
 
-    training_free = {name for name, cls in STRATEGIES.items() if cls.training_free}
+    training_free = {name for name, cls in STRATEGIES.items() if cls.training_free and not cls.prunes}
     tmp, env, out = trained_run
     sweep = tmp / "sweep"
     proc = run(

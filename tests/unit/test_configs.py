@@ -153,7 +153,7 @@ def test_the_training_free_sweep_is_a_multirun_over_every_strategy(tmp_path):
     # Every training-free routing strategy; token-budget pruning is compared with the other methods
     # (experiment=methods_table).
     assert set(hydra_cfg.sweeper.params.sink_strategy.split(",")) == {
-        name for name, cls in STRATEGIES.items() if cls.training_free and name != "prune"
+        name for name, cls in STRATEGIES.items() if cls.training_free and not cls.prunes
     }
     assert cfg.use_checkpoint_strategy is False
 

@@ -38,6 +38,9 @@ class SinkStrategy(nn.Module):
     decides: ClassVar[bool] = False  # True: it asks the model about each image before routing (`ask`)
     # True: it reads what each patch receives in the ViT's feature block (`VisualFeatures.attention_received`)
     needs_vit_attention: ClassVar[bool] = False
+    # True: it cuts tokens to a budget (compared with the other sink methods in experiment=methods_table, not in the
+    # routing sweep)
+    prunes: ClassVar[bool] = False
     # True: the answer pass may take the prefix it shares with the routing prompts from their key/value cache
     # (sinkflow.models.shared_prefix); a deciding strategy's option.
     reuse_routing_cache: bool = False

@@ -31,6 +31,7 @@ class Prune(SinkStrategy, name="prune"):
     """Sinks and the most-attended tokens up to a budget, the rest merged into a few contextual tokens."""
 
     needs_vit_attention = True
+    prunes = True
 
     def __init__(
         self,
