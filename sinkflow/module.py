@@ -202,7 +202,7 @@ class SinkflowModule(L.LightningModule):
             inputs, columns = self.family.merge(hf, batch, None, None, padding_side)
             return PathwayResult(inputs, columns=columns)
         visual = self.visual(batch)
-        needs_sinks = self.strategy.needs_sinks or getattr(self.intervention, "needs_sinks", False)
+        needs_sinks = self.strategy.needs_sinks or self.intervention.needs_sinks
         detect = self.detector is not None and (needs_sinks or not self.training)
         sinks = self.family.token_sinks(self.detector, visual) if detect else None
         routed = self.strategy(visual, sinks, partial(self.family.project, hf), ask=partial(self.ask, batch, visual))

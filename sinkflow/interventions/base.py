@@ -49,6 +49,7 @@ class Intervention(nn.Module):
 
     name: ClassVar[str]
     training_free: ClassVar[bool] = True  # False: the intervention has parts that must be trained first
+    needs_sinks: bool = False  # True: it reads the ViT sinks' columns (the module runs the detector)
 
     def __init_subclass__(cls, name: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -97,7 +98,6 @@ class AttentionIntervention(Intervention):
     """An intervention in the attention of chosen LLM layers (see the module docstring)."""
 
     edits_rows: ClassVar[bool] = False  # True: `touched` rows are recomputed with `edit_logits` / `edit_weights`
-    needs_sinks: ClassVar[bool] = False  # True: it reads the ViT sinks' columns (run with a detector)
 
     def __init__(self, layers: Sequence[int] | None = None, reference_depth: int | None = 32):
         super().__init__()
