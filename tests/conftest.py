@@ -114,12 +114,13 @@ def tiny_encoder(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_family():
-    """`tiny_family(name, seed)`: (model, processor, family, template) of a registered family's tiny model."""
+    """`tiny_family(name, seed, **sizes)`: (model, processor, family, template) of a registered family's tiny model
+    (`sizes` override its spec's)."""
     from sinkflow.models.families.base import FAMILIES
 
-    def build(name: str, seed: int):
+    def build(name: str, seed: int, **sizes: int):
         family_cls = FAMILIES[name]
-        model, processor = family_cls.build_tiny(seed=seed)
+        model, processor = family_cls.build_tiny(seed=seed, **sizes)
         return model, processor, family_cls(), family_cls.default_template()
 
     return build
@@ -127,16 +128,16 @@ def tiny_family():
 
 @pytest.fixture(scope="session")
 def planted_family_module(tiny_family):
-    """`planted_family_module(name, seed, strategy, prepare=None)`: a SinkflowModule over a registered family's tiny
-    model with planted sinks (k = 2, norm 150) that the paper's detector (tau = 100) finds, and the question collator
-    strategies that ask the model need; `prepare(model, family)` may LoRA the model first."""
+    """`planted_family_module(name, seed, strategy, prepare=None, **sizes)`: a SinkflowModule over a registered
+    family's tiny model with planted sinks (k = 2, norm 150) that the paper's detector (tau = 100) finds, and the
+    question collator strategies that ask the model need; `prepare(model, family)` may LoRA the model first."""
     from sinkflow.data.collate import Collator
     from sinkflow.module import SinkflowModule
     from sinkflow.sinks.detectors.norm_threshold import NormThreshold
     from sinkflow.sinks.simulated import SimulatedSinks
 
-    def build(name: str, seed: int, strategy, prepare=None):
-        model, processor, family, template = tiny_family(name, seed)
+    def build(name: str, seed: int, strategy, prepare=None, **sizes: int):
+        model, processor, family, template = tiny_family(name, seed, **sizes)
         if prepare is not None:
             model = prepare(model, family)
         return SinkflowModule(

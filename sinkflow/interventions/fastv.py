@@ -8,8 +8,11 @@ re-padded to the longest row; layers before K keep everything (in the cache too:
 official code, which prunes once, in the prefill). A forward over labels gets its outputs back at their columns (the
 removed visual columns read zeros: nothing is supervised there). Defaults: the paper's K = 2, ratio 0.5.
 
-Qwen3-VL's DeepStack features follow the kept visual tokens. Layers from K on may not use a sliding window (Gemma
-3's local layers: its cache would trim the shortened rows by their new length): refused with the layer named.
+Among the kept tokens, each layer from K on attends as the model would: its own mask at the kept columns (causal,
+Gemma 3's bidirectional image blocks, sliding windows counted in original columns). While decoding, a sliding-window
+layer's cache holds the last window - 1 shortened columns, a superset of the keys within the window (the kept columns
+are a subset of the original ones), which the mask then restricts. Qwen3-VL's DeepStack features follow the kept
+visual tokens.
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ class FastV(AttentionIntervention, name="fastv"):
 
     def hooks(self, model: nn.Module, columns: LlmColumns) -> list:
         layers = decoder_layers(model)
-        self._check(layers)
         handles = [
             layers[i].register_forward_pre_hook(self._shortening(i), with_kwargs=True)
             for i in range(self.layer, len(layers))
@@ -78,14 +80,6 @@ class FastV(AttentionIntervention, name="fastv"):
             return process(hidden, visual_columns, features)
 
         return shortened
-
-    def _check(self, layers: nn.ModuleList) -> None:
-        for index in range(self.layer, len(layers)):
-            if getattr(layers[index].self_attn, "sliding_window", None):
-                raise ValueError(
-                    f"fastv: layer {index} (after intervention.layer={self.layer}) uses a sliding window, whose cache "
-                    "would trim the shortened rows; FastV runs on full-attention layers only"
-                )
 
     def inspect(self, query, key, mask, scaling, call: AttentionCall) -> None:
         if int(call.queries[0]) != 0:
@@ -136,16 +130,9 @@ class FastV(AttentionIntervention, name="fastv"):
                         kwargs[key] = tuple(_gather(t, self.kept, -2) for t in value)
                     elif value is not None:
                         kwargs[key] = _gather(value, self.kept, -1)
-                allowed = (self.kept[:, None, :] <= self.kept[:, :, None]) & self.valid[:, None, :]
-                allowed |= torch.eye(self.kept.shape[1], dtype=torch.bool, device=hidden.device)  # pads: finite
-            else:  # decoding: the kept prompt columns, then every column generated since
-                cached = kwargs["past_key_values"].get_seq_length(index)
-                generated = torch.ones(
-                    len(self.valid), cached + hidden.shape[1] - self.valid.shape[1], dtype=torch.bool
-                )
-                allowed = torch.cat([self.valid, generated.to(hidden.device)], 1)[:, None, :].expand(
-                    -1, hidden.shape[1], -1
-                )
+                allowed = self._kept_mask(kwargs.get("attention_mask"))
+            else:
+                allowed = self._decoding_mask(layer, kwargs["past_key_values"].layers[index], hidden.shape[1])
             kwargs["attention_mask"] = _as_mask(allowed[:, None], layer, hidden.dtype)
             if "hidden_states" in kwargs:
                 kwargs["hidden_states"] = hidden
@@ -153,6 +140,36 @@ class FastV(AttentionIntervention, name="fastv"):
             return (hidden, *args[1:]), kwargs
 
         return shorten
+
+    def _kept_mask(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, L', L'] the keys each kept column may attend to: the layer's mask over the full rows (causal when the
+        model passes none) at the kept rows and columns; padding columns attend to themselves (finite rows)."""
+        if mask is None:
+            allowed = self.kept[:, None, :] <= self.kept[:, :, None]
+        else:
+            full = (mask if mask.dtype == torch.bool else mask == 0)[:, 0].expand(len(self.kept), -1, -1)
+            rows = _gather(full, self.kept, 1)  # [B, L', full width]
+            allowed = _gather(rows.transpose(1, 2), self.kept, 1).transpose(1, 2)
+        allowed = allowed & self.valid[:, None, :]
+        return allowed | torch.eye(self.kept.shape[1], dtype=torch.bool, device=allowed.device)
+
+    def _decoding_mask(self, layer: nn.Module, cached, queries: int) -> torch.Tensor:
+        """[B, queries, keys] while decoding: the kept prompt columns, then every column generated since, as far as
+        this layer's cache holds them (a sliding window's: its last window - 1, then the window in original columns)."""
+        seen = cached.get_seq_length()  # every column this layer has taken, in the shortened rows
+        held = cached.keys.shape[-2] if cached.is_initialized else 0
+        generated = seen + queries - self.kept.shape[1]
+        device = self.kept.device
+        original = torch.cat(
+            [self.kept, (self.full_width + torch.arange(generated, device=device)).expand(len(self.kept), -1)], 1
+        )[:, -(held + queries) :]
+        valid = torch.nn.functional.pad(self.valid, (0, generated), value=True)[:, -(held + queries) :]
+        query, key = original[:, -queries:, None], original[:, None, :]
+        allowed = valid[:, None, :] & (key <= query)
+        window = getattr(layer.self_attn, "sliding_window", None)
+        if window:
+            allowed &= query - key < window
+        return allowed
 
     def _restoring(self, norm, args, output):
         """The final norm's output of the shortened rows, back at their original columns (the forward that ranked:

@@ -338,6 +338,59 @@ def test_fastv_equals_the_forward_recomputed_on_the_kept_tokens_from_layer_k(ima
             torch.testing.assert_close(got[row], expected, atol=2e-5, rtol=1e-4)
 
 
+def test_fastv_on_a_sliding_window_layer_equals_the_model_on_the_kept_tokens(images, planted_family_module):
+    """Gemma 3 with a sliding-window layer after K (window 24, shorter than every prompt): the reference recomputes
+    the layers from K on the kept tokens under the model's own masks (the window counted in original columns, the
+    image blocks bidirectional) at the kept columns; generation through the shortened sliding cache equals generation
+    without cache and one sample at a time."""
+    module = planted_family_module("gemma3", 4, NoneStrategy(), text_layers=3).eval()
+    layers = decoder_layers(module.hf)
+    assert [layer.self_attn.sliding_window for layer in layers] == [24, 24, None]
+    module.intervention = intervention("fastv", "intervention.intervention.layer=1")
+    module.hf.set_attn_implementation("eager")
+    seen_kwargs = {}
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, a, kw, i=i: seen_kwargs.__setitem__(i, kw), with_kwargs=True)
+        for i, layer in enumerate(layers)
+    ]
+    with torch.no_grad():
+        seen = module.pathway(module.question_collator(samples(images, answer=False)), padding_side="left")
+        got = module.llm(seen).logits[:, -1]
+        out = module.hf(**seen.inputs, output_attentions=True, output_hidden_states=True)
+        for hook in hooks:
+            hook.remove()
+        decoder, mask = module.hf.get_decoder(), seen.inputs["attention_mask"]
+        assert int(mask.sum(1).min()) > 24  # the window binds in every row
+        for row in range(len(mask)):
+            scores = out.attentions[0][row, :, -1].mean(0)
+            visual = seen.columns.visual[row].nonzero().squeeze(1)
+            top = visual[scores[visual].argsort(descending=True, stable=True)[: round(len(visual) * 0.5)]]
+            text = (mask[row].bool() & ~seen.columns.visual[row]).nonzero().squeeze(1)
+            kept = torch.cat([text, top]).sort().values
+            hidden = out.hidden_states[1][row, kept][None]
+            for index in (1, 2):
+                kwargs = seen_kwargs[index]
+                hidden = layers[index](
+                    hidden,
+                    attention_mask=kwargs["attention_mask"][row : row + 1][:, :, kept][:, :, :, kept],
+                    position_embeddings=tuple(
+                        t.expand(len(mask), -1, -1)[row : row + 1, kept] for t in kwargs["position_embeddings"]
+                    ),
+                    position_ids=kwargs["position_ids"][:, kept],
+                )
+            expected = module.hf.lm_head(decoder.norm(hidden))[0, -1]
+            torch.testing.assert_close(got[row], expected, atol=2e-5, rtol=1e-4)
+    module.generation.max_new_tokens = 4
+    collate = module.question_collator
+    with torch.no_grad():
+        batched = module.generate(collate(samples(images, answer=False)))
+        alone = [module.generate(collate([item]))[0] for item in samples(images, answer=False)]
+        generate = module.hf.generate
+        module.hf.generate = lambda **inputs: generate(**inputs, use_cache=False)
+        uncached = module.generate(collate(samples(images, answer=False)))
+    assert batched == alone == uncached and all(batched)
+
+
 @pytest.mark.parametrize("keep_sinks", [False, True])
 def test_fastv_keeps_each_rows_budget_and_with_keep_sinks_the_sinks(keep_sinks, images, planted_family_module):
     module = planted_family_module("llava", 7, NoneStrategy()).eval()
