@@ -154,10 +154,6 @@ def test_every_intervention_trains_and_generates_on_every_family(name, family_na
     module.intervention = intervention(name, *TINY.get(name, ()))
     module.intervention.setup(module.hf)
     template = module.question_collator.template
-    if name == "test_time_registers" and family_name.startswith("qwen"):
-        with pytest.raises(ValueError, match="test_time_registers needs a ViT with embeddings and encoder layers"):
-            module(Collator(module.processor, template)(samples(images, answer=True)))
-        return
     loss = module(Collator(module.processor, template)(samples(images, answer=True))).loss
     loss.backward()
     assert torch.isfinite(loss)
@@ -461,3 +457,125 @@ def test_test_time_registers_move_the_planted_outlier_into_the_extra_token(image
         strict.encoding(model, family),
     ):
         family.encode(model, batch)
+
+
+def test_test_time_registers_on_a_packed_tower_equal_each_image_alone_with_its_extra_token_by_hand(images, tiny_family):
+    """Qwen2-VL's packed ViT: the reference runs each image alone through the blocks with one zero token appended
+    (identity rotary position, in the image's attention segment) and the move applied by hand to the register
+    neurons (the patches' activation 0, the extra token's the image's signed peak); the packed outputs and the
+    extra tokens' final norms are the same."""
+    model, processor, family, template = tiny_family("qwen2_vl", 3)
+    batch = Collator(processor, template)(samples(images, answer=True))
+    tower = family.vision_tower(model)
+    neurons = {0: [1, 5], 2: [3]}
+    registers = intervention("test_time_registers", "intervention.intervention.neurons={0: [1, 5], 2: [3]}")
+    pixels, grid = batch["pixel_values"], batch["image_grid_thw"]
+    captured = {}
+    hook = tower.blocks[0].register_forward_pre_hook(lambda m, a, kw: captured.update(kw), with_kwargs=True)
+    with torch.no_grad():
+        plain = tower(pixels, grid_thw=grid).last_hidden_state
+        hook.remove()
+        with registers.encoding(model, family):
+            got = tower(pixels, grid_thw=grid).last_hidden_state
+        embedded = tower.patch_embed(pixels)
+        cos, sin = captured["position_embeddings"]
+        edits = []
+
+        def move_by_hand(module, args, layer):
+            act = args[0].clone()
+            chosen = neurons.get(layer, [])
+            if chosen:
+                values = act[:, chosen].flatten()
+                peak = values[values.abs().argmax()]
+                act[:-1, chosen] = 0.0
+                act[-1, chosen] = peak
+            return (act,)
+
+        for layer, block in enumerate(tower.blocks):
+            edits.append(block.mlp.fc2.register_forward_pre_hook(lambda m, a, i=layer: move_by_hand(m, a, i)))
+        start, expected, norms = 0, [], []
+        for length in grid.prod(-1).tolist():
+            rows = slice(start, start + length)
+            hidden = torch.cat([embedded[rows], embedded.new_zeros(1, embedded.shape[1])])
+            rotary = (
+                torch.cat([cos[rows], cos.new_ones(1, cos.shape[1])]),
+                torch.cat([sin[rows], sin.new_zeros(1, sin.shape[1])]),
+            )
+            for block in tower.blocks:
+                hidden = block(
+                    hidden,
+                    cu_seqlens=torch.tensor([0, length + 1], dtype=torch.int32),
+                    position_embeddings=rotary,
+                )
+            expected.append(hidden[:-1])
+            norms.append(hidden[-1].norm())
+            start += length
+        for edit in edits:
+            edit.remove()
+    torch.testing.assert_close(got, torch.cat(expected), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(registers.register_norms, torch.stack(norms), atol=1e-5, rtol=1e-5)
+    assert (got - plain).abs().max() > 1e-3, "the intervention must change the ViT's output"
+
+
+def test_test_time_registers_in_window_blocks_are_segments_of_their_own(images, tiny_family):
+    """Qwen2.5-VL's window blocks split each image into windows: the extra token follows its image's last window as
+    a segment of its own; in the full-attention blocks it closes its image's segment."""
+    model, processor, family, template = tiny_family("qwen2_5_vl", 3)
+    batch = Collator(processor, template)(samples(images[:2], answer=True))
+    tower = family.vision_tower(model)
+    registers = intervention("test_time_registers", "intervention.intervention.neurons={0: [1]}")
+    seen = []
+    with torch.no_grad(), registers.encoding(model, family):  # after the intervention's hooks: what the blocks get
+        hooks = [
+            block.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["cu_seqlens"].tolist()), with_kwargs=True)
+            for block in tower.blocks
+        ]
+        family.encode(model, batch)
+    for hook in hooks:
+        hook.remove()
+    lengths = batch["image_grid_thw"].prod(-1).tolist()
+    assert lengths == [64, 24]  # 16-patch windows: 4 in the first image, 2 in the second (16 + 8)
+    window = [0, 16, 32, 48, 64, 65, 81, 89, 90]  # 4 windows, extra token, 2 windows (+1), extra token
+    full = [0, 65, 90]
+    assert seen == [window if i not in tower.fullatt_block_indexes else full for i in range(len(tower.blocks))]
+
+
+def test_test_time_registers_on_clip_equal_the_official_move_by_hand(images, tiny_family):
+    """LLaVA's CLIP: the reference appends a zero token to the embedded sequence (before the pre-norm, as the
+    official code), runs the encoder layers, and moves the register neurons' activation by hand: the patches' 0, the
+    CLS token's untouched, the extra token's the image's signed peak over every token."""
+    model, processor, family, template = tiny_family("llava", 3)
+    batch = Collator(processor, template)(samples(images, answer=True))
+    inner = family.vision_tower(model)  # CLIPVisionModel: embeddings, pre-norm, encoder
+    neurons = {0: [1, 5], 1: [3]}
+    registers = intervention("test_time_registers", "intervention.intervention.neurons={0: [1, 5], 1: [3]}")
+    got = []
+    with torch.no_grad():
+        embedded = inner.pre_layrnorm(inner.embeddings(batch["pixel_values"]))
+        with registers.encoding(model, family):
+            hook = inner.encoder.layers[-1].register_forward_hook(lambda m, a, out: got.append(out))
+            family.encode(model, batch)
+            hook.remove()
+
+        def move_by_hand(module, args, layer):
+            act = args[0].clone()
+            chosen = neurons.get(layer, [])
+            if chosen:
+                for image in range(len(act)):
+                    values = act[image][:, chosen].flatten()
+                    peak = values[values.abs().argmax()]
+                    act[image, 1:-1, chosen] = 0.0  # the patches; the CLS token (0) keeps its own
+                    act[image, -1, chosen] = peak
+            return (act,)
+
+        edits = [
+            layer.mlp.fc2.register_forward_pre_hook(lambda m, a, i=i: move_by_hand(m, a, i))
+            for i, layer in enumerate(inner.encoder.layers)
+        ]
+        hidden = torch.cat([embedded, inner.pre_layrnorm(embedded.new_zeros(len(embedded), 1, embedded.shape[-1]))], 1)
+        for layer in inner.encoder.layers:
+            hidden = layer(hidden, None)
+        for edit in edits:
+            edit.remove()
+    torch.testing.assert_close(got[0], hidden, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(registers.register_norms, hidden[:, -1].norm(dim=-1), atol=1e-5, rtol=1e-5)
