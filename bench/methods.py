@@ -11,7 +11,11 @@ The model is LLaVA's tiny architecture at bench size (ViT 4x256, LLM 4x512) on `
 - Attention interventions: a forward with labels (a training step's) under pai, vaf, var (on the ViT sinks), lsg
   and fastv, against none, SDPA. Target: <= 1.10x.
 
-    python bench/methods.py [--image-size 336] [--batch 4] [--repeats 10] [--accelerator cuda]
+With `--full-size llava-1.5-7b` (or `qwen2.5-vl-7b`) the model is that released architecture with random weights in
+bf16 (`models.full_size`; 576 visual tokens per LLaVA image), for a GPU: the issue's figure is
+`--full-size llava-1.5-7b --batch 8 --accelerator cuda`.
+
+    python bench/methods.py [--image-size 336] [--batch 4] [--repeats 10] [--accelerator cuda] [--full-size NAME]
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from common import SIZES, device_label, round_robin, timed
 from sinkflow.config import compose_config
 from sinkflow.data.collate import Collator, batch_to
 from sinkflow.data.instruct import load_instruct
+from sinkflow.models.families.base import FAMILIES
 from sinkflow.models.families.llava import LlavaFamily
+from sinkflow.models.full_size import FULL_SIZES, build_full_size
 from sinkflow.models.prefill import timing_prefill
 from sinkflow.module import SinkflowModule
 from sinkflow.shapes import generate_shapes
@@ -64,8 +70,13 @@ INTERVENED = {
 def build(strategy: list[str], intervention: list[str], args) -> tuple[SinkflowModule, dict, dict]:
     """The bench model with a strategy and an intervention, and a generation and a training batch."""
     torch.manual_seed(0)
-    model, processor = LlavaFamily.build_tiny(image_size=args.image_size, **SIZES)
-    family, template = LlavaFamily(), LlavaFamily.default_template()
+    if args.full_size:
+        model, processor = build_full_size(args.full_size, args.accelerator, torch.bfloat16)
+        family_cls = FAMILIES[FULL_SIZES[args.full_size][0]]
+    else:
+        model, processor = LlavaFamily.build_tiny(image_size=args.image_size, **SIZES)
+        family_cls = LlavaFamily
+    family, template = family_cls(), family_cls.default_template()
     cfg = compose_config([*strategy, *intervention])
     module = SinkflowModule(
         model,
@@ -156,6 +167,7 @@ def measure(args) -> dict:
         # FastV prunes after layer 2 of this model's 4 (of 32 in the paper's LLaVA): half its layers see every token.
         "prefill_within_target": speedup["prune_25"] >= PREFILL_TARGET,
         "overhead_within_target": max(v for k, v in overhead.items() if k != "fastv") <= OVERHEAD_TARGET,
+        "model": args.full_size or "bench-size LLaVA",
         "batch": args.batch,
         "repeats": args.repeats,
         "device": device_label(device),
@@ -168,6 +180,7 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--full-size", choices=sorted(FULL_SIZES), help="a released architecture, random weights, bf16")
     print(json.dumps(measure(parser.parse_args())), flush=True)
 
 
