@@ -65,7 +65,8 @@ class Captured:
         that are not features, CLIP's CLS, when it has some; otherwise averaged over every query of its sequence),
         and each feature's key averaged over heads [n_features, d]."""
         scores = torch.zeros(self.query.shape[1])
-        features = set(torch.cat(self.feature_index).tolist())
+        is_feature = torch.zeros(self.query.shape[1], dtype=torch.bool, device=self.query.device)
+        is_feature[torch.cat(self.feature_index).to(self.query.device)] = True
         for (start, end), mask in zip(self.chunks, self.masks):
             query, key = self.query[:, start:end], self.key[:, start:end]
             key = key.repeat_interleave(query.shape[0] // key.shape[0], 0)
@@ -74,8 +75,8 @@ class Captured:
             if mask is not None:
                 logits = logits.masked_fill(~mask, -torch.inf) if mask.dtype == torch.bool else logits + mask.float()
             weights = logits.softmax(dim=-1).sum(0)  # [n, n], summed over heads
-            others = [p - start for p in range(start, end) if p not in features]
-            scores[start:end] = (weights[others] if others else weights).mean(0).cpu()
+            others = (~is_feature[start:end]).nonzero().squeeze(1)
+            scores[start:end] = (weights[others] if len(others) else weights).mean(0).cpu()
         keys = self.key.float().mean(0).cpu()
         return (
             [scores[index.cpu()] for index in self.feature_index],
