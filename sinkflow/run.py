@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import AutoConfig
@@ -100,6 +100,13 @@ def evaluation_module(cfg: DictConfig) -> SinkflowModule:
     if cfg.ckpt_path:
         return load_trained(cfg)
     validate(cfg)
+    intervention = get_class(cfg.intervention.intervention._target_) if cfg.get("intervention") else None
+    if intervention is not None and not intervention.training_free:
+        raise ValueError(
+            f"intervention={intervention.name} has parts that are trained first (untrained, they would be scored "
+            f"as if trained): train them (python train.py intervention={intervention.name}, e.g. experiment=lsg) and "
+            "evaluate that run with ckpt_path=<run>/checkpoints/export"
+        )
     L.seed_everything(cfg.seed, workers=True)
     return SinkflowModule.from_config(
         cfg.model, cfg.sink_strategy, train=False, intervention_cfg=cfg.get("intervention")

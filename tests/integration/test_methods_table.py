@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 pytestmark = pytest.mark.slow  # evaluate.py in a subprocess
 
@@ -37,3 +38,38 @@ def test_the_methods_table_shows_accuracy_and_what_each_method_keeps(tmp_path, e
     assert all(
         0 <= float(row["open/accuracy"]) <= 1 and float(row["efficiency/prefill_ms"]) > 0 for row in rows.values()
     )
+
+
+def test_the_lsg_row_evaluates_the_trained_lsg_run(tmp_path, env, other_eval_sets):
+    """LSG trains first (experiment=lsg: the gates alone, on the frozen base), and its methods_table row is that run:
+    its gates come with the export, its frozen base is the table's model."""
+    data = ["dataset.prepare.n_train=8", "dataset.prepare.n_eval=6", *other_eval_sets("shapes", "open")]
+    trained = tmp_path / "lsg"
+    command = [sys.executable, str(ROOT / "train.py"), "experiment=lsg", "trainer.max_steps=2", "dataset.batch_size=4"]
+    proc = subprocess.run(
+        [*command, *data, f"hydra.run.dir={trained}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    export = trained / "checkpoints" / "export"
+    assert (export / "intervention.safetensors").exists()
+    command = [sys.executable, str(ROOT / "evaluate.py"), "experiment=methods_table", "method=none,lsg"]
+    proc = subprocess.run(
+        [*command, f"lsg_run={export}", *data, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(tmp_path / "sweep" / "table.csv") as table:
+        rows = {row["method"]: row for row in csv.DictReader(table)}
+    assert set(rows) == {"none", "lsg"}
+    assert float(rows["lsg"]["efficiency/visual_tokens"]) == float(rows["none"]["efficiency/visual_tokens"]) == 64
+    evaluated = OmegaConf.load(tmp_path / "sweep" / "1" / ".hydra" / "config.yaml")
+    assert evaluated.ckpt_path == str(export)  # the run, whose gates must load (an export without them is an error)
