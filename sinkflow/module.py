@@ -107,6 +107,12 @@ class SinkflowModule(L.LightningModule):
         strategy.setup(unwrap(model), family)
         # changes how the LLM runs (its attention) while the strategy's tokens pass through it; none by default
         self.intervention = intervention or NoIntervention()
+        if unwrap(model).is_activation_checkpointing and not isinstance(self.intervention, NoIntervention):
+            raise ValueError(
+                "model.gradient_checkpointing=true recomputes the LLM's layers in the backward pass, after "
+                f"intervention {self.intervention.name!r} has stopped acting (the gradients would be those of another "
+                "forward): train with one of them"
+            )
         self.intervention.setup(unwrap(model))
         self.stats = nn.ModuleDict({"val": SinkStats(), "test": SinkStats()})
         self.optim = OptimSpec(**optim) if isinstance(optim, dict) else (optim or OptimSpec())
@@ -158,6 +164,7 @@ class SinkflowModule(L.LightningModule):
             lora=lora,
             train_language_model=train and model_cfg.train_language_model,
             adapter=start.adapter if start is not None else None,
+            gradient_checkpointing=train and model_cfg.get("gradient_checkpointing", False),
         )
         simulated = model_cfg.get("simulated_sinks")
         run_config = {

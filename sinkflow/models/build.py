@@ -118,12 +118,16 @@ def prepare_for_training(
     lora: LoraSpec | dict | None = None,
     train_language_model: bool = False,
     adapter: str | Path | None = None,
+    gradient_checkpointing: bool = False,
 ) -> nn.Module:
     """Freeze the ViT, keep the projector trainable, put LoRA on the language model only.
 
     `train_language_model` is full fine-tuning instead of LoRA (TinyLLaVA-Factory's recipe): every weight of the
     language model and its LM head trains. `adapter` is an earlier run's peft adapter to start from: it keeps
-    training when `lora` is given (and must match it), else it is applied frozen.
+    training when `lora` is given (and must match it), else it is applied frozen. `gradient_checkpointing`
+    recomputes every LLM and ViT layer in the backward pass instead of keeping its activations (transformers'
+    non-reentrant activation checkpointing, which needs no input-grad hook for LoRA; a frozen ViT runs without
+    autograd, so only a trained one recomputes).
 
     Returns the model to train, in train mode (from_pretrained leaves it in eval mode, which would silence LoRA
     dropout): a `PeftModel` when LoRA is on (the HF model is modified in place either way).
@@ -156,6 +160,8 @@ def prepare_for_training(
             if prefix.match(name):
                 parameter.requires_grad_(True)
         base.get_output_embeddings().requires_grad_(True)
+    if gradient_checkpointing:
+        base.activation_checkpointing_enable()
     model.train()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
