@@ -28,6 +28,7 @@ from sinkflow.interventions.none import NoIntervention
 from sinkflow.models.build import load_pretrained, prepare_for_training, resolve_checkpoint, unwrap
 from sinkflow.models.export import Export
 from sinkflow.models.families.base import VisualFamily
+from sinkflow.models.packing import pack
 from sinkflow.models.prefill import timing_prefill
 from sinkflow.models.shared_prefix import RoutingPrompts, one_image_per_row, prefill_once, reuse_prefix
 from sinkflow.models.vit_attention import with_attention
@@ -283,8 +284,18 @@ class SinkflowModule(L.LightningModule):
         return visual
 
     def forward(self, batch: dict):
-        """Forward with labels: HF output with `.loss` (mean over supervised tokens) and `.logits`."""
-        return self.llm(self.pathway(batch))
+        """Forward with labels: HF output with `.loss` (mean over supervised tokens) and `.logits`. A batch marked
+        `pack` (dataset.packing) runs the LLM on its samples packed into shared rows (`models.packing`): the same
+        loss, less padding; its logits are those of the packed rows."""
+        seen = self.pathway(batch)
+        if not batch.get("pack"):
+            return self.llm(seen)
+        if not isinstance(self.intervention, NoIntervention):
+            raise ValueError(
+                f"dataset.packing=true puts several samples in a row; intervention {self.intervention.name!r} reads "
+                "one sample per row: train with one of them"
+            )
+        return self.hf(**pack(seen.inputs))
 
     def training_step(self, batch, batch_idx):
         loss = self(batch).loss

@@ -54,14 +54,20 @@ class Collator:
     the module logs as `train/truncated_rows`.
 
     `generate=True` renders the conversation up to a final assistant prompt (the last assistant turn, if any, is
-    dropped), pads on the left and supervises nothing.
+    dropped), pads on the left and supervises nothing. `pack=True` marks training batches `pack`: the module packs
+    their samples into shared rows once merged (`models.packing`, `dataset.packing`).
     """
 
-    def __init__(self, processor, template, *, generate: bool = False, max_length: int | None = None):
+    def __init__(
+        self, processor, template, *, generate: bool = False, max_length: int | None = None, pack: bool = False
+    ):
+        if pack and generate:
+            raise ValueError("dataset.packing packs training rows; generation prompts are never packed")
         self.processor = processor
         self.template = template
         self.generate = generate
         self.max_length = max_length
+        self.pack = pack
 
     @property
     def image_token(self) -> str:
@@ -110,6 +116,8 @@ class Collator:
         batch["image_questions"] = [first_question(s["conversations"]) for s in samples for _ in image_paths(s)]
         # The sample (batch row) each image belongs to: routing decisions find their record by it.
         batch["image_samples"] = [row for row, s in enumerate(samples) for _ in image_paths(s)]
+        if self.pack:
+            batch["pack"] = True
         return batch
 
     def _process_images(

@@ -85,8 +85,10 @@ class LVLMDataModule(L.LightningDataModule):
         obtain: dict[str, str] | None = None,
         sort_eval: bool = True,
         max_new_tokens: dict[str, int] | None = None,
+        packing: bool = False,
     ):
         super().__init__()
+        self.packing = packing  # training batches share rows once merged (models.packing)
         self.train_json, self.image_root = train_json, image_root
         # A set configured as null (`dataset.eval_sets.pope=null`) is left out.
         self.eval_sets = {name: loader for name, loader in (eval_sets or {}).items() if loader is not None}
@@ -183,19 +185,19 @@ class LVLMDataModule(L.LightningDataModule):
         """The collator of evaluation batches (left-padded prompts, nothing supervised)."""
         return self._collator(generate=True)
 
-    def _collator(self, generate: bool) -> Collator:
+    def _collator(self, generate: bool, pack: bool = False) -> Collator:
         if self.processor is None:
             raise RuntimeError("LVLMDataModule.bind(processor, template) must be called before building loaders")
-        return Collator(self.processor, self.template, generate=generate, max_length=self.max_length)
+        return Collator(self.processor, self.template, generate=generate, max_length=self.max_length, pack=pack)
 
-    def _loader(self, data, batch_size, generate):
+    def _loader(self, data, batch_size, generate, pack=False):
         # Its own generator: creating an iterator draws the workers' base seed from it, not from the global RNG that
         # training draws from, so validating (or resuming, which may set a validation up) shifts no training draw.
         return DataLoader(
             data,
             batch_size=batch_size,
             num_workers=self.num_workers,
-            collate_fn=self._collator(generate),
+            collate_fn=self._collator(generate, pack),
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),
         )
@@ -204,7 +206,7 @@ class LVLMDataModule(L.LightningDataModule):
         if self.trainer is not None and self.trainer.overfit_batches:
             # `debug=overfit`: the same first batches every epoch, in order; Lightning would otherwise rebuild the
             # shuffling loader with its own sampler, which ResumableLoader does not take.
-            return self._loader(self.train_set, self.batch_size, generate=False)
+            return self._loader(self.train_set, self.batch_size, generate=False, pack=self.packing)
         # Under DDP, this process's share (as Lightning's DistributedSampler would give it).
         sharding = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         self.train_loader = ResumableLoader(
@@ -212,7 +214,7 @@ class LVLMDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             seed=self.seed,
             num_workers=self.num_workers,
-            collate_fn=self._collator(False),
+            collate_fn=self._collator(False, pack=self.packing),
             persistent_workers=self.num_workers > 0,
             **sharding,
         )

@@ -1,0 +1,109 @@
+"""Padding-free packing (`dataset.packing=true`): a training batch's samples, once merged into LLM inputs, share rows.
+
+After the pathway (each image encoded, its sinks detected and its tokens routed exactly as without packing), the
+rows' real tokens are packed first-fit-decreasing into as few rows as hold them without any row growing past the
+longest sample. Inside a row each sample keeps its own positions, counted from 0 (Qwen-VL's M-RoPE ids as
+`get_rope_index` gave them for the sample, its text row counting from 0), and attends only to itself:
+transformers finds where packed samples start from positions that stop counting up by one (its packed-sequence
+mask with SDPA or eager attention; flash-attention's variable-length path on a GPU), so no attention mask is passed.
+A sample's first label is ignored, so no token learns to predict the next sample; with the mean over supervised
+tokens, the loss and its gradients are those of the unpacked batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sinkflow.pathway import IGNORE_INDEX
+
+# LLM inputs packing knows how to lay out (any other would be passed on wrong): the merged ones, Gemma 3's image
+# token types and Qwen3-VL's DeepStack features.
+PACKED_KEYS = {"inputs_embeds", "attention_mask", "labels", "position_ids", "token_type_ids", "mm_encoder_outputs"}
+
+
+def bins(lengths: list[int]) -> list[list[int]]:
+    """Rows of sample indices, first-fit decreasing into the longest sample's length (ties in sample order)."""
+    capacity = max(lengths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for sample in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, free in enumerate(room) if free >= lengths[sample]), None)
+        if row is None:
+            rows.append([]), room.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(sample)
+        room[row] -= lengths[sample]
+    return rows
+
+
+def pack(inputs: dict) -> dict:
+    """The merged, right-padded LLM inputs of a training batch with its samples packed into rows (see the module
+    docstring); `attention_mask` is left out, `position_ids` always given, `use_cache` off."""
+    unknown = set(inputs) - PACKED_KEYS
+    if unknown:
+        raise ValueError(f"dataset.packing=true cannot lay out the LLM inputs {sorted(unknown)}")
+    mask = inputs["attention_mask"].bool()
+    lengths = mask.sum(1)
+    if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device)[None] < lengths[:, None]):
+        raise ValueError("dataset.packing=true packs right-padded rows (training batches); these are padded left")
+    rows = bins(lengths.tolist())
+    device, width = mask.device, int(lengths.max())
+    # Per packed column: the sample (row of the batch) and column it comes from, and its place within the sample.
+    source = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    column = torch.zeros_like(source)
+    offset = torch.zeros_like(source)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+    for r, samples in enumerate(rows):
+        start = 0
+        for sample in samples:
+            n = int(lengths[sample])
+            source[r, start : start + n] = sample
+            column[r, start : start + n] = torch.arange(n, device=device)
+            offset[r, start : start + n] = torch.arange(n, device=device)
+            start += n
+        valid[r, :start] = True
+        offset[r, start:] = torch.arange(width - start, device=device)  # the padding: a sequence of its own
+    # No cache: transformers looks for packed samples only in a forward without one (Idefics3 would make one).
+    packed = {"inputs_embeds": inputs["inputs_embeds"][source, column] * valid[..., None], "use_cache": False}
+    if "labels" in inputs:
+        labels = inputs["labels"][source, column]
+        labels[~valid | (offset == 0)] = IGNORE_INDEX  # padding, and each sample's first token
+        packed["labels"] = labels
+    packed["position_ids"] = _positions(inputs.get("position_ids"), source, column, offset, mask)
+    if "token_type_ids" in inputs:
+        packed["token_type_ids"] = inputs["token_type_ids"][source, column] * valid
+    if "mm_encoder_outputs" in inputs:
+        packed["mm_encoder_outputs"] = _deepstack(inputs["mm_encoder_outputs"], source, column, valid)
+    return packed
+
+
+def _positions(given: torch.Tensor | None, source, column, offset, mask) -> torch.Tensor:
+    """The packed rows' position ids: each sample's own, counting from 0."""
+    if given is None:  # 1-D positions transformers would count from the mask: the place within the sample
+        return offset
+    if given.dim() == 2:  # routed positions ("original"): they also tell transformers where samples start
+        own = given[source, column]
+        if not torch.equal(own.diff(dim=1)[:, :] == 1, offset.diff(dim=1) == 1):
+            raise ValueError(
+                "dataset.packing=true needs each sample's positions to count up by one (transformers reads where "
+                "packed samples start from them): route with sink_strategy.strategy.position_ids=contiguous"
+            )
+        return own
+    packed = given[:, source, column]  # [P, rows, width]: M-RoPE ids as the sample had them
+    packed[0] = offset  # the text positions, from which transformers finds the samples
+    return packed
+
+
+def _deepstack(outputs: dict, source, column, valid) -> dict:
+    """Qwen3-VL's DeepStack features, in the packed rows' order of image columns."""
+    from sinkflow.models.families.qwen3_vl import DEEPSTACK, DeepStack
+
+    (key,) = outputs
+    if key != DEEPSTACK:
+        raise ValueError(f"dataset.packing=true cannot lay out the multimodal encoder output {key!r}")
+    stack = outputs[key]
+    order = torch.full(stack.mask.shape, -1, dtype=torch.long, device=stack.mask.device)
+    order[stack.mask] = torch.arange(int(stack.mask.sum()), device=stack.mask.device)  # each image column's feature
+    mask = stack.mask[source, column] & valid
+    taken = order[source, column][mask]
+    return {key: DeepStack(mask, tuple(level[taken.to(level.device)] for level in stack.levels))}
