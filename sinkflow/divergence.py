@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from torch.distributed.tensor import DTensor
 from torch.nn.utils import get_total_norm
 
 from sinkflow.checks import number
@@ -88,12 +89,24 @@ class DivergenceGuard(L.Callback):
 
 
 def named_grads(optimizer: torch.optim.Optimizer) -> list[tuple[str, list[torch.Tensor]]]:
-    """(name, gradients) of each parameter group that has gradients."""
+    """(name, gradients) of each parameter group that has gradients; a sharded gradient (FSDP) by this rank's shard
+    (the ranks then decide together)."""
     named = [
-        (group.get("name", f"#{i}"), [p.grad for p in group["params"] if p.grad is not None])
+        (
+            group.get("name", f"#{i}"),
+            [
+                p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+                for p in group["params"]
+                if p.grad is not None
+            ],
+        )
         for i, group in enumerate(optimizer.param_groups)
     ]
     return [(name, grads) for name, grads in named if grads]
+
+
+def _local(grad: torch.Tensor) -> torch.Tensor:
+    return grad.to_local() if isinstance(grad, DTensor) else grad
 
 
 def last_checkpoint(trainer) -> str:

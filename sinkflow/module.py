@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from sinkflow.checks import number
 from sinkflow.config import check_optim
@@ -30,6 +31,7 @@ from sinkflow.models.export import Export
 from sinkflow.models.families.base import VisualFamily
 from sinkflow.models.packing import pack
 from sinkflow.models.prefill import timing_prefill
+from sinkflow.models.sharding import FullyShardedStrategy, gathered, trainable_state
 from sinkflow.models.shared_prefix import RoutingPrompts, one_image_per_row, prefill_once, reuse_prefix
 from sinkflow.models.vit_attention import with_attention
 from sinkflow.pathway import LlmColumns, PaddingSide, PathwayResult, Routed, VisualFeatures
@@ -285,8 +287,8 @@ class SinkflowModule(L.LightningModule):
 
     def forward(self, batch: dict):
         """Forward with labels: HF output with `.loss` (mean over supervised tokens) and `.logits`. A batch marked
-        `pack` (dataset.packing) runs the LLM on its samples packed into shared rows (`models.packing`): the same
-        loss, less padding; its logits are those of the packed rows."""
+        `pack` (dataset.packing) runs the LLM on its samples packed into shared rows of `batch["pack"]["capacity"]`
+        tokens (`models.packing`): the same loss, less padding; its logits are those of the packed rows."""
         seen = self.pathway(batch)
         if not batch.get("pack"):
             return self.llm(seen)
@@ -295,7 +297,7 @@ class SinkflowModule(L.LightningModule):
                 f"dataset.packing=true puts several samples in a row; intervention {self.intervention.name!r} reads "
                 "one sample per row: train with one of them"
             )
-        return self.hf(**pack(seen.inputs))
+        return self.hf(**pack(seen.inputs, **batch["pack"]))
 
     def training_step(self, batch, batch_idx):
         loss = self(batch).loss
@@ -311,8 +313,9 @@ class SinkflowModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        seen = self.pathway(batch)
-        loss = self.llm(seen).loss
+        with gathered(self):  # the pathway runs outside `forward`: under FSDP its root weights are gathered here
+            seen = self.pathway(batch)
+            loss = self.llm(seen).loss
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["meta"]))
         self._observe("val", seen)
         return loss
@@ -433,7 +436,7 @@ class SinkflowModule(L.LightningModule):
         the strategy decided: the decision itself for a question with one image, the list of its images' decisions
         in prompt order for one with several)."""
         limits = [meta.get("max_new_tokens", self.generation.max_new_tokens) for meta in batch["meta"]]
-        with timing_prefill(self.hf) as prefill:
+        with timing_prefill(self.hf) as prefill, gathered(self):
             answers, seen = self._greedy(batch, limits)
         self._log_efficiency(seen, prefill, len(batch["meta"]))
         records = [dict(meta, prediction=text.strip()) for meta, text in zip(batch["meta"], answers)]
@@ -504,9 +507,15 @@ class SinkflowModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Module state restricted to trainable parameters (what a checkpoint needs on top of the base model)."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names}
+        """Module state restricted to trainable parameters (what a checkpoint needs on top of the base model),
+        gathered from their shards under FSDP (`trainer=fsdp`: every rank takes part)."""
+        return trainable_state(self)
+
+    def configure_model(self) -> None:
+        """Under `trainer=fsdp`, shard the model (`models.sharding`); nothing otherwise."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FullyShardedStrategy) and not isinstance(self, FSDPModule):
+            strategy.shard(self)
 
     def load_trainable(self, state: dict, origin: str, hint: str = "") -> None:
         """Load a trainable-only state dict; every trainable parameter must be covered and nothing left over.
@@ -521,7 +530,7 @@ class SinkflowModule(L.LightningModule):
     def check_fit(self, state: dict, origin: str, hint: str = "") -> None:
         """Raise unless `state` holds exactly the trainable parameters (`strict_loading` is off: checkpoints hold
         only those, so Lightning alone would load a foreign checkpoint's nothing without a word)."""
-        missing = set(self.trainable_state_dict()) - set(state)
+        missing = {n for n, p in self.named_parameters() if p.requires_grad} - set(state)
         unexpected = set(state) - set(self.state_dict())
         if missing or unexpected:
             raise ValueError(

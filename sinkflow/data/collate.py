@@ -54,8 +54,9 @@ class Collator:
     the module logs as `train/truncated_rows`.
 
     `generate=True` renders the conversation up to a final assistant prompt (the last assistant turn, if any, is
-    dropped), pads on the left and supervises nothing. `pack=True` marks training batches `pack`: the module packs
-    their samples into shared rows once merged (`models.packing`, `dataset.packing`).
+    dropped), pads on the left and supervises nothing. `pack=True` marks training batches `pack` (the tokens per packed
+    row: `max_length`, or None): the module packs their samples into shared rows once merged (`models.packing`,
+    `dataset.packing`).
     """
 
     def __init__(
@@ -117,7 +118,7 @@ class Collator:
         # The sample (batch row) each image belongs to: routing decisions find their record by it.
         batch["image_samples"] = [row for row, s in enumerate(samples) for _ in image_paths(s)]
         if self.pack:
-            batch["pack"] = True
+            batch["pack"] = {"capacity": self.max_length}
         return batch
 
     def _process_images(

@@ -230,7 +230,11 @@ class LVLMDataModule(L.LightningDataModule):
         return {"train_loader": self.train_loader.state_dict()} if self.train_loader is not None else {}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._resume = state_dict.get("train_loader")
+        resume = state_dict.get("train_loader")
+        if self.train_loader is not None and resume is not None:  # built already: FSDP restores after its setup
+            self.train_loader.load_state_dict(resume)
+        else:
+            self._resume = resume
 
     def val_dataloader(self):
         return self._loader(self.val_set, self.batch_size, False)

@@ -21,13 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from sinkflow.divergence import require_finite
 from sinkflow.models.build import unwrap
+from sinkflow.models.sharding import trainable_state, whole
 from sinkflow.wandb_logger import JobWandbLogger
 
 log = logging.getLogger(__name__)
@@ -35,45 +38,49 @@ log = logging.getLogger(__name__)
 INFO = "export.json"
 
 
-def export_trainable(module, out_dir: str | Path) -> Path:
+def export_trainable(module, out_dir: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `adapter/` (peft), `projector.safetensors`, `strategy.safetensors` and `intervention.safetensors` (if
-    they have weights),
-    `language_model.safetensors` (LLM weights that differ from the base: full fine-tuning, or inherited from the
-    export the run started from) and `export.json` (base checkpoint, projector path, the run's config)."""
+    they have weights), `language_model.safetensors` (LLM weights that differ from the base: full fine-tuning, or
+    inherited from the export the run started from) and `export.json` (base checkpoint, projector path, the run's
+    config). `state` is what `export_state` gives (gathered from the shards under FSDP), by default now."""
     out = Path(out_dir)
+    state = export_state(module) if state is None else state
     hf = unwrap(module.model)
-    projector = module.family.projector(hf)
-    projector_ids = {id(p) for p in projector.parameters()}
+    projector_prefix = f"{_module_path(module, module.family.projector(hf))}."
     inherited = module.init_from.language_model_keys() if module.init_from is not None else set()
+    if inherited and isinstance(module, FSDPModule):
+        raise ValueError("an FSDP run exports its trainable weights only: start it from an export without LLM weights")
+    model_prefix = "model." + ("base_model.model." if isinstance(module.model, PeftModel) else "")
     # LoRA renames the layers it wraps (`q_proj.base_layer.weight`); plain transformers knows `q_proj.weight`.
     tuned = {
-        name.replace(".base_layer.", "."): p
-        for name, p in hf.named_parameters()
-        if id(p) not in projector_ids
-        and "lora_" not in name
-        and (p.requires_grad or name.replace(".base_layer.", ".") in inherited)
+        name[len(model_prefix) :].replace(".base_layer.", "."): value
+        for name, value in state.items()
+        if name.startswith(model_prefix) and not name.startswith(projector_prefix) and "lora_" not in name
     }
+    tuned.update(
+        (name.replace(".base_layer.", "."), p)
+        for name, p in hf.named_parameters()
+        if name.replace(".base_layer.", ".") in inherited
+    )
     files = {
-        "projector.safetensors": projector.state_dict(),
-        "strategy.safetensors": module.strategy.state_dict(),
-        "intervention.safetensors": module.intervention.state_dict(),
+        "projector.safetensors": _under(state, projector_prefix),
+        "strategy.safetensors": _under(state, "strategy."),
+        "intervention.safetensors": _under(state, "intervention."),
         "language_model.safetensors": tuned,
     }
-    files = {
-        name: {k: v.detach().cpu().contiguous() for k, v in state.items()} for name, state in files.items() if state
-    }
-    for name, state in files.items():
-        require_finite(state, f"{out / name}")
-    if isinstance(module.model, PeftModel):
-        require_finite({n: p for n, p in module.model.named_parameters() if "lora_" in n}, f"{out / 'adapter'}")
+    files = {name: {k: v.detach().cpu().contiguous() for k, v in w.items()} for name, w in files.items() if w}
+    for name, weights in files.items():
+        require_finite(weights, f"{out / name}")
+    lora = {name[len("model.") :]: value for name, value in state.items() if "lora_" in name}
+    require_finite(lora, f"{out / 'adapter'}")
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(module.model, PeftModel):
-        module.model.save_pretrained(out / "adapter")
-    for name, state in files.items():
-        save_file(state, out / name)
+        module.model.save_pretrained(out / "adapter", state_dict=lora)
+    for name, weights in files.items():
+        save_file(weights, out / name)
     info = {
         "base_checkpoint": module.source,
-        "projector_module": _module_path(hf, projector),
+        "projector_module": _module_path(hf, module.family.projector(hf)),
         "lora": isinstance(module.model, PeftModel),
         "language_model": "language_model.safetensors" in files,
         "strategy": type(module.strategy).__name__,
@@ -81,6 +88,19 @@ def export_trainable(module, out_dir: str | Path) -> Path:
     }
     (out / INFO).write_text(json.dumps(info, indent=2))
     return out
+
+
+def export_state(module) -> dict[str, torch.Tensor]:
+    """What an export writes, by the module's parameter names, whole (under FSDP every rank takes part): the trainable
+    weights and the projector's (trained or not: plain transformers loads them into the projector)."""
+    projector = module.family.projector(unwrap(module.model))
+    prefix = _module_path(module, projector)
+    return {**trainable_state(module), **{f"{prefix}.{k}": whole(v) for k, v in projector.state_dict().items()}}
+
+
+def _under(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The weights named under `prefix`, named from there."""
+    return {name[len(prefix) :]: value for name, value in state.items() if name.startswith(prefix)}
 
 
 @dataclass
@@ -235,9 +255,10 @@ class ExportTrainable(L.Callback):
         self.dirpath = dirpath
 
     def on_train_end(self, trainer, pl_module):
+        state = export_state(pl_module)  # under FSDP every rank takes part in gathering it
         if not trainer.is_global_zero:
             return
-        out = export_trainable(pl_module, self.dirpath)
+        out = export_trainable(pl_module, self.dirpath, state)
         info = {k: v for k, v in json.loads((out / INFO).read_text()).items() if k != "config"}  # the run has it
         for logger in trainer.loggers:
             if isinstance(logger, JobWandbLogger) and logger.log_export:

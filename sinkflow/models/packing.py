@@ -1,8 +1,9 @@
 """Padding-free packing (`dataset.packing=true`): a training batch's samples, once merged into LLM inputs, share rows.
 
 After the pathway (each image encoded, its sinks detected and its tokens routed exactly as without packing), the
-rows' real tokens are packed first-fit-decreasing into as few rows as hold them without any row growing past the
-longest sample. Inside a row each sample keeps its own positions, counted from 0 (Qwen-VL's M-RoPE ids as
+rows' real tokens are packed first-fit-decreasing into as few rows of `capacity` tokens (`dataset.max_length`; the
+longest sample's length when that is longer, or when none is set) as hold them, then balanced across those rows
+(`bins`); no sample is split. Inside a row each sample keeps its own positions, counted from 0 (Qwen-VL's M-RoPE ids as
 `get_rope_index` gave them for the sample, its text row counting from 0), and attends only to itself:
 transformers finds where packed samples start from positions that stop counting up by one (its packed-sequence
 mask with SDPA or eager attention; flash-attention's variable-length path on a GPU), so no attention mask is passed.
@@ -21,9 +22,24 @@ from sinkflow.pathway import IGNORE_INDEX
 PACKED_KEYS = {"inputs_embeds", "attention_mask", "labels", "position_ids", "token_type_ids", "mm_encoder_outputs"}
 
 
-def bins(lengths: list[int]) -> list[list[int]]:
-    """Rows of sample indices, first-fit decreasing into the longest sample's length (ties in sample order)."""
-    capacity = max(lengths)
+def bins(lengths: list[int], capacity: int | None = None) -> list[list[int]]:
+    """Rows of sample indices: as few as first-fit decreasing (ties in sample order) needs with rows of `capacity`
+    tokens (the longest sample's when that is longer or `capacity` is None), then balanced: packed again into the
+    narrowest rows that still need no more rows, so the last row is not left half empty."""
+    longest = max(lengths)
+    wide = _first_fit(lengths, max(longest, capacity or 0))
+    low, high = max(longest, -(-sum(lengths) // len(wide))), max(longest, capacity or 0)
+    while low < high:  # the narrowest width first-fit packs into as many rows (checked, not assumed, monotonic)
+        middle = (low + high) // 2
+        if len(_first_fit(lengths, middle)) <= len(wide):
+            high = middle
+        else:
+            low = middle + 1
+    narrow = _first_fit(lengths, high)
+    return narrow if len(narrow) <= len(wide) else wide
+
+
+def _first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
     rows: list[list[int]] = []
     room: list[int] = []
     for sample in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
@@ -36,7 +52,7 @@ def bins(lengths: list[int]) -> list[list[int]]:
     return rows
 
 
-def pack(inputs: dict) -> dict:
+def pack(inputs: dict, capacity: int | None = None) -> dict:
     """The merged, right-padded LLM inputs of a training batch with its samples packed into rows (see the module
     docstring); `attention_mask` is left out, `position_ids` always given, `use_cache` off."""
     unknown = set(inputs) - PACKED_KEYS
@@ -46,8 +62,9 @@ def pack(inputs: dict) -> dict:
     lengths = mask.sum(1)
     if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device)[None] < lengths[:, None]):
         raise ValueError("dataset.packing=true packs right-padded rows (training batches); these are padded left")
-    rows = bins(lengths.tolist())
-    device, width = mask.device, int(lengths.max())
+    rows = bins(lengths.tolist(), capacity)
+    device = mask.device
+    width = max(sum(int(lengths[i]) for i in row) for row in rows)
     # Per packed column: the sample (row of the batch) and column it comes from, and its place within the sample.
     source = torch.zeros(len(rows), width, dtype=torch.long, device=device)
     column = torch.zeros_like(source)

@@ -44,6 +44,8 @@ def with_lora(model, family):
 
 def test_bins_fill_rows_first_fit_decreasing_up_to_the_longest_sample():
     assert bins([10, 3, 4, 6, 2]) == [[0], [3, 2], [1, 4]]
+    assert bins([10, 3, 4, 6, 2], capacity=16) == [[0, 1], [3, 2, 4]]  # two rows, balanced: 13 and 12
+    assert bins([10, 3], capacity=4) == [[0], [1]]  # a row holds at least the longest sample
     assert bins([5]) == [[0]]
     assert sorted(sum(bins([7, 7, 7]), [])) == [0, 1, 2]
 
