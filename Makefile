@@ -74,6 +74,8 @@ bench: $(STAMP)
 	$(PY) bench/train_step.py
 	$(PY) bench/overhead.py
 	$(PY) bench/methods.py
+	$(PY) bench/packing.py
+	$(PY) bench/scale.py
 	$(PY) bench/eval_throughput.py
 	$(PY) bench/analysis_memory.py
 	$(PY) bench/startup.py
