@@ -1,6 +1,8 @@
 """Fixtures of the entry-point tests."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,17 @@ def other_eval_sets():
         return [f"~dataset.eval_sets.{name}" for name in sets if name != keep]
 
     return overrides
+
+
+@pytest.fixture
+def entry_point(env):
+    """`entry_point(script, args, cwd)`: run train.py / evaluate.py / ... in a fresh interpreter with `env`; fail
+    with the end of its error output unless it succeeds."""
+
+    def run(script: str, args: list[str], cwd, timeout: int = 900) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(CONF.parent / script), *args]
+        proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-5000:]}"
+        return proc
+
+    return run

@@ -2,8 +2,6 @@
 trainable-only checkpoint and export as DDP, with activation checkpointing too, and an exact resume."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,6 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow  # train.py in 2 processes, five times
 
-ROOT = Path(__file__).resolve().parents[2]
 COMMON = [
     "trainer.accelerator=cpu",
     "trainer.devices=2",
@@ -29,11 +26,9 @@ FSDP = ["trainer=fsdp", "trainer.strategy.param_dtype=null"]  # float32 on the C
 EXPORTED = ["projector.safetensors", "strategy.safetensors", "adapter/adapter_model.safetensors"]
 
 
-def train(out: Path, args: list[str], env: dict) -> dict:
+def train(out: Path, args: list[str], entry_point) -> dict:
     """Run train.py into `out`; its training and validation losses."""
-    command = [sys.executable, str(ROOT / "train.py"), *COMMON, *args, f"hydra.run.dir={out}"]
-    proc = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    entry_point("train.py", [*COMMON, *args, f"hydra.run.dir={out}"], out.parent)
     curves = json.loads((out / "loss_curves.json").read_text())
     return {"train": dict(zip(curves["train"]["step"], curves["train"]["loss"])), "val": curves["val"]["loss"]}
 
@@ -49,9 +44,9 @@ def assert_same_export(a: Path, b: Path) -> None:
             torch.testing.assert_close(left[key], right[key], atol=1e-6, rtol=1e-5, msg=f"{name}: {key}")
 
 
-def test_fsdp_trains_as_ddp_saves_the_same_trainable_weights_and_resumes_exactly(tmp_path, env):
-    ddp = train(tmp_path / "ddp", DDP, env)
-    fsdp = train(tmp_path / "fsdp", FSDP, env)
+def test_fsdp_trains_as_ddp_saves_the_same_trainable_weights_and_resumes_exactly(tmp_path, entry_point):
+    ddp = train(tmp_path / "ddp", DDP, entry_point)
+    fsdp = train(tmp_path / "fsdp", FSDP, entry_point)
     assert len(ddp["train"]) == 4
     for run in (fsdp,):
         assert run["train"].keys() == ddp["train"].keys()
@@ -64,11 +59,11 @@ def test_fsdp_trains_as_ddp_saves_the_same_trainable_weights_and_resumes_exactly
     assert not any(k.endswith("base_layer.weight") for k in saved[0]["state_dict"])  # no frozen weight
     # Activation checkpointing changes nothing but memory, under DDP and under FSDP.
     for name, strategy in (("ddp_checkpointing", DDP), ("fsdp_checkpointing", FSDP)):
-        run = train(tmp_path / name, [*strategy, "model.gradient_checkpointing=true"], env)
+        run = train(tmp_path / name, [*strategy, "model.gradient_checkpointing=true"], entry_point)
         torch.testing.assert_close(list(run["train"].values()), list(ddp["train"].values()), atol=1e-5, rtol=1e-5)
     # Resumed from the step-2 checkpoint, the run goes on exactly as the uninterrupted one.
     (step_2,) = (tmp_path / "fsdp" / "checkpoints").glob("epoch_*-step_000002.ckpt")
-    resumed = train(tmp_path / "resumed", [*FSDP, f"ckpt_path={step_2}"], env)
+    resumed = train(tmp_path / "resumed", [*FSDP, f"ckpt_path={step_2}"], entry_point)
     assert list(resumed["train"]) == [3, 4]
     torch.testing.assert_close(
         list(resumed["train"].values()), [fsdp["train"][3], fsdp["train"][4]], atol=1e-6, rtol=1e-6

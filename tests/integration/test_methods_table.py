@@ -1,22 +1,15 @@
 """`evaluate.py experiment=methods_table`: one multirun, one table of every method's accuracy and cost."""
 
 import csv
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 pytestmark = pytest.mark.slow  # evaluate.py in a subprocess
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_the_methods_table_shows_accuracy_and_what_each_method_keeps(tmp_path, env, other_eval_sets):
-    command = [
-        sys.executable,
-        str(ROOT / "evaluate.py"),
+def test_the_methods_table_shows_accuracy_and_what_each_method_keeps(tmp_path, entry_point, other_eval_sets):
+    args = [
         "experiment=methods_table",
         "method=none,visionzip_64,fastv_75",
         "dataset.prepare.n_train=8",
@@ -24,8 +17,7 @@ def test_the_methods_table_shows_accuracy_and_what_each_method_keeps(tmp_path, e
         *other_eval_sets("shapes", "open"),
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    entry_point("evaluate.py", args, tmp_path)
     with open(tmp_path / "sweep" / "table.csv") as table:
         rows = {row["method"]: row for row in csv.DictReader(table)}
     assert set(rows) == {"none", "visionzip_64", "fastv_75"}
@@ -40,33 +32,22 @@ def test_the_methods_table_shows_accuracy_and_what_each_method_keeps(tmp_path, e
     )
 
 
-def test_the_lsg_row_evaluates_the_trained_lsg_run(tmp_path, env, other_eval_sets):
+def test_the_lsg_row_evaluates_the_trained_lsg_run(tmp_path, entry_point, other_eval_sets):
     """LSG trains first (experiment=lsg: the gates alone, on the frozen base), and its methods_table row is that run:
     its gates come with the export, its frozen base is the table's model."""
     data = ["dataset.prepare.n_train=8", "dataset.prepare.n_eval=6", *other_eval_sets("shapes", "open")]
     trained = tmp_path / "lsg"
-    command = [sys.executable, str(ROOT / "train.py"), "experiment=lsg", "trainer.max_steps=2", "dataset.batch_size=4"]
-    proc = subprocess.run(
-        [*command, *data, f"hydra.run.dir={trained}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    training = ["experiment=lsg", "trainer.max_steps=2", "dataset.batch_size=4", f"hydra.run.dir={trained}"]
+    entry_point("train.py", [*training, *data], tmp_path)
     export = trained / "checkpoints" / "export"
     assert (export / "intervention.safetensors").exists()
-    command = [sys.executable, str(ROOT / "evaluate.py"), "experiment=methods_table", "method=none,lsg"]
-    proc = subprocess.run(
-        [*command, f"lsg_run={export}", *data, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    sweep = [
+        "experiment=methods_table",
+        "method=none,lsg",
+        f"lsg_run={export}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    entry_point("evaluate.py", [*sweep, *data], tmp_path)
     with open(tmp_path / "sweep" / "table.csv") as table:
         rows = {row["method"]: row for row in csv.DictReader(table)}
     assert set(rows) == {"none", "lsg"}

@@ -44,6 +44,19 @@ def intervention(name: str, *overrides: str):
     return instantiate(compose_config([f"intervention={name}", *overrides]).intervention.intervention)
 
 
+def assert_generates_alike(module, images) -> None:
+    """Batched generation equals one sample at a time and generation without the KV cache (4 tokens)."""
+    module.generation.max_new_tokens = 4
+    collate = module.question_collator
+    with torch.no_grad():
+        batched = module.generate(collate(samples(images, answer=False)))
+        alone = [module.generate(collate([item]))[0] for item in samples(images, answer=False)]
+        generate = module.hf.generate
+        module.hf.generate = lambda **inputs: generate(**inputs, use_cache=False)
+        uncached = module.generate(collate(samples(images, answer=False)))
+    assert batched == alone == uncached and all(batched)
+
+
 # The papers' formulas, in plain torch, on one layer's pre-softmax logits z [B, H, T, T] of a full forward (query
 # row t is column t, before the mask), given the rows' visual columns [B, T], answer starts [B] and image columns
 # [B, T].
@@ -159,15 +172,7 @@ def test_every_intervention_trains_and_generates_on_every_family(name, family_na
     assert torch.isfinite(loss)
     assert any(p.grad is not None for p in module.family.projector(module.hf).parameters())
     module.eval()
-    module.generation.max_new_tokens = 4
-    collate = module.question_collator
-    with torch.no_grad():
-        batched = module.generate(collate(samples(images, answer=False)))
-        alone = [module.generate(collate([item]))[0] for item in samples(images, answer=False)]
-        generate = module.hf.generate
-        module.hf.generate = lambda **inputs: generate(**inputs, use_cache=False)
-        uncached = module.generate(collate(samples(images, answer=False)))
-    assert batched == alone == uncached and all(batched)
+    assert_generates_alike(module, images)
 
 
 @pytest.mark.parametrize("family_name", FAMILIES.names())
@@ -302,6 +307,16 @@ def test_lsg_gates_train_alone_and_travel_in_the_export(tmp_path, images, plante
     export.apply_intervention(fresh, required=False)  # a run starting from it trains them
 
 
+def fastv_kept_by_hand(attentions, columns, mask, row: int, ratio: float = 0.5) -> torch.Tensor:
+    """FastV's kept columns of `row`, by hand: the last prompt token's attention at layer K - 1 (eager weights
+    [B, H, T, T], averaged over heads) ranks the visual tokens; the top (1 - ratio) and every text token stay."""
+    scores = attentions[row, :, -1].mean(0)
+    visual = columns.visual[row].nonzero().squeeze(1)
+    top = visual[scores[visual].argsort(descending=True, stable=True)[: round(len(visual) * (1 - ratio))]]
+    text = (mask[row].bool() & ~columns.visual[row]).nonzero().squeeze(1)
+    return torch.cat([text, top]).sort().values
+
+
 def test_fastv_equals_the_forward_recomputed_on_the_kept_tokens_from_layer_k(images, planted_family_module):
     """The reference by hand: layer K - 1's attention of the last prompt token (eager, averaged over heads) ranks each
     row's visual tokens; the top half and every text token go on alone through layer K at their original
@@ -316,11 +331,7 @@ def test_fastv_equals_the_forward_recomputed_on_the_kept_tokens_from_layer_k(ima
         decoder, mask = module.hf.get_decoder(), seen.inputs["attention_mask"]
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         for row in range(len(mask)):
-            scores = out.attentions[0][row, :, -1].mean(0)
-            visual = seen.columns.visual[row].nonzero().squeeze(1)
-            top = visual[scores[visual].argsort(descending=True, stable=True)[: round(len(visual) * 0.5)]]
-            text = (mask[row].bool() & ~seen.columns.visual[row]).nonzero().squeeze(1)
-            kept = torch.cat([text, top]).sort().values
+            kept = fastv_kept_by_hand(out.attentions[0], seen.columns, mask, row)
             hidden = out.hidden_states[1][row, kept][None]
             n = len(kept)
             causal = torch.full((n, n), torch.finfo(hidden.dtype).min).triu(1)[None, None]
@@ -358,11 +369,7 @@ def test_fastv_on_a_sliding_window_layer_equals_the_model_on_the_kept_tokens(ima
         decoder, mask = module.hf.get_decoder(), seen.inputs["attention_mask"]
         assert int(mask.sum(1).min()) > 24  # the window binds in every row
         for row in range(len(mask)):
-            scores = out.attentions[0][row, :, -1].mean(0)
-            visual = seen.columns.visual[row].nonzero().squeeze(1)
-            top = visual[scores[visual].argsort(descending=True, stable=True)[: round(len(visual) * 0.5)]]
-            text = (mask[row].bool() & ~seen.columns.visual[row]).nonzero().squeeze(1)
-            kept = torch.cat([text, top]).sort().values
+            kept = fastv_kept_by_hand(out.attentions[0], seen.columns, mask, row)
             hidden = out.hidden_states[1][row, kept][None]
             for index in (1, 2):
                 kwargs = seen_kwargs[index]
@@ -376,15 +383,7 @@ def test_fastv_on_a_sliding_window_layer_equals_the_model_on_the_kept_tokens(ima
                 )
             expected = module.hf.lm_head(decoder.norm(hidden))[0, -1]
             torch.testing.assert_close(got[row], expected, atol=2e-5, rtol=1e-4)
-    module.generation.max_new_tokens = 4
-    collate = module.question_collator
-    with torch.no_grad():
-        batched = module.generate(collate(samples(images, answer=False)))
-        alone = [module.generate(collate([item]))[0] for item in samples(images, answer=False)]
-        generate = module.hf.generate
-        module.hf.generate = lambda **inputs: generate(**inputs, use_cache=False)
-        uncached = module.generate(collate(samples(images, answer=False)))
-    assert batched == alone == uncached and all(batched)
+    assert_generates_alike(module, images)
 
 
 @pytest.mark.parametrize("keep_sinks", [False, True])
