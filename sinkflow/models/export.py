@@ -92,10 +92,14 @@ def export_trainable(module, out_dir: str | Path, state: dict[str, torch.Tensor]
 
 def export_state(module) -> dict[str, torch.Tensor]:
     """What an export writes, by the module's parameter names, whole (under FSDP every rank takes part): the trainable
-    weights and the projector's (trained or not: plain transformers loads them into the projector)."""
-    projector = module.family.projector(unwrap(module.model))
-    prefix = _module_path(module, projector)
-    return {**trainable_state(module), **{f"{prefix}.{k}": whole(v) for k, v in projector.state_dict().items()}}
+    weights, and the projector's, the strategy's, the intervention's and the LoRA weights whether they train or not
+    (a stage that trains one of a strategy's projectors, an adapter applied frozen: the export carries them all)."""
+    state = trainable_state(module)
+    for part in (module.family.projector(unwrap(module.model)), module.strategy, module.intervention):
+        prefix = _module_path(module, part)
+        state.update((f"{prefix}.{k}", whole(v)) for k, v in part.state_dict().items())
+    state.update((name, whole(v)) for name, v in module.state_dict().items() if "lora_" in name)
+    return state
 
 
 def _under(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

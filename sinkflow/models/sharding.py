@@ -46,6 +46,11 @@ class FullyShardedStrategy(ModelParallelStrategy):
 
     def shard(self, module: nn.Module) -> None:
         """Each repeated layer a unit, then the whole module as the root unit (see the module docstring)."""
+        if self.cpu_offload and self.root_device.type == "cpu":
+            raise ValueError(
+                "trainer.strategy.cpu_offload=true moves parameters from the GPU to the CPU between uses; this run is "
+                "on the CPU already: set it false"
+            )
         options: dict = {"mesh": self.device_mesh["data_parallel"]}
         if self.param_dtype is not None:
             options["mp_policy"] = MixedPrecisionPolicy(
@@ -79,8 +84,9 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def whole(value: torch.Tensor) -> torch.Tensor:
-    """A tensor gathered from its shards (every rank takes part), or the tensor itself."""
-    return value.full_tensor() if isinstance(value, DTensor) else value
+    """A tensor gathered from its shards into CPU memory (every rank takes part; one tensor at a time on the GPU),
+    or the tensor itself."""
+    return value.full_tensor().cpu() if isinstance(value, DTensor) else value
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 the FSDP run itself is tests/integration/test_fsdp.py."""
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from sinkflow.config import compose_config
@@ -19,3 +20,10 @@ def test_trainer_fsdp_builds_the_fully_sharded_strategy():
 def test_an_unknown_parameter_dtype_names_the_key():
     with pytest.raises(ValueError, match=r"`trainer.strategy.param_dtype` must be one of \('bfloat16', 'float16'\)"):
         FullyShardedStrategy(param_dtype="int8")
+
+
+def test_cpu_offload_on_a_cpu_run_is_refused():
+    strategy = FullyShardedStrategy(cpu_offload=True)
+    strategy.parallel_devices = [torch.device("cpu")]
+    with pytest.raises(ValueError, match="trainer.strategy.cpu_offload=true moves parameters from the GPU"):
+        strategy.shard(torch.nn.Linear(2, 2))
