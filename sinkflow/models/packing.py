@@ -86,21 +86,21 @@ def pack(inputs: dict, capacity: int | None = None) -> dict:
         labels = inputs["labels"][source, column]
         labels[~valid | (offset == 0)] = IGNORE_INDEX  # padding, and each sample's first token
         packed["labels"] = labels
-    packed["position_ids"] = _positions(inputs.get("position_ids"), source, column, offset, mask)
+    packed["position_ids"] = _positions(inputs.get("position_ids"), source, column, offset, valid)
     if "token_type_ids" in inputs:
         packed["token_type_ids"] = inputs["token_type_ids"][source, column] * valid
     if "mm_encoder_outputs" in inputs:
-        packed["mm_encoder_outputs"] = _deepstack(inputs["mm_encoder_outputs"], source, column, valid)
+        packed["mm_encoder_outputs"] = _encoder_outputs(inputs["mm_encoder_outputs"], source, column, valid)
     return packed
 
 
-def _positions(given: torch.Tensor | None, source, column, offset, mask) -> torch.Tensor:
-    """The packed rows' position ids: each sample's own, counting from 0."""
+def _positions(given: torch.Tensor | None, source, column, offset, valid) -> torch.Tensor:
+    """The packed rows' position ids: each sample's own, counting from 0 (a row's padding: a sequence of its own)."""
     if given is None:  # 1-D positions transformers would count from the mask: the place within the sample
         return offset
     if given.dim() == 2:  # routed positions ("original"): they also tell transformers where samples start
-        own = given[source, column]
-        if not torch.equal(own.diff(dim=1)[:, :] == 1, offset.diff(dim=1) == 1):
+        own = torch.where(valid, given[source, column], offset)
+        if not torch.equal(own.diff(dim=1) == 1, offset.diff(dim=1) == 1):
             raise ValueError(
                 "dataset.packing=true needs each sample's positions to count up by one (transformers reads where "
                 "packed samples start from them): route with sink_strategy.strategy.position_ids=contiguous"
@@ -111,16 +111,9 @@ def _positions(given: torch.Tensor | None, source, column, offset, mask) -> torc
     return packed
 
 
-def _deepstack(outputs: dict, source, column, valid) -> dict:
-    """Qwen3-VL's DeepStack features, in the packed rows' order of image columns."""
-    from sinkflow.models.families.qwen3_vl import DEEPSTACK, DeepStack
-
-    (key,) = outputs
-    if key != DEEPSTACK:
-        raise ValueError(f"dataset.packing=true cannot lay out the multimodal encoder output {key!r}")
-    stack = outputs[key]
-    order = torch.full(stack.mask.shape, -1, dtype=torch.long, device=stack.mask.device)
-    order[stack.mask] = torch.arange(int(stack.mask.sum()), device=stack.mask.device)  # each image column's feature
-    mask = stack.mask[source, column] & valid
-    taken = order[source, column][mask]
-    return {key: DeepStack(mask, tuple(level[taken.to(level.device)] for level in stack.levels))}
+def _encoder_outputs(outputs: dict, source, column, valid) -> dict:
+    """A family's extra multimodal inputs (Qwen3-VL's DeepStack features), each laid out by its own `packed`."""
+    unknown = [key for key, value in outputs.items() if not hasattr(value, "packed")]
+    if unknown:
+        raise ValueError(f"dataset.packing=true cannot lay out the multimodal encoder outputs {unknown}")
+    return {key: value.packed(source, column, valid) for key, value in outputs.items()}

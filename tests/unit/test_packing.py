@@ -9,6 +9,7 @@ from sinkflow.interventions.pai import Pai
 from sinkflow.models.build import LoraSpec, prepare_for_training
 from sinkflow.models.families.base import FAMILIES
 from sinkflow.models.packing import bins, pack
+from sinkflow.sinks.strategies.none import NoneStrategy
 from sinkflow.sinks.strategies.sink_front import SinkFront
 
 ANSWERS = [
@@ -107,6 +108,9 @@ def test_packing_refuses_what_it_cannot_lay_out(images, planted_family_module):
         pack({**inputs, "pixel_values": torch.zeros(1)})
     with pytest.raises(ValueError, match="packs right-padded rows"):
         pack({**inputs, "attention_mask": inputs["attention_mask"].flip(1)})  # the padding first
+    module.strategy = NoneStrategy(position_ids="original")  # rebuilt rows, positions still counting up by one
+    with torch.no_grad():
+        torch.testing.assert_close(module(batch).loss, module({**batch, "pack": None}).loss, atol=1e-5, rtol=1e-5)
     module.strategy = SinkFront(position_ids="original")  # the sinks keep their positions, out of order
     with pytest.raises(ValueError, match="route with sink_strategy.strategy.position_ids=contiguous"):
         module(batch)

@@ -43,6 +43,15 @@ class DeepStack(NamedTuple):
     mask: torch.Tensor  # [B, L] bool: the image-token columns, in the order of the features' rows
     levels: tuple[torch.Tensor, ...]  # per DeepStack level [n_image_tokens, D_llm]
 
+    def packed(self, source: torch.Tensor, column: torch.Tensor, valid: torch.Tensor) -> DeepStack:
+        """The features laid out for packed rows (`models.packing`) whose column (r, c) holds row `source[r, c]`'s
+        column `column[r, c]` (when `valid[r, c]`): each image column's feature, in the packed rows' order."""
+        order = torch.full(self.mask.shape, -1, dtype=torch.long, device=self.mask.device)
+        order[self.mask] = torch.arange(int(self.mask.sum()), device=self.mask.device)
+        mask = self.mask[source, column] & valid
+        taken = order[source, column][mask]
+        return DeepStack(mask, tuple(level[taken.to(level.device)] for level in self.levels))
+
 
 class Qwen3VLFamily(Qwen2VLFamily, name="qwen3_vl"):
     """Qwen3-VL (dense); `sink_tokens` as for Qwen2-VL."""
