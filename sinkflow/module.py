@@ -539,7 +539,9 @@ class SinkflowModule(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = self.trainable_state_dict()
+        # The strategy's state dict, kept to the trainable weights (under FSDP it holds only those, gathered already).
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         require_finite(checkpoint["state_dict"], f"a checkpoint at step {self.global_step}")
         checkpoint["sinkflow"] = {"source": self.source, "config": self.run_config}
 
